@@ -1,0 +1,24 @@
+# The two entry points the README opens with. Both create .venv on first use (about 4 minutes here:
+# torch 2.14.1 + torchvision 0.29.1 install from this machine's local wheel files, see DESIGN.md §6).
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Main job: the whole offline demo (corpus -> extract -> distill -> evaluate -> report) via DVC.
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+	@echo "report: $$(cat data/report_path.txt 2>/dev/null || echo data/report/report.md)"
+
+# The test suite (the same command .ci/run runs).
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
