@@ -9,6 +9,7 @@ Shape legend: B batch, C channels, H/W pixel sides, h/w patch-grid sides.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -52,6 +53,11 @@ class TeacherSpec:
     # orders of magnitude as real ones do (DFN CLIP global std 0.029, SAM-H 5.47). 1.0 for real teachers.
     activation_scale: float = 1.0
     description: str = ""
+
+    def __post_init__(self) -> None:
+        # Canonical JSON form (tuples -> lists) so a spec read back from a store's attributes compares
+        # equal to the registry's.
+        object.__setattr__(self, "arch_kwargs", json.loads(json.dumps(self.arch_kwargs)))
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -1,0 +1,62 @@
+"""`pipeline corpus` and `pipeline demo-corpus`: thin commands over stages/corpus.
+
+`corpus` decodes every image of a SOURCE once and writes manifest.parquet with fixed views (the stored
+views of offline distillation, AM-RADIO arXiv 2312.06709); `demo-corpus` exports the embedded demo images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION, build_manifest
+from stages.corpus.demo import export_demo_corpus
+from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
+from store_schema.manifest import ViewSpec
+
+
+def corpus(
+    source: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), a text file of "
+                                                "paths (one per line), or a .parquet file with a 'uri' column.")],
+    out: Annotated[Path, typer.Option("--out", help="Store root; manifest.parquet is written here.")],
+    views: Annotated[int, typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = 1,
+    view_seed: Annotated[int, typer.Option(help="Seed of the view draw (with each image's sha256).")] = 0,
+    pixel_limit: Annotated[int, typer.Option(help="Images with more pixels than this (checked from the "
+                                                  "header, before decoding) are recorded as bad.")] = DEFAULT_PIXEL_LIMIT,
+    min_side: Annotated[int, typer.Option(help="Images with a side shorter than this many pixels are "
+                                               "recorded as bad.")] = MIN_SIDE,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of images (by content hash) in the val "
+                                                     "split.")] = DEFAULT_VAL_FRACTION,
+) -> None:
+    """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views)."""
+    try:
+        view_spec = ViewSpec(num_views=views, seed=view_seed)
+        manifest = build_manifest(source, out_dir=out, view_spec=view_spec, pixel_limit=pixel_limit,
+                                  min_side=min_side, val_fraction=val_fraction)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    n_ok = int(manifest.ok_N.sum())
+    typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
+    typer.echo(f"manifest: {manifest.path}  sha256: {manifest.hash}")
+
+
+def demo_corpus(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo corpus into (new, empty, or a "
+                                                 "previous demo export).")],
+) -> None:
+    """Export the embedded demo corpus (scikit-image photos + LFW faces / non-faces), no download."""
+    try:
+        demo = export_demo_corpus(out_dir)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}")
+    typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
+    typer.echo(f"probe labels: {demo.probe_labels}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the corpus commands to the pipeline app."""
+    app.command("corpus")(corpus)
+    app.command("demo-corpus")(demo_corpus)

@@ -1,0 +1,113 @@
+"""Build manifest.parquet from a corpus SOURCE: a folder, a text file of paths, or a Parquet `uri` column.
+
+The first stage of offline agglomerative distillation (AM-RADIO, arXiv 2312.06709): fix the image set,
+each image's content hash, train/val split and its V views, so every teacher store is built from the
+same rows. Every image is decoded once here (stages/corpus/images.py) and broken files are recorded with
+a reason, never fatal. The split comes from the content hash, so duplicates share a split and adding
+images never moves existing ones between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SIDE,
+                                  inspect_image, is_image_name)
+from stages.corpus.views import draw_views
+from store_schema import layout
+from store_schema.manifest import (STATUS_BAD, STATUS_OK, Manifest, ManifestRow, ViewSpec,
+                                   read_manifest, write_manifest)
+
+DEFAULT_VAL_FRACTION = 0.2
+PARQUET_URI_COLUMN = "uri"
+
+
+def _to_uri(path: Path, base: Path) -> str:
+    """Posix path relative to base when the file lies under it, else the absolute path."""
+    rel = os.path.relpath(os.path.normpath(os.path.abspath(path)), os.path.abspath(base))
+    if rel == ".." or rel.startswith(".." + os.sep):
+        return Path(os.path.normpath(os.path.abspath(path))).as_posix()
+    return Path(rel).as_posix()
+
+
+def _entries_to_uris(entries: list[str], base: Path, what: str) -> list[str]:
+    uris = [_to_uri(base / e, base) for e in entries]  # absolute entries stay absolute (Path join)
+    seen: set[str] = set()
+    dups = sorted({u for u in uris if u in seen or seen.add(u)})
+    if dups:
+        raise ValueError(f"{what} lists the same image more than once: {dups[:5]}")
+    return sorted(uris)
+
+
+def list_source(source: Path) -> tuple[Path, list[str]]:
+    """(base folder, sorted uris) of a SOURCE; uris are relative to the base folder when under it.
+
+    A folder is searched recursively for IMAGE_EXTENSIONS (case-insensitive); a `.parquet` file needs a
+    `uri` column; any other file is a text list, one path per line (blank lines and `#` comments
+    skipped), relative to the list's folder or absolute.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = [p for p in source.rglob("*") if p.is_file() and is_image_name(p.name)]
+        uris = sorted(_to_uri(p, source) for p in files)
+        base = source
+    elif source.is_file() and source.suffix.lower() == ".parquet":
+        table = pq.read_table(source)
+        if PARQUET_URI_COLUMN not in table.column_names:
+            raise ValueError(f"{source} has no {PARQUET_URI_COLUMN!r} column; columns: {table.column_names}")
+        entries = [str(u) for u in table.column(PARQUET_URI_COLUMN).to_pylist() if u]
+        base, uris = source.parent, _entries_to_uris(entries, source.parent, str(source))
+    elif source.is_file():
+        lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines()]
+        entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        base, uris = source.parent, _entries_to_uris(entries, source.parent, str(source))
+    else:
+        raise ValueError(f"corpus source {source} does not exist (give a folder, a text list or a .parquet)")
+    if not uris:
+        raise ValueError(f"corpus source {source} holds no images "
+                         f"(a folder is searched for {', '.join(IMAGE_EXTENSIONS)})")
+    return base, uris
+
+
+def split_of(sha256: str, *, val_fraction: float) -> str:
+    """'val' when the first 64 bits of the hash, as a fraction of 2^64, fall below val_fraction."""
+    return "val" if int(sha256[:16], 16) / 2.0**64 < val_fraction else "train"
+
+
+def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpec(),
+                   pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
+                   val_fraction: float = DEFAULT_VAL_FRACTION) -> Manifest:
+    """Decode every image of SOURCE once and write <out_dir>/manifest.parquet deterministically.
+
+    Returns the manifest as read back (its hash is the sha256 of the written bytes).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if pixel_limit < 1 or min_side < 1:
+        raise ValueError(f"pixel_limit and min_side must be >= 1, got {pixel_limit}, {min_side}")
+    base, uris = list_source(Path(source))
+    rows: list[ManifestRow] = []
+    for uri in uris:
+        rec = inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side)
+        key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable file: key on its uri
+        boxes_V4, flips_V = draw_views(key, view_spec)
+        rows.append(ManifestRow(
+            uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height,
+            mode=rec.mode, split=split_of(key, val_fraction=val_fraction),
+            status=STATUS_OK if rec.ok else STATUS_BAD, reason=rec.reason, boxes_V4=boxes_V4, flips_V=flips_V))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = layout.manifest_path(out_dir)
+    write_manifest(path, rows, view_spec=view_spec, source=_portable(Path(source), out_dir),
+                   image_root=_portable(base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
+                   val_fraction=val_fraction)
+    return read_manifest(path)
+
+
+def _portable(path: Path, out_dir: Path) -> str:
+    """path relative to out_dir (so a moved corpus + manifest pair keeps its hash), posix separators."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()

@@ -1,0 +1,92 @@
+"""Store layout, schema v1: the only place store paths and array layouts are spelled.
+
+Implements the layout of docs/ARCHITECTURE.md ("Store layout"), the offline feature store of
+agglomerative distillation (AM-RADIO, arXiv 2312.06709; PHI-S, arXiv 2410.01680). Everything else asks
+this module for a path or an array name instead of joining strings itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+TOKEN_KINDS: tuple[str, ...] = ("summary", "patches")
+
+# Arrays inside <teacher>.zarr (paths relative to the store root group).
+SUMMARY = "summary"
+PATCHES = "patches"
+VALID = "valid"
+SHARDS_COMPLETE = "shards/complete"
+STATS_FIELDS: tuple[str, ...] = ("count", "mean", "m2")
+
+DIMS_SUMMARY = ("image", "view", "channel")
+DIMS_PATCHES = ("image", "view", "y", "x", "channel")
+DIMS_VALID = ("image", "view")
+
+# Root attributes every store carries.
+REQUIRED_ATTRS: tuple[str, ...] = (
+    "schema_version", "code_version", "teacher", "weights", "manifest_hash", "view_spec", "codec",
+    "storage_grid", "shard_size", "num_images", "num_views",
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _check_name(what: str, name: str) -> str:
+    if not _NAME_RE.match(name) or name.endswith(".zarr"):
+        raise ValueError(f"{what} {name!r} is not a valid path component (letters, digits, _ . -)")
+    return name
+
+
+def manifest_path(root: Path) -> Path:
+    """<root>/manifest.parquet"""
+    return Path(root) / "manifest.parquet"
+
+
+def teacher_store_path(root: Path, teacher: str) -> Path:
+    """<root>/<teacher>.zarr"""
+    return Path(root) / f"{_check_name('teacher name', teacher)}.zarr"
+
+
+def normalizer_path(root: Path, teacher: str, kind: str, variant: str) -> Path:
+    """<root>/normalizers/<teacher>/<kind>/<variant>.safetensors"""
+    check_kind(kind)
+    return (Path(root) / "normalizers" / _check_name("teacher name", teacher) / kind
+            / f"{_check_name('variant', variant)}.safetensors")
+
+
+def hadamard_cache_dir(root: Path) -> Path:
+    """<root>/hadamard"""
+    return Path(root) / "hadamard"
+
+
+def check_kind(kind: str) -> str:
+    """Validate a token kind; unknown kinds raise ValueError listing the valid ones."""
+    if kind not in TOKEN_KINDS:
+        raise ValueError(f"unknown token kind {kind!r}; valid kinds: {', '.join(TOKEN_KINDS)}")
+    return kind
+
+
+def stats_array(kind: str, field: str) -> str:
+    """Path of one per-shard statistics array inside a store: stats/<kind>/<field>."""
+    check_kind(kind)
+    if field not in STATS_FIELDS:
+        raise ValueError(f"unknown stats field {field!r}; valid fields: {', '.join(STATS_FIELDS)}")
+    return f"stats/{kind}/{field}"
+
+
+def token_array(kind: str) -> str:
+    """Array holding the tokens of one kind ("summary" -> summary, "patches" -> patches)."""
+    return {"summary": SUMMARY, "patches": PATCHES}[check_kind(kind)]
+
+
+# Demo corpus layout (stages/corpus/demo.py), under the demo directory given on the command line.
+def demo_images_dir(demo_dir: Path) -> Path:
+    """<demo>/images: the folder SOURCE of the demo corpus."""
+    return Path(demo_dir) / "images"
+
+
+def demo_probe_labels_path(demo_dir: Path) -> Path:
+    """<demo>/probe_labels.csv: columns uri,label (uri relative to demo_images_dir)."""
+    return Path(demo_dir) / "probe_labels.csv"

@@ -1,0 +1,203 @@
+"""manifest.parquet: one row per image, with its fixed views; columns, read / write and content hash.
+
+The store records a fixed set of views per image (crop box + flip, drawn deterministically from a seed)
+shared by all teachers, so stage two samples among stored views (FKD, Shen & Xing, arXiv 2112.01528, as
+used for offline agglomerative distillation, AM-RADIO arXiv 2312.06709). The file is written
+deterministically, so its sha256 (the manifest hash) identifies the corpus + views a store was built from.
+
+Shape legend: N images, V views per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store_schema.errors import ManifestError, StoreNotFoundError
+
+STATUS_OK, STATUS_BAD = "ok", "bad"
+SPLITS = ("train", "val")
+_META_KEYS = ("view_spec", "source", "image_root", "pixel_limit", "min_side", "val_fraction")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How the V views of each image are drawn (RandomResizedCrop-style in normalized coordinates)."""
+
+    num_views: int = 1
+    seed: int = 0
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        if self.num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale}")
+        if len(self.ratio) != 2 or not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_views": int(self.num_views), "seed": int(self.seed), "scale": list(self.scale),
+                "ratio": list(self.ratio), "flip_p": float(self.flip_p)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViewSpec":
+        return cls(num_views=int(d["num_views"]), seed=int(d["seed"]), scale=tuple(d["scale"]),
+                   ratio=tuple(d["ratio"]), flip_p=float(d["flip_p"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def manifest_schema(num_views: int) -> pa.Schema:
+    """The Arrow schema of manifest.parquet for V views."""
+    return pa.schema([
+        ("id", pa.int64()), ("uri", pa.string()), ("sha256", pa.string()), ("size_bytes", pa.int64()),
+        ("width", pa.int32()), ("height", pa.int32()), ("mode", pa.string()), ("split", pa.string()),
+        ("status", pa.string()), ("reason", pa.string()),
+        ("view_boxes", pa.list_(pa.float64(), 4 * num_views)),
+        ("view_flips", pa.list_(pa.bool_(), num_views)),
+    ])
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One image as the manifest records it (id is assigned by write_manifest from the sorted uris)."""
+
+    uri: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    mode: str
+    split: str
+    status: str
+    reason: str
+    boxes_V4: np.ndarray
+    flips_V: np.ndarray
+
+
+def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, source: str,
+                   image_root: str, pixel_limit: int, min_side: int, val_fraction: float) -> str:
+    """Write manifest.parquet deterministically (rows sorted by uri, no timestamps); returns its hash.
+
+    image_root: folder the relative uris resolve against, relative to the manifest's folder (or absolute).
+    """
+    rows = sorted(rows, key=lambda r: r.uri)
+    uris = [r.uri for r in rows]
+    if len(set(uris)) != len(uris):
+        dup = sorted({u for u in uris if uris.count(u) > 1})
+        raise ValueError(f"duplicate uris in the manifest: {dup[:5]}")
+    V = view_spec.num_views
+    for r in rows:
+        assert r.boxes_V4.shape == (V, 4) and r.flips_V.shape == (V,), r.uri
+        assert r.split in SPLITS and r.status in (STATUS_OK, STATUS_BAD), r.uri
+    schema = manifest_schema(V)
+    columns = {
+        "id": np.arange(len(rows), dtype=np.int64), "uri": uris, "sha256": [r.sha256 for r in rows],
+        "size_bytes": [r.size_bytes for r in rows], "width": [r.width for r in rows],
+        "height": [r.height for r in rows], "mode": [r.mode for r in rows], "split": [r.split for r in rows],
+        "status": [r.status for r in rows], "reason": [r.reason for r in rows],
+        "view_boxes": [r.boxes_V4.astype(np.float64).reshape(-1).tolist() for r in rows],
+        "view_flips": [r.flips_V.astype(bool).tolist() for r in rows],
+    }
+    meta = {"view_spec": view_spec.to_json(), "source": source, "image_root": image_root,
+            "pixel_limit": str(int(pixel_limit)), "min_side": str(int(min_side)),
+            "val_fraction": repr(float(val_fraction))}
+    table = pa.table(columns, schema=schema.with_metadata(meta))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=False)
+    tmp.replace(path)
+    return manifest_hash(path)
+
+
+def manifest_hash(path: Path) -> str:
+    """sha256 (hex) of the manifest file's bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreNotFoundError(f"no manifest at {path}")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Manifest:
+    """Read-only view of manifest.parquet. Use read_manifest(path) to build one."""
+
+    def __init__(self, path: Path, table: pa.Table, digest: str) -> None:
+        self.path = Path(path)
+        self.hash = digest
+        self.table = table
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise ManifestError(f"{path}: missing key-value metadata {missing}")
+        self.metadata: dict[str, str] = meta
+        self.view_spec = ViewSpec.from_dict(json.loads(meta["view_spec"]))
+        self.source: str = meta["source"]
+        self.image_root: Path = (self.path.parent / meta["image_root"])
+        self.pixel_limit = int(meta["pixel_limit"])
+        self.min_side = int(meta["min_side"])
+        self.val_fraction = float(meta["val_fraction"])
+        self._validate()
+        N, V = table.num_rows, self.view_spec.num_views
+        self.num_images: int = N
+        self.ids: np.ndarray = table.column("id").to_numpy()
+        self.uris: list[str] = table.column("uri").to_pylist()
+        self.sha256: list[str] = table.column("sha256").to_pylist()
+        self.ok_N: np.ndarray = np.asarray(table.column("status").to_pylist()) == STATUS_OK
+        self.split: np.ndarray = np.asarray(table.column("split").to_pylist(), dtype=str)
+        self.reasons: list[str] = table.column("reason").to_pylist()
+        boxes = table.column("view_boxes").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        flips = table.column("view_flips").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        self.view_boxes_NV4: np.ndarray = np.asarray(boxes, np.float64).reshape(N, V, 4)
+        self.view_flips_NV: np.ndarray = np.asarray(flips, bool).reshape(N, V)
+
+    def _validate(self) -> None:
+        expected = manifest_schema(self.view_spec.num_views)
+        found = self.table.schema.remove_metadata()
+        if not found.equals(expected):
+            raise ManifestError(f"{self.path}: schema mismatch: expected {expected}, found {found}")
+        ids = self.table.column("id").to_numpy()
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise ManifestError(f"{self.path}: ids are not 0..N-1 in order")
+
+    def image_path(self, i: int) -> Path:
+        """Filesystem path of image i (relative uris resolve against image_root)."""
+        return self.image_root / self.uris[i]
+
+    def split_ids(self, split: str, *, ok_only: bool = True) -> np.ndarray:
+        """Ids of one split ("train" / "val"), by default only images with status ok."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        mask = self.split == split
+        if ok_only:
+            mask &= self.ok_N
+        return self.ids[mask]
+
+    def __repr__(self) -> str:
+        return (f"Manifest({self.path}, images={self.num_images}, ok={int(self.ok_N.sum())}, "
+                f"views={self.view_spec.num_views}, hash={self.hash[:12]})")
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate manifest.parquet; the hash is the sha256 of the file bytes."""
+    path = Path(path)
+    digest = manifest_hash(path)
+    return Manifest(path, pq.read_table(path), digest)

@@ -1,0 +1,343 @@
+"""<teacher>.zarr: create, open and a typed view of one teacher's feature store (schema v1).
+
+The offline store of agglomerative distillation (AM-RADIO, arXiv 2312.06709; PHI-S, arXiv 2410.01680):
+teacher outputs for every (image, view) are written once, shard by shard, with per-shard float64
+moments (Chan et al. 1979) of the values as stored, so normalizers are fitted without re-reading.
+Layout and invariants: docs/ARCHITECTURE.md "Store layout". One shard is the unit of work of one writer;
+a shard counts only once `shards/complete[k] == 1`, written after its data and statistics.
+
+Shape legend: N images, V views, S images per shard, h/w storage grid, Cs summary / Cp patch channels,
+I requested images.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stages.stats import Moments
+from stages.teachers.spec import TeacherSpec
+from store_schema import codecs as codecs_mod
+from store_schema import layout
+from store_schema.codecs import CodecSpec
+from store_schema.errors import (StoreCorruptionError, StoreMismatchError, StoreNotFoundError,
+                                 StoreReadOnlyError)
+from store_schema.manifest import Manifest, ViewSpec
+
+_MODES = ("r", "r+")
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when the code runs from a git checkout."""
+    try:
+        version = importlib_metadata.version("agglo-distill")
+    except importlib_metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}" if sha else version
+
+
+def _json_norm(x: Any) -> Any:
+    """What a value looks like after a JSON round trip (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(x))
+
+
+def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dict, manifest: Manifest,
+                         shard_size: int, storage_grid: tuple[int, int], codec: CodecSpec) -> "TeacherStore":
+    """Create <teacher>.zarr for a manifest, or reopen an existing compatible one (idempotent).
+
+    An existing store whose teacher spec, weights, manifest hash, view spec, codec, storage grid or
+    shard size differs raises StoreMismatchError naming the expected and the found value.
+    """
+    path = Path(path)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    grid = (int(storage_grid[0]), int(storage_grid[1]))
+    if min(grid) < 1:
+        raise ValueError(f"storage_grid must be positive, got {storage_grid}")
+    if manifest.num_images < 1:
+        raise ValueError(f"manifest {manifest.path} has no images")
+    attrs = {
+        "schema_version": layout.SCHEMA_VERSION, "code_version": code_version(),
+        "teacher": spec.to_dict(), "weights": weights_identity, "manifest_hash": manifest.hash,
+        "view_spec": manifest.view_spec.to_dict(), "codec": codec.to_dict(), "storage_grid": list(grid),
+        "shard_size": int(shard_size), "num_images": manifest.num_images,
+        "num_views": manifest.view_spec.num_views,
+    }
+    attrs = _json_norm(attrs)
+    if (path / "zarr.json").exists():
+        store = open_teacher_store(path, expect_manifest_hash=manifest.hash,
+                                   expect_view_spec=manifest.view_spec, mode="r+")
+        for key in ("teacher", "weights", "codec", "storage_grid", "shard_size", "num_images", "num_views"):
+            if store.attrs[key] != attrs[key]:
+                raise StoreMismatchError(path, key, expected=attrs[key], found=store.attrs[key])
+        return store
+    if path.exists() and any(path.iterdir()):
+        raise StoreMismatchError(path, "store", expected="a zarr v3 group or nothing",
+                                 found=f"a non-empty folder without zarr.json")
+    _create_arrays(path, attrs, spec=spec, codec=codec)
+    return open_teacher_store(path, mode="r+")
+
+
+def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSpec) -> None:
+    N, V, S = attrs["num_images"], attrs["num_views"], attrs["shard_size"]
+    h, w = attrs["storage_grid"]
+    n_shards = -(-N // S)
+    group = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
+    feat = dict(dtype="float32", fill_value=0.0, filters=codecs_mod.float_filters(codec),
+                compressors=codecs_mod.compressors(codec))
+    exact = dict(compressors=codecs_mod.compressors(CodecSpec(keepbits=None)))
+    if spec.summary_dim > 0:
+        Cs = spec.summary_dim
+        group.create_array(layout.SUMMARY, shape=(N, V, Cs), chunks=(1, V, Cs), shards=(S, V, Cs),
+                           dimension_names=layout.DIMS_SUMMARY, **feat)
+    Cp = spec.patch_dim
+    group.create_array(layout.PATCHES, shape=(N, V, h, w, Cp), chunks=(1, V, h, w, Cp),
+                       shards=(S, V, h, w, Cp), dimension_names=layout.DIMS_PATCHES, **feat)
+    group.create_array(layout.VALID, shape=(N, V), chunks=(S, V), dtype="bool", fill_value=False,
+                       dimension_names=layout.DIMS_VALID, **exact)
+    group.create_array(layout.SHARDS_COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8",
+                       fill_value=0, dimension_names=("shard",), **exact)
+    for kind, C in (("summary", spec.summary_dim), ("patches", Cp)):
+        if C == 0:
+            continue
+        group.create_array(layout.stats_array(kind, "count"), shape=(n_shards,), chunks=(1,),
+                           dtype="int64", fill_value=0, dimension_names=("shard",), **exact)
+        group.create_array(layout.stats_array(kind, "mean"), shape=(n_shards, C), chunks=(1, C),
+                           dtype="float64", fill_value=0.0, dimension_names=("shard", "channel"), **exact)
+        group.create_array(layout.stats_array(kind, "m2"), shape=(n_shards, C, C), chunks=(1, C, C),
+                           dtype="float64", fill_value=0.0,
+                           dimension_names=("shard", "channel", "channel_t"), **exact)
+
+
+def open_teacher_store(path: Path, *, expect_manifest_hash: str | None = None,
+                       expect_view_spec: ViewSpec | None = None, mode: str = "r") -> "TeacherStore":
+    """Open an existing store, validating schema version, attributes and array shapes / dims.
+
+    When given, the manifest hash and view spec must match; any mismatch raises StoreMismatchError
+    naming the expected and the found value. mode: "r" (read-only) or "r+" (writers).
+    """
+    path = Path(path)
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(_MODES)}")
+    if not (path / "zarr.json").is_file():
+        raise StoreNotFoundError(f"no teacher store at {path} (expected a zarr v3 group with zarr.json)")
+    group = zarr.open_group(path, mode=mode, zarr_format=3)
+    attrs = dict(group.attrs)
+    missing = [k for k in layout.REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise StoreMismatchError(path, "required attributes", expected=list(layout.REQUIRED_ATTRS),
+                                 found=sorted(attrs))
+    if attrs["schema_version"] != layout.SCHEMA_VERSION:
+        raise StoreMismatchError(path, "schema_version", expected=layout.SCHEMA_VERSION,
+                                 found=attrs["schema_version"])
+    if expect_manifest_hash is not None and attrs["manifest_hash"] != expect_manifest_hash:
+        raise StoreMismatchError(path, "manifest_hash", expected=expect_manifest_hash,
+                                 found=attrs["manifest_hash"])
+    if expect_view_spec is not None and attrs["view_spec"] != _json_norm(expect_view_spec.to_dict()):
+        raise StoreMismatchError(path, "view_spec", expected=expect_view_spec.to_dict(),
+                                 found=attrs["view_spec"])
+    with warnings.catch_warnings():
+        # zarr warns whenever it parses numcodecs' BitRound (outside the v3 spec); known and accepted.
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr", category=UserWarning)
+        return TeacherStore(path, group, attrs, writable=mode == "r+")
+
+
+class TeacherStore:
+    """Typed view of one <teacher>.zarr. Build it with create_teacher_store / open_teacher_store."""
+
+    def __init__(self, path: Path, group: zarr.Group, attrs: dict, *, writable: bool) -> None:
+        self.path = Path(path)
+        self.group = group
+        self.attrs = attrs
+        self.writable = writable
+        self.spec = TeacherSpec.from_dict(attrs["teacher"])
+        self.codec = CodecSpec.from_dict(attrs["codec"])
+        self.view_spec = ViewSpec.from_dict(attrs["view_spec"])
+        self.manifest_hash: str = attrs["manifest_hash"]
+        self.weights_identity: dict = attrs["weights"]
+        self.num_images = int(attrs["num_images"])
+        self.num_views = int(attrs["num_views"])
+        self.shard_size = int(attrs["shard_size"])
+        self.num_shards = -(-self.num_images // self.shard_size)
+        self.grid: tuple[int, int] = (int(attrs["storage_grid"][0]), int(attrs["storage_grid"][1]))
+        self.summary_dim = int(self.spec.summary_dim)
+        self.patch_dim = int(self.spec.patch_dim)
+        self._validate_arrays()
+        self.summary: zarr.Array | None = group[layout.SUMMARY] if self.summary_dim > 0 else None
+        self.patches: zarr.Array = group[layout.PATCHES]
+        self.valid: zarr.Array = group[layout.VALID]
+        self._complete: zarr.Array = group[layout.SHARDS_COMPLETE]
+
+    def __repr__(self) -> str:
+        return (f"TeacherStore({self.path}, teacher={self.spec.name}, images={self.num_images}, "
+                f"views={self.num_views}, grid={self.grid}, shards={len(self.completed_shards())}"
+                f"/{self.num_shards} complete)")
+
+    # ---- validation -------------------------------------------------------------------------------
+    def _expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...] | None]]:
+        N, V, (h, w), K = self.num_images, self.num_views, self.grid, self.num_shards
+        out: dict[str, tuple[tuple[int, ...], str, tuple[str, ...] | None]] = {
+            layout.PATCHES: ((N, V, h, w, self.patch_dim), "float32", layout.DIMS_PATCHES),
+            layout.VALID: ((N, V), "bool", layout.DIMS_VALID),
+            layout.SHARDS_COMPLETE: ((K,), "uint8", ("shard",)),
+        }
+        if self.summary_dim > 0:
+            out[layout.SUMMARY] = ((N, V, self.summary_dim), "float32", layout.DIMS_SUMMARY)
+        for kind in self.kinds:
+            C = self.dim(kind)
+            out[layout.stats_array(kind, "count")] = ((K,), "int64", None)
+            out[layout.stats_array(kind, "mean")] = ((K, C), "float64", None)
+            out[layout.stats_array(kind, "m2")] = ((K, C, C), "float64", None)
+        return out
+
+    def _validate_arrays(self) -> None:
+        for name, (shape, dtype, dims) in self._expected_arrays().items():
+            try:
+                arr = self.group[name]
+            except KeyError:
+                raise StoreMismatchError(self.path, f"array {name}", expected=f"{dtype}{list(shape)}",
+                                         found="absent") from None
+            if tuple(arr.shape) != shape:
+                raise StoreMismatchError(self.path, f"shape of {name}", expected=shape, found=tuple(arr.shape))
+            if str(arr.dtype) != dtype:
+                raise StoreMismatchError(self.path, f"dtype of {name}", expected=dtype, found=str(arr.dtype))
+            if dims is not None and tuple(arr.metadata.dimension_names or ()) != dims:
+                raise StoreMismatchError(self.path, f"dimension_names of {name}", expected=dims,
+                                         found=arr.metadata.dimension_names)
+        if self.summary_dim == 0 and layout.SUMMARY in self.group:
+            raise StoreMismatchError(self.path, "array summary", expected="absent (summary_dim 0)",
+                                     found="present")
+
+    # ---- geometry ---------------------------------------------------------------------------------
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Token kinds this store holds ("patches", plus "summary" when summary_dim > 0)."""
+        return tuple(k for k in layout.TOKEN_KINDS if self.dim(k) > 0)
+
+    def dim(self, kind: str) -> int:
+        """Channel count of a token kind."""
+        return self.summary_dim if layout.check_kind(kind) == "summary" else self.patch_dim
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        """Images [start, end) of shard k."""
+        if not 0 <= k < self.num_shards:
+            raise ValueError(f"shard {k} out of range [0, {self.num_shards})")
+        return k * self.shard_size, min((k + 1) * self.shard_size, self.num_images)
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise StoreReadOnlyError(f"{self.path} was opened read-only; open it with mode='r+' to write")
+
+    # ---- data -------------------------------------------------------------------------------------
+    def write_shard(self, k: int, *, summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
+                    valid_SV: np.ndarray) -> None:
+        """Write all images of shard k at once (idempotent). Clears shard k's complete flag first."""
+        self._require_writable()
+        start, end = self.shard_range(k)
+        S, V, (h, w) = end - start, self.num_views, self.grid
+        _check_shape("patches_SVhwC", patches_SVhwC, (S, V, h, w, self.patch_dim))
+        _check_shape("valid_SV", valid_SV, (S, V))
+        if self.summary_dim > 0:
+            if summary_SVC is None:
+                raise ValueError(f"teacher {self.spec.name} has summary_dim {self.summary_dim}; "
+                                 "summary_SVC is required")
+            _check_shape("summary_SVC", summary_SVC, (S, V, self.summary_dim))
+        elif summary_SVC is not None:
+            raise ValueError(f"teacher {self.spec.name} has no summary token; pass summary_SVC=None")
+        if self.is_complete(k):
+            self._complete[k] = 0  # never leave new data behind an old "complete" flag
+        if self.summary is not None:
+            self.summary[start:end] = np.asarray(summary_SVC, dtype=np.float32)
+        self.patches[start:end] = np.asarray(patches_SVhwC, dtype=np.float32)
+        self.valid[start:end] = np.asarray(valid_SV, dtype=bool)
+
+    def read_shard(self, k: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored."""
+        start, end = self.shard_range(k)
+        return self._read(lambda a: a[start:end], f"shard {k}")
+
+    def read_images(self, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(summary_IVC | None, patches_IVhwC, valid_IV) of the given image ids, in the order given."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_images):
+            raise ValueError(f"image ids must be in [0, {self.num_images}), got min {ids.min()} max {ids.max()}")
+        return self._read(lambda a: a.oindex[ids], f"{ids.size} images")
+
+    def _read(self, take, what: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        try:
+            summary = None if self.summary is None else np.asarray(take(self.summary))
+            return summary, np.asarray(take(self.patches)), np.asarray(take(self.valid))
+        except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
+            raise StoreCorruptionError(f"{self.path}: reading {what} failed: {e}") from e
+
+    # ---- statistics and completion ----------------------------------------------------------------
+    def write_shard_stats(self, k: int, kind: str, m: Moments) -> None:
+        """Store shard k's moments of one token kind (computed from the values as stored)."""
+        self._require_writable()
+        self.shard_range(k)
+        C = self._stats_dim(kind)
+        if m.dim != C:
+            raise ValueError(f"{kind} moments have width {m.dim}, store expects {C}")
+        self.group[layout.stats_array(kind, "count")][k] = m.count
+        self.group[layout.stats_array(kind, "mean")][k] = m.mean_D
+        self.group[layout.stats_array(kind, "m2")][k] = m.m2_DD
+
+    def shard_stats(self, k: int, kind: str) -> Moments:
+        """Moments of one token kind stored for shard k."""
+        self.shard_range(k)
+        self._stats_dim(kind)
+        return Moments(int(self.group[layout.stats_array(kind, "count")][k]),
+                       np.asarray(self.group[layout.stats_array(kind, "mean")][k], np.float64),
+                       np.asarray(self.group[layout.stats_array(kind, "m2")][k], np.float64))
+
+    def _stats_dim(self, kind: str) -> int:
+        C = self.dim(kind)
+        if C == 0:
+            raise ValueError(f"teacher {self.spec.name} has no {kind} tokens; valid kinds: {', '.join(self.kinds)}")
+        return C
+
+    def mark_complete(self, k: int) -> None:
+        """Mark shard k complete; the driver calls this last, after the shard's data and stats."""
+        self._require_writable()
+        self.shard_range(k)
+        self._complete[k] = 1
+
+    def is_complete(self, k: int) -> bool:
+        self.shard_range(k)
+        return bool(self._complete[k] == 1)
+
+    def completed_shards(self) -> np.ndarray:
+        """Indices of complete shards, ascending."""
+        return np.flatnonzero(np.asarray(self._complete[:]) == 1)
+
+    def pending_shards(self) -> np.ndarray:
+        """Indices of shards not yet complete, ascending (what a re-run must (re)write)."""
+        return np.flatnonzero(np.asarray(self._complete[:]) != 1)
+
+    def stats(self, kind: str) -> Moments:
+        """Moments over all complete shards, merged in shard order (deterministic)."""
+        C = self._stats_dim(kind)
+        done = self.completed_shards()
+        count_K = np.asarray(self.group[layout.stats_array(kind, "count")][:])
+        mean_KC = np.asarray(self.group[layout.stats_array(kind, "mean")][:], np.float64)
+        m2_KCC = np.asarray(self.group[layout.stats_array(kind, "m2")][:], np.float64)
+        parts = (Moments(int(count_K[k]), mean_KC[k], m2_KCC[k]) for k in done)
+        return Moments.merge_all(parts, dim=C)
+
+
+def _check_shape(name: str, x: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    found = None if x is None else tuple(np.shape(x))
+    if found != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {found}")

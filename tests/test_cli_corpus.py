@@ -1,0 +1,97 @@
+"""`pipeline corpus` and `pipeline demo-corpus` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from store_schema import layout
+from store_schema.manifest import ViewSpec, read_manifest
+
+runner = CliRunner()
+
+
+def _plain(text: str) -> str:
+    """Help text without ANSI codes and box drawing, whitespace collapsed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize("command, options", [
+    ("corpus", {"--out": "manifest.parquet", "--views": "Views per image", "--view-seed": "Seed of the view",
+                "--pixel-limit": "before decoding", "--min-side": "side shorter", "--val-fraction": "val split"}),
+    ("demo-corpus", {}),
+])
+def test_help_describes_every_option(command, options):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    text = _plain(result.output)
+    for option, help_fragment in options.items():
+        assert option in text and help_fragment in text, (option, text)
+    assert ("SOURCE" in text.upper()) if command == "corpus" else ("previous demo export" in text)
+
+
+def test_top_level_help_lists_commands():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "corpus" in result.output and "demo-corpus" in result.output
+
+
+def test_corpus_command_writes_manifest(tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(4):
+        Image.new("RGB", (24, 16), (i * 40, 0, 0)).save(src / f"{i}.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    out = tmp_path / "store"
+    result = runner.invoke(app, ["corpus", str(src), "--out", str(out), "--views", "3", "--view-seed", "5",
+                                 "--min-side", "4", "--val-fraction", "0.5", "--pixel-limit", "1000"])
+    assert result.exit_code == 0, result.output
+    assert "images: 5  ok: 4  bad: 1" in result.output
+    m = read_manifest(layout.manifest_path(out))
+    assert str(m.path) in result.output and m.hash in result.output
+    assert m.view_spec == ViewSpec(num_views=3, seed=5)
+    assert (m.pixel_limit, m.min_side, m.val_fraction) == (1000, 4, 0.5)
+    bad = runner.invoke(app, ["corpus", str(tmp_path / "nope"), "--out", str(out)])
+    assert bad.exit_code != 0 and "does not exist" in _plain(bad.output)
+    bad = runner.invoke(app, ["corpus", str(src), "--out", str(out), "--views", "0"])
+    assert bad.exit_code != 0 and "num_views must be >= 1" in _plain(bad.output)
+
+
+def test_demo_corpus_exports_deterministic_labeled_corpus(tmp_path):
+    demo = tmp_path / "demo"
+    result = runner.invoke(app, ["demo-corpus", str(demo)])
+    assert result.exit_code == 0, result.output
+    assert "lfw: 200" in result.output
+    images = layout.demo_images_dir(demo)
+    photos = sorted(p.name for p in (images / "photos").iterdir())
+    assert "astronaut.png" in photos and "coffee.png" in photos and "lfw_subset.npy" not in photos
+    modes = {Image.open(images / "photos" / p).mode for p in ("astronaut.png", "camera.png", "horse.png")}
+    assert modes == {"RGB", "L", "RGBA"}  # mixed modes, as a real corpus has
+    with open(layout.demo_probe_labels_path(demo), newline="") as f:
+        labels = list(csv.DictReader(f))
+    assert len(labels) == 200 and {r["label"] for r in labels} == {"face", "nonface"}
+    assert sum(r["label"] == "face" for r in labels) == 100
+    face = np.asarray(Image.open(images / labels[0]["uri"]))
+    assert face.shape == (25, 25) and face.dtype == np.uint8 and face.std() > 10  # a real image
+
+    before = {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()}
+    assert runner.invoke(app, ["demo-corpus", str(demo)]).exit_code == 0  # re-export: identical
+    assert {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()} == before
+
+    out = tmp_path / "store"
+    result = runner.invoke(app, ["corpus", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = read_manifest(layout.manifest_path(out))
+    assert {r["uri"] for r in labels} <= set(m.uris)
+    assert all(m.ok_N[m.uris.index(r["uri"])] for r in labels)
+    assert m.num_images == len(photos) + 200 and m.ok_N.sum() >= m.num_images - 2
+
+    (demo / "stranger.txt").write_text("not mine")
+    bad = runner.invoke(app, ["demo-corpus", str(demo)])
+    assert bad.exit_code != 0 and "not part of the demo corpus" in _plain(bad.output)
