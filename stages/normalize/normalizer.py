@@ -1,0 +1,179 @@
+"""A fitted target normalizer (PHI-S, arXiv 2410.01680): apply, invert, persist, reuse.
+
+All variants share one kernel: apply y' = (y − μ) Wᵀ, invert y = y' W⁻ᵀ + μ (row vectors), so the
+training loop never branches on the variant. Eigendecompositions of nearly equal eigenvalues are
+unstable and different valid Hadamard matrices give different targets, so a fit is data: it is stored
+(safetensors, with the variant, format version, eigenvalue floor, Hadamard construction and the sha256 of
+the statistics it came from) and reused, never silently recomputed. ``load_or_fit`` refuses a stored
+fit that came from other statistics.
+
+Shape legend: D channels; ``...`` any leading dimensions (tokens, batch, grid).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from stages.normalize.variants import DEFAULT_EIG_FLOOR, NormVariant, fit_affine
+from stages.stats import Moments
+
+NORMALIZER_VERSION = 1
+_TENSORS = ("mu_D", "W_DD", "W_inv_DD")
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+class NormalizerMismatchError(ValueError):
+    """A stored normalizer does not match the statistics or options it was asked for."""
+
+
+@dataclass(eq=False)
+class Normalizer:
+    """Fitted (μ_D, W_DD, W_inv_DD), float64, plus where they came from.
+
+    ``stats_hash`` is ``Moments.content_hash()`` of the source statistics; ``construction`` names the
+    Hadamard matrix (hca, phis) or is None; ``eig_floor`` is the relative eigenvalue floor of the fit.
+    """
+
+    variant: NormVariant
+    mu_D: np.ndarray
+    W_DD: np.ndarray
+    W_inv_DD: np.ndarray
+    stats_hash: str
+    construction: str | None = None
+    eig_floor: float = DEFAULT_EIG_FLOOR
+    _torch_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = field(
+        default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.variant = NormVariant.parse(self.variant)
+        d = self.mu_D.shape[0]
+        for name in _TENSORS:
+            arr = getattr(self, name)
+            assert arr.dtype == np.float64, f"{name} must be float64, got {arr.dtype}"
+            assert arr.shape == ((d,) if name == "mu_D" else (d, d)), f"{name} has shape {arr.shape}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu_D.shape[0])
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """The metadata stored with the tensors."""
+        return {
+            "variant": self.variant.value,
+            "normalizer_version": str(NORMALIZER_VERSION),
+            "stats_hash": self.stats_hash,
+            "construction": self.construction or "",
+            "eig_floor": repr(float(self.eig_floor)),
+            "dim": str(self.dim),
+        }
+
+    def _torch(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        key = (like.device, dtype)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = tuple(
+                torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=dtype)
+                for a in (self.mu_D, self.W_DD.T, self.W_inv_DD.T))
+        return self._torch_cache[key]
+
+    def _numpy(self, like: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+        return self.mu_D.astype(dtype), self.W_DD.T.astype(dtype), self.W_inv_DD.T.astype(dtype)
+
+    def _check(self, y: Any) -> None:
+        if y.shape[-1] != self.dim:
+            raise ValueError(f"normalizer of width {self.dim} got an array of shape {tuple(y.shape)}")
+
+    def apply(self, y: ArrayT) -> ArrayT:
+        """Teacher space → normalized space: (y − μ) Wᵀ over the last dimension (numpy or torch).
+
+        Computes in the input's float dtype (float32 for integer input; numpy integer input: float64).
+        """
+        self._check(y)
+        mu, W_t, _ = self._torch(y) if isinstance(y, torch.Tensor) else self._numpy(y)
+        return (y - mu) @ W_t
+
+    def invert(self, y_norm: ArrayT) -> ArrayT:
+        """Normalized space → teacher space: y' W⁻ᵀ + μ over the last dimension (numpy or torch)."""
+        self._check(y_norm)
+        mu, _, W_inv_t = self._torch(y_norm) if isinstance(y_norm, torch.Tensor) else self._numpy(y_norm)
+        return y_norm @ W_inv_t + mu
+
+    def save(self, path: Path) -> None:
+        """Write the tensors and metadata to a safetensors file (atomically, parents created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}, str(tmp),
+                  metadata=self.meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Normalizer":
+        """Read a normalizer written by ``save``; refuses other format versions."""
+        path = Path(path)
+        with safe_open(str(path), framework="np") as fh:
+            meta = fh.metadata() or {}
+            version = meta.get("normalizer_version")
+            if version != str(NORMALIZER_VERSION):
+                raise NormalizerMismatchError(
+                    f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
+            tensors = {name: fh.get_tensor(name) for name in _TENSORS}
+        return cls(NormVariant.parse(meta["variant"]), stats_hash=meta["stats_hash"],
+                   construction=meta["construction"] or None, eig_floor=float(meta["eig_floor"]),
+                   **tensors)
+
+
+def fit_normalizer(
+    variant: NormVariant | str,
+    moments: Moments,
+    *,
+    hadamard_cache: Path | None = None,
+    eig_floor: float = DEFAULT_EIG_FLOOR,
+) -> Normalizer:
+    """Fit a normalizer of ``variant`` from float64 moments (see ``variants.fit_affine``)."""
+    variant = NormVariant.parse(variant)
+    fit = fit_affine(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor)
+    return Normalizer(variant, fit.mu_D, fit.W_DD, fit.W_inv_DD, moments.content_hash(),
+                      construction=fit.construction, eig_floor=eig_floor)
+
+
+def load_or_fit(
+    path: Path,
+    variant: NormVariant | str,
+    moments: Moments,
+    *,
+    hadamard_cache: Path | None = None,
+    eig_floor: float = DEFAULT_EIG_FLOOR,
+) -> Normalizer:
+    """The normalizer stored at ``path`` if it was fitted from these statistics; else fit, save, return.
+
+    A stored fit is never recomputed. One fitted from other statistics, for another variant or with
+    another eigenvalue floor raises NormalizerMismatchError naming both values and the path.
+    """
+    path = Path(path)
+    variant = NormVariant.parse(variant)
+    if not path.exists():
+        norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor)
+        norm.save(path)
+        return norm
+    norm = Normalizer.load(path)
+    expected = {"variant": variant.value, "stats hash": moments.content_hash(), "eig_floor": float(eig_floor)}
+    found = {"variant": norm.variant.value, "stats hash": norm.stats_hash, "eig_floor": norm.eig_floor}
+    for key, want in expected.items():
+        if found[key] != want:
+            raise NormalizerMismatchError(
+                f"stored normalizer {path} was fitted with {key} {found[key]!r}, but {want!r} was asked "
+                f"for; delete it to refit (refitting changes the targets of every run that used it)")
+    return norm
+

@@ -1,0 +1,295 @@
+"""Property tests for the PHI-S normalization variants (arXiv 2410.01680), float64 throughout.
+
+Shape legend: N tokens, D channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from stages.normalize import variants
+from stages.normalize.losses import LossKind
+from stages.normalize import normalizer as normalizer_mod
+from stages.normalize.normalizer import (
+    NORMALIZER_VERSION,
+    Normalizer,
+    NormalizerMismatchError,
+    fit_normalizer,
+    load_or_fit,
+)
+from stages.normalize.variants import NormVariant, eigh_descending, fit_affine, sign_canonical
+from stages.stats import Moments
+
+AFFINE = [v for v in NormVariant if v.is_affine]
+WHITENING = [NormVariant.PCA_W, NormVariant.ZCA, NormVariant.HCA]
+
+
+def correlated_data(n: int, d: int, *, seed: int) -> np.ndarray:
+    """Correlated Gaussian tokens with a spread-out, well-separated spectrum and a non-zero mean."""
+    rng = np.random.default_rng(seed)
+    mix_DD = np.eye(d) + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d)
+    scale_D = np.geomspace(5.0, 0.05, d)
+    return rng.standard_normal((n, d)) * scale_D @ mix_DD + rng.normal(0, 3, d)
+
+
+def random_moments(d: int, *, seed: int, count: int = 10_000) -> Moments:
+    """Random statistics without sampling: Σ = B diag(s) Bᵀ, B a perturbed identity."""
+    rng = np.random.default_rng(seed)
+    B_DD = np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)
+    cov_DD = (B_DD * np.geomspace(10.0, 0.01, d)) @ B_DD.T
+    return Moments(count, rng.normal(0, 2, d), count * 0.5 * (cov_DD + cov_DD.T))
+
+
+def output_cov(norm, m: Moments) -> np.ndarray:
+    """Covariance of the normalized targets, exactly from the fitted statistics: W Σ Wᵀ."""
+    return norm.W_DD @ m.covariance() @ norm.W_DD.T
+
+
+@pytest.mark.parametrize("width", [384, 768, 1152, 1280, 1536])
+def test_phis_unit_variance_and_hca_identity(width: int) -> None:
+    m = random_moments(width, seed=width)
+    phis = fit_normalizer("phis", m)
+    np.testing.assert_allclose(np.diag(output_cov(phis, m)), 1.0, rtol=0, atol=1e-6)
+    alpha = (np.trace(m.covariance()) / width) ** -0.5
+    # W = α H Uᵀ with H, U orthogonal, so W Wᵀ = α² I
+    np.testing.assert_allclose(phis.W_DD @ phis.W_DD.T, alpha**2 * np.eye(width), atol=1e-10 * alpha**2)
+    hca = fit_normalizer("hca", m)
+    assert phis.construction and hca.construction == phis.construction
+    np.testing.assert_allclose(output_cov(hca, m), np.eye(width), atol=1e-8)
+
+
+@pytest.mark.parametrize("width", [64, 384])
+@pytest.mark.parametrize("variant", WHITENING)
+def test_whitening_gives_identity_covariance(variant: NormVariant, width: int) -> None:
+    m = Moments.from_batch(correlated_data(4 * width, width, seed=1))
+    norm = fit_normalizer(variant, m)
+    np.testing.assert_allclose(output_cov(norm, m), np.eye(width), atol=1e-9)
+
+
+def test_standardize_and_global_std_on_data() -> None:
+    y_ND = correlated_data(3000, 96, seed=2)
+    m = Moments.from_batch(y_ND)
+    std = fit_normalizer("standardize", m)
+    np.testing.assert_allclose(np.diag(output_cov(std, m)), 1.0, atol=1e-12)
+    z_ND = std.apply(y_ND)
+    np.testing.assert_allclose(z_ND.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z_ND.var(axis=0), 1.0, atol=1e-12)
+    g = fit_normalizer("global_std", m)
+    zg_ND = g.apply(y_ND)
+    assert abs(zg_ND.mean()) < 1e-12 and abs(zg_ND.var() - 1.0) < 1e-12
+    assert np.allclose(g.mu_D, y_ND.mean()) and np.allclose(np.diag(g.W_DD), 1 / y_ND.std())
+    # global_std is one scalar: channel variances keep their ratios
+    assert zg_ND.var(axis=0).max() / zg_ND.var(axis=0).min() > 10
+
+
+def test_phis_on_data_every_channel_unit_variance() -> None:
+    y_ND = correlated_data(2000, 384, seed=3)
+    norm = fit_normalizer("phis", Moments.from_batch(y_ND))
+    np.testing.assert_allclose(norm.apply(y_ND).var(axis=0), 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", list(NormVariant))
+def test_inverse_of_apply_is_identity(variant: NormVariant) -> None:
+    y_ND = correlated_data(800, 128, seed=4)
+    norm = fit_normalizer(variant, Moments.from_batch(y_ND))
+    np.testing.assert_allclose(norm.W_DD @ norm.W_inv_DD, np.eye(128), atol=1e-12)
+    np.testing.assert_allclose(norm.invert(norm.apply(y_ND)), y_ND, rtol=0, atol=1e-11 * np.abs(y_ND).max())
+    if not variant.is_affine:
+        np.testing.assert_array_equal(norm.apply(y_ND), y_ND)
+
+
+@pytest.mark.parametrize("variant", AFFINE)
+def test_refit_is_bit_identical(variant: NormVariant) -> None:
+    m = random_moments(96, seed=5)
+    a, b = fit_normalizer(variant, m), fit_normalizer(variant, m)
+    for name in ("mu_D", "W_DD", "W_inv_DD"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_sign_canonical_ignores_eigenvector_signs() -> None:
+    rng = np.random.default_rng(6)
+    _, U_DD = eigh_descending(random_moments(64, seed=6).covariance())
+    flips_D = rng.choice([-1.0, 1.0], size=64)
+    np.testing.assert_array_equal(sign_canonical(U_DD * flips_D), U_DD)
+    pivots = np.argmax(np.abs(U_DD), axis=0)
+    assert np.all(U_DD[pivots, np.arange(64)] > 0)
+    tie_D = np.array([[-0.5], [0.5], [0.5], [-0.5]])  # tie: lowest index decides
+    np.testing.assert_array_equal(sign_canonical(tie_D), -tie_D)
+
+
+@pytest.mark.parametrize("variant", WHITENING + [NormVariant.PHIS])
+def test_fit_with_flipped_eigenvectors_gives_same_W(variant: NormVariant, monkeypatch) -> None:
+    m = random_moments(64, seed=7)
+    ref = fit_affine(variant, m)
+    real_eigh = np.linalg.eigh
+    flips_D = np.random.default_rng(7).choice([-1.0, 1.0], size=64)
+
+    def flipped_eigh(a):
+        lam, U = real_eigh(a)
+        return lam, U * flips_D
+
+    monkeypatch.setattr(variants.np.linalg, "eigh", flipped_eigh)
+    got = fit_affine(variant, m)
+    np.testing.assert_array_equal(got.W_DD, ref.W_DD)
+    np.testing.assert_array_equal(got.W_inv_DD, ref.W_inv_DD)
+
+
+def test_eigenvalues_sorted_descending() -> None:
+    lam_D, U_DD = eigh_descending(random_moments(48, seed=8).covariance())
+    assert np.all(np.diff(lam_D) <= 0)
+    np.testing.assert_allclose(U_DD.T @ U_DD, np.eye(48), atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", AFFINE)
+def test_moments_merged_from_shards_fit_the_same_normalizer(variant: NormVariant) -> None:
+    y_ND = correlated_data(2000, 64, seed=9)
+    cuts = [0, 137, 600, 601, 1500, 2000]
+    merged = Moments.merge_all([Moments.from_batch(y_ND[a:b]) for a, b in zip(cuts, cuts[1:])])
+    whole = Moments.from_batch(y_ND)
+    assert merged.count == whole.count
+    np.testing.assert_allclose(merged.mean_D, whole.mean_D, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(merged.m2_DD, whole.m2_DD, rtol=0, atol=1e-10 * np.abs(whole.m2_DD).max())
+    a, b = fit_normalizer(variant, merged), fit_normalizer(variant, whole)
+    np.testing.assert_allclose(a.mu_D, b.mu_D, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.W_DD, b.W_DD, rtol=0, atol=1e-8 * np.abs(b.W_DD).max())
+    np.testing.assert_allclose(a.W_inv_DD, b.W_inv_DD, rtol=0, atol=1e-8 * np.abs(b.W_inv_DD).max())
+
+
+@pytest.fixture(scope="module")
+def rank_deficient() -> tuple[np.ndarray, Moments]:
+    """Rank 300 of 768 plus a dead (constant) channel."""
+    rng = np.random.default_rng(10)
+    A_RD = rng.standard_normal((300, 768))
+    A_RD[:, 5] = 0.0
+    y_ND = rng.standard_normal((700, 300)) @ A_RD + rng.normal(0, 1, 768)
+    y_ND[:, 5] = 3.0
+    return y_ND, Moments.from_batch(y_ND)
+
+
+@pytest.mark.parametrize("variant", list(NormVariant))
+def test_rank_deficient_teacher(variant: NormVariant, rank_deficient) -> None:
+    y_ND, m = rank_deficient
+    norm = fit_normalizer(variant, m)
+    for arr in (norm.mu_D, norm.W_DD, norm.W_inv_DD):
+        assert np.all(np.isfinite(arr))
+    z_ND = norm.apply(y_ND)
+    assert np.all(np.isfinite(z_ND))
+    np.testing.assert_allclose(norm.invert(z_ND), y_ND, rtol=0, atol=1e-9 * np.abs(y_ND).max())
+    cov_DD = output_cov(norm, m)
+    if variant in WHITENING:  # the 300 directions above the floor are white, the rest ~0
+        assert abs(np.trace(cov_DD) - 300) < 1e-6
+    if variant is NormVariant.PCA_W:
+        np.testing.assert_allclose(np.diag(cov_DD)[:300], 1.0, atol=1e-9)
+    if variant is NormVariant.PHIS:
+        np.testing.assert_allclose(np.diag(cov_DD), 1.0, atol=1e-9)
+
+
+def test_variant_properties_and_parse() -> None:
+    assert [v.value for v in NormVariant] == ["mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std",
+                                              "standardize", "pca_w", "zca", "hca", "phis"]
+    assert NormVariant.HYB_SMOOTHL1.loss is LossKind.HYB_SMOOTHL1 and not NormVariant.COSINE.is_affine
+    assert all(v.loss is LossKind.MSE for v in AFFINE) and len(AFFINE) == 6
+    with pytest.raises(ValueError, match="unknown normalization variant 'phi'.*phis"):
+        NormVariant.parse("phi")
+
+
+def test_variant_is_a_typer_option() -> None:
+    app = typer.Typer()
+    seen: list[NormVariant] = []
+
+    @app.command()
+    def main(norm: NormVariant = typer.Option(NormVariant.MSE, "--norm")) -> None:
+        seen.append(norm)
+
+    assert CliRunner().invoke(app, ["--norm", "phis"]).exit_code == 0
+    assert seen == [NormVariant.PHIS]
+    assert CliRunner().invoke(app, ["--norm", "bogus"]).exit_code != 0
+
+
+def test_loss_side_variants_fit_identity() -> None:
+    norm = fit_normalizer("cosine", random_moments(12, seed=11))
+    np.testing.assert_array_equal(norm.W_DD, np.eye(12))
+    np.testing.assert_array_equal(norm.mu_D, np.zeros(12))
+
+
+def test_fit_errors() -> None:
+    m = random_moments(30, seed=12)
+    with pytest.raises(ValueError, match="width 30.*28 below and 32 above"):
+        fit_normalizer("phis", m)
+    with pytest.raises(ValueError, match="empty statistics"):
+        fit_normalizer("zca", Moments.empty(8))
+    const = Moments.from_batch(np.ones((5, 8)))
+    for variant in AFFINE:
+        with pytest.raises(ValueError, match="constant"):
+            fit_normalizer(variant, const)
+    with pytest.raises(ValueError, match="eig_floor"):
+        fit_normalizer("zca", random_moments(8, seed=1), eig_floor=0.0)
+
+
+def test_torch_apply_invert_match_numpy() -> None:
+    y_ND = correlated_data(300, 64, seed=13)
+    norm = fit_normalizer("phis", Moments.from_batch(y_ND))
+    y_BND = torch.from_numpy(y_ND).reshape(3, 100, 64)
+    z_BND = norm.apply(y_BND)
+    assert z_BND.dtype == torch.float64 and z_BND.shape == (3, 100, 64)
+    np.testing.assert_allclose(z_BND.reshape(300, 64).numpy(), norm.apply(y_ND), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(norm.invert(z_BND), y_BND)
+    z32 = norm.apply(y_BND.float())
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32, z_BND.float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="width 64"):
+        norm.apply(torch.zeros(2, 63))
+
+
+@pytest.mark.parametrize("variant", ["phis", "standardize", "hyb_smoothl1"])
+def test_save_load_bit_identical(variant: str, tmp_path) -> None:
+    norm = fit_normalizer(variant, random_moments(96, seed=14), hadamard_cache=tmp_path / "hadamard")
+    path = tmp_path / "n" / f"{variant}.safetensors"
+    norm.save(path)
+    back = Normalizer.load(path)
+    for name in ("mu_D", "W_DD", "W_inv_DD"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(norm, name))
+    assert (back.variant, back.stats_hash, back.construction, back.eig_floor) == (
+        norm.variant, norm.stats_hash, norm.construction, norm.eig_floor)
+    assert back.meta["normalizer_version"] == str(NORMALIZER_VERSION)
+    if variant == "phis":
+        assert (tmp_path / "hadamard" / "96.npy").exists()
+
+
+def test_load_or_fit_reuses_and_refuses(tmp_path, monkeypatch) -> None:
+    m = random_moments(64, seed=15)
+    path = tmp_path / "phis.safetensors"
+    first = load_or_fit(path, "phis", m)
+    assert path.exists()
+    refit = fit_normalizer("phis", m)  # refitting identical statistics is bit-identical
+    np.testing.assert_array_equal(refit.W_DD, first.W_DD)
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("load_or_fit recomputed a stored normalizer")
+
+    monkeypatch.setattr(normalizer_mod, "fit_affine", no_refit)
+    again = load_or_fit(path, NormVariant.PHIS, m)
+    np.testing.assert_array_equal(again.W_DD, first.W_DD)
+    other = random_moments(64, seed=16)
+    with pytest.raises(NormalizerMismatchError) as err:
+        load_or_fit(path, "phis", other)
+    for part in (m.content_hash(), other.content_hash(), str(path)):
+        assert part in str(err.value)
+    with pytest.raises(NormalizerMismatchError, match="variant 'phis'.*'zca'"):
+        load_or_fit(path, "zca", m)
+    with pytest.raises(NormalizerMismatchError, match="eig_floor"):
+        load_or_fit(path, "phis", m, eig_floor=1e-3)
+
+
+def test_load_refuses_other_version(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "old.safetensors"
+    save_file({"mu_D": np.zeros(4), "W_DD": np.eye(4), "W_inv_DD": np.eye(4)}, str(path),
+              metadata={"normalizer_version": "0", "variant": "mse"})
+    with pytest.raises(NormalizerMismatchError, match="version '0'"):
+        Normalizer.load(path)
