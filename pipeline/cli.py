@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline import cmd_corpus
+from pipeline import cmd_corpus, cmd_teachers
 
 app = typer.Typer(
     name="pipeline",
@@ -22,7 +22,7 @@ app = typer.Typer(
 # ---- command groups, registered explicitly (add new ones here, in pipeline order) -----------------
 COMMAND_GROUPS = (
     cmd_corpus,
-    # cmd_teachers,
+    cmd_teachers,
     # cmd_extract,
     # cmd_store,
     # cmd_distill,

@@ -1,0 +1,41 @@
+"""Pixels for a teacher: uint8 views -> float32 BCHW normalized with the spec's mean/std.
+
+The spec carries its own preprocessing (timm's `PretrainedCfg` habit), so callers never pick mean/std by
+hand. Views are already rendered at `spec.resolution` by the caller (stages.corpus.views.render_view).
+
+Shape legend: B views in the batch, H/W pixel sides, C = 3 colour channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stages.teachers.spec import TeacherSpec
+
+
+def to_pixels(views_BHW3_uint8: np.ndarray, spec: TeacherSpec) -> torch.Tensor:
+    """Convert rendered views to the teacher's normalized input.
+
+    Args:
+        views_BHW3_uint8: uint8 array [B, H, W, 3] with H == W == spec.resolution.
+        spec: the teacher whose mean/std (on the 0..1 scale) are applied.
+
+    Returns:
+        float32 tensor [B, 3, H, W] equal to (x / 255 - mean) / std.
+    """
+    if views_BHW3_uint8.dtype != np.uint8:
+        raise ValueError(f"views must be uint8, got {views_BHW3_uint8.dtype}")
+    if views_BHW3_uint8.ndim != 4 or views_BHW3_uint8.shape[-1] != 3:
+        raise ValueError(f"views must have shape [B, H, W, 3], got {views_BHW3_uint8.shape}")
+    side = spec.resolution
+    if views_BHW3_uint8.shape[1:3] != (side, side):
+        raise ValueError(
+            f"teacher {spec.name!r} takes {side}x{side} views, got {views_BHW3_uint8.shape[1]}x"
+            f"{views_BHW3_uint8.shape[2]}; render views at spec.resolution"
+        )
+    x_BHW3 = torch.from_numpy(np.ascontiguousarray(views_BHW3_uint8)).to(torch.float32).div_(255.0)
+    mean_3 = torch.tensor(spec.mean, dtype=torch.float32)
+    std_3 = torch.tensor(spec.std, dtype=torch.float32)
+    x_BHW3 = (x_BHW3 - mean_3) / std_3
+    return x_BHW3.permute(0, 3, 1, 2).contiguous()
