@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline import cmd_corpus, cmd_teachers
+from pipeline import cmd_corpus, cmd_extract, cmd_store, cmd_teachers
 
 app = typer.Typer(
     name="pipeline",
@@ -23,8 +23,8 @@ app = typer.Typer(
 COMMAND_GROUPS = (
     cmd_corpus,
     cmd_teachers,
-    # cmd_extract,
-    # cmd_store,
+    cmd_extract,
+    cmd_store,
     # cmd_distill,
     # cmd_evaluate,
 )

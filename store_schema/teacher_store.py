@@ -12,6 +12,8 @@ I requested images.
 
 from __future__ import annotations
 
+import os
+import shutil
 import json
 import subprocess
 import warnings
@@ -86,7 +88,16 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     if path.exists() and any(path.iterdir()):
         raise StoreMismatchError(path, "store", expected="a zarr v3 group or nothing",
                                  found=f"a non-empty folder without zarr.json")
-    _create_arrays(path, attrs, spec=spec, codec=codec)
+    # Build the whole group in a sibling folder and rename it into place, so a run killed while the
+    # arrays are being created never leaves a half-made store that later runs refuse to open.
+    for stale in path.parent.glob(f"{path.name}.creating-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f"{path.name}.creating-{os.getpid()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _create_arrays(tmp, attrs, spec=spec, codec=codec)
+    if path.exists():
+        path.rmdir()  # an empty folder (checked above)
+    os.replace(tmp, path)
     return open_teacher_store(path, mode="r+")
 
 

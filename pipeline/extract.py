@@ -1,0 +1,208 @@
+"""Stage one orchestration: run one teacher over the manifest into `<root>/<teacher>.zarr`.
+
+AM-RADIO (arXiv 2312.06709) distils from frozen teachers; running them once into a store lets every
+PHI-S (arXiv 2410.01680) normalization variant train from the same targets. Ray schedules the in-process
+`ShardWorker` (one actor per worker, the teacher built once per actor, one shard per task); the same
+worker runs without Ray when `workers == 0` (machines without Ray, such as the GPU machine).
+
+Completion protocol: a worker writes a whole shard and returns its partial statistics; the driver then
+writes those statistics and marks the shard complete, in that order. A run killed at any point leaves
+every shard either complete (data + stats) or not marked, and a re-run rewrites exactly the unmarked ones.
+
+Retries: actors are created with `max_restarts=2, max_task_retries=2`, so a shard whose actor process
+dies (OOM kill, segfault, lost node) is retried on the restarted actor; whole-shard writes are idempotent,
+so a retried shard cannot leave mixed data. Python exceptions inside a shard are not retried (they are
+bugs or bad configuration, not transient): the run lets in-flight shards finish, then raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from stages.extract.inspect import storage_footprint
+from stages.extract.pooling import check_storage_grid
+from stages.extract.worker import MaskedView, ShardResult, ShardWorker
+from stages.teachers.registry import get_teacher_spec, weights_identity
+from store_schema.codecs import CodecSpec
+from store_schema.layout import manifest_path, teacher_store_path
+from store_schema.manifest import read_manifest
+from store_schema.teacher_store import TeacherStore, create_teacher_store
+
+ACTOR_MAX_RESTARTS = 2
+ACTOR_MAX_TASK_RETRIES = 2
+TASKS_PER_ACTOR = 2  # one running, one queued, so an actor never idles waiting for the driver
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How to extract one teacher (typed config at the CLI boundary)."""
+
+    batch_size: int = 32
+    shard_size: int = 64
+    storage_grid: tuple[int, int] | None = None  # None: the teacher's own patch grid
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    checkpoint: Path | None = None
+    device: str = "cpu"
+    workers: int = 1  # Ray actors; 0 runs the shard worker in this process without Ray
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    ray_address: str | None = None  # None: local Ray (reused when already initialised)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {self.workers}")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")
+
+
+@dataclass
+class ExtractReport:
+    """What one `run_extract` did; `computed_shards` lists the shards this run wrote."""
+
+    teacher: str
+    store_path: Path
+    computed_shards: list[int]
+    skipped_shards: list[int]  # complete before this run started
+    num_images: int  # images in the computed shards
+    num_views: int  # valid views written
+    num_bad: int  # images marked bad in the manifest
+    masked: list[MaskedView]  # views masked at extraction time
+    seconds: float
+    bytes_on_disk: int
+    bits_per_value: float
+    shard_workers: dict[int, str] = field(default_factory=dict)  # shard -> host:pid that extracted it
+    startup_seconds: float = 0.0  # store creation + workers built (teachers loaded), before the first shard
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # worker time per phase, summed over shards
+
+    @property
+    def images_per_s(self) -> float:
+        """End to end, startup included."""
+        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Once the workers are built: images over (seconds - startup_seconds)."""
+        busy = self.seconds - self.startup_seconds
+        return self.num_images / busy if busy > 0 else 0.0
+
+    def summary_line(self) -> str:
+        return (f"extract {self.teacher}: {self.num_images} images, {self.num_views} views, "
+                f"{len(self.masked)} masked, {self.num_bad} bad, {len(self.computed_shards)} shards computed, "
+                f"{len(self.skipped_shards)} skipped, {self.seconds:.1f} s, {self.images_per_s:.2f} images/s, "
+                f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value")
+
+
+def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
+    """Driver side of the completion protocol: the shard's statistics first, then its complete flag."""
+    h, w = store.grid
+    assert result.patches.count == result.num_views * h * w, (result.shard, result.patches.count)
+    if store.summary_dim > 0:
+        assert result.summary is not None and result.summary.count == result.num_views
+        store.write_shard_stats(result.shard, "summary", result.summary)
+    store.write_shard_stats(result.shard, "patches", result.patches)
+    store.mark_complete(result.shard)
+
+
+def run_extract(root: Path, teacher: str, config: ExtractConfig) -> ExtractReport:
+    """Extract `teacher` over `<root>/manifest.parquet` into `<root>/<teacher>.zarr`, skipping complete shards."""
+    t0 = time.perf_counter()
+    root = Path(root)
+    manifest = read_manifest(manifest_path(root))
+    spec = get_teacher_spec(teacher)
+    grid = tuple(config.storage_grid) if config.storage_grid is not None else spec.grid
+    check_storage_grid(spec.grid, grid)
+    store = create_teacher_store(
+        teacher_store_path(root, teacher), spec=spec,
+        weights_identity=weights_identity(spec, config.checkpoint), manifest=manifest,
+        shard_size=config.shard_size, storage_grid=grid, codec=config.codec,
+    )
+    pending = [int(k) for k in store.pending_shards()]
+    skipped = [int(k) for k in store.completed_shards()]
+    report = ExtractReport(teacher, store.path, [], skipped, 0, 0, 0, [], 0.0, 0, 0.0)
+    total = sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in pending)
+    bar = tqdm(total=total, unit="img", desc=f"extract {teacher}", disable=not config.progress)
+
+    def on_result(result: ShardResult) -> None:
+        finalize_shard(store, result)
+        report.computed_shards.append(result.shard)
+        report.shard_workers[result.shard] = result.worker
+        for phase, secs in result.seconds.items():
+            report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + secs
+        report.num_images += result.num_images
+        report.num_views += result.num_views
+        report.num_bad += result.num_bad_images
+        report.masked.extend(result.masked)
+        bar.update(result.num_images)
+        bar.set_postfix(masked=len(report.masked), bad=report.num_bad)
+
+    worker_kwargs = dict(store_path=store.path, manifest_path=manifest.path, checkpoint=config.checkpoint,
+                         device=config.device, batch_size=config.batch_size)
+    try:
+        if pending and config.workers == 0:
+            worker = ShardWorker(spec, **worker_kwargs)
+            report.startup_seconds = time.perf_counter() - t0
+            for k in pending:
+                on_result(worker.run_shard(k))
+        elif pending:
+            ready_at = _run_on_ray(spec, worker_kwargs, pending, config, on_result)
+            report.startup_seconds = ready_at - t0
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    report.bytes_on_disk, report.bits_per_value = storage_footprint(store)
+    return report
+
+
+def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractConfig,
+                on_result: Callable[[ShardResult], None]) -> float:
+    """Dispatch shards to `config.workers` Ray actors with ray.wait; results are finalized as they arrive.
+
+    Returns the perf_counter time at which every actor had built its teacher (before any shard ran)."""
+    import ray
+
+    from pipeline.ray_runtime import init_ray
+
+    resources = init_ray(config.ray_address)
+    need_cpu, need_gpu = config.workers * config.cpus_per_worker, config.workers * config.gpus_per_worker
+    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
+        raise ValueError(f"{config.workers} workers need {need_cpu} CPUs and {need_gpu} GPUs; the Ray "
+                         f"cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} GPUs")
+    actor_cls = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
+                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(ShardWorker)
+    actors = [actor_cls.remote(spec, **worker_kwargs) for _ in range(min(config.workers, len(pending)))]
+    queue, inflight, errors = deque(pending), {}, []
+
+    def submit(actor) -> None:
+        if queue and not errors:
+            k = queue.popleft()
+            inflight[actor.run_shard.remote(k)] = (k, actor)
+
+    try:
+        ray.get([actor.describe.remote() for actor in actors])  # teachers built: fail fast, time startup
+        ready_at = time.perf_counter()
+        for actor in actors:
+            for _ in range(TASKS_PER_ACTOR):
+                submit(actor)
+        while inflight:
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            k, actor = inflight.pop(ref)
+            try:
+                on_result(ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - collected, in-flight shards finish, then re-raised
+                errors.append((k, e))
+            submit(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    if errors:
+        k, e = errors[0]
+        raise RuntimeError(f"shard {k} failed ({len(errors)} shard(s) failed); complete shards are kept, "
+                           f"re-run to resume") from e
+    return ready_at

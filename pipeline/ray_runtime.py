@@ -1,0 +1,56 @@
+"""Ray wiring for stage one (AM-RADIO arXiv 2312.06709's teachers run once into the feature store).
+
+The one place Ray is started. Local by default (`ray.init` sized to this machine's CPUs / GPUs), or a
+connection to an existing cluster when an address is given. Ray 2.60 turns token authentication on by
+default for local clusters, so the mode is set explicitly here, in `os.environ` right before `ray.init`
+(never at import). An already initialised Ray in this process is reused, which is how tests share one
+local Ray per session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+AUTH_MODES = ("disabled", "token")  # what Ray 2.60's RAY_AUTH_MODE accepts
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    auth_mode: str = "disabled",
+    object_store_memory: int | None = None,
+) -> dict[str, float]:
+    """Start (or connect to, or reuse) Ray and return the cluster's resources.
+
+    address: None starts a local Ray sized to this machine (num_cpus / num_gpus override the detected
+    counts); "auto" or "host:port" / "ray://host:port" connects to an existing cluster (num_cpus /
+    num_gpus must then be None: a cluster's size is its own). auth_mode: RAY_AUTH_MODE for a local
+    cluster, "disabled" (a single-user machine; the default) or "token". If Ray is already initialised in
+    this process it is reused as it is.
+    """
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    if auth_mode not in AUTH_MODES:
+        raise ValueError(f"unknown Ray auth mode {auth_mode!r}; valid modes: {', '.join(AUTH_MODES)}")
+    common = dict(log_to_driver=False, logging_level=logging.WARNING)
+    if address is None:
+        os.environ["RAY_AUTH_MODE"] = auth_mode
+        ray.init(num_cpus=num_cpus if num_cpus is not None else os.cpu_count(), num_gpus=num_gpus,
+                 object_store_memory=object_store_memory, include_dashboard=False, **common)
+    else:
+        if num_cpus is not None or num_gpus is not None:
+            raise ValueError("num_cpus / num_gpus size a local Ray only; an existing cluster at "
+                             f"{address!r} has its own resources")
+        ray.init(address=address, **common)
+    return ray.cluster_resources()
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this process started or joined (no-op when none is running)."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,125 @@
+"""What a teacher store holds: progress, footprint and the statistics PHI-S normalizers are fitted from.
+
+PHI-S (arXiv 2410.01680) motivates normalization by how far teachers' scales are apart (global std of DFN
+CLIP 0.029 vs SAM-H 5.47) and by their low effective rank (SAM-H 776 of 1280); `store_info` reports both
+from the store's merged float64 moments, without reading feature data.
+
+Definitions used here:
+- global std: the std of all values of all tokens and channels around ONE scalar mean (the
+  `global_std` variant's σ_g): σ_g² = trace(Σ)/C + mean_c (μ_c − μ̄)².
+- per-channel std: sqrt(diag Σ), reported as min / max over channels.
+- effective rank: exp(entropy of the normalized eigenvalues p_i = λ_i / Σλ) (Roy & Vetterli 2007);
+  participation ratio (Σλ)² / Σλ² is reported alongside.
+
+Shape legend: C channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from store_schema.teacher_store import TeacherStore
+
+
+@dataclass(frozen=True)
+class KindStats:
+    """Summary statistics of one token kind, from the merged moments of the complete shards."""
+
+    kind: str
+    count: int  # tokens
+    dim: int
+    global_std: float
+    channel_std_min: float
+    channel_std_max: float
+    effective_rank: float  # exp(entropy of normalized eigenvalues)
+    participation_ratio: float  # (Σλ)² / Σλ²
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Progress, shapes, footprint and statistics of one teacher store."""
+
+    teacher: str
+    path: str
+    num_images: int
+    num_views: int
+    valid_views: int
+    shards_complete: int
+    num_shards: int
+    grid: tuple[int, int]
+    summary_dim: int
+    patch_dim: int
+    codec: dict
+    bytes_on_disk: int
+    bits_per_value: float
+    kinds: tuple[KindStats, ...]
+
+
+def storage_footprint(store: TeacherStore) -> tuple[int, float]:
+    """(bytes of the whole store folder on disk, stored bits per feature value over the written images).
+
+    Bits per value counts the summary and patch arrays only (their stored bytes over the number of values
+    in complete shards); NaN before any shard is complete."""
+    bytes_on_disk = sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+    arrays = [a for a in (store.summary, store.patches) if a is not None]
+    stored = sum(int(a.nbytes_stored()) for a in arrays)
+    images = sum(store.shard_range(int(k))[1] - store.shard_range(int(k))[0] for k in store.completed_shards())
+    h, w = store.grid
+    values = images * store.num_views * (store.summary_dim + h * w * store.patch_dim)
+    return bytes_on_disk, (8.0 * stored / values if values else float("nan"))
+
+
+def kind_stats(store: TeacherStore, kind: str) -> KindStats:
+    """Statistics of one token kind over the complete shards (see the module docstring for definitions)."""
+    m = store.stats(kind)
+    if m.count == 0:
+        nan = float("nan")
+        return KindStats(kind, 0, m.dim, nan, nan, nan, nan, nan)
+    cov_CC = m.covariance()
+    var_C = np.clip(np.diag(cov_CC), 0.0, None)
+    global_var = float(var_C.mean() + np.mean((m.mean_D - m.mean_D.mean()) ** 2))
+    eig_C = np.clip(np.linalg.eigvalsh(cov_CC), 0.0, None)
+    total = float(eig_C.sum())
+    if total > 0:
+        p_C = eig_C[eig_C > 0] / total
+        eff_rank = float(np.exp(-(p_C * np.log(p_C)).sum()))
+        pr = total**2 / float((eig_C**2).sum())
+    else:
+        eff_rank = pr = 0.0
+    return KindStats(kind, m.count, m.dim, float(np.sqrt(global_var)), float(np.sqrt(var_C.min())),
+                     float(np.sqrt(var_C.max())), eff_rank, pr)
+
+
+def store_info(store: TeacherStore) -> StoreInfo:
+    """Everything `pipeline store info` prints for one store."""
+    bytes_on_disk, bits = storage_footprint(store)
+    return StoreInfo(
+        teacher=store.spec.name, path=str(store.path), num_images=store.num_images,
+        num_views=store.num_views, valid_views=int(np.asarray(store.valid[:]).sum()),
+        shards_complete=len(store.completed_shards()), num_shards=store.num_shards, grid=store.grid,
+        summary_dim=store.summary_dim, patch_dim=store.patch_dim, codec=store.codec.to_dict(),
+        bytes_on_disk=bytes_on_disk, bits_per_value=bits,
+        kinds=tuple(kind_stats(store, kind) for kind in store.kinds),
+    )
+
+
+def format_info(info: StoreInfo) -> str:
+    """Human-readable multi-line report of a StoreInfo."""
+    h, w = info.grid
+    lines = [
+        f"{info.teacher}  ({info.path})",
+        f"  images {info.num_images} x views {info.num_views}; valid views {info.valid_views}; "
+        f"shards {info.shards_complete}/{info.num_shards} complete",
+        f"  summary {[info.num_images, info.num_views, info.summary_dim] if info.summary_dim else 'none'}; "
+        f"patches {[info.num_images, info.num_views, h, w, info.patch_dim]}",
+        f"  on disk {info.bytes_on_disk / 2**20:.2f} MiB; {info.bits_per_value:.2f} bits/value; codec {info.codec}",
+    ]
+    for k in info.kinds:
+        lines.append(
+            f"  {k.kind:8s} tokens {k.count}: global std {k.global_std:.4g}; channel std "
+            f"[{k.channel_std_min:.4g}, {k.channel_std_max:.4g}]; effective rank (exp entropy) "
+            f"{k.effective_rank:.1f} / {k.dim}; participation ratio {k.participation_ratio:.1f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""`pipeline store verify` / `store info` on a real store: corruption is found and named by image id.
+
+Every chunk ends in a crc32c checksum (the sharding index carries its own), so one flipped byte in a
+shard file fails that image's read; a complete shard whose data vanished disagrees with its statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline import cmd_extract, cmd_store
+from stages.extract.verify import verify_store
+from store_schema.layout import teacher_store_path
+from store_schema.teacher_store import open_teacher_store
+
+pytest_plugins = ["tests.ray_fixture"]
+
+TEACHER = "tiny_sam"  # no summary token: patches only
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cmd_extract.register(app)
+    cmd_store.register(app)
+    return app
+
+
+def _shard_file(store, k: int):
+    """The patches shard file of shard k (zarr v3 default chunk keys: c/<k>/0/0/0/0)."""
+    return store.path / "patches" / "c" / str(k) / "0" / "0" / "0" / "0"
+
+
+def _inner_chunk_span(path, row: int, rows: int) -> tuple[int, int]:
+    """(offset, nbytes) of inner chunk `row` from the shard index at the file's end (rows x 2 uint64 + crc32c)."""
+    data = path.read_bytes()
+    index = np.frombuffer(data[-(16 * rows + 4):-4], dtype="<u8").reshape(rows, 2)
+    return int(index[row, 0]), int(index[row, 1])
+
+
+@pytest.fixture
+def store_root(tmp_path, make_corpus):
+    root = make_corpus(tmp_path, n_ok=10)  # 12 images; images 4 and 11 are bad
+    result = CliRunner().invoke(_app(), ["extract", "--teacher", TEACHER, "--root", str(root), "--no-ray",
+                                         "--shard-size", "4", "--batch-size", "8", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"extract {TEACHER}: 12 images, 20 views, 0 masked, 2 bad, 3 shards computed" in result.output
+    return root
+
+
+def test_clean_store_verifies_and_info_reports_statistics(store_root):
+    runner = CliRunner()
+    result = runner.invoke(_app(), ["store", "verify", "--root", str(store_root)])
+    assert result.exit_code == 0, result.output
+    assert "3 ok, 0 damaged, 0 incomplete of 3 shards" in result.output
+    info = runner.invoke(_app(), ["store", "info", "--root", str(store_root), "--teacher", TEACHER])
+    assert info.exit_code == 0, info.output
+    assert "images 12 x views 2; valid views 20; shards 3/3 complete" in info.output
+    assert "summary none; patches [12, 2, 8, 8, 96]" in info.output
+    assert "effective rank (exp entropy)" in info.output and "bits/value" in info.output
+
+
+def test_flipped_byte_names_the_damaged_image(store_root):
+    store = open_teacher_store(teacher_store_path(store_root, TEACHER))
+    path = _shard_file(store, 1)  # images 4..7; image 4 is bad (never written), 6 is row 2
+    offset, nbytes = _inner_chunk_span(path, 2, store.shard_size)
+    assert nbytes > 0
+    raw = bytearray(path.read_bytes())
+    raw[offset + nbytes // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+    report = verify_store(store)
+    assert not report.ok and report.damaged_ids == [6]
+    result = CliRunner().invoke(_app(), ["store", "verify", "--root", str(store_root), "--teacher", TEACHER])
+    assert result.exit_code == 1
+    assert "shard 1 DAMAGED images [6]" in result.output
+
+
+def test_complete_shard_with_vanished_data_is_damaged(store_root):
+    store = open_teacher_store(teacher_store_path(store_root, TEACHER))
+    _shard_file(store, 2).unlink()  # reads back as zeros (fill value); its stats say otherwise
+    report = verify_store(store)
+    assert report.damaged_ids == [8, 9, 10, 11]
+    assert report.shards[2].problems == ["patches stats differ from the stored data"]
+
+
+def test_incomplete_shard_is_missing_not_damaged(store_root):
+    store = open_teacher_store(teacher_store_path(store_root, TEACHER), mode="r+")
+    store.write_shard(0, summary_SVC=None, patches_SVhwC=np.zeros((4, 2, 8, 8, 96), np.float32),
+                      valid_SV=np.zeros((4, 2), bool))  # a rewrite in progress: flag cleared
+    report = verify_store(store)
+    assert report.ok and report.missing_shards == [0] and report.damaged_ids == []
