@@ -12,9 +12,9 @@ I requested images.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import json
 import subprocess
 import warnings
 from importlib import metadata as importlib_metadata
