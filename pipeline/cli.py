@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline import cmd_corpus, cmd_extract, cmd_store, cmd_teachers
+from pipeline import cmd_corpus, cmd_distill, cmd_extract, cmd_store, cmd_teachers
 
 app = typer.Typer(
     name="pipeline",
@@ -25,7 +25,7 @@ COMMAND_GROUPS = (
     cmd_teachers,
     cmd_extract,
     cmd_store,
-    # cmd_distill,
+    cmd_distill,
     # cmd_evaluate,
 )
 for _group in COMMAND_GROUPS:

@@ -1,0 +1,110 @@
+"""`pipeline distill` and `pipeline export`: thin commands over stages/distill (store-fed agglomerative
+distillation, AM-RADIO arXiv 2312.06709, with PHI-S target normalization, arXiv 2410.01680).
+
+`distill` trains a student + per-teacher heads from <root>/<teacher>.zarr into <out>/<run-name>
+(config.json, checkpoint.pt, metrics.jsonl, export.safetensors). Launched by torchrun (WORLD_SIZE > 1 in
+the environment) it trains data-parallel; --batch-size is then per process. `export` re-writes a run's
+export.safetensors (denormalization folded into the heads) from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages.distill.config import DistillConfig
+from stages.distill.ddp import init_from_env
+from stages.distill.export import export_run
+from stages.distill.train import train
+from stages.normalize import NormVariant
+
+
+def parse_teacher_weights(text: str) -> dict[str, float]:
+    """"a=1,b=2.5" -> {"a": 1.0, "b": 2.5}; empty text -> {}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--teacher-weights entry {item!r} is not NAME=NUMBER (e.g. dinov2=1,sam=0.5)") from None
+    return out
+
+
+def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: Path, run_name: str | None,
+                   **options: object) -> DistillConfig:
+    """The DistillConfig a command line asks for (run directory <out>/<run_name or norm>)."""
+    names = [t.strip() for t in teachers.split(",") if t.strip()]
+    weights = parse_teacher_weights(str(options.pop("teacher_weights") or ""))
+    variant = NormVariant.parse(norm)
+    return DistillConfig(student=student, teachers=tuple(names), root=root, out_dir=out / (run_name or variant.value),
+                         norm=variant, teacher_weights=weights, **options)  # type: ignore[arg-type]
+
+
+def distill(
+    teachers: Annotated[str, typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr.")],
+    norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(v.value for v in NormVariant))] = "phis",
+    student: Annotated[str, typer.Option(help="Student name (see stages.students.student_names()).")] = "vit_tiny_test",
+    root: Annotated[Path, typer.Option(help="Store root holding manifest.parquet and the teacher stores.")] = Path("store"),
+    out: Annotated[Path, typer.Option(help="Runs folder; the run goes to <out>/<run-name>.")] = Path("runs"),
+    run_name: Annotated[str | None, typer.Option(help="Run directory name (default: the --norm name).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimization steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Batch per process (global batch = this x processes).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warmup, then cosine).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not on biases / norms).")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 50,
+    teacher_weights: Annotated[str, typer.Option(help="Per-teacher loss weights, e.g. a=1,b=2 (default 1).")] = "",
+    summary_weight: Annotated[float, typer.Option(help="Weight of every summary (CLS) loss.")] = 1.0,
+    feature_weight: Annotated[float, typer.Option(help="Weight of every dense feature loss.")] = 1.0,
+    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
+    img_size: Annotated[int, typer.Option(help="Student input side in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Seed of initialization and of the sample order.")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1); bf16 autocast on CUDA.")] = "cpu",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes (0: load in the main process).")] = 2,
+    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every this many steps.")] = 10,
+    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every this many steps (0: only at the end).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt.")] = False,
+) -> None:
+    """Train a student and per-teacher heads from the feature store (never runs a teacher)."""
+    try:
+        config = resolve_config(norm=norm, student=student, teachers=teachers, root=root, out=out,
+                                run_name=run_name, steps=steps, batch_size=batch_size, lr=lr,
+                                weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                teacher_weights=teacher_weights, summary_weight=summary_weight,
+                                feature_weight=feature_weight, grad_clip=grad_clip, img_size=img_size,
+                                seed=seed, device=device, num_workers=workers, log_every=log_every,
+                                ckpt_every=ckpt_every)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    ctx = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        ctx = init_from_env(os.environ, device=config.device)
+    try:
+        run_dir = train(config, resume=resume, dist_ctx=ctx)
+    except (ValueError, FileNotFoundError) as e:  # user mistakes: unknown student, mismatched stores, ...
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if ctx is None or ctx.is_main:
+        typer.echo(f"run: {run_dir}")
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `pipeline distill`.")],
+) -> None:
+    """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
+    try:
+        typer.echo(f"export: {export_run(run)}")
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def register(app: typer.Typer) -> None:
+    """Add the distill and export commands to the pipeline app."""
+    app.command("distill")(distill)
+    app.command("export")(export)

@@ -1,0 +1,92 @@
+"""Typed configuration of one stage-two run (store-fed agglomerative distillation, AM-RADIO arXiv
+2312.06709, with the target normalizations of PHI-S arXiv 2410.01680).
+
+`DistillConfig` is the boundary object: `pipeline/cmd_distill.py` resolves CLI options / params.yaml
+into one, and everything in `stages/distill` reads only the fields it needs. It round-trips through
+JSON (`to_dict` / `from_dict`) so a run directory's `config.json` rebuilds the exact run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stages.normalize import NormVariant
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything one distillation run needs.
+
+    batch_size is per data-parallel rank: the global batch is batch_size × world size.
+    teacher_weights maps a teacher name to its loss weight (missing teachers weigh 1.0).
+    ckpt_every = 0 writes a checkpoint only at the end. shuffle_block is the number of shards whose
+    samples are shuffled together (see stages/distill/loader.py). num_summary_tokens: the student's K
+    (None: the student family's default; AM-RADIO gives a ViT one CLS token per summary teacher).
+    """
+
+    student: str
+    teachers: tuple[str, ...]
+    root: Path
+    out_dir: Path
+    norm: NormVariant = NormVariant.PHIS
+    img_size: int = 224
+    num_summary_tokens: int | None = None
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    teacher_weights: dict[str, float] = field(default_factory=dict)
+    summary_weight: float = 1.0
+    feature_weight: float = 1.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    shuffle_block: int = 4
+    log_every: int = 10
+    ckpt_every: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "norm", NormVariant.parse(self.norm))
+        object.__setattr__(self, "teacher_weights", {k: float(v) for k, v in self.teacher_weights.items()})
+        if not self.teachers:
+            raise ValueError("at least one teacher is required")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ValueError(f"teachers listed twice: {list(self.teachers)}")
+        unknown = sorted(set(self.teacher_weights) - set(self.teachers))
+        if unknown:
+            raise ValueError(f"teacher_weights names {unknown}, which are not among the selected teachers "
+                             f"{list(self.teachers)}")
+        for name in ("steps", "batch_size", "img_size", "shuffle_block", "log_every", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "num_workers", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.grad_clip < 0:
+            raise ValueError(f"lr must be > 0 and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
+
+    def teacher_weight(self, teacher: str) -> float:
+        return self.teacher_weights.get(teacher, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings, the variant by its CLI name)."""
+        d = dataclasses.asdict(self)
+        d["teachers"] = list(self.teachers)
+        d["root"], d["out_dir"] = str(self.root), str(self.out_dir)
+        d["norm"] = self.norm.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        """Inverse of to_dict; keys that are not fields (e.g. manifest_hash in config.json) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,102 @@
+"""Data-parallel stage-two training with torch.distributed (AM-RADIO arXiv 2312.06709 trains its students
+data-parallel; here on the store-fed loader).
+
+Each rank runs `stages.distill.train.train` with a `DistContext`: the model is wrapped in
+DistributedDataParallel (gradients averaged over ranks), the loader gives rank r the r-th slice of every
+global batch (no overlap; the global batch is batch_size × world size), and only rank 0 writes the run
+directory. Backends: gloo on CPU, nccl on CUDA. Launch with torchrun (`init_from_env` reads the
+variables torchrun sets, passed in explicitly) or spawn processes with `spawn_train`.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stages.distill.config import DistillConfig
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel group (already initialized)."""
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def backend_for(device: str) -> str:
+    """gloo for CPU training, nccl for CUDA."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def device_for(config: DistillConfig, ctx: DistContext | None) -> torch.device:
+    """The rank's device: config.device, with CUDA ranks on cuda:<local_rank>."""
+    device = torch.device(config.device)
+    if device.type == "cuda" and ctx is not None and ctx.world_size > 1:
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def init_from_env(env: Mapping[str, str], *, device: str) -> DistContext:
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in env)."""
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in env]
+    if missing:
+        raise ValueError(f"not launched by torchrun: environment lacks {missing}")
+    ctx = DistContext(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), init_method="env://", rank=ctx.rank,
+                                world_size=ctx.world_size)
+    return ctx
+
+
+def all_reduce_mean(values_K: torch.Tensor, ctx: DistContext | None) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity without a group)."""
+    if ctx is None or ctx.world_size == 1:
+        return values_K
+    out = values_K.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / ctx.world_size
+
+
+def barrier(ctx: DistContext | None) -> None:
+    if ctx is not None and ctx.world_size > 1:
+        dist.barrier()
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (for spawned process groups)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int,
+             train_kwargs: dict[str, Any]) -> None:
+    from stages.distill.train import train  # here, not at import: train imports this module
+
+    torch.set_num_threads(1)
+    config = DistillConfig.from_dict(config_dict)
+    dist.init_process_group(backend_for(config.device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        train(config, dist_ctx=DistContext(rank, world_size, local_rank=rank), **train_kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_train(config: DistillConfig, *, world_size: int, **train_kwargs: Any) -> None:
+    """Run `train(config, **train_kwargs)` on `world_size` spawned processes (one process group)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    mp.spawn(_spawned, args=(config.to_dict(), world_size, free_port(), train_kwargs), nprocs=world_size,
+             join=True)

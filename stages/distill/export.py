@@ -1,0 +1,46 @@
+"""Export a stage-two run with denormalization folded into its heads (PHI-S arXiv 2410.01680: predictions
+are mapped back to each teacher's space by the inverse of the fitted affine normalizer).
+
+For each teacher, the last Linear of the summary head and of the feature head is replaced by
+`fold_denormalization(linear, normalizer)`, so the exported model outputs teacher-space values with no
+extra op (bilinear grid resizing after the Linear commutes with the affine map, see students/heads.py).
+The file is safetensors: "student.*" and "heads.*" tensors, config JSON in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from stages.distill.run import EXPORT_NAME, load_run, read_run_config
+from stages.normalize import Normalizer, fold_denormalization
+from stages.students import TeacherHeads
+
+
+def fold_heads(heads: TeacherHeads, normalizers: dict[str, dict[str, Normalizer]]) -> TeacherHeads:
+    """Replace every head's last Linear by its folded (teacher-space) version, in place; returns heads."""
+    for name in heads.patch_heads:
+        if name in heads.summary_heads:
+            mlp = heads.summary_heads[name]
+            mlp[-1] = fold_denormalization(mlp[-1], normalizers[name]["summary"])
+        mlp = heads.patch_heads[name]
+        mlp[-1] = fold_denormalization(mlp[-1], normalizers[name]["patches"])
+    return heads
+
+
+def export_run(run_dir: Path) -> Path:
+    """Write <run_dir>/export.safetensors from the latest checkpoint; returns its path."""
+    run_dir = Path(run_dir)
+    _, resolved = read_run_config(run_dir)
+    _, student, heads, normalizers = load_run(run_dir)
+    fold_heads(heads, normalizers)
+    tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    tensors.update({f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()})
+    path = run_dir / EXPORT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(resolved, sort_keys=True),
+                                            "outputs": "teacher_space"})
+    tmp.replace(path)
+    return path

@@ -1,0 +1,82 @@
+"""Reading a finished (or interrupted) stage-two run back for evaluation (AM-RADIO arXiv 2312.06709,
+PHI-S arXiv 2410.01680: teacher-matching errors are measured after the inverse map, in teacher space).
+
+`load_run` rebuilds the student and heads from config.json + checkpoint.pt; the heads predict *normalized*
+targets, and the returned normalizers (loaded from the store root, never refitted) map them back with
+`invert`. `load_export` reads export.safetensors, whose heads already output teacher space.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from stages.distill.checkpoint import checkpoint_path, load_checkpoint
+from stages.distill.config import DistillConfig
+from stages.distill.train import CONFIG_NAME
+from stages.normalize import Normalizer
+from stages.students import HeadTarget, Student, TeacherHeads, build_student
+from store_schema.layout import normalizer_path
+
+EXPORT_NAME = "export.safetensors"
+
+
+def read_run_config(run_dir: Path) -> tuple[DistillConfig, dict[str, Any]]:
+    """(config, the resolved config.json dict with manifest_hash and heads)."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a distill run directory: no {CONFIG_NAME}")
+    resolved = json.loads(path.read_text())
+    return DistillConfig.from_dict(resolved), resolved
+
+
+def build_run_models(config: DistillConfig, resolved: dict[str, Any]) -> tuple[Student, TeacherHeads]:
+    """Student + heads shaped as recorded in config.json (random weights)."""
+    targets = [HeadTarget(h["name"], int(h["summary_dim"]), int(h["patch_dim"]), tuple(h["grid"]))
+               for h in resolved["heads"]]
+    student = build_student(config.student, img_size=config.img_size, num_summary_tokens=config.num_summary_tokens)
+    heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
+    return student, heads
+
+
+def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[str, dict[str, Normalizer]]:
+    """{teacher: {kind: Normalizer}} as fitted for this run's variant (from the store root)."""
+    out: dict[str, dict[str, Normalizer]] = {}
+    for h in resolved["heads"]:
+        kinds = ["summary", "patches"] if int(h["summary_dim"]) > 0 else ["patches"]
+        out[h["name"]] = {}
+        for kind in kinds:
+            path = normalizer_path(config.root, h["name"], kind, config.norm.value)
+            if not path.is_file():
+                raise FileNotFoundError(f"normalizer {path} of run {config.out_dir} is missing (store root moved?)")
+            out[h["name"]][kind] = Normalizer.load(path)
+    return out
+
+
+def load_run(run_dir: Path) -> tuple[DistillConfig, Student, TeacherHeads, dict[str, dict[str, Normalizer]]]:
+    """(config, student, heads, normalizers) of a run, weights from its latest checkpoint, in eval mode.
+
+    heads output normalized targets; normalizers[teacher][kind].invert(...) maps them to teacher space.
+    """
+    config, resolved = read_run_config(run_dir)
+    student, heads = build_run_models(config, resolved)
+    ckpt = load_checkpoint(checkpoint_path(run_dir))
+    student.load_state_dict(ckpt["student"])
+    heads.load_state_dict(ckpt["heads"])
+    return config, student.eval(), heads.eval(), load_normalizers(config, resolved)
+
+
+def load_export(run_dir: Path) -> tuple[DistillConfig, Student, TeacherHeads]:
+    """(config, student, heads) from export.safetensors: the heads output teacher-space values."""
+    config, resolved = read_run_config(run_dir)
+    student, heads = build_run_models(config, resolved)
+    path = Path(run_dir) / EXPORT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {EXPORT_NAME} in {run_dir}; run `pipeline export {run_dir}` first")
+    state = load_file(str(path))
+    student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    heads.load_state_dict({k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")})
+    return config, student.eval(), heads.eval()

@@ -1,0 +1,241 @@
+"""Stage two: train a student + per-teacher heads from the feature store (AM-RADIO arXiv 2312.06709), with
+each teacher's targets normalized by a fitted normalizer (PHI-S arXiv 2410.01680, or one of the variants
+it compares; loss-side variants train on raw targets with their own loss).
+
+Loss = Σ_t w_t · (summary_weight · L(summary_t) + feature_weight · L(patches_t)), L = target_loss of the
+variant's loss kind on normalized targets. AdamW, linear warmup then cosine decay to zero, bf16 autocast on
+CUDA only, gradient-norm clipping. The run directory (docs/ARCHITECTURE.md "Run directory") gets
+config.json, checkpoint.pt (every ckpt_every steps and at the end), metrics.jsonl and, when the run
+finishes, export.safetensors. Stage two never touches a teacher model: everything comes from the stores.
+
+Shape legend: B batch, h/w teacher grid, C channels, H/W pixel sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from stages.distill.checkpoint import (TrainState, checkpoint_path, load_checkpoint, restore_rng_states,
+                                       save_checkpoint)
+from stages.distill.config import DistillConfig
+from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
+from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader, student_pixels
+from stages.normalize import target_loss
+from stages.students import HeadTarget, Student, TeacherHeads, build_student
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup over `warmup` steps, then cosine decay to 0 at `total` steps."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = int(warmup), int(total)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Distiller(nn.Module):
+    """Student trunk + teacher heads as one module (what DDP wraps)."""
+
+    def __init__(self, student: Student, heads: TeacherHeads) -> None:
+        super().__init__()
+        self.student, self.heads = student, heads
+
+    def forward(self, x_BCHW: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        return self.heads(self.student(x_BCHW))
+
+
+def head_targets(stores: StoreSet) -> list[HeadTarget]:
+    """One HeadTarget per selected teacher, from the stores' specs and storage grids."""
+    return [HeadTarget(t, s.summary_dim, s.patch_dim, s.grid) for t, s in stores.stores.items()]
+
+
+def build_models(config: DistillConfig, targets: list[HeadTarget]) -> tuple[Student, TeacherHeads]:
+    """Student and heads with random weights (seeded by the caller)."""
+    student = build_student(config.student, img_size=config.img_size, num_summary_tokens=config.num_summary_tokens)
+    heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
+    return student, heads
+
+
+def make_optimizer(config: DistillConfig, model: nn.Module) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on biases / norms / tokens, i.e. tensors of rank < 2) and its schedule."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.steps))
+    return optimizer, scheduler
+
+
+def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
+                 batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"})."""
+    kind = config.norm.loss
+    total = torch.zeros((), device=device)
+    parts: dict[str, torch.Tensor] = {}
+    for t in config.teachers:
+        summary_BC, patches_BhwC = preds[t]
+        lp = target_loss(kind, patches_BhwC.float(), batch[f"{t}/patches"].to(device, non_blocking=True))
+        parts[f"loss/{t}/patches"] = lp.detach()
+        teacher_loss = config.feature_weight * lp
+        if summary_BC is not None:
+            ls = target_loss(kind, summary_BC.float(), batch[f"{t}/summary"].to(device, non_blocking=True))
+            parts[f"loss/{t}/summary"] = ls.detach()
+            teacher_loss = teacher_loss + config.summary_weight * ls
+        total = total + config.teacher_weight(t) * teacher_loss
+    return total, parts
+
+
+def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool) -> None:
+    out = config.out_dir
+    ckpt = checkpoint_path(out)
+    if resume and not ckpt.is_file():
+        raise ValueError(f"--resume given but {ckpt} does not exist")
+    if not resume and ckpt.is_file():
+        raise ValueError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
+                         f"another output directory / run name")
+    if resume:
+        saved = json.loads((out / CONFIG_NAME).read_text())
+        if saved.get("manifest_hash") != stores.manifest.hash:
+            raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
+                             f"the stores now have {stores.manifest.hash}")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash,
+                    "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
+                               "grid": list(h.grid)} for h in head_targets(stores)]}
+        tmp = out / (CONFIG_NAME + ".tmp")  # atomic: other ranks may be reading it
+        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+        tmp.replace(out / CONFIG_NAME)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint being resumed (they will be logged again)."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = None,
+          dist_ctx: DistContext | None = None) -> Path:
+    """Run (or, with resume, continue) distillation; returns the run directory.
+
+    stop_at: stop after this step as if interrupted (the schedule still follows config.steps; a
+    checkpoint is written there). dist_ctx: this rank's place in an initialized process group.
+    """
+    is_main = dist_ctx is None or dist_ctx.is_main
+    device = device_for(config, dist_ctx)
+    torch.manual_seed(config.seed)
+    if is_main:  # rank 0 fits and persists the normalizers first; the others then load them
+        stores = StoreSet(config.root, config.teachers, norm=config.norm)
+    barrier(dist_ctx)
+    if not is_main:
+        stores = StoreSet(config.root, config.teachers, norm=config.norm)
+    _prepare_run_dir(config, stores, resume=resume, is_main=is_main)
+    student, heads = build_models(config, head_targets(stores))
+    model = Distiller(student, heads).to(device)
+    optimizer, scheduler = make_optimizer(config, model)
+    state = TrainState(step=0, loader=LoaderState())
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path(config.out_dir))
+        student.load_state_dict(ckpt["student"])
+        heads.load_state_dict(ckpt["heads"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng_states(ckpt["rng"], device)
+        state = TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
+        if is_main:
+            _truncate_metrics(config.out_dir / METRICS_NAME, state.step)
+    world = 1 if dist_ctx is None else dist_ctx.world_size
+    wrapped: nn.Module = model
+    if world > 1:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    if state.step < end:
+        dataset = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
+                               seed=config.seed, shuffle_block=config.shuffle_block,
+                               rank=0 if dist_ctx is None else dist_ctx.rank, world_size=world,
+                               start=state.loader)
+        loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
+                             pin_memory=device.type == "cuda")
+        _loop(config, wrapped, model, optimizer, scheduler, loader, dataset, state, end=end, device=device,
+              dist_ctx=dist_ctx)
+    if is_main:
+        save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
+                        scheduler=scheduler, state=state, config=config.to_dict(), device=device)
+        if state.step >= config.steps:
+            from stages.distill.export import export_run
+            export_run(config.out_dir)
+    barrier(dist_ctx)
+    return config.out_dir
+
+
+def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """One optimization step on one batch: (loss, per-teacher parts, the lr it used)."""
+    x_BCHW = student_pixels(batch["image_BHW3"], device=device)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        preds = wrapped(x_BCHW)
+    loss, parts = distill_loss(config, preds, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return loss, parts, lr
+
+
+def _loop(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LambdaLR, loader: Any, dataset: StoreBatches, state: TrainState,
+          *, end: int, device: torch.device, dist_ctx: DistContext | None) -> None:
+    """Optimization steps state.step+1 .. end; mutates `state`; logs and checkpoints on rank 0."""
+    is_main = dist_ctx is None or dist_ctx.is_main
+    world = 1 if dist_ctx is None else dist_ctx.world_size
+    metrics_path = config.out_dir / METRICS_NAME
+    bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
+    t_last, images_since = time.perf_counter(), 0
+    model.train()
+    for batch in loader:
+        loss, parts, lr = train_step(config, wrapped, model, optimizer, scheduler, batch, device=device)
+        state.step += 1
+        position = batch["position"] + 1
+        state.loader = (LoaderState(batch["epoch"], position) if position < dataset.batches_per_epoch
+                        else LoaderState(batch["epoch"] + 1, 0))
+        images_since += batch["image_BHW3"].shape[0] * world
+        if state.step % config.log_every == 0 or state.step == end:
+            names = ["loss", *parts]
+            values = all_reduce_mean(torch.stack([loss.detach(), *parts.values()]).float(), dist_ctx).tolist()
+            now = time.perf_counter()
+            record = {"step": state.step, "lr": lr, **dict(zip(names, values)),
+                      "images_per_s": images_since / max(now - t_last, 1e-9)}
+            t_last, images_since = now, 0
+            if is_main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.4g}")
+        bar.update(1)
+        if is_main and config.ckpt_every and state.step % config.ckpt_every == 0 and state.step < end:
+            save_checkpoint(checkpoint_path(config.out_dir), student=model.student, heads=model.heads,
+                            optimizer=optimizer, scheduler=scheduler, state=state, config=config.to_dict(),
+                            device=device)
+        if state.step >= end:
+            break
+    bar.close()

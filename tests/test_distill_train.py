@@ -1,0 +1,124 @@
+"""Stage-two training on tiny synthetic stores (AM-RADIO arXiv 2312.06709, PHI-S arXiv 2410.01680)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.distill.config import DistillConfig
+from stages.distill.loader import student_pixels
+from stages.distill.run import load_export, load_run
+from stages.distill.train import train
+from stages.normalize import NormVariant
+from test_distill_loader import make_tiny_stores
+
+torch.set_num_threads(1)
+TEACHERS = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_stores(tmp_path_factory.mktemp("train") / "store")
+
+
+def _config(root: Path, out: Path, **kw) -> DistillConfig:
+    base = dict(student="vit_tiny_test", teachers=TEACHERS, root=root, out_dir=out, img_size=64, steps=4,
+                batch_size=4, lr=3e-3, warmup_steps=2, log_every=1, seed=0, weight_decay=0.0)
+    return DistillConfig(**{**base, **kw})
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_phis_run_reduces_every_teacher_loss(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(_config(tiny_root, tmp_path / "run", steps=40, warmup_steps=4))
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    keys = [k for k in rows[0] if k.startswith("loss/")]
+    assert sorted(keys) == sorted(["loss/alpha/summary", "loss/alpha/patches", "loss/beta/patches",
+                                   "loss/gamma/summary", "loss/gamma/patches"])
+    for k in keys:
+        first = sum(r[k] for r in rows[:5]) / 5
+        last = sum(r[k] for r in rows[-5:]) / 5
+        assert last < 0.7 * first, f"{k}: first {first:.4f} last {last:.4f}"
+    assert all(r["images_per_s"] > 0 for r in rows)
+    config = json.loads((run / "config.json").read_text())
+    assert config["norm"] == "phis" and len(config["manifest_hash"]) == 64
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 40 and set(ckpt) >= {"student", "heads", "optimizer", "scheduler", "loader", "rng"}
+
+
+@pytest.mark.parametrize("norm", [v.value for v in NormVariant])
+def test_every_norm_variant_trains_with_finite_losses(tiny_root: Path, tmp_path: Path, norm: str) -> None:
+    run = train(_config(tiny_root, tmp_path / norm, norm=norm, steps=2))
+    for row in _metrics(run):
+        assert all(math.isfinite(v) for k, v in row.items() if k.startswith("loss")), row
+
+
+def test_export_folds_denormalization_into_teacher_space(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(_config(tiny_root, tmp_path / "exp", norm="pca_w", steps=2))
+    config, student, heads, normalizers = load_run(run)
+    _, student_x, heads_x = load_export(run)
+    x_BCHW = student_pixels(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8), device="cpu")
+    with torch.no_grad():
+        norm_preds, teacher_preds = heads(student(x_BCHW)), heads_x(student_x(x_BCHW))
+    for t in TEACHERS:
+        s_norm, p_norm = norm_preds[t]
+        s_teacher, p_teacher = teacher_preds[t]
+        torch.testing.assert_close(p_teacher, normalizers[t]["patches"].invert(p_norm), rtol=1e-4, atol=1e-4)
+        if s_norm is not None:
+            torch.testing.assert_close(s_teacher, normalizers[t]["summary"].invert(s_norm), rtol=1e-4, atol=1e-4)
+    # teacher-space outputs carry the teacher's scale: beta (scale 5, offset -3) is far from alpha (0.03)
+    assert teacher_preds["beta"][1].abs().mean() > 20 * teacher_preds["alpha"][1].abs().mean()
+
+
+def test_eradio_student_and_teacher_weights(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(_config(tiny_root, tmp_path / "eradio", student="eradio_tiny_test", steps=2,
+                        teacher_weights={"beta": 2.0}, summary_weight=0.5))
+    row = _metrics(run)[-1]
+    parts = sum((2.0 if "beta" in k else 1.0) * (0.5 if k.endswith("summary") else 1.0) * v
+                for k, v in row.items() if k.startswith("loss/"))
+    assert row["loss"] == pytest.approx(parts, rel=1e-5)
+
+
+def test_config_errors_are_clear(tiny_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="valid: mse"):
+        _config(tiny_root, tmp_path / "x", norm="whiten")
+    with pytest.raises(ValueError, match="not among the selected teachers"):
+        _config(tiny_root, tmp_path / "x", teacher_weights={"delta": 1.0})
+    run = train(_config(tiny_root, tmp_path / "twice", steps=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train(_config(tiny_root, run, steps=1))
+
+
+def test_cli_distill_and_export(tiny_root: Path, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline import cmd_distill
+
+    app = typer.Typer()
+    cmd_distill.register(app)
+    runner = CliRunner()
+    args = ["distill", "--norm", "standardize", "--student", "vit_tiny_test", "--teachers", "alpha,gamma",
+            "--root", str(tiny_root), "--out", str(tmp_path / "runs"), "--steps", "2", "--batch-size", "2",
+            "--img-size", "64", "--teacher-weights", "gamma=2", "--workers", "0", "--log-every", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "standardize"
+    config = json.loads((run / "config.json").read_text())
+    assert config["teachers"] == ["alpha", "gamma"] and config["teacher_weights"] == {"gamma": 2.0}
+    assert config["batch_size"] == 2 and config["num_workers"] == 0 and config["img_size"] == 64
+    (run / "export.safetensors").unlink()
+    assert runner.invoke(app, ["export", str(run)]).exit_code == 0 and (run / "export.safetensors").exists()
+    bad = runner.invoke(app, [*args[:-6], "--teacher-weights", "gamma:2"])
+    assert bad.exit_code != 0 and "NAME=NUMBER" in bad.output
+    again = runner.invoke(app, args)  # the run exists and --resume was not given
+    assert again.exit_code == 2 and "--resume" in again.output
+    help_text = runner.invoke(app, ["distill", "--help"]).output
+    assert "--teacher-weights" in help_text and "phis" in help_text
