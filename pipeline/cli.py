@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import typer
 
-from pipeline import cmd_corpus, cmd_distill, cmd_extract, cmd_store, cmd_teachers
+from pipeline import (
+    cmd_corpus,
+    cmd_demo,
+    cmd_distill,
+    cmd_evaluate,
+    cmd_extract,
+    cmd_report,
+    cmd_store,
+    cmd_teachers,
+)
 
 app = typer.Typer(
     name="pipeline",
@@ -26,7 +35,9 @@ COMMAND_GROUPS = (
     cmd_extract,
     cmd_store,
     cmd_distill,
-    # cmd_evaluate,
+    cmd_evaluate,
+    cmd_report,
+    cmd_demo,
 )
 for _group in COMMAND_GROUPS:
     _group.register(app)

@@ -14,7 +14,9 @@ from pipeline.extract import ExtractConfig, run_extract
 from pipeline.ray_runtime import init_ray, shutdown_ray
 from stages.teachers.registry import get_teacher_spec
 from store_schema.codecs import CodecSpec
-from store_schema.layout import manifest_path
+from stages.extract.receipt import write_receipt
+from store_schema.layout import manifest_path, teacher_store_path
+from store_schema.teacher_store import open_teacher_store
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -57,6 +59,7 @@ def extract_cmd(
     device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0).")] = "cpu",
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the shard worker in this process without Ray (same code path).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped."""
     try:
@@ -69,6 +72,8 @@ def extract_cmd(
         codec = CodecSpec(keepbits=parse_keepbits(keepbits))
         if checkpoint is not None and len(teachers) > 1:
             raise ValueError("--checkpoint applies to one teacher; extract the others in a separate call")
+        if receipt is not None and len(teachers) > 1:
+            raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
         config = ExtractConfig(batch_size=batch_size, shard_size=shard_size, storage_grid=grid, codec=codec,
                                checkpoint=checkpoint, device=device, workers=0 if no_ray else workers,
                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
@@ -87,6 +92,9 @@ def extract_cmd(
                 typer.echo(f"  masked image {mv.image_id} view {mv.view}: {mv.reason}")
             if len(report.masked) > 20:
                 typer.echo(f"  ... {len(report.masked) - 20} more masked views")
+            if receipt is not None:
+                store = open_teacher_store(teacher_store_path(root, name))
+                typer.echo(f"  receipt: {write_receipt(store, receipt)}")
     finally:
         if started_ray:
             shutdown_ray()

@@ -1,0 +1,145 @@
+"""`pipeline demo [--params params.yaml]`: the whole offline sweep in one process; and
+`pipeline distill-variant --norm N --params params.yaml`: one variant of it (dvc.yaml's distill stage).
+
+demo-corpus → corpus → extract (each teacher once into the store) → distill (one run per
+normalization variant, PHI-S arXiv 2410.01680) → evaluate → report, all from params.yaml. It runs the
+same importable functions the DVC stages' commands run (dvc.yaml), writes to the same paths, and is
+resumable: complete shards are skipped, finished runs with the same config are reused, interrupted runs
+resume from their checkpoint. A finished run whose config.json differs from params.yaml is an error
+(never silently reused): delete it or change ``distill.runs_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pipeline.params import Params, read_params
+
+if TYPE_CHECKING:  # stage imports stay lazy: `pipeline --help` should not import torch
+    from stages.distill.config import DistillConfig
+
+
+def _corpus(p: Params) -> None:
+    from stages.corpus.build_manifest import build_manifest
+    from stages.corpus.demo import export_demo_corpus
+    from store_schema.manifest import ViewSpec
+
+    demo = export_demo_corpus(p.demo.dir)
+    typer.echo(f"demo corpus: {demo.num_photos} photos, {demo.num_lfw} LFW crops in {demo.images_dir}")
+    m = build_manifest(p.corpus.source, out_dir=p.store.root,
+                       view_spec=ViewSpec(num_views=p.corpus.views, seed=p.corpus.view_seed),
+                       min_side=p.corpus.min_side, val_fraction=p.corpus.val_fraction)
+    typer.echo(f"manifest: {m.path} ({m.num_images} images, {int(m.ok_N.sum())} ok)")
+
+
+def _extract(p: Params) -> None:
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.ray_runtime import init_ray, shutdown_ray
+    from store_schema.codecs import CodecSpec
+
+    config = ExtractConfig(batch_size=p.extract.batch_size, shard_size=p.extract.shard_size,
+                           codec=CodecSpec(keepbits=p.extract.keepbits), device=p.extract.device,
+                           workers=p.extract.workers, progress=False)
+    if config.workers > 0:
+        init_ray(num_cpus=max(config.workers, 1))
+    try:
+        for teacher in p.extract.teachers:
+            typer.echo(run_extract(p.store.root, teacher, config).summary_line())
+    finally:
+        if config.workers > 0:
+            shutdown_ray()
+
+
+def distill_config(p: Params, norm: str) -> "DistillConfig":
+    """The DistillConfig of one sweep variant, as `pipeline distill` builds it from the same params."""
+    from stages.distill.config import DistillConfig
+
+    d = p.distill
+    return DistillConfig(student=d.student, teachers=tuple(p.extract.teachers), root=p.store.root,
+                         out_dir=p.run_dir(norm), norm=norm, img_size=d.img_size, steps=d.steps,
+                         batch_size=d.batch_size, lr=d.lr, warmup_steps=d.warmup_steps, seed=d.seed,
+                         device=d.device, log_every=d.log_every)
+
+
+def _distill(p: Params) -> list[Path]:
+    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.run import EXPORT_NAME, read_run_config
+    from stages.distill.train import train
+
+    runs = []
+    for norm in p.distill.norms:
+        config = distill_config(p, norm)
+        run = config.out_dir
+        if checkpoint_path(run).is_file():
+            saved, _ = read_run_config(run)
+            if saved.to_dict() != config.to_dict():
+                diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
+                raise ValueError(f"{run} holds a run with a different config (fields {diff}); delete it or "
+                                 "set another distill.runs_dir")
+            if (run / EXPORT_NAME).is_file():
+                typer.echo(f"distill {norm}: finished run reused ({run})")
+            else:
+                typer.echo(f"distill {norm}: resuming {run}")
+                train(config, resume=True)
+        else:
+            typer.echo(f"distill {norm}: {config.steps} steps -> {run}")
+            train(config)
+        runs.append(run)
+    return runs
+
+
+def run_demo(p: Params) -> Path:
+    """Run every stage of the sweep from params; returns the report's path (report.md)."""
+    from stages.evaluate.evaluate import evaluate_run
+    from stages.evaluate.report import write_report
+
+    _corpus(p)
+    _extract(p)
+    runs = _distill(p)
+    e = p.evaluate
+    if not e.probe_labels.is_file():
+        raise FileNotFoundError(f"evaluate.probe_labels {e.probe_labels} does not exist")
+    for run in runs:
+        res = evaluate_run(run, split=e.split, batch_size=e.batch_size, labels_path=e.probe_labels, knn_k=e.knn_k,
+                           knn_temperature=e.knn_temperature, device=p.distill.device)
+        typer.echo(f"evaluate {run.name}: teacher-space MSE " + ", ".join(
+            f"{t}/{k} {v['mse']:.4g}" for t, kinds in res["teachers"].items() for k, v in kinds.items()))
+    return write_report(runs, p.report.out, store_root=p.store.root)
+
+
+def distill_variant_cmd(
+    norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
+    params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
+) -> None:
+    """Train one variant of the sweep exactly as `pipeline demo` does (dvc.yaml's distill stage)."""
+    from stages.distill.train import train
+
+    try:
+        p = read_params(params)
+        if norm not in p.distill.norms:
+            raise ValueError(f"--norm {norm!r} is not in distill.norms {p.distill.norms}")
+        config = distill_config(p, norm)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(f"run: {train(config)}")
+
+
+def demo_cmd(
+    params: Annotated[Path, typer.Option(help="params.yaml to run (see configs/ for presets).")] = Path("params.yaml"),
+) -> None:
+    """Run the whole offline demo (corpus, extract, distill sweep, evaluate, report) from PARAMS."""
+    try:
+        p = read_params(params)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    md = run_demo(p)
+    typer.echo(f"report: {md}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo` to the pipeline CLI."""
+    app.command("demo")(demo_cmd)
+    app.command("distill-variant")(distill_variant_cmd)

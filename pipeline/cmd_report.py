@@ -1,0 +1,43 @@
+"""`pipeline report RUNS... --out DIR` (or `pipeline report --params params.yaml`): the normalization-sweep
+table, average ranks (PHI-S paper, arXiv 2410.01680), plots and the store-vs-online cost
+(stages/evaluate/report.py). The --params form takes the runs (<distill.runs_dir>/<norm> for every
+distill.norms), the output folder (report.out) and the store root from params.yaml: DVC cannot put a
+list parameter into a command line, so dvc.yaml's report stage uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.params import read_params
+from stages.evaluate.report import write_report
+
+
+def report_cmd(
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="Evaluated run directories (`pipeline evaluate` first).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.md, report.csv, cost.json and PNGs.")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Store root for teacher statistics. Default: the "
+                                                      "root recorded in the runs' config.json.")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="Take runs, --out and --root from this params.yaml "
+                                                        "instead (the sweep of distill.norms).")] = None,
+) -> None:
+    """Write one table across RUNS (teacher-space MSE, probe accuracy, average rank) with plots."""
+    try:
+        if params is not None:
+            if runs or out or root:
+                raise ValueError("give either --params or RUNS... --out DIR, not both")
+            p = read_params(params)
+            runs, out, root = [p.run_dir(n) for n in p.distill.norms], p.report.out, p.store.root
+        elif not runs or out is None:
+            raise ValueError("give RUNS... and --out DIR (or --params params.yaml)")
+        md = write_report(runs, out, store_root=root)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(f"report: {md}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report` to the pipeline CLI."""
+    app.command("report")(report_cmd)

@@ -1,0 +1,203 @@
+"""The one reader of params.yaml: typed, strict dataclasses per section.
+
+params.yaml drives the offline sweep of the PHI-S paper (arXiv 2410.01680) over an AM-RADIO
+(arXiv 2312.06709) store: corpus → extract (one store per teacher) → distill (one run per normalization
+variant) → evaluate → report. DVC declares these keys per stage (dvc.yaml), so changing ``distill.*``
+re-runs only stage two; this module turns the same file into typed objects for ``pipeline demo``.
+
+The path is always passed explicitly. Unknown sections or keys, missing sections and values of the
+wrong type raise ``ValueError`` naming the key and the valid choices: a typo never silently becomes a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class StoreParams:
+    """Where the feature store lives (outside DVC outputs; DESIGN.md §6)."""
+
+    root: Path = Path("data/store")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """Where `pipeline demo-corpus` exports the embedded demo images."""
+
+    dir: Path = Path("data/demo_corpus")
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """`pipeline corpus SOURCE --out ROOT ...` options."""
+
+    source: Path = Path("data/demo_corpus/images")
+    views: int = 2
+    view_seed: int = 0
+    val_fraction: float = 0.2
+    min_side: int = 16
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """`pipeline extract` options, shared by every teacher's stage."""
+
+    teachers: list[str] = field(default_factory=lambda: ["tiny_dinov2", "tiny_clip", "tiny_sam"])
+    batch_size: int = 32
+    shard_size: int = 32
+    keepbits: int = 7
+    workers: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    """`pipeline distill` options; ``norms`` is the sweep (one run per variant)."""
+
+    student: str = "vit_tiny_test"
+    norms: list[str] = field(default_factory=lambda: ["phis", "mse", "standardize", "zca"])
+    runs_dir: Path = Path("runs")
+    img_size: int = 64
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """`pipeline evaluate RUN` options (kNN protocol of the papers: cosine, τ = 0.07, k = 20)."""
+
+    split: str = "val"
+    batch_size: int = 32
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    probe_labels: Path = Path("data/demo_corpus/probe_labels.csv")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """`pipeline report RUNS... --out DIR` options."""
+
+    out: Path = Path("reports/sweep")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    store: StoreParams
+    demo: DemoParams
+    corpus: CorpusParams
+    extract: ExtractParams
+    distill: DistillParams
+    evaluate: EvaluateParams
+    report: ReportParams
+
+    def run_dir(self, norm: str) -> Path:
+        """Run directory of one sweep variant: <distill.runs_dir>/<norm>."""
+        return self.distill.runs_dir / norm
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Validate (and lightly coerce: int → float, str → Path) one value against a field type."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        return [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, where)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
+        return Path(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ValueError(f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise AssertionError(f"unsupported params field type {tp} at {where}")
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"params section {name!r} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in params section {name!r}; valid keys: {valid}")
+    return cls(**{k: _check_value(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
+
+
+def parse_params(raw: Any, *, source: str = "params") -> Params:
+    """Typed Params from an already-parsed YAML mapping (every section required, keys optional)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: top level must be a mapping of sections")
+    hints = typing.get_type_hints(Params)
+    valid = [f.name for f in dataclasses.fields(Params)]
+    unknown, missing = sorted(set(raw) - set(valid)), [s for s in valid if s not in raw]
+    if unknown:
+        raise ValueError(f"{source}: unknown section(s) {unknown}; valid sections: {valid}")
+    if missing:
+        raise ValueError(f"{source}: missing section(s) {missing}")
+    params = Params(**{s: _section(hints[s], raw[s], s) for s in valid})
+    _validate(params, source)
+    return params
+
+
+def _validate(p: Params, source: str) -> None:
+    """Cross-field checks that need no imports of the heavy stages."""
+    for where, value in (("corpus.views", p.corpus.views), ("extract.batch_size", p.extract.batch_size),
+                         ("extract.shard_size", p.extract.shard_size), ("distill.steps", p.distill.steps),
+                         ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k)):
+        if value < 1:
+            raise ValueError(f"{source}: {where} must be >= 1, got {value}")
+    for where, names in (("extract.teachers", p.extract.teachers), ("distill.norms", p.distill.norms)):
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"{source}: {where} must be a non-empty list without repeats, got {names}")
+    from stages.normalize import NormVariant
+    from stages.students.registry import student_names
+    from stages.teachers.registry import teacher_names
+
+    unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
+    if unknown_teachers:
+        raise ValueError(f"{source}: unknown extract.teachers {unknown_teachers}; valid teachers: {teacher_names()}")
+    if p.distill.student not in student_names():
+        raise ValueError(f"{source}: unknown distill.student {p.distill.student!r}; valid students: {student_names()}")
+
+    valid_norms = [v.value for v in NormVariant]
+    bad = [n for n in p.distill.norms if n not in valid_norms]
+    if bad:
+        raise ValueError(f"{source}: unknown distill.norms {bad}; valid variants: {valid_norms}")
+    if p.evaluate.split not in ("train", "val"):
+        raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
+
+
+def read_params(path: Path) -> Params:
+    """Read and validate params.yaml at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no params file at {path}")
+    return parse_params(yaml.safe_load(path.read_text()), source=str(path))

@@ -1,0 +1,188 @@
+"""Evaluate one distillation run on the held-out split (AM-RADIO arXiv 2312.06709; PHI-S arXiv 2410.01680).
+
+For every (image, view) sample of the split that every teacher's store holds, the student and its heads
+predict each teacher's *normalized* targets; the run's fitted normalizers invert the predictions to the
+teacher's own space, where errors are measured against the stored targets (the PHI-S paper always
+reports errors in teacher space, so that variants are comparable). Per teacher and token kind:
+teacher-space MSE, mean / minimum token cosine, and the range of per-channel error variance in teacher
+and in normalized space (``stages.evaluate.metrics``).
+
+Downstream probe: when the corpus has labels (``probe_labels.csv`` with columns uri,label, as the demo
+corpus writes beside its images folder), the student's *raw* summary token 0 (before any head) of view 0 (the full image) of every
+labeled ok image is the feature; the kNN classifier (cosine, τ = 0.07, k = 20) is fitted on the manifest's
+train split and scored on the val split. kNN accuracy is also reported per teacher summary head
+(its teacher-space output) under ``probe.heads``.
+
+Writes ``<run>/eval/metrics.json``. Shape legend: B batch, K summary tokens, C channels, h/w grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.corpus.images import load_rgb
+from stages.corpus.views import render_view
+from stages.distill.loader import StoreSet, student_pixels
+from stages.distill.run import load_run
+from stages.distill.train import CONFIG_NAME as CONFIG_FILE
+from stages.distill.train import METRICS_NAME as HISTORY_FILE
+from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
+from stages.evaluate.metrics import ErrorAccumulator
+from store_schema.layout import demo_probe_labels_path
+
+EVAL_DIR, EVAL_FILE = "eval", "metrics.json"
+
+
+def eval_path(run_dir: Path) -> Path:
+    """<run>/eval/metrics.json"""
+    return Path(run_dir) / EVAL_DIR / EVAL_FILE
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved distill config (config.json) as a dict."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG_FILE}")
+    return json.loads(path.read_text())
+
+
+def config_field(config: dict[str, Any], key: str, run: str) -> Any:
+    """One field of a run's config, with an error naming the run and the keys it has."""
+    if key not in config:
+        raise ValueError(f"run {run!r}: config.json has no {key!r}; it has {sorted(config)}")
+    return config[key]
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's logged training steps (metrics.jsonl), in file order."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run {run_dir} has no {HISTORY_FILE}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    """The run's eval/metrics.json; a clear error when the run was not evaluated yet."""
+    path = eval_path(run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"run {run_dir} has not been evaluated: no {path}; run `pipeline evaluate {run_dir}`")
+    return json.loads(path.read_text())
+
+
+def read_probe_labels(path: Path) -> dict[str, str]:
+    """uri → label from a CSV with a header row containing ``uri`` and ``label``."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"uri", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected columns uri,label, found {reader.fieldnames}")
+        return {row["uri"]: row["label"] for row in reader}
+
+
+def _render(manifest: Any, pairs_B2: np.ndarray, img_size: int) -> torch.Tensor:
+    views = []
+    for i, v in pairs_B2:
+        img = load_rgb(str(manifest.image_path(int(i))), pixel_limit=manifest.pixel_limit)
+        views.append(render_view(img, manifest.view_boxes_NV4[i, v], bool(manifest.view_flips_NV[i, v]), img_size))
+    return torch.from_numpy(np.stack(views))
+
+
+@torch.no_grad()
+def _forward(student: torch.nn.Module, heads: torch.nn.Module, manifest: Any, pairs_B2: np.ndarray,
+             img_size: int) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
+    """(raw student summary token 0 [B, C], head outputs in normalized space per teacher)."""
+    device = next(student.parameters()).device
+    out = student(student_pixels(_render(manifest, pairs_B2, img_size), device=device))
+    return out.summary_BKC[:, 0].float(), heads(out)
+
+
+def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np.ndarray, *, img_size: int,
+                    batch_size: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per teacher and kind, metrics accumulated over all samples (teacher space and normalized space)."""
+    accs = {t: {k: ErrorAccumulator() for k in normalizers[t]} for t in normalizers}
+    for lo in range(0, len(pairs_M2), batch_size):
+        pairs_B2 = pairs_M2[lo : lo + batch_size]
+        _, preds = _forward(student, heads, stores.manifest, pairs_B2, img_size)
+        for t, (summary_norm_BC, patches_norm_BhwC) in preds.items():
+            s_IVC, p_IVhwC, _ = stores.stores[t].read_images(pairs_B2[:, 0])
+            targets = {"patches": torch.from_numpy(np.asarray(p_IVhwC[np.arange(len(pairs_B2)), pairs_B2[:, 1]],
+                                                              np.float32))}
+            if s_IVC is not None:
+                targets["summary"] = torch.from_numpy(
+                    np.asarray(s_IVC[np.arange(len(pairs_B2)), pairs_B2[:, 1]], np.float32))
+            pred_norm = {"patches": patches_norm_BhwC, "summary": summary_norm_BC}
+            for kind, acc in accs[t].items():
+                norm = normalizers[t][kind]
+                p_norm, target = pred_norm[kind].float().cpu(), targets[kind]
+                acc.add(norm.invert(p_norm), target, pred_norm=p_norm, target_norm=norm.apply(target))
+    return {t: {k: a.result() for k, a in kinds.items()} for t, kinds in accs.items()}
+
+
+def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, str], *, img_size: int,
+           batch_size: int, k: int, temperature: float) -> dict[str, Any]:
+    """kNN (and linear) probe on view 0 of labeled ok images: fit on train, score on val."""
+    ids = np.array([i for i in manifest.ids if manifest.ok_N[i] and manifest.uris[i] in labels], np.int64)
+    y_N = np.array([labels[manifest.uris[i]] for i in ids])
+    split_N = manifest.split[ids]
+    feats: dict[str, list[np.ndarray]] = {"student": []}
+    for lo in range(0, len(ids), batch_size):
+        pairs_B2 = np.stack([ids[lo : lo + batch_size], np.zeros(len(ids[lo : lo + batch_size]), np.int64)], 1)
+        raw_BC, preds = _forward(student, heads, manifest, pairs_B2, img_size)
+        feats["student"].append(raw_BC.cpu().numpy())
+        for t, (summary_BC, _) in preds.items():
+            if summary_BC is not None:
+                feats.setdefault(t, []).append(normalizers[t]["summary"].invert(summary_BC.float().cpu()).numpy())
+    tr, va = split_N == "train", split_N == "val"
+    if tr.sum() == 0 or va.sum() == 0:
+        raise ValueError(f"probe labels cover {int(tr.sum())} train and {int(va.sum())} val images; need both")
+    x = {name: np.concatenate(parts) for name, parts in feats.items()}
+    acc = {name: knn_accuracy(x_NC[tr], y_N[tr], x_NC[va], y_N[va], k=k, temperature=temperature)
+           for name, x_NC in x.items()}
+    linear = (linear_probe_accuracy(x["student"][tr], y_N[tr], x["student"][va], y_N[va])
+              if len(np.unique(y_N[tr])) > 1 else None)
+    return {"feature": "raw student summary token 0, view 0", "knn_acc": acc.pop("student"),
+            "linear_acc": linear, "heads": acc, "k": k, "temperature": temperature,
+            "num_train": int(tr.sum()), "num_val": int(va.sum()), "num_classes": int(len(np.unique(y_N)))}
+
+
+def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, labels_path: Path | None = None,
+                 knn_k: int = 20, knn_temperature: float = 0.07, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
+
+    ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
+    probe_labels.csv beside the manifest's image folder. Without that file the probe is skipped and
+    ``probe_skipped`` records why; a file that exists but is malformed is an error.
+    """
+    run_dir = Path(run_dir)
+    config, student, heads, normalizers = load_run(run_dir)
+    cfg = config.to_dict()
+    student, heads = student.to(device).eval(), heads.to(device).eval()
+    stores = StoreSet(Path(cfg["root"]), cfg["teachers"], norm=cfg["norm"])
+    pairs_M2 = stores.samples(split)
+    if len(pairs_M2) == 0:
+        raise ValueError(f"split {split!r} has no usable (image, view) samples in the stores at {cfg['root']}")
+    result: dict[str, Any] = {
+        "run": run_dir.name, "split": split, "norm": cfg["norm"], "student": cfg["student"],
+        "num_samples": int(len(pairs_M2)),
+        "teachers": _teacher_errors(student, heads, stores, normalizers, pairs_M2, img_size=cfg["img_size"],
+                                    batch_size=batch_size),
+    }
+    if labels_path is None:  # the demo corpus layout: <demo>/probe_labels.csv beside <demo>/images
+        labels_path = demo_probe_labels_path(stores.manifest.image_root.parent)
+    labels_path = Path(labels_path)
+    if labels_path.is_file():
+        result["probe"] = _probe(student, heads, stores.manifest, normalizers, read_probe_labels(labels_path),
+                                 img_size=cfg["img_size"], batch_size=batch_size, k=knn_k,
+                                 temperature=knn_temperature)
+    else:
+        result["probe"] = None
+        result["probe_skipped"] = f"no labels file at {labels_path}"
+    out = eval_path(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result

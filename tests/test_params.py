@@ -1,0 +1,111 @@
+"""params.yaml reader: the repository's file parses, types are enforced, unknown keys are clear errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import Params, parse_params, read_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_yaml_parses_to_typed_sections():
+    p = read_params(REPO / "params.yaml")
+    assert isinstance(p, Params)
+    assert p.store.root == Path("data/store") and isinstance(p.corpus.source, Path)
+    assert p.extract.teachers == ["tiny_dinov2", "tiny_clip", "tiny_sam"]
+    assert {"phis", "mse", "standardize", "zca"} <= set(p.distill.norms)
+    assert isinstance(p.distill.lr, float) and p.evaluate.knn_temperature == pytest.approx(0.07)
+    assert p.run_dir("phis") == p.distill.runs_dir / "phis"
+
+
+def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
+    raw = _raw()
+    raw["distill"]["lr"] = 1
+    del raw["distill"]["seed"]
+    p = parse_params(raw)
+    assert p.distill.lr == 1.0 and isinstance(p.distill.lr, float) and p.distill.seed == 0
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("distill", "stepz", 10, r"unknown key\(s\) \['stepz'\] in params section 'distill'; valid keys: \[.*'steps'"),
+    ("distill", "steps", "100", r"distill.steps must be int, got str"),
+    ("distill", "steps", True, r"distill.steps must be int, got bool"),
+    ("distill", "lr", "fast", r"distill.lr must be a number"),
+    ("extract", "teachers", "tiny_sam", r"extract.teachers must be a list"),
+    ("extract", "teachers", ["tiny_sam", 3], r"extract.teachers\[1\] must be str"),
+    ("distill", "norms", ["phis", "phi-s"], r"unknown distill.norms \['phi-s'\]; valid variants: \[.*'phis'"),
+    ("distill", "norms", ["phis", "phis"], r"without repeats"),
+    ("distill", "steps", 0, r"distill.steps must be >= 1"),
+    ("evaluate", "split", "test", r"evaluate.split must be 'train' or 'val'"),
+])
+def test_bad_values_raise_clear_errors(section, key, value, match):
+    raw = _raw()
+    raw[section][key] = value
+    with pytest.raises(ValueError, match=match):
+        parse_params(raw, source="params.yaml")
+
+
+def test_unknown_and_missing_sections():
+    raw = _raw()
+    raw["distil"] = {}
+    with pytest.raises(ValueError, match=r"unknown section\(s\) \['distil'\]; valid sections"):
+        parse_params(raw)
+    raw = _raw()
+    del raw["report"]
+    with pytest.raises(ValueError, match=r"missing section\(s\) \['report'\]"):
+        parse_params(raw)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no params file"):
+        read_params(tmp_path / "params.yaml")
+
+
+def test_unknown_teacher_and_student_names_list_the_valid_ones():
+    raw = _raw()
+    raw["extract"]["teachers"] = ["tiny_dinov2", "tiny_dino"]
+    with pytest.raises(ValueError, match=r"unknown extract.teachers \['tiny_dino'\]; valid teachers: \[.*'tiny_sam'"):
+        parse_params(raw)
+    raw = _raw()
+    raw["distill"]["student"] = "vit_tiny"
+    with pytest.raises(ValueError, match=r"unknown distill.student 'vit_tiny'; valid students: \[.*'vit_tiny_test'"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_parses(preset):
+    read_params(preset)
+
+
+def test_demo_preset_equals_params_yaml():
+    assert read_params(REPO / "configs" / "demo.yaml") == read_params(REPO / "params.yaml")
+
+
+def test_distill_variant_config_resolved_from_params():
+    """What `pipeline distill-variant` / `pipeline demo` train: every field comes from params.yaml."""
+    from pipeline.cmd_demo import distill_config
+
+    p = read_params(REPO / "params.yaml")
+    c = distill_config(p, "zca")
+    assert c.norm.value == "zca" and c.out_dir == p.distill.runs_dir / "zca" and c.root == p.store.root
+    assert c.teachers == tuple(p.extract.teachers) and c.student == p.distill.student
+    assert (c.steps, c.batch_size, c.img_size, c.lr, c.seed) == (p.distill.steps, p.distill.batch_size,
+                                                                 p.distill.img_size, p.distill.lr, p.distill.seed)
+
+
+def test_distill_variant_cli_refuses_a_norm_outside_the_sweep():
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline import cmd_demo
+
+    app = typer.Typer()
+    cmd_demo.register(app)
+    res = CliRunner().invoke(app, ["distill-variant", "--norm", "hca", "--params", str(REPO / "params.yaml")])
+    assert res.exit_code == 2 and "not in distill.norms" in " ".join(res.output.replace("│", " ").split())

@@ -1,0 +1,241 @@
+"""Report: average ranks across runs (PHI-S paper protocol), table files, plots, and the sweep cost."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from stages.evaluate.ranking import average_ranks, rank_values
+from stages.evaluate.report import report_rows, sweep_cost, write_report
+from stages.stats import Moments
+from stages.teachers.spec import Family, TeacherSpec, WeightsSource
+from store_schema.codecs import CodecSpec
+from store_schema.layout import manifest_path, teacher_store_path
+from store_schema.manifest import ManifestRow, ViewSpec, read_manifest, write_manifest
+from store_schema.teacher_store import create_teacher_store
+
+
+def test_rank_values_ties_get_average_rank():
+    assert rank_values([0.3, 0.1, 0.1, 0.5], higher_better=False) == [3.0, 1.5, 1.5, 4.0]
+    assert rank_values([0.9, 0.5, 0.9, 0.9], higher_better=True) == [2.0, 4.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="NaN"):
+        rank_values([1.0, float("nan")], higher_better=True)
+
+
+def test_average_ranks_over_mse_and_accuracy():
+    table = {
+        "phis": {"a/patches/mse": 1.0, "b/patches/mse": 2.0, "probe/knn_acc": 0.80},
+        "mse": {"a/patches/mse": 3.0, "b/patches/mse": 2.0, "probe/knn_acc": 0.60},
+        "zca": {"a/patches/mse": 2.0, "b/patches/mse": 5.0, "probe/knn_acc": 0.80},
+        "std": {"a/patches/mse": 4.0, "b/patches/mse": 1.0, "probe/knn_acc": 0.70},
+    }
+    avg, per_metric = average_ranks(table)
+    # a: phis 1, zca 2, mse 3, std 4; b: std 1, phis/mse 2.5, zca 4; acc: phis/zca 1.5, std 3, mse 4
+    assert per_metric["b/patches/mse"] == {"phis": 2.5, "mse": 2.5, "zca": 4.0, "std": 1.0}
+    assert avg == pytest.approx({"phis": 5 / 3, "mse": 9.5 / 3, "zca": 7.5 / 3, "std": 8 / 3})
+
+
+def test_unknown_metric_direction_and_missing_metric_are_errors():
+    with pytest.raises(ValueError, match="no ranking direction"):
+        average_ranks({"r": {"x/loss": 1.0}})
+    with pytest.raises(ValueError, match="missing from runs"):
+        average_ranks({"r": {"a/mse": 1.0}, "s": {}}, metrics=["a/mse"])
+
+
+def _eval(norm, mse_a, mse_b, acc):
+    return {"run": norm, "norm": norm, "split": "val",
+            "teachers": {"ta": {"summary": {"mse": mse_a}, "patches": {"mse": mse_a * 2}},
+                         "tb": {"patches": {"mse": mse_b}}},
+            "probe": {"knn_acc": acc, "linear_acc": None}}
+
+
+def test_report_rows_sorted_by_average_rank():
+    rows, metrics = report_rows({"x": _eval("mse", 3.0, 3.0, 0.5), "y": _eval("phis", 1.0, 2.0, 0.9)})
+    assert metrics == ["probe/knn_acc", "ta/patches/mse", "ta/summary/mse", "tb/patches/mse"]
+    assert [r["run"] for r in rows] == ["y", "x"] and rows[0]["avg_rank"] == 1.0
+
+
+def _tiny_store(root, name, *, summary_dim, patch_dim, n_images=6, num_views=2, scale=1.0, mask_one=True):
+    """A real Zarr teacher store with random values and stats of the stored values (hand-built manifest
+    unless root already has one)."""
+    mpath = manifest_path(root)
+    if not mpath.exists():
+        rows = [ManifestRow(uri=f"img{i}.png", sha256=f"{i:064x}", size_bytes=100, width=32, height=32,
+                            mode="RGB", split="val" if i % 3 == 0 else "train", status="ok", reason="",
+                            boxes_V4=np.tile([0.0, 0.0, 1.0, 1.0], (num_views, 1)),
+                            flips_V=np.zeros(num_views, bool)) for i in range(n_images)]
+        write_manifest(mpath, rows, view_spec=ViewSpec(num_views=num_views), source="hand-built",
+                       image_root=".", pixel_limit=10**7, min_side=8, val_fraction=0.3)
+    spec = TeacherSpec(name=name, family=Family.DINOV2, arch="hand", weights_id="", weights=WeightsSource.RANDOM,
+                       resolution=28, patch_size=14, summary_dim=summary_dim, patch_dim=patch_dim,
+                       num_prefix_tokens=1, mean=(0.5,) * 3, std=(0.5,) * 3, license="none")
+    manifest = read_manifest(mpath)
+    num_views = manifest.view_spec.num_views
+    store = create_teacher_store(teacher_store_path(root, name), spec=spec, weights_identity={"source": "random"},
+                                 manifest=manifest, shard_size=4, storage_grid=(2, 2),
+                                 codec=CodecSpec())
+    rng = np.random.default_rng(len(name))
+    for k in range(store.num_shards):
+        a, b = store.shard_range(k)
+        S = b - a
+        patches = (rng.normal(size=(S, num_views, 2, 2, patch_dim)) * np.arange(1, patch_dim + 1) + 3.0) * scale
+        summary = rng.normal(size=(S, num_views, summary_dim)) if summary_dim else None
+        valid = np.ones((S, num_views), bool)
+        valid[0, 1] = not (mask_one and k == 0)  # one masked view in shard 0
+        store.write_shard(k, summary_SVC=summary, patches_SVhwC=patches, valid_SV=valid)
+        p_stored = np.asarray(store.read_shard(k)[1], np.float64)
+        store.write_shard_stats(k, "patches", Moments.from_batch(p_stored.reshape(-1, patch_dim)))
+        if summary_dim:
+            store.write_shard_stats(k, "summary", Moments.from_batch(np.asarray(store.read_shard(k)[0]).reshape(-1, summary_dim)))
+        store.mark_complete(k)
+    return store
+
+
+def _run_dir(tmp_path, root, name, ev, *, steps=10, batch=4):
+    d = tmp_path / "runs" / name
+    (d / "eval").mkdir(parents=True)
+    cfg = {"student": "tiny", "teachers": ["ta", "tb"], "root": str(root), "norm": ev["norm"],
+           "steps": steps, "batch_size": batch, "img_size": 32}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))
+    (d / "eval" / "metrics.json").write_text(json.dumps(ev))
+    return d
+
+
+def test_write_report_files_ranks_and_cost(tmp_path):
+    root = tmp_path / "store"
+    _tiny_store(root, "ta", summary_dim=4, patch_dim=8, scale=0.01)
+    _tiny_store(root, "tb", summary_dim=0, patch_dim=4, scale=5.0)
+    runs = [_run_dir(tmp_path, root, "r_mse", _eval("mse", 3.0, 3.0, 0.5), steps=10),
+            _run_dir(tmp_path, root, "r_phis", _eval("phis", 1.0, 2.0, 0.9), steps=20),
+            _run_dir(tmp_path, root, "r_zca", _eval("zca", 2.0, 1.0, 0.5), steps=30)]
+    md = write_report(runs, tmp_path / "report")
+    out = md.parent
+    for name in ("report.md", "report.csv", "teacher_errors.png", "teacher_spectra.png", "loss_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "teacher_errors.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["r_phis", "r_zca", "r_mse"]
+    # ta/* : phis 1, zca 2, mse 3 (x2 metrics); tb: zca 1, phis 2, mse 3; acc: phis 1, zca/mse 2.5
+    assert float(rows[0]["avg_rank"]) == pytest.approx((1 + 1 + 2 + 1) / 4)
+    assert float(rows[2]["avg_rank"]) == pytest.approx((3 + 3 + 3 + 2.5) / 4)
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["store_passes"] == {"ta": 6 * 2 - 1, "tb": 6 * 2 - 1}  # one masked view each
+    assert cost["online_passes"] == {"ta": (10 + 20 + 30) * 4, "tb": (10 + 20 + 30) * 4}
+    assert cost["ratio"] == pytest.approx(480 / 22)
+    text = md.read_text()
+    assert "| r_phis | phis |" in text and "480" in text and "ratio" in text
+
+
+def test_report_refuses_unevaluated_run(tmp_path):
+    root = tmp_path / "store"
+    run = _run_dir(tmp_path, root, "r", _eval("mse", 1.0, 1.0, 0.5))
+    (run / "eval" / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="pipeline evaluate"):
+        write_report([run], tmp_path / "out")
+
+
+def test_sweep_cost_rejects_teacher_without_store():
+    with pytest.raises(ValueError, match="no store"):
+        sweep_cost({"r": {"steps": 1, "batch_size": 2, "teachers": ["x"]}}, {"y": 3})
+
+
+# ---- evaluate → report on real runs (real zarr, real distill training, real tiny ViT student) ----------
+
+def _real_run(tmp_path, norm):
+    import torch
+    from PIL import Image
+
+    from stages.corpus.build_manifest import build_manifest
+    from stages.distill.config import DistillConfig
+    from stages.distill.train import train
+    from store_schema.layout import demo_images_dir, demo_probe_labels_path
+
+    torch.set_num_threads(1)
+    demo, root = tmp_path / "demo", tmp_path / "store"
+    if not manifest_path(root).exists():
+        images = demo_images_dir(demo)
+        images.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        lines = ["uri,label"]
+        for i in range(20):
+            label = "dark" if i % 2 else "bright"
+            base = 40 if label == "dark" else 215
+            px = np.clip(base + rng.normal(0, 20, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(images / f"{label}_{i:02d}.png")
+            lines.append(f"{label}_{i:02d}.png,{label}")
+        demo_probe_labels_path(demo).write_text("\n".join(lines) + "\n")
+        build_manifest(images, out_dir=root, view_spec=ViewSpec(num_views=2), min_side=8, val_fraction=0.35)
+        _tiny_store(root, "ta", summary_dim=4, patch_dim=8, scale=0.01, mask_one=False)
+        _tiny_store(root, "tb", summary_dim=0, patch_dim=4, scale=5.0, mask_one=False)
+    config = DistillConfig(student="vit_tiny_test", teachers=("ta", "tb"), root=root, out_dir=tmp_path / "runs" / norm,
+                           norm=norm, img_size=32, steps=3, batch_size=4, warmup_steps=1, log_every=1)
+    return train(config), root
+
+
+def test_evaluate_known_answer_when_heads_predict_zero(tmp_path):
+    """Heads whose last Linear is zero predict 0 in normalized space, i.e. μ in teacher space: the
+    teacher-space MSE must equal the mean of (y − μ)² over the val samples, read from the store."""
+    import torch
+
+    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.loader import StoreSet
+    from stages.distill.run import load_run
+    from stages.evaluate.evaluate import evaluate_run, read_eval
+
+    run, root = _real_run(tmp_path, "phis")
+    _, _, heads, normalizers = load_run(run)
+    for t in ("ta", "tb"):
+        for lin in heads.last_linears(t):
+            if lin is not None:
+                torch.nn.init.zeros_(lin.weight)
+                torch.nn.init.zeros_(lin.bias)
+    ckpt = torch.load(checkpoint_path(run), weights_only=True)
+    ckpt["heads"] = heads.state_dict()
+    torch.save(ckpt, checkpoint_path(run))
+
+    res = evaluate_run(run, batch_size=5)
+    assert read_eval(run) == json.loads(json.dumps(res))
+    stores = StoreSet(root, ("ta", "tb"), norm="phis")
+    pairs = stores.samples("val")
+    assert res["num_samples"] == len(pairs) > 0
+    for t, kinds in (("ta", ("summary", "patches")), ("tb", ("patches",))):
+        assert sorted(res["teachers"][t]) == sorted(kinds)
+        s, p, _ = stores.stores[t].read_images(pairs[:, 0])
+        for kind in kinds:
+            y = np.asarray((s if kind == "summary" else p)[np.arange(len(pairs)), pairs[:, 1]], np.float64)
+            expected = np.mean((y - normalizers[t][kind].mu_D) ** 2)
+            assert res["teachers"][t][kind]["mse"] == pytest.approx(expected, rel=1e-4)
+            assert res["teachers"][t][kind]["norm_err_var_range"] >= 0.0
+    probe = res["probe"]
+    assert probe["num_train"] + probe["num_val"] == 20 and 0.0 <= probe["knn_acc"] <= 1.0
+    assert set(probe["heads"]) == {"ta"}  # only teachers with a summary head get a head probe
+
+
+def test_evaluate_and_report_cli_on_two_trained_runs(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline import cmd_evaluate, cmd_report
+
+    app = typer.Typer()
+    cmd_evaluate.register(app)
+    cmd_report.register(app)
+    runs = [_real_run(tmp_path, norm)[0] for norm in ("phis", "standardize")]
+    res = CliRunner().invoke(app, ["evaluate", *map(str, runs), "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert "ta: summary mse" in res.output and "probe: kNN acc" in res.output
+    res = CliRunner().invoke(app, ["report", *map(str, runs), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "rep" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["norm"] for r in rows} == {"phis", "standardize"}
+    assert "tb/patches/mse" in rows[0] and "probe/knn_acc" in rows[0]
+    cost = json.loads((tmp_path / "rep" / "cost.json").read_text())
+    assert cost["online_passes"] == {"ta": 2 * 3 * 4, "tb": 2 * 3 * 4}
+    assert cost["store_passes"] == {"ta": 20 * 2, "tb": 20 * 2}
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope")])
+    flat = " ".join(res.output.replace("│", " ").split())  # typer's error box wraps lines
+    assert res.exit_code == 2 and "not a distill run directory" in flat
