@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Main job: the whole offline demo (corpus -> extract -> distill -> evaluate -> report) via DVC.
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
-	@echo "report: $$(cat data/report_path.txt 2>/dev/null || echo data/report/report.md)"
+	@$(VENV)/bin/python -c "from pipeline.params import read_params; p = read_params('params.yaml'); print('report:', p.report.out / 'report.md')"
 
 # The test suite (the same command .ci/run runs).
 test: $(STAMP)
