@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.extract import ExtractConfig, run_extract
-from pipeline.ray_runtime import init_ray, shutdown_ray
+from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
 from stages.teachers.registry import get_teacher_spec
 from store_schema.codecs import CodecSpec
 from stages.extract.receipt import write_receipt
@@ -80,7 +80,7 @@ def extract_cmd(
                                ray_address=ray_address, progress=progress)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    started_ray = config.workers > 0
+    started_ray = config.workers > 0 and not ray_is_running()  # never stop a Ray someone else started
     if started_ray:
         init_ray(ray_address)
     try:

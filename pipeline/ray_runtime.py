@@ -50,6 +50,11 @@ def init_ray(
     return ray.cluster_resources()
 
 
+def ray_is_running() -> bool:
+    """Whether this process has already initialised Ray (a caller that did not start it must not stop it)."""
+    return ray.is_initialized()
+
+
 def shutdown_ray() -> None:
     """Stop the Ray this process started or joined (no-op when none is running)."""
     if ray.is_initialized():
