@@ -12,7 +12,7 @@ resume from their checkpoint. A finished run whose config.json differs from para
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -35,21 +35,39 @@ def _corpus(p: Params) -> None:
     typer.echo(f"manifest: {m.path} ({m.num_images} images, {int(m.ok_N.sum())} ok)")
 
 
-def _extract(p: Params) -> None:
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.ray_runtime import init_ray, shutdown_ray
+def extract_config(p: Params, teacher: str) -> "ExtractConfig":
+    """The ExtractConfig of one teacher's stage, as `pipeline extract-stage` and `pipeline demo` build it."""
+    from pipeline.cmd_extract import parse_grid
+    from pipeline.extract import ExtractConfig
     from store_schema.codecs import CodecSpec
 
-    config = ExtractConfig(batch_size=p.extract.batch_size, shard_size=p.extract.shard_size,
-                           codec=CodecSpec(keepbits=p.extract.keepbits), device=p.extract.device,
-                           workers=p.extract.workers, progress=False)
-    if config.workers > 0:
-        init_ray(num_cpus=max(config.workers, 1))
+    e = p.extract
+    grid = e.storage_grids.get(teacher)
+    return ExtractConfig(batch_size=e.batch_size, shard_size=e.shard_size,
+                         storage_grid=parse_grid(grid) if grid else None, codec=CodecSpec(keepbits=e.keepbits),
+                         checkpoint=e.checkpoints.get(teacher), device=e.device, workers=e.workers,
+                         gpus_per_worker=1.0 if e.device.startswith("cuda") else 0.0,
+                         ray_address=e.ray_address, progress=False)
+
+
+def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> None:
+    from pipeline.extract import run_extract
+    from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
+    from stages.extract.receipt import write_receipt
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    started_ray = p.extract.workers > 0 and not ray_is_running()
+    if started_ray:
+        init_ray(p.extract.ray_address)
     try:
-        for teacher in p.extract.teachers:
-            typer.echo(run_extract(p.store.root, teacher, config).summary_line())
+        for teacher in teachers:
+            typer.echo(run_extract(p.store.root, teacher, extract_config(p, teacher)).summary_line())
+            if receipt is not None:
+                store = open_teacher_store(teacher_store_path(p.store.root, teacher))
+                typer.echo(f"receipt: {write_receipt(store, receipt)}")
     finally:
-        if config.workers > 0:
+        if started_ray:
             shutdown_ray()
 
 
@@ -97,7 +115,7 @@ def run_demo(p: Params) -> Path:
     from stages.evaluate.report import write_report
 
     _corpus(p)
-    _extract(p)
+    _extract(p, p.extract.teachers)
     runs = _distill(p)
     e = p.evaluate
     if not e.probe_labels.is_file():
@@ -127,6 +145,21 @@ def distill_variant_cmd(
     typer.echo(f"run: {train(config)}")
 
 
+def extract_stage_cmd(
+    teacher: Annotated[str, typer.Option(help="The teacher to extract (one of extract.teachers).")],
+    params: Annotated[Path, typer.Option(help="params.yaml the stage is configured from.")] = Path("params.yaml"),
+    receipt: Annotated[Optional[Path], typer.Option(help="Write the finished store's JSON receipt here (what DVC tracks instead of the store).")] = None,
+) -> None:
+    """Extract one teacher exactly as `pipeline demo` does, from params.yaml (dvc.yaml's extract stage)."""
+    try:
+        p = read_params(params)
+        if teacher not in p.extract.teachers:
+            raise ValueError(f"--teacher {teacher!r} is not in extract.teachers {p.extract.teachers}")
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    _extract(p, [teacher], receipt=receipt)
+
+
 def demo_cmd(
     params: Annotated[Path, typer.Option(help="params.yaml to run (see configs/ for presets).")] = Path("params.yaml"),
 ) -> None:
@@ -142,4 +175,5 @@ def demo_cmd(
 def register(app: typer.Typer) -> None:
     """Add `demo` to the pipeline CLI."""
     app.command("demo")(demo_cmd)
+    app.command("extract-stage")(extract_stage_cmd)
     app.command("distill-variant")(distill_variant_cmd)

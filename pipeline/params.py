@@ -57,6 +57,9 @@ class ExtractParams:
     keepbits: int = 7
     workers: int = 1
     device: str = "cpu"
+    ray_address: str | None = None  # None: a local Ray sized to this machine; "auto" or host:port: a cluster
+    storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,14 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {type(value).__name__} {value!r}")
         return [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {type(value).__name__} {value!r}")
+        return {_check_value(k, key_tp, f"{where} key"): _check_value(v, val_tp, f"{where}.{k}")
+                for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -184,6 +195,11 @@ def _validate(p: Params, source: str) -> None:
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
     if unknown_teachers:
         raise ValueError(f"{source}: unknown extract.teachers {unknown_teachers}; valid teachers: {teacher_names()}")
+    for where, mapping in (("extract.storage_grids", p.extract.storage_grids),
+                           ("extract.checkpoints", p.extract.checkpoints)):
+        stray = sorted(set(mapping) - set(p.extract.teachers))
+        if stray:
+            raise ValueError(f"{source}: {where} names {stray}, which are not in extract.teachers {p.extract.teachers}")
     if p.distill.student not in student_names():
         raise ValueError(f"{source}: unknown distill.student {p.distill.student!r}; valid students: {student_names()}")
 
