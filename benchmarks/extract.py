@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--decode-ahead", type=int, default=0,
+                        help="images each worker decodes ahead in a background thread (0: inline)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +108,7 @@ def main() -> None:
         init_ray(None, num_cpus=args.workers)
         try:
             config = ExtractConfig(workers=args.workers, shard_size=args.shard_size, batch_size=args.batch_size,
-                                   progress=False)
+                                   progress=False, decode_ahead=args.decode_ahead)
             report = run_extract(manifest.path.parent, args.teacher, config)
             print(report.summary_line())
             bare_ips, f32_NVhwC = bare_forward(manifest, args.teacher, batch_size=args.batch_size,
@@ -121,7 +123,8 @@ def main() -> None:
         nmse = float(((x_hat - x) ** 2).sum() / ((x - x.mean(axis=tuple(range(x.ndim - 1)))) ** 2).sum())
 
     ratio = report.steady_images_per_s / bare_ips
-    print(f"teacher {args.teacher}, batch {args.batch_size}, {args.workers} Ray workers x 1 CPU vs bare loop "
+    print(f"teacher {args.teacher}, batch {args.batch_size}, {args.workers} Ray workers x 1 CPU "
+          f"(decode ahead {args.decode_ahead}) vs bare loop "
           f"in {args.workers} x 1-CPU tasks")
     print(f"extraction path: {report.steady_images_per_s:.1f} images/s once workers are built "
           f"({report.images_per_s:.1f} end to end, startup {report.startup_seconds:.1f} s)")

@@ -54,6 +54,7 @@ class ExtractConfig:
     gpus_per_worker: float = 0.0
     ray_address: str | None = None  # None: local Ray (reused when already initialised)
     progress: bool = True
+    decode_ahead: int = 0  # images a worker decodes ahead in a background thread (0: inline)
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -143,7 +144,7 @@ def run_extract(root: Path, teacher: str, config: ExtractConfig) -> ExtractRepor
         bar.set_postfix(masked=len(report.masked), bad=report.num_bad)
 
     worker_kwargs = dict(store_path=store.path, manifest_path=manifest.path, checkpoint=config.checkpoint,
-                         device=config.device, batch_size=config.batch_size)
+                         device=config.device, batch_size=config.batch_size, decode_ahead=config.decode_ahead)
     try:
         if pending and config.workers == 0:
             worker = ShardWorker(spec, **worker_kwargs)

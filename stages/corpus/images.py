@@ -96,7 +96,7 @@ def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE) -> tu
         raise BadImage(f"too small: {w}x{h}, a side is below {min_side} px", width=w, height=h, mode=mode)
     try:
         im.load()  # first frame of multi-frame files (GIF, TIFF)
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # no copy of the whole image when already upright
         rgb = to_rgb(im)
     except BadImage:
         raise

@@ -15,11 +15,15 @@ h/w storage-grid sides, Cs summary channels, Cp patch channels.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,8 +35,12 @@ from stages.stats import Moments
 from stages.teachers.preprocess import to_pixels
 from stages.teachers.registry import build_teacher
 from stages.teachers.spec import TeacherSpec
+from store_schema.codecs import round_as_stored
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import open_teacher_store
+
+
+STATS_BLOCK_VALUES = 1 << 23  # float64 values per statistics block (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,12 @@ class ShardWorker:
         checkpoint: Path | None = None,
         device: str = "cpu",
         batch_size: int = 32,
+        decode_ahead: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if decode_ahead < 0:
+            raise ValueError(f"decode_ahead must be >= 0 (0 = decode inline), got {decode_ahead}")
         self.manifest = read_manifest(Path(manifest_path))
         self.store = open_teacher_store(
             Path(store_path),
@@ -104,6 +115,8 @@ class ShardWorker:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.teacher = build_teacher(spec, checkpoint=checkpoint, device=str(self.device)).eval()
+        self.decode_ahead = decode_ahead
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode") if decode_ahead else None
 
     def describe(self) -> dict[str, str]:
         """Teacher, device and host:pid of this worker (the driver waits on it: actors are built and ready)."""
@@ -124,14 +137,12 @@ class ShardWorker:
 
         views: list[np.ndarray] = []  # rendered uint8 views waiting for a batch
         slots: list[tuple[int, int]] = []  # (row in shard, view index) of each pending view
-        num_bad = 0
-        for row, image_id in enumerate(range(lo, hi)):
-            if not self.manifest.ok_N[image_id]:
-                num_bad += 1
-                continue
-            t = time.perf_counter()
-            rendered = self._render_image(image_id, masked)
-            secs["decode"] += time.perf_counter() - t
+        ok_ids = [i for i in range(lo, hi) if self.manifest.ok_N[i]]
+        num_bad = s - len(ok_ids)
+        for image_id, (rendered, image_masked), waited in self._rendered(ok_ids):
+            secs["decode"] += waited
+            masked.extend(image_masked)
+            row = image_id - lo
             for view, arr in enumerate(rendered):
                 views.append(arr)
                 slots.append((row, view))
@@ -150,7 +161,7 @@ class ShardWorker:
         self.store.write_shard(k, summary_SVC=summary_SVC, patches_SVhwC=patches_SVhwC, valid_SV=valid_SV)
         secs["write"] = time.perf_counter() - t
         t = time.perf_counter()
-        summary_m, patches_m = self._stored_moments(k)
+        summary_m, patches_m = self._stored_moments(summary_SVC, patches_SVhwC, valid_SV)
         secs["stats"] = time.perf_counter() - t
         secs["total"] = time.perf_counter() - t0
         return ShardResult(
@@ -166,8 +177,33 @@ class ShardWorker:
             worker=f"{socket.gethostname()}:{os.getpid()}",
         )
 
-    def _render_image(self, image_id: int, masked: list[MaskedView]) -> list[np.ndarray]:
-        """Decode one image and render its manifest views at the teacher's resolution.
+    def _rendered(self, ids: list[int]) -> Iterator[tuple[int, tuple[list[np.ndarray], list[MaskedView]], float]]:
+        """(image id, (views, masked views), seconds this thread spent on it) in the order of `ids`.
+
+        With decode_ahead > 0, up to that many images are decoded and rendered ahead by one background
+        thread (PIL releases the GIL while decoding and resizing), so decoding overlaps the teacher forward;
+        the seconds are then the time this thread waited for the result. Order and results are the same."""
+        if self._pool is None:
+            for i in ids:
+                t = time.perf_counter()
+                out = self._render_image(i)
+                yield i, out, time.perf_counter() - t
+            return
+        pending: deque = deque()
+        it = iter(ids)
+        for i in itertools.islice(it, self.decode_ahead):
+            pending.append((i, self._pool.submit(self._render_image, i)))
+        while pending:
+            i, fut = pending.popleft()
+            t = time.perf_counter()
+            out = fut.result()
+            waited = time.perf_counter() - t
+            for j in itertools.islice(it, 1):
+                pending.append((j, self._pool.submit(self._render_image, j)))
+            yield i, out, waited
+
+    def _render_image(self, image_id: int) -> tuple[list[np.ndarray], list[MaskedView]]:
+        """Decode one image and render its manifest views at the teacher's resolution: (views, masked).
 
         A decode failure here, or bytes that differ from the manifest's sha256 (the file changed or
         vanished since the manifest was built; its views were drawn from the old hash), masks all of the
@@ -178,13 +214,12 @@ class ShardWorker:
         if rec.ok and rec.sha256 != m.sha256[image_id]:
             reason = f"content changed since the manifest (sha256 {rec.sha256[:12]} != {m.sha256[image_id][:12]})"
         if reason:
-            masked.extend(MaskedView(image_id, v, f"decode: {reason}") for v in range(self.store.num_views))
-            return []
+            return [], [MaskedView(image_id, v, f"decode: {reason}") for v in range(self.store.num_views)]
         img = rec.rgb
         boxes_V4 = self.manifest.view_boxes_NV4[image_id]
         flips_V = self.manifest.view_flips_NV[image_id]
         res = self.spec.resolution
-        return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)]
+        return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
 
     @torch.inference_mode()
     def _forward_into(
@@ -218,16 +253,22 @@ class ShardWorker:
                 summary_SVC[row, view] = summary_BC[b]
             valid_SV[row, view] = True
 
-    def _stored_moments(self, k: int) -> tuple[Moments | None, Moments]:
-        """float64 moments of the valid views, computed from the shard read back from disk (values as
-        stored, after BitRound), merged image by image to bound memory."""
-        summary_SVC, patches_SVhwC, valid_SV = self.store.read_shard(k)
+    def _stored_moments(self, summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
+                        valid_SV: np.ndarray) -> tuple[Moments | None, Moments]:
+        """float64 moments of the valid views, of the values as stored: the in-memory buffers passed
+        through `round_as_stored` (the store's own BitRound, bit-identical to what zarr wrote), so the
+        shard is never read back. Views are taken in blocks of at most STATS_BLOCK_VALUES values to bound
+        the float64 copy."""
+        codec = self.store.codec
         cp = self.store.patch_dim
+        rows, views = np.nonzero(valid_SV)
+        per_view = int(np.prod(patches_SVhwC.shape[2:]))
+        block = max(1, STATS_BLOCK_VALUES // max(per_view, 1))  # views per block
         patches_m = Moments.empty(cp)
-        for row in range(valid_SV.shape[0]):
-            if valid_SV[row].any():
-                patches_m = patches_m.merge(Moments.from_batch(patches_SVhwC[row][valid_SV[row]].reshape(-1, cp)))
+        for a in range(0, len(rows), block):
+            tokens_TC = patches_SVhwC[rows[a:a + block], views[a:a + block]].reshape(-1, cp)
+            patches_m = patches_m.merge(Moments.from_batch(round_as_stored(tokens_TC, codec)))
         summary_m = None
         if summary_SVC is not None:
-            summary_m = Moments.from_batch(summary_SVC[valid_SV])
+            summary_m = Moments.from_batch(round_as_stored(summary_SVC[valid_SV], codec))
         return summary_m, patches_m
