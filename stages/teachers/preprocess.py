@@ -34,8 +34,9 @@ def to_pixels(views_BHW3_uint8: np.ndarray, spec: TeacherSpec) -> torch.Tensor:
             f"teacher {spec.name!r} takes {side}x{side} views, got {views_BHW3_uint8.shape[1]}x"
             f"{views_BHW3_uint8.shape[2]}; render views at spec.resolution"
         )
-    x_BHW3 = torch.from_numpy(np.ascontiguousarray(views_BHW3_uint8)).to(torch.float32).div_(255.0)
-    mean_3 = torch.tensor(spec.mean, dtype=torch.float32)
-    std_3 = torch.tensor(spec.std, dtype=torch.float32)
-    x_BHW3 = (x_BHW3 - mean_3) / std_3
-    return x_BHW3.permute(0, 3, 1, 2).contiguous()
+    # Channels-first copy first, then in-place arithmetic: one float buffer, no strided permute copy.
+    x_BCHW = torch.empty((views_BHW3_uint8.shape[0], 3, side, side), dtype=torch.float32)
+    x_BCHW.copy_(torch.from_numpy(np.ascontiguousarray(views_BHW3_uint8)).permute(0, 3, 1, 2))
+    mean_13 = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_13 = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x_BCHW.div_(255.0).sub_(mean_13).div_(std_13)
