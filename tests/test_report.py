@@ -239,3 +239,18 @@ def test_evaluate_and_report_cli_on_two_trained_runs(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope")])
     flat = " ".join(res.output.replace("│", " ").split())  # typer's error box wraps lines
     assert res.exit_code == 2 and "not a distill run directory" in flat
+
+
+def test_metric_missing_from_some_runs_is_named_not_silently_dropped(tmp_path):
+    from stages.evaluate.report import unranked_metrics
+
+    no_probe = _eval("zca", 2.0, 1.0, 0.5)
+    no_probe["probe"] = None
+    evals = {"r_phis": _eval("phis", 1.0, 2.0, 0.9), "r_zca": no_probe}
+    assert unranked_metrics(evals) == {"probe/knn_acc": ["r_zca"]}
+    root = tmp_path / "store"
+    _tiny_store(root, "ta", summary_dim=4, patch_dim=8, scale=0.01)
+    _tiny_store(root, "tb", summary_dim=0, patch_dim=4, scale=5.0)
+    runs = [_run_dir(tmp_path, root, name, ev) for name, ev in evals.items()]
+    text = write_report(runs, tmp_path / "report").read_text()
+    assert "**Not ranked**" in text and "- `probe/knn_acc`: missing from r_zca" in text

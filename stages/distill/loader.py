@@ -2,10 +2,12 @@
 stored fixed views in the manner of FKD, arXiv 2112.01528; targets normalized as in PHI-S arXiv 2410.01680).
 
 A sample is one (image, view) pair of a manifest split whose image is ok and whose view is valid in every
-selected teacher's store (and lies in a shard complete in every store). For each sample the loader decodes
-the image (stages.corpus.images.inspect_image, i.e. load_rgb plus the content hash, checked against the
-manifest so a file changed since extraction is refused), renders the stored view (crop box + flip) at the student's resolution, reads every teacher's
-stored summary and patch targets for that view and applies the teacher's fitted normalizer.
+selected teacher's store. Stores with shards not marked complete are refused: their statistics (and so the
+persisted normalizers) would describe part of the data. For each sample the loader decodes
+the image (stages.corpus.samples: decoded as the manifest did, its bytes checked against the manifest's
+sha256 so a file changed since extraction is refused), renders the stored view (crop box + flip) at the
+student's resolution, reads every teacher's stored summary and patch targets for that view and applies the
+teacher's fitted normalizer.
 
 Shuffling without one shard read per sample. Images are grouped into *units* of U consecutive images
 (U = the largest shard size among the stores, so a unit is one shard when the stores agree). Each epoch,
@@ -35,11 +37,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from stages.corpus.images import BadImage, inspect_image
-from stages.corpus.views import render_view
+from stages.corpus.samples import render_samples
 from stages.normalize import NormVariant, load_or_fit
 from store_schema.codecs import bulk_reads
 from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
@@ -81,6 +81,12 @@ class StoreSet:
         self.normalizers = {t: self._fit(t) for t in self.teachers}
 
     def _check_agreement(self) -> None:
+        for t, s in self.stores.items():
+            pending = [int(k) for k in s.pending_shards()]
+            if pending:
+                raise ValueError(f"store {s.path} is not complete: shards {pending[:10]}"
+                                 f"{' ...' if len(pending) > 10 else ''} of {s.num_shards} are not marked complete; "
+                                 f"finish it with `pipeline extract --teacher {t}` before training from it")
         first = self.teachers[0]
         ref = self.stores[first]
         for t in self.teachers[1:]:
@@ -116,13 +122,8 @@ class StoreSet:
         V = self.manifest.view_spec.num_views
         ok_NV = np.zeros((self.manifest.num_images, V), bool)
         ok_NV[ids] = True
-        for store in self.stores.values():
+        for store in self.stores.values():  # every shard is complete (checked when the set was opened)
             ok_NV &= np.asarray(store.valid[:], bool)
-            complete_N = np.zeros(self.manifest.num_images, bool)
-            for k in store.completed_shards():
-                a, b = store.shard_range(int(k))
-                complete_N[a:b] = True
-            ok_NV &= complete_N[:, None]
         return np.argwhere(ok_NV).astype(np.int64)
 
 
@@ -204,11 +205,9 @@ class StoreBatches(IterableDataset):
 
     def _make_batch(self, pairs_B2: np.ndarray, epoch: int, position: int) -> dict[str, Any]:
         m = self.stores.manifest
-        decoded = {i: self._decode(i) for i in np.unique(pairs_B2[:, 0]).tolist()}  # once per image
-        images = [render_view(decoded[int(i)], m.view_boxes_NV4[i, v], bool(m.view_flips_NV[i, v]), self.img_size)
-                  for i, v in pairs_B2]
+        image_BHW3 = render_samples(m, pairs_B2, self.img_size)
         batch: dict[str, Any] = {
-            "image_BHW3": torch.from_numpy(np.stack(images)),
+            "image_BHW3": torch.from_numpy(image_BHW3),
             "image_B": torch.from_numpy(pairs_B2[:, 0].copy()),
             "view_B": torch.from_numpy(pairs_B2[:, 1].copy()),
             "epoch": epoch, "position": position,
@@ -226,18 +225,6 @@ class StoreBatches(IterableDataset):
             if summary:
                 batch[f"{t}/summary"] = _normalize(norms["summary"], np.stack(summary))
         return batch
-
-    def _decode(self, i: int) -> Image.Image:
-        """Decode image i, refusing a file whose bytes changed since the manifest (targets would not match)."""
-        m = self.stores.manifest
-        rec = inspect_image(m.image_path(i), pixel_limit=m.pixel_limit, min_side=m.min_side)
-        if rec.sha256 != m.sha256[i]:
-            raise ValueError(f"image {m.image_path(i)} changed since the manifest was built (sha256 "
-                             f"{rec.sha256 or 'unreadable'}, manifest {m.sha256[i]}); its stored targets no "
-                             f"longer match it: rebuild the manifest and stores")
-        if rec.rgb is None:
-            raise BadImage(rec.reason)
-        return rec.rgb
 
     def _unit(self, teacher: str, u: int) -> tuple[np.ndarray | None, np.ndarray]:
         entry = self._cache.setdefault(u, {})

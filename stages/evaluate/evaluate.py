@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stages.corpus.images import load_rgb
-from stages.corpus.views import render_view
+from stages.corpus.samples import render_samples
 from stages.distill.loader import StoreSet, student_pixels
 from stages.distill.run import load_run
 from stages.distill.train import CONFIG_NAME as CONFIG_FILE
@@ -84,20 +83,12 @@ def read_probe_labels(path: Path) -> dict[str, str]:
         return {row["uri"]: row["label"] for row in reader}
 
 
-def _render(manifest: Any, pairs_B2: np.ndarray, img_size: int) -> torch.Tensor:
-    views = []
-    for i, v in pairs_B2:
-        img = load_rgb(str(manifest.image_path(int(i))), pixel_limit=manifest.pixel_limit)
-        views.append(render_view(img, manifest.view_boxes_NV4[i, v], bool(manifest.view_flips_NV[i, v]), img_size))
-    return torch.from_numpy(np.stack(views))
-
-
 @torch.no_grad()
 def _forward(student: torch.nn.Module, heads: torch.nn.Module, manifest: Any, pairs_B2: np.ndarray,
              img_size: int) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
     """(raw student summary token 0 [B, C], head outputs in normalized space per teacher)."""
     device = next(student.parameters()).device
-    out = student(student_pixels(_render(manifest, pairs_B2, img_size), device=device))
+    out = student(student_pixels(torch.from_numpy(render_samples(manifest, pairs_B2, img_size)), device=device))
     return out.summary_BKC[:, 0].float(), heads(out)
 
 
@@ -184,5 +175,7 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
         result["probe_skipped"] = f"no labels file at {labels_path}"
     out = eval_path(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    tmp = out.with_suffix(".json.tmp")  # written whole, then renamed: never a torn metrics.json
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+    tmp.replace(out)
     return result

@@ -104,7 +104,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _markdown(rows: list[dict[str, Any]], metrics: list[str], cost: SweepCost, plot_names: list[str]) -> str:
+def unranked_metrics(evals: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Metrics some runs have and others lack (so they cannot be ranked): metric -> runs lacking it."""
+    flats = {run: set(flatten_metrics(ev)) for run, ev in evals.items()}
+    every = set.union(*flats.values()) if flats else set()
+    return {m: sorted(r for r, f in flats.items() if m not in f) for m in sorted(every)
+            if any(m not in f for f in flats.values())}
+
+
+def _markdown(rows: list[dict[str, Any]], metrics: list[str], cost: SweepCost, plot_names: list[str],
+              unranked: dict[str, list[str]]) -> str:
     cols = ["run", "norm", *metrics, "avg_rank"]
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
@@ -112,6 +121,9 @@ def _markdown(rows: list[dict[str, Any]], metrics: list[str], cost: SweepCost, p
              "Average rank: each run ranked per metric (ties averaged), then averaged (PHI-S paper).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    if unranked:
+        lines += ["", "**Not ranked** (missing from some runs, so left out of the table and the average rank):"]
+        lines += [f"- `{m}`: missing from {', '.join(runs)}" for m, runs in unranked.items()]
     lines += ["", "## Cost", "",
               f"Teacher forward passes done into the store (one per teacher per image·view): "
               f"**{cost.store_total:,}** ({', '.join(f'{t}: {n:,}' for t, n in cost.store_passes.items())}).",
@@ -156,7 +168,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         writer.writeheader()
         writer.writerows(rows)
     md_path = out_dir / REPORT_MD
-    md_path.write_text(_markdown(rows, metrics, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS]))
+    md_path.write_text(_markdown(rows, metrics, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS],
+                                   unranked_metrics(evals)))
     (out_dir / "cost.json").write_text(json.dumps(
         {"store_passes": cost.store_passes, "online_passes": cost.online_passes,
          "store_total": cost.store_total, "online_total": cost.online_total, "ratio": cost.ratio}, indent=2))

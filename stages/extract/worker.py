@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from stages.corpus.images import inspect_image
+from stages.corpus.samples import decode_checked
 from stages.corpus.views import render_view
 from stages.extract.pooling import check_storage_grid, pool_patches
 from stages.stats import Moments
@@ -208,14 +208,9 @@ class ShardWorker:
         A decode failure here, or bytes that differ from the manifest's sha256 (the file changed or
         vanished since the manifest was built; its views were drawn from the old hash), masks all of the
         image's views and is reported, never fatal."""
-        m = self.manifest
-        rec = inspect_image(m.image_path(image_id), pixel_limit=m.pixel_limit, min_side=m.min_side)
-        reason = rec.reason
-        if rec.ok and rec.sha256 != m.sha256[image_id]:
-            reason = f"content changed since the manifest (sha256 {rec.sha256[:12]} != {m.sha256[image_id][:12]})"
-        if reason:
+        img, reason = decode_checked(self.manifest, image_id)
+        if img is None:
             return [], [MaskedView(image_id, v, f"decode: {reason}") for v in range(self.store.num_views)]
-        img = rec.rgb
         boxes_V4 = self.manifest.view_boxes_NV4[image_id]
         flips_V = self.manifest.view_flips_NV[image_id]
         res = self.spec.resolution
