@@ -5,8 +5,9 @@ demo-corpus → corpus → extract (each teacher once into the store) → distil
 normalization variant, PHI-S arXiv 2410.01680) → evaluate → report, all from params.yaml. It runs the
 same importable functions the DVC stages' commands run (dvc.yaml), writes to the same paths, and is
 resumable: complete shards are skipped, finished runs with the same config are reused, interrupted runs
-resume from their checkpoint. A finished run whose config.json differs from params.yaml is an error
-(never silently reused): delete it or change ``distill.runs_dir``.
+resume from their checkpoint (written every ``distill.ckpt_every`` steps). A run whose config.json differs
+from params.yaml in a field a resume may not change (``DistillConfig.resume_conflicts``) is an error (never
+silently reused or mixed): delete it or change ``distill.runs_dir``.
 """
 
 from __future__ import annotations
@@ -79,33 +80,51 @@ def distill_config(p: Params, norm: str) -> "DistillConfig":
     return DistillConfig(student=d.student, teachers=tuple(p.extract.teachers), root=p.store.root,
                          out_dir=p.run_dir(norm), norm=norm, img_size=d.img_size, steps=d.steps,
                          batch_size=d.batch_size, lr=d.lr, warmup_steps=d.warmup_steps, seed=d.seed,
-                         device=d.device, log_every=d.log_every)
+                         device=d.device, log_every=d.log_every, ckpt_every=d.ckpt_every,
+                         num_workers=d.num_workers, num_summary_tokens=d.num_summary_tokens)
+
+
+def train_variant(config: "DistillConfig") -> str:
+    """Train one sweep variant into config.out_dir, reusing or resuming what is there; returns what it did.
+
+    No checkpoint: a fresh run ("trained"). A finished run (export present) with the same config and
+    steps: "reused". Same config otherwise: resumed ("resumed"; also extends a finished run when
+    distill.steps grew). A run whose config differs in a field a resume may not change
+    (DistillConfig.resume_conflicts), or that was trained on another manifest, is replaced by a new run
+    ("retrained"): under DVC a changed `distill.*` parameter means exactly that.
+    """
+    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.run import EXPORT_NAME, discard_run, read_run_config
+    from stages.distill.train import train
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import manifest_hash
+
+    run = config.out_dir
+    if not checkpoint_path(run).is_file():
+        train(config)
+        return "trained"
+    saved, resolved = read_run_config(run)
+    conflicts = saved.resume_conflicts(config)
+    if resolved.get("manifest_hash") != manifest_hash(manifest_path(config.root)):
+        conflicts.append("manifest")
+    if conflicts:
+        typer.echo(f"distill {run}: {', '.join(conflicts)} changed since the saved run; training a new run")
+        discard_run(run)
+        train(config)
+        return "retrained"
+    if (run / EXPORT_NAME).is_file() and saved.steps == config.steps:
+        return "reused"
+    train(config, resume=True)
+    return "resumed"
 
 
 def _distill(p: Params) -> list[Path]:
-    from stages.distill.checkpoint import checkpoint_path
-    from stages.distill.run import EXPORT_NAME, read_run_config
-    from stages.distill.train import train
-
     runs = []
     for norm in p.distill.norms:
         config = distill_config(p, norm)
-        run = config.out_dir
-        if checkpoint_path(run).is_file():
-            saved, _ = read_run_config(run)
-            if saved.to_dict() != config.to_dict():
-                diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
-                raise ValueError(f"{run} holds a run with a different config (fields {diff}); delete it or "
-                                 "set another distill.runs_dir")
-            if (run / EXPORT_NAME).is_file():
-                typer.echo(f"distill {norm}: finished run reused ({run})")
-            else:
-                typer.echo(f"distill {norm}: resuming {run}")
-                train(config, resume=True)
-        else:
-            typer.echo(f"distill {norm}: {config.steps} steps -> {run}")
-            train(config)
-        runs.append(run)
+        typer.echo(f"distill {norm}: {config.steps} steps -> {config.out_dir}")
+        typer.echo(f"distill {norm}: {train_variant(config)}")
+        runs.append(config.out_dir)
     return runs
 
 
@@ -132,9 +151,8 @@ def distill_variant_cmd(
     norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
     params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
 ) -> None:
-    """Train one variant of the sweep exactly as `pipeline demo` does (dvc.yaml's distill stage)."""
-    from stages.distill.train import train
-
+    """Train one variant of the sweep exactly as `pipeline demo` does (dvc.yaml's distill stage): resumes
+    the run from its checkpoint when its config matches, refuses one trained with another config."""
     try:
         p = read_params(params)
         if norm not in p.distill.norms:
@@ -142,7 +160,12 @@ def distill_variant_cmd(
         config = distill_config(p, norm)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
-    typer.echo(f"run: {train(config)}")
+    try:
+        done = train_variant(config)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"run: {config.out_dir} ({done})")
 
 
 def extract_stage_cmd(

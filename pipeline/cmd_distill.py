@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.distill.config import DistillConfig
-from stages.distill.ddp import init_from_env
-from stages.distill.export import export_run
-from stages.distill.train import train
-from stages.normalize import NormVariant
+if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
+    from stages.distill.config import DistillConfig
+
+# The NormVariant CLI names, spelled here so the help text needs no torch import (a test keeps them equal).
+NORM_NAMES = ("mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std", "standardize", "pca_w", "zca", "hca",
+              "phis")
 
 
 def parse_teacher_weights(text: str) -> dict[str, float]:
@@ -37,8 +38,12 @@ def parse_teacher_weights(text: str) -> dict[str, float]:
 
 
 def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: Path, run_name: str | None,
-                   **options: object) -> DistillConfig:
-    """The DistillConfig a command line asks for (run directory <out>/<run_name or norm>)."""
+                   **options: object) -> "DistillConfig":
+    """The DistillConfig a command line asks for (run directory <out>/<run_name or norm>); an unknown
+    --norm raises ValueError listing the valid names."""
+    from stages.distill.config import DistillConfig
+    from stages.normalize import NormVariant
+
     names = [t.strip() for t in teachers.split(",") if t.strip()]
     weights = parse_teacher_weights(str(options.pop("teacher_weights") or ""))
     variant = NormVariant.parse(norm)
@@ -48,7 +53,7 @@ def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: P
 
 def distill(
     teachers: Annotated[str, typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr.")],
-    norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(v.value for v in NormVariant))] = "phis",
+    norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
     student: Annotated[str, typer.Option(help="Student name (see stages.students.student_names()).")] = "vit_tiny_test",
     root: Annotated[Path, typer.Option(help="Store root holding manifest.parquet and the teacher stores.")] = Path("store"),
     out: Annotated[Path, typer.Option(help="Runs folder; the run goes to <out>/<run-name>.")] = Path("runs"),
@@ -63,6 +68,9 @@ def distill(
     feature_weight: Annotated[float, typer.Option(help="Weight of every dense feature loss.")] = 1.0,
     grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
     img_size: Annotated[int, typer.Option(help="Student input side in pixels.")] = 224,
+    num_summary_tokens: Annotated[Optional[int], typer.Option(
+        help="Student summary (CLS) tokens K (default: automatic, one per teacher with a summary; "
+             "E-RADIO has 1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialization and of the sample order.")] = 0,
     device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1); bf16 autocast on CUDA.")] = "cpu",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes (0: load in the main process).")] = 2,
@@ -71,6 +79,9 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt.")] = False,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher)."""
+    from stages.distill.ddp import init_from_env
+    from stages.distill.train import train
+
     try:
         config = resolve_config(norm=norm, student=student, teachers=teachers, root=root, out=out,
                                 run_name=run_name, steps=steps, batch_size=batch_size, lr=lr,
@@ -78,7 +89,7 @@ def distill(
                                 teacher_weights=teacher_weights, summary_weight=summary_weight,
                                 feature_weight=feature_weight, grad_clip=grad_clip, img_size=img_size,
                                 seed=seed, device=device, num_workers=workers, log_every=log_every,
-                                ckpt_every=ckpt_every)
+                                ckpt_every=ckpt_every, num_summary_tokens=num_summary_tokens)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ctx = None
@@ -97,6 +108,8 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run directory written by `pipeline distill`.")],
 ) -> None:
     """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
+    from stages.distill.export import export_run
+
     try:
         typer.echo(f"export: {export_run(run)}")
     except (ValueError, FileNotFoundError) as e:

@@ -77,6 +77,9 @@ class DistillParams:
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10
+    ckpt_every: int = 0  # checkpoint every this many steps (0: only at the end); what a killed run resumes from
+    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    num_summary_tokens: int | None = None  # student K; None: automatic (one per teacher with a summary)
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,17 @@ def _validate(p: Params, source: str) -> None:
                          ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k)):
         if value < 1:
             raise ValueError(f"{source}: {where} must be >= 1, got {value}")
+    for where, value in (("distill.ckpt_every", p.distill.ckpt_every), ("distill.num_workers", p.distill.num_workers)):
+        if value < 0:
+            raise ValueError(f"{source}: {where} must be >= 0, got {value}")
+    k = p.distill.num_summary_tokens
+    if k is not None and k < 1:
+        raise ValueError(f"{source}: distill.num_summary_tokens must be >= 1 or null (automatic), got {k}")
     for where, names in (("extract.teachers", p.extract.teachers), ("distill.norms", p.distill.norms)):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"{source}: {where} must be a non-empty list without repeats, got {names}")
     from stages.normalize import NormVariant
-    from stages.students.registry import student_names
+    from stages.students.registry import student_max_summary_tokens, student_names
     from stages.teachers.registry import teacher_names
 
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
@@ -202,6 +211,10 @@ def _validate(p: Params, source: str) -> None:
             raise ValueError(f"{source}: {where} names {stray}, which are not in extract.teachers {p.extract.teachers}")
     if p.distill.student not in student_names():
         raise ValueError(f"{source}: unknown distill.student {p.distill.student!r}; valid students: {student_names()}")
+    cap = student_max_summary_tokens(p.distill.student)
+    if k is not None and cap is not None and k > cap:
+        raise ValueError(f"{source}: distill.num_summary_tokens {k} exceeds what student {p.distill.student!r} "
+                         f"supports ({cap}); use null (automatic)")
 
     valid_norms = [v.value for v in NormVariant]
     bad = [n for n in p.distill.norms if n not in valid_norms]

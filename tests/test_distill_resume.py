@@ -1,15 +1,17 @@
-"""Stop-and-resume of stage two gives the same weights as an uninterrupted run (same seed, CPU)."""
+"""Stop-and-resume of stage two gives the same weights as an uninterrupted run (same seed, CPU); a resume
+refuses a different config (naming the fields), may extend `steps`, and survives a torn metrics line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from stages.distill.config import DistillConfig
-from stages.distill.train import train
+from stages.distill.config import RESUMABLE_FIELDS, DistillConfig
+from stages.distill.train import _truncate_metrics, train
 from test_distill_loader import make_tiny_stores
 
 torch.set_num_threads(1)
@@ -49,3 +51,64 @@ def test_resume_matches_uninterrupted_run(tiny_root: Path, tmp_path: Path, worke
 def test_resume_without_checkpoint_is_an_error(tiny_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         train(_config(tiny_root, tmp_path / "none", 0), resume=True)
+
+
+def test_resume_refuses_a_different_config_naming_the_fields(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(_config(tiny_root, tmp_path / "run", 0), stop_at=2)
+    other = dataclasses.replace(_config(tiny_root, run, 0), norm="mse", lr=1e-2)
+    with pytest.raises(ValueError, match=r"lr: saved 0\.002, requested 0\.01; norm: saved 'phis', requested 'mse'"):
+        train(other, resume=True)
+    assert json.loads((run / "config.json").read_text())["norm"] == "phis"  # config.json not overwritten
+    with pytest.raises(ValueError, match="steps may only grow"):
+        train(dataclasses.replace(_config(tiny_root, run, 0), steps=1), resume=True)
+
+
+def test_resume_conflicts_ignores_only_the_resumable_fields(tiny_root: Path, tmp_path: Path) -> None:
+    saved = _config(tiny_root, tmp_path / "a", 0)
+    cadence = dataclasses.replace(saved, steps=99, log_every=7, ckpt_every=3, num_workers=2, prefetch_factor=4,
+                                  device="cuda", out_dir=tmp_path / "moved")
+    assert saved.resume_conflicts(cadence) == []
+    assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device",
+                                     "out_dir"}
+    changed = dataclasses.replace(saved, seed=1, teachers=("beta", "alpha"), num_summary_tokens=2, batch_size=4)
+    assert saved.resume_conflicts(changed) == ["batch_size", "num_summary_tokens", "seed", "teachers"]
+
+
+def test_extending_a_finished_run_follows_the_new_schedule(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(dataclasses.replace(_config(tiny_root, tmp_path / "run", 0), steps=4))
+    extended = dataclasses.replace(_config(tiny_root, run, 0), steps=7, log_every=2, ckpt_every=5)
+    train(extended, resume=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 6, 7]
+    # the old schedule (total 4) would give lr 0 after step 4; the new one (total 7) is still decaying
+    assert rows[-2]["lr"] > rows[-1]["lr"] > 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 7
+    assert json.loads((run / "config.json").read_text())["steps"] == 7
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(tiny_root: Path, tmp_path: Path) -> None:
+    full = train(_config(tiny_root, tmp_path / "full", 0))
+    part = train(_config(tiny_root, tmp_path / "part", 0), stop_at=3)
+    with (part / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lr": 0.00')  # the process was killed mid-write
+    train(_config(tiny_root, part, 0), resume=True)
+    losses = [[json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (full, part)]
+    assert losses[0] == losses[1] and len(losses[0]) == 9
+
+
+def test_corrupt_middle_metrics_line_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n{"step": 4')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        _truncate_metrics(path, 3)
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4')
+    _truncate_metrics(path, 1)
+    assert path.read_text() == '{"step": 1}\n'
+
+
+def test_fresh_run_starts_a_fresh_metrics_file(tiny_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 123.0}\n')  # killed before its first checkpoint
+    train(dataclasses.replace(_config(tiny_root, run, 0), steps=2))
+    assert [json.loads(x)["loss"] != 123.0 for x in (run / "metrics.jsonl").read_text().splitlines()] == [True] * 2

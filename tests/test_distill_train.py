@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,9 @@ import torch
 from stages.distill.config import DistillConfig
 from stages.distill.loader import student_pixels
 from stages.distill.run import load_export, load_run
-from stages.distill.train import train
+from stages.distill.train import summary_tokens_for, train
 from stages.normalize import NormVariant
+from stages.students import HeadTarget
 from test_distill_loader import make_tiny_stores
 
 torch.set_num_threads(1)
@@ -84,6 +87,8 @@ def test_eradio_student_and_teacher_weights(tiny_root: Path, tmp_path: Path) -> 
     parts = sum((2.0 if "beta" in k else 1.0) * (0.5 if k.endswith("summary") else 1.0) * v
                 for k, v in row.items() if k.startswith("loss/"))
     assert row["loss"] == pytest.approx(parts, rel=1e-5)
+    _, student, heads, _ = load_run(run)
+    assert student.num_summary_tokens == 1 and heads.summary_token == {"alpha": 0, "gamma": 0}  # spatial mean
 
 
 def test_config_errors_are_clear(tiny_root: Path, tmp_path: Path) -> None:
@@ -114,6 +119,7 @@ def test_cli_distill_and_export(tiny_root: Path, tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["teachers"] == ["alpha", "gamma"] and config["teacher_weights"] == {"gamma": 2.0}
     assert config["batch_size"] == 2 and config["num_workers"] == 0 and config["img_size"] == 64
+    assert config["num_summary_tokens"] is None and load_run(run)[1].num_summary_tokens == 2  # automatic
     (run / "export.safetensors").unlink()
     assert runner.invoke(app, ["export", str(run)]).exit_code == 0 and (run / "export.safetensors").exists()
     bad = runner.invoke(app, [*args[:-6], "--teacher-weights", "gamma:2"])
@@ -121,4 +127,35 @@ def test_cli_distill_and_export(tiny_root: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, args)  # the run exists and --resume was not given
     assert again.exit_code == 2 and "--resume" in again.output
     help_text = runner.invoke(app, ["distill", "--help"]).output
-    assert "--teacher-weights" in help_text and "phis" in help_text
+    assert "--teacher-weights" in help_text and "phis" in help_text and "--num-summary-tokens" in help_text
+    one = runner.invoke(app, [*args, "--run-name", "k1", "--num-summary-tokens", "1"])
+    assert one.exit_code == 0, one.output
+    assert json.loads((tmp_path / "runs" / "k1" / "config.json").read_text())["num_summary_tokens"] == 1
+    assert load_run(tmp_path / "runs" / "k1")[1].num_summary_tokens == 1
+    unknown = runner.invoke(app, [*args, "--run-name", "x", "--norm", "whiten"])
+    assert unknown.exit_code == 2 and "valid: mse" in unknown.output
+
+
+def test_automatic_summary_tokens_one_per_summary_teacher() -> None:
+    targets = [HeadTarget("a", 8, 8, (2, 2)), HeadTarget("b", 0, 8, (2, 2)), HeadTarget("c", 4, 8, (2, 2))]
+
+    def k(student: str, **kw) -> int:
+        config = DistillConfig(student=student, teachers=("a", "b", "c"), root=Path("r"), out_dir=Path("o"), **kw)
+        return summary_tokens_for(config, targets)
+
+    assert k("vit_tiny_test") == 2 and k("vit_b16") == 2  # one CLS token per teacher with a summary
+    assert k("eradio_tiny_test") == 1  # E-RADIO's summary is the spatial mean
+    assert k("vit_tiny_test", num_summary_tokens=3) == 3
+    no_summary = [HeadTarget("b", 0, 8, (2, 2))]
+    config = DistillConfig(student="vit_tiny_test", teachers=("b",), root=Path("r"), out_dir=Path("o"))
+    assert summary_tokens_for(config, no_summary) == 1
+    with pytest.raises(ValueError, match="num_summary_tokens must be >= 1"):
+        DistillConfig(student="vit_tiny_test", teachers=("b",), root=Path("r"), out_dir=Path("o"), num_summary_tokens=0)
+
+
+def test_cli_module_imports_no_heavy_stage_and_lists_every_norm() -> None:
+    code = ("import sys, pipeline.cmd_distill as c; "
+            "print(sorted(m for m in ('torch', 'ray', 'zarr', 'matplotlib', 'stages') if m in sys.modules)); "
+            "print(','.join(c.NORM_NAMES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", ",".join(v.value for v in NormVariant)]

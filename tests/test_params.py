@@ -43,6 +43,10 @@ def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
     ("distill", "norms", ["phis", "phis"], r"without repeats"),
     ("distill", "steps", 0, r"distill.steps must be >= 1"),
     ("evaluate", "split", "test", r"evaluate.split must be 'train' or 'val'"),
+    ("distill", "ckpt_every", -1, r"distill.ckpt_every must be >= 0"),
+    ("distill", "num_workers", -2, r"distill.num_workers must be >= 0"),
+    ("distill", "num_summary_tokens", 0, r"distill.num_summary_tokens must be >= 1 or null"),
+    ("distill", "num_summary_tokens", "auto", r"distill.num_summary_tokens must be int"),
 ])
 def test_bad_values_raise_clear_errors(section, key, value, match):
     raw = _raw()
@@ -85,6 +89,24 @@ def test_every_preset_parses(preset):
 
 def test_demo_preset_equals_params_yaml():
     assert read_params(REPO / "configs" / "demo.yaml") == read_params(REPO / "params.yaml")
+    assert (REPO / "configs" / "demo.yaml").read_text() == (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize("preset", [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_every_preset_spells_the_resume_keys(preset):
+    """No preset may leave ckpt_every / num_workers / num_summary_tokens to a silent default."""
+    assert {"ckpt_every", "num_workers", "num_summary_tokens"} <= set(yaml.safe_load(preset.read_text())["distill"])
+
+
+def test_dvc_distill_stage_persists_what_a_resume_needs():
+    """DVC removes a stage's outputs before running it unless `persist: true` (DVC 3.x)."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["distill"]
+    outs = {next(iter(o)).rsplit("/", 1)[-1]: o[next(iter(o))] for o in stage["outs"] + stage["plots"]
+            if isinstance(o, dict)}
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
+        assert outs[name].get("persist") is True, name
+    assert "distill.num_summary_tokens" in stage["params"]
 
 
 def test_distill_variant_config_resolved_from_params():
@@ -97,6 +119,18 @@ def test_distill_variant_config_resolved_from_params():
     assert c.teachers == tuple(p.extract.teachers) and c.student == p.distill.student
     assert (c.steps, c.batch_size, c.img_size, c.lr, c.seed) == (p.distill.steps, p.distill.batch_size,
                                                                  p.distill.img_size, p.distill.lr, p.distill.seed)
+    assert (c.ckpt_every, c.num_workers, c.num_summary_tokens) == (p.distill.ckpt_every, p.distill.num_workers,
+                                                                   p.distill.num_summary_tokens)
+    assert 0 < c.ckpt_every < c.steps and c.num_summary_tokens is None  # the demo checkpoints mid-run
+
+
+def test_num_summary_tokens_is_checked_against_the_student():
+    raw = _raw()
+    raw["distill"].update(student="eradio_tiny_test", num_summary_tokens=2)
+    with pytest.raises(ValueError, match="distill.num_summary_tokens 2 exceeds what student 'eradio_tiny_test'"):
+        parse_params(raw)
+    raw["distill"]["num_summary_tokens"] = None
+    assert parse_params(raw).distill.num_summary_tokens is None
 
 
 def test_distill_variant_cli_refuses_a_norm_outside_the_sweep():

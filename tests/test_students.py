@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stages.students import HeadTarget, Student, StudentOutput, TeacherHeads, build_student, student_names
+from stages.students.registry import student_max_summary_tokens
 from stages.students.vit import ViTStudent
 
 TINY = ["vit_tiny_test", "eradio_tiny_test"]
@@ -84,6 +85,20 @@ def test_vit_any_timm_name_and_patch_check() -> None:
 def test_eradio_refuses_several_summary_tokens() -> None:
     with pytest.raises(ValueError, match="one summary token"):
         build_student("eradio_tiny_test", img_size=64, num_summary_tokens=2)
+
+
+@pytest.mark.parametrize("name", student_names())
+def test_max_summary_tokens_is_what_the_family_builds(name: str) -> None:
+    cap = student_max_summary_tokens(name)
+    assert cap == (1 if name.startswith("eradio_") else None)
+    with torch.device("meta"):
+        k = 3 if cap is None else cap
+        assert build_student(name, img_size=64, num_summary_tokens=k).num_summary_tokens == k
+    if cap is not None:
+        with pytest.raises(ValueError, match="one summary token"):
+            build_student(name, img_size=64, num_summary_tokens=cap + 1)
+    with pytest.raises(ValueError, match="unknown student 'nope'"):
+        student_max_summary_tokens("nope")
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -4,6 +4,14 @@
 `DistillConfig` is the boundary object: `pipeline/cmd_distill.py` resolves CLI options / params.yaml
 into one, and everything in `stages/distill` reads only the fields it needs. It round-trips through
 JSON (`to_dict` / `from_dict`) so a run directory's `config.json` rebuilds the exact run.
+
+Resuming a run (`train(resume=True)`, `pipeline demo`, `pipeline distill-variant`) accepts a config that
+differs from the saved one only in RESUMABLE_FIELDS: fields that change how long, how often or where a
+run is computed, never what it computes. `steps` may grow (extending a run: the cosine schedule is then
+stretched to the new total from the resumed step on); the others are logging / checkpoint cadence,
+loader parallelism, the device (bf16 autocast on CUDA, so bit-exactness across devices is not promised)
+and the run directory's own path (a moved run). Every other difference (norm, lr, seed, student, ...)
+would silently mix two experiments in one checkpoint and is refused by `check_resumable`.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from typing import Any
 
 from stages.normalize import NormVariant
 
+RESUMABLE_FIELDS: frozenset[str] = frozenset(
+    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir"})
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -24,7 +35,8 @@ class DistillConfig:
     teacher_weights maps a teacher name to its loss weight (missing teachers weigh 1.0).
     ckpt_every = 0 writes a checkpoint only at the end. shuffle_block is the number of shards whose
     samples are shuffled together (see stages/distill/loader.py). num_summary_tokens: the student's K
-    (None: the student family's default; AM-RADIO gives a ViT one CLS token per summary teacher).
+    (None: automatic, `train.summary_tokens_for`: one per teacher with a summary, as AM-RADIO gives a ViT
+    one CLS token per summary teacher, capped by the student family, i.e. 1 for E-RADIO).
     """
 
     student: str
@@ -71,6 +83,8 @@ class DistillConfig:
         for name in ("warmup_steps", "num_workers", "ckpt_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_summary_tokens is not None and self.num_summary_tokens < 1:
+            raise ValueError(f"num_summary_tokens must be >= 1 (or None: automatic), got {self.num_summary_tokens}")
         if self.lr <= 0 or self.grad_clip < 0:
             raise ValueError(f"lr must be > 0 and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
 
@@ -85,8 +99,25 @@ class DistillConfig:
         d["norm"] = self.norm.value
         return d
 
+    def resume_conflicts(self, other: "DistillConfig") -> list[str]:
+        """Sorted names of the fields in which `other` (the config asked for now) differs from this one
+        (the saved run's) and which a resume may not change (all fields but RESUMABLE_FIELDS)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return sorted(k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k])
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         """Inverse of to_dict; keys that are not fields (e.g. manifest_hash in config.json) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: Path) -> None:
+    """Raise ValueError naming every field (saved vs requested value) that forbids resuming `run_dir`."""
+    conflicts = saved.resume_conflicts(requested)
+    if conflicts:
+        mine, theirs = saved.to_dict(), requested.to_dict()
+        detail = "; ".join(f"{k}: saved {mine[k]!r}, requested {theirs[k]!r}" for k in conflicts)
+        raise ValueError(f"cannot resume {run_dir} with a different config ({detail}); only "
+                         f"{sorted(RESUMABLE_FIELDS)} may change on resume. Delete the run or choose another "
+                         f"run directory")

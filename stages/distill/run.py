@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from stages.distill.checkpoint import checkpoint_path, load_checkpoint
 from stages.distill.config import DistillConfig
-from stages.distill.train import CONFIG_NAME
+from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
 from stages.normalize import Normalizer
-from stages.students import HeadTarget, Student, TeacherHeads, build_student
+from stages.students import HeadTarget, Student, TeacherHeads
 from store_schema.layout import normalizer_path
 
 EXPORT_NAME = "export.safetensors"
@@ -33,13 +33,19 @@ def read_run_config(run_dir: Path) -> tuple[DistillConfig, dict[str, Any]]:
     return DistillConfig.from_dict(resolved), resolved
 
 
+def discard_run(run_dir: Path) -> None:
+    """Remove what training wrote into a run (checkpoint, config, metrics, export) so a new run can start
+    in its place; anything else in the folder (e.g. an old evaluation, rewritten by evaluate) is left."""
+    run_dir = Path(run_dir)
+    for path in (checkpoint_path(run_dir), run_dir / CONFIG_NAME, run_dir / METRICS_NAME, run_dir / EXPORT_NAME):
+        path.unlink(missing_ok=True)
+
+
 def build_run_models(config: DistillConfig, resolved: dict[str, Any]) -> tuple[Student, TeacherHeads]:
     """Student + heads shaped as recorded in config.json (random weights)."""
     targets = [HeadTarget(h["name"], int(h["summary_dim"]), int(h["patch_dim"]), tuple(h["grid"]))
                for h in resolved["heads"]]
-    student = build_student(config.student, img_size=config.img_size, num_summary_tokens=config.num_summary_tokens)
-    heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
-    return student, heads
+    return build_models(config, targets)  # the same K rule as training (summary_tokens_for)
 
 
 def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[str, dict[str, Normalizer]]:

@@ -8,6 +8,11 @@ CUDA only, gradient-norm clipping. The run directory (docs/ARCHITECTURE.md "Run 
 config.json, checkpoint.pt (every ckpt_every steps and at the end), metrics.jsonl and, when the run
 finishes, export.safetensors. Stage two never touches a teacher model: everything comes from the stores.
 
+Resume (`train(resume=True)`) continues from checkpoint.pt and refuses a config that differs from the
+saved config.json outside config.RESUMABLE_FIELDS (the error names each field, saved vs requested); steps
+may grow (the cosine schedule then follows the new total). metrics.jsonl is cut back to the checkpoint's
+step; a torn final line (a process killed mid-write) is dropped, a corrupt earlier line is an error.
+
 Shape legend: B batch, h/w teacher grid, C channels, H/W pixel sides.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,12 @@ from tqdm import tqdm
 
 from stages.distill.checkpoint import (TrainState, checkpoint_path, load_checkpoint, restore_rng_states,
                                        save_checkpoint)
-from stages.distill.config import DistillConfig
+from stages.distill.config import DistillConfig, check_resumable
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
 from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader, student_pixels
 from stages.normalize import target_loss
 from stages.students import HeadTarget, Student, TeacherHeads, build_student
+from stages.students.registry import student_max_summary_tokens
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -65,9 +72,22 @@ def head_targets(stores: StoreSet) -> list[HeadTarget]:
     return [HeadTarget(t, s.summary_dim, s.patch_dim, s.grid) for t, s in stores.stores.items()]
 
 
+def summary_tokens_for(config: DistillConfig, targets: list[HeadTarget]) -> int:
+    """The student's K: config.num_summary_tokens when set, else automatic. AM-RADIO gives the student one
+    summary (CLS) token per teacher that has a summary, so automatic K is that count, capped by what the
+    student family supports (E-RADIO: 1, its spatial mean) and at least 1."""
+    if config.num_summary_tokens is not None:
+        return config.num_summary_tokens
+    wanted = max(1, sum(1 for t in targets if t.summary_dim > 0))
+    cap = student_max_summary_tokens(config.student)
+    return wanted if cap is None else min(wanted, cap)
+
+
 def build_models(config: DistillConfig, targets: list[HeadTarget]) -> tuple[Student, TeacherHeads]:
-    """Student and heads with random weights (seeded by the caller)."""
-    student = build_student(config.student, img_size=config.img_size, num_summary_tokens=config.num_summary_tokens)
+    """Student (K summary tokens from `summary_tokens_for`) and heads with random weights (seeded by the
+    caller). `load_run` rebuilds a run's models with this same function, so K is never stored twice."""
+    student = build_student(config.student, img_size=config.img_size,
+                            num_summary_tokens=summary_tokens_for(config, targets))
     heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
     return student, heads
 
@@ -102,6 +122,7 @@ def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | No
 
 
 def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool) -> None:
+    """Refuse a resume whose saved config or manifest differs; (re)write config.json on rank 0."""
     out = config.out_dir
     ckpt = checkpoint_path(out)
     if resume and not ckpt.is_file():
@@ -110,12 +131,17 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         raise ValueError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
                          f"another output directory / run name")
     if resume:
+        if not (out / CONFIG_NAME).is_file():
+            raise ValueError(f"cannot resume {out}: {CONFIG_NAME} is missing, so its config cannot be checked")
         saved = json.loads((out / CONFIG_NAME).read_text())
         if saved.get("manifest_hash") != stores.manifest.hash:
             raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
                              f"the stores now have {stores.manifest.hash}")
+        check_resumable(DistillConfig.from_dict(saved), config, run_dir=out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
+            (out / METRICS_NAME).unlink(missing_ok=True)
         resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash,
                     "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
                                "grid": list(h.grid)} for h in head_targets(stores)]}
@@ -125,10 +151,45 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint being resumed (they will be logged again)."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+    """Drop lines logged after the checkpoint being resumed (they will be logged again).
+
+    A final line that does not parse is a write torn by a killed process: it is dropped. An unparsable
+    line anywhere else means the file is corrupt, which is an error."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = []
+    for i, ln in enumerate(lines):
+        try:
+            record = json.loads(ln)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); the metrics file is corrupt") from e
+        if record["step"] <= step:
+            kept.append(ln)
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LambdaLR, device: torch.device) -> TrainState:
+    """Load the run's checkpoint into model / optimizer / scheduler / RNGs; returns its TrainState."""
+    ckpt = load_checkpoint(checkpoint_path(config.out_dir))
+    if config.steps < int(ckpt["step"]):
+        raise ValueError(f"cannot resume {config.out_dir} with steps={config.steps}: its checkpoint is "
+                         f"already at step {int(ckpt['step'])} (steps may only grow on resume)")
+    model.student.load_state_dict(ckpt["student"])
+    model.heads.load_state_dict(ckpt["heads"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    # LambdaLR restores its callable's saved (warmup, total), but the schedule must follow the config asked
+    # for now: an extended run (more steps) stretches its cosine from the resumed step on. With unchanged
+    # steps this recomputes exactly the lr the scheduler had set (bit-exact resume).
+    scheduler.lr_lambdas = [WarmupCosine(config.warmup_steps, config.steps) for _ in optimizer.param_groups]
+    for group, base_lr, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * fn(scheduler.last_epoch)
+    restore_rng_states(ckpt["rng"], device)
+    return TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
 
 
 def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = None,
@@ -152,13 +213,7 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
     optimizer, scheduler = make_optimizer(config, model)
     state = TrainState(step=0, loader=LoaderState())
     if resume:
-        ckpt = load_checkpoint(checkpoint_path(config.out_dir))
-        student.load_state_dict(ckpt["student"])
-        heads.load_state_dict(ckpt["heads"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng_states(ckpt["rng"], device)
-        state = TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
+        state = _restore(config, model, optimizer, scheduler, device)
         if is_main:
             _truncate_metrics(config.out_dir / METRICS_NAME, state.step)
     world = 1 if dist_ctx is None else dist_ctx.world_size
@@ -173,8 +228,8 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
                                start=state.loader)
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
-        _loop(config, wrapped, model, optimizer, scheduler, loader, dataset, state, end=end, device=device,
-              dist_ctx=dist_ctx)
+        _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx), loader, state,
+              end=end)
     if is_main:
         save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
                         scheduler=scheduler, state=state, config=config.to_dict(), device=device)
@@ -203,21 +258,43 @@ def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, opti
     return loss, parts, lr
 
 
-def _loop(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LambdaLR, loader: Any, dataset: StoreBatches, state: TrainState,
-          *, end: int, device: torch.device, dist_ctx: DistContext | None) -> None:
+@dataclass(frozen=True)
+class _Loop:
+    """What the optimization loop works with (besides the loader and the mutable TrainState)."""
+
+    config: DistillConfig
+    wrapped: nn.Module  # what the forward runs through (the DDP wrapper, or `model` itself)
+    model: Distiller
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    dataset: StoreBatches
+    device: torch.device
+    dist_ctx: DistContext | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist_ctx is None or self.dist_ctx.is_main
+
+    def checkpoint(self, state: TrainState) -> None:
+        save_checkpoint(checkpoint_path(self.config.out_dir), student=self.model.student, heads=self.model.heads,
+                        optimizer=self.optimizer, scheduler=self.scheduler, state=state,
+                        config=self.config.to_dict(), device=self.device)
+
+
+def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
     """Optimization steps state.step+1 .. end; mutates `state`; logs and checkpoints on rank 0."""
-    is_main = dist_ctx is None or dist_ctx.is_main
+    config, dist_ctx = run.config, run.dist_ctx
     world = 1 if dist_ctx is None else dist_ctx.world_size
     metrics_path = config.out_dir / METRICS_NAME
-    bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=not run.is_main, dynamic_ncols=True)
     t_last, images_since = time.perf_counter(), 0
-    model.train()
+    run.model.train()
     for batch in loader:
-        loss, parts, lr = train_step(config, wrapped, model, optimizer, scheduler, batch, device=device)
+        loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
+                                     device=run.device)
         state.step += 1
         position = batch["position"] + 1
-        state.loader = (LoaderState(batch["epoch"], position) if position < dataset.batches_per_epoch
+        state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch
                         else LoaderState(batch["epoch"] + 1, 0))
         images_since += batch["image_BHW3"].shape[0] * world
         if state.step % config.log_every == 0 or state.step == end:
@@ -227,15 +304,13 @@ def _loop(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer
             record = {"step": state.step, "lr": lr, **dict(zip(names, values)),
                       "images_per_s": images_since / max(now - t_last, 1e-9)}
             t_last, images_since = now, 0
-            if is_main:
+            if run.is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
         bar.update(1)
-        if is_main and config.ckpt_every and state.step % config.ckpt_every == 0 and state.step < end:
-            save_checkpoint(checkpoint_path(config.out_dir), student=model.student, heads=model.heads,
-                            optimizer=optimizer, scheduler=scheduler, state=state, config=config.to_dict(),
-                            device=device)
+        if run.is_main and config.ckpt_every and state.step % config.ckpt_every == 0 and state.step < end:
+            run.checkpoint(state)
         if state.step >= end:
             break
     bar.close()

@@ -35,6 +35,9 @@ def _entries() -> dict[str, StudentEntry]:
 
 _STUDENTS: dict[str, StudentEntry] = _entries()
 
+# Per family: the most summary tokens a student supports (None: no limit).
+_MAX_SUMMARY_TOKENS: dict[StudentFamily, int | None] = {StudentFamily.VIT: None, StudentFamily.ERADIO: 1}
+
 
 def student_names() -> list[str]:
     """All registered student names, sorted."""
@@ -60,3 +63,11 @@ def build_student(name: str, *, img_size: int, num_summary_tokens: int | None = 
             f"got num_summary_tokens={num_summary_tokens}"
         )
     return build_eradio(entry.size, img_size=img_size)
+
+
+def student_max_summary_tokens(name: str) -> int | None:
+    """The most summary tokens K student `name` can have: None when unbounded (ViT: CLS + register
+    tokens, one per summary teacher in AM-RADIO), 1 for E-RADIO (its summary is the spatial mean)."""
+    if name not in _STUDENTS:
+        raise ValueError(f"unknown student {name!r}; valid: {student_names()}")
+    return _MAX_SUMMARY_TOKENS[_STUDENTS[name].family]

@@ -1,0 +1,94 @@
+"""Stage two on stores extracted from the REAL tiny teachers (AM-RADIO arXiv 2312.06709, PHI-S arXiv
+2410.01680): tiny_clip and tiny_dinov2 (summary + patches) and tiny_sam (patches only), extracted
+in-process by pipeline.extract.run_extract over a small generated corpus. A short phis run must reduce every
+teacher's summary and patch loss; the automatic student K gives one CLS token per summary teacher; and
+`pipeline distill-variant` (dvc.yaml's distill stage) resumes / extends a run from params.yaml and replaces
+one trained with another config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.extract import ExtractConfig, run_extract
+from stages.distill.config import DistillConfig
+from stages.distill.run import load_run
+from stages.distill.train import train
+
+torch.set_num_threads(1)
+TEACHERS = ("tiny_clip", "tiny_sam", "tiny_dinov2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def teacher_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.ray_fixture import build_corpus  # at run time: importing at collection would pre-empt the
+    # assertion rewriting of the modules that load tests.ray_fixture as a pytest plugin
+
+    root = build_corpus(tmp_path_factory.mktemp("real_teachers"), n_ok=12, num_views=2)
+    for name in TEACHERS:
+        run_extract(root, name, ExtractConfig(workers=0, batch_size=8, shard_size=4, progress=False))
+    return root
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_phis_reduces_every_real_teacher_loss(teacher_root: Path, tmp_path: Path) -> None:
+    config = DistillConfig(student="vit_tiny_test", teachers=TEACHERS, root=teacher_root, out_dir=tmp_path / "run",
+                           img_size=64, steps=30, batch_size=4, lr=3e-3, warmup_steps=3, log_every=1, seed=0,
+                           weight_decay=0.0)
+    rows = _metrics(train(config))
+    keys = sorted(k for k in rows[0] if k.startswith("loss/"))
+    assert keys == ["loss/tiny_clip/patches", "loss/tiny_clip/summary", "loss/tiny_dinov2/patches",
+                    "loss/tiny_dinov2/summary", "loss/tiny_sam/patches"]
+    for k in keys:
+        first = sum(r[k] for r in rows[:4]) / 4
+        last = sum(r[k] for r in rows[-4:]) / 4
+        assert last < 0.6 * first, f"{k}: first {first:.4f} last {last:.4f}"
+    _, student, heads, _ = load_run(config.out_dir)
+    assert student.num_summary_tokens == 2  # tiny_clip and tiny_dinov2 have a summary, tiny_sam none
+    assert heads.summary_token == {"tiny_clip": 0, "tiny_dinov2": 1}
+
+
+def _write_params(path: Path, root: Path, runs: Path, **distill: object) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["store"]["root"] = str(root)
+    raw["extract"]["teachers"] = list(TEACHERS)
+    raw["distill"].update(runs_dir=str(runs), norms=["phis"], img_size=32, batch_size=4, warmup_steps=1,
+                          log_every=1, ckpt_every=2, **distill)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_distill_variant_resumes_extends_and_retrains_on_other_configs(teacher_root: Path, tmp_path: Path) -> None:
+    from pipeline import cmd_demo
+
+    app = typer.Typer()
+    cmd_demo.register(app)
+    runs, params = tmp_path / "runs", tmp_path / "params.yaml"
+
+    def variant() -> str:
+        res = CliRunner().invoke(app, ["distill-variant", "--norm", "phis", "--params", str(params)])
+        return f"{res.exit_code} {' '.join(res.output.replace('│', ' ').split())}"
+
+    _write_params(params, teacher_root, runs, steps=3)
+    assert variant().endswith("(trained)")
+    assert variant().endswith("(reused)")
+    _write_params(params, teacher_root, runs, steps=5)  # what a `dvc repro` after raising distill.steps runs
+    assert variant().endswith("(resumed)")
+    assert torch.load(runs / "phis" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]
+    _write_params(params, teacher_root, runs, steps=5, lr=0.01, seed=3)  # a changed distill.* param under DVC
+    out = variant()
+    assert out.startswith("0 ") and "lr, seed changed since the saved run" in out and out.endswith("(retrained)"), out
+    assert json.loads((runs / "phis" / "config.json").read_text())["lr"] == 0.01
+    assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]  # a new run, not appended
