@@ -54,7 +54,7 @@ def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: P
 def distill(
     teachers: Annotated[str, typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr.")],
     norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
-    student: Annotated[str, typer.Option(help="Student name (see stages.students.student_names()).")] = "vit_tiny_test",
+    student: Annotated[str, typer.Option(help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")] = "vit_tiny_test",
     root: Annotated[Path, typer.Option(help="Store root holding manifest.parquet and the teacher stores.")] = Path("store"),
     out: Annotated[Path, typer.Option(help="Runs folder; the run goes to <out>/<run-name>.")] = Path("runs"),
     run_name: Annotated[str | None, typer.Option(help="Run directory name (default: the --norm name).")] = None,

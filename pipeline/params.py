@@ -198,7 +198,7 @@ def _validate(p: Params, source: str) -> None:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"{source}: {where} must be a non-empty list without repeats, got {names}")
     from stages.normalize import NormVariant
-    from stages.students.registry import student_max_summary_tokens, student_names
+    from stages.students.registry import student_max_summary_tokens
     from stages.teachers.registry import teacher_names
 
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
@@ -209,9 +209,10 @@ def _validate(p: Params, source: str) -> None:
         stray = sorted(set(mapping) - set(p.extract.teachers))
         if stray:
             raise ValueError(f"{source}: {where} names {stray}, which are not in extract.teachers {p.extract.teachers}")
-    if p.distill.student not in student_names():
-        raise ValueError(f"{source}: unknown distill.student {p.distill.student!r}; valid students: {student_names()}")
-    cap = student_max_summary_tokens(p.distill.student)
+    try:
+        cap = student_max_summary_tokens(p.distill.student)  # also validates the name
+    except ValueError as e:
+        raise ValueError(f"{source}: distill.student: {e}") from None
     if k is not None and cap is not None and k > cap:
         raise ValueError(f"{source}: distill.num_summary_tokens {k} exceeds what student {p.distill.student!r} "
                          f"supports ({cap}); use null (automatic)")

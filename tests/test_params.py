@@ -78,7 +78,7 @@ def test_unknown_teacher_and_student_names_list_the_valid_ones():
         parse_params(raw)
     raw = _raw()
     raw["distill"]["student"] = "vit_tiny"
-    with pytest.raises(ValueError, match=r"unknown distill.student 'vit_tiny'; valid students: \[.*'vit_tiny_test'"):
+    with pytest.raises(ValueError, match=r"distill.student: unknown student 'vit_tiny'; valid: \[.*'vit_tiny_test'"):
         parse_params(raw)
 
 

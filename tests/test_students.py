@@ -118,3 +118,17 @@ def test_gradients_reach_every_parameter(name: str) -> None:
             assert param.grad is not None, pname
             assert torch.isfinite(param.grad).all(), pname
             assert param.grad.abs().sum() > 0, pname
+
+
+def test_any_timm_vit_by_name_in_the_timm_namespace():
+    from stages.students.registry import build_student, student_max_summary_tokens
+
+    student = build_student("timm:vit_small_patch14_dinov2", img_size=64, num_summary_tokens=2)
+    out = student(torch.randn(2, 3, 64, 64))
+    assert student.stride == 16 and out.features_BhwC.shape == (2, 4, 4, student.embed_dim)  # patch 16 forced
+    assert out.summary_BKC.shape == (2, 2, student.embed_dim)
+    assert student_max_summary_tokens("timm:vit_small_patch16_224") is None
+    with pytest.raises(ValueError, match="'resnet50' is not a timm ViT"):
+        build_student("timm:resnet50", img_size=64)
+    with pytest.raises(ValueError, match=r"unknown student 'vit_nope'.*timm:<name>"):
+        build_student("vit_nope", img_size=64)
