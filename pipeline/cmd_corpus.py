@@ -7,14 +7,14 @@ views of offline distillation, AM-RADIO arXiv 2312.06709); `demo-corpus` exports
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION, build_manifest
-from stages.corpus.demo import export_demo_corpus
-from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
-from store_schema.manifest import ViewSpec
+# The corpus builder's defaults, spelled here only for --help (stage code is imported inside the commands);
+# None passes nothing, so stages/corpus stays the one source of the values (tests/test_cli_errors.py
+# checks these against it).
+HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2}
 
 
 def corpus(
@@ -23,18 +23,23 @@ def corpus(
     out: Annotated[Path, typer.Option("--out", help="Store root; manifest.parquet is written here.")],
     views: Annotated[int, typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = 1,
     view_seed: Annotated[int, typer.Option(help="Seed of the view draw (with each image's sha256).")] = 0,
-    pixel_limit: Annotated[int, typer.Option(help="Images with more pixels than this (checked from the "
-                                                  "header, before decoding) are recorded as bad.")] = DEFAULT_PIXEL_LIMIT,
-    min_side: Annotated[int, typer.Option(help="Images with a side shorter than this many pixels are "
-                                               "recorded as bad.")] = MIN_SIDE,
-    val_fraction: Annotated[float, typer.Option(help="Fraction of images (by content hash) in the val "
-                                                     "split.")] = DEFAULT_VAL_FRACTION,
+    pixel_limit: Annotated[Optional[int], typer.Option(help="Images with more pixels than this (checked from the "
+                                                            "header, before decoding) are recorded as bad. "
+                                                            f"Default: {HELP_DEFAULTS['pixel_limit']}.")] = None,
+    min_side: Annotated[Optional[int], typer.Option(help="Images with a side shorter than this many pixels are "
+                                                         f"recorded as bad. Default: {HELP_DEFAULTS['min_side']}.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
+                                                               f"split. Default: {HELP_DEFAULTS['val_fraction']}.")] = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views)."""
+    from stages.corpus.build_manifest import build_manifest
+    from store_schema.manifest import ViewSpec
+
+    given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
     try:
         view_spec = ViewSpec(num_views=views, seed=view_seed)
-        manifest = build_manifest(source, out_dir=out, view_spec=view_spec, pixel_limit=pixel_limit,
-                                  min_side=min_side, val_fraction=val_fraction)
+        manifest = build_manifest(source, out_dir=out, view_spec=view_spec,
+                                  **{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     n_ok = int(manifest.ok_N.sum())
@@ -47,6 +52,8 @@ def demo_corpus(
                                                  "previous demo export).")],
 ) -> None:
     """Export the embedded demo corpus (scikit-image photos + LFW faces / non-faces), no download."""
+    from stages.corpus.demo import export_demo_corpus
+
     try:
         demo = export_demo_corpus(out_dir)
     except ValueError as e:

@@ -6,13 +6,10 @@ Errors are measured after the inverse normalization, in each teacher's own space
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from stages.evaluate.evaluate import eval_path, evaluate_run
 
 
 def evaluate_cmd(
@@ -26,6 +23,8 @@ def evaluate_cmd(
     device: Annotated[str, typer.Option(help="Torch device for the student (cpu, cuda).")] = "cpu",
 ) -> None:
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher."""
+    from stages.evaluate.evaluate import eval_path, evaluate_run
+
     if split not in ("train", "val"):
         raise typer.BadParameter(f"unknown split {split!r}; valid splits: train, val")
     for run in runs:

@@ -1,22 +1,24 @@
 """`pipeline extract`: stage one of AM-RADIO-style distillation (arXiv 2312.06709), teachers into stores.
 
 Thin command over `pipeline.extract.run_extract`; views come from the manifest (it holds the view spec).
+Only typer and the standard library are imported at module level: stage code (torch, zarr) and Ray are
+imported inside the command, so `pipeline --help` stays fast and `--no-ray` runs where Ray is absent.
+Every user mistake found before or during extraction (a bad option, a store that does not match, missing
+weights, a device this machine lacks) ends in one error line and exit status 2, never a traceback, and
+the checks that can be made up front run before any store is created.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.extract import ExtractConfig, run_extract
-from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
-from stages.teachers.registry import get_teacher_spec
-from store_schema.codecs import CodecSpec
-from stages.extract.receipt import write_receipt
-from store_schema.layout import manifest_path, teacher_store_path
-from store_schema.teacher_store import open_teacher_store
+if TYPE_CHECKING:
+    from pipeline.extract import ExtractConfig, ExtractReport
+
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -44,6 +46,84 @@ def parse_keepbits(text: str) -> int | None:
     return int(text)
 
 
+def resolve_gpus_per_worker(gpus_per_worker: float | None, device: str) -> float:
+    """GPUs Ray reserves per actor: None means 1 for a CUDA device and 0 otherwise; explicit values are kept."""
+    if gpus_per_worker is None:
+        return 1.0 if device.strip().lower().startswith("cuda") else 0.0
+    if gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    return gpus_per_worker
+
+
+def check_device(device: str, *, gpus_per_actor: float | None = None) -> None:
+    """Refuse a torch device this machine cannot run, before any store is created.
+
+    gpus_per_actor: set when the device is used inside Ray actors; Ray shows each actor only its own GPUs
+    (CUDA_VISIBLE_DEVICES), so an explicit index must be below the GPUs one actor reserves."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"unknown torch device {device!r}; valid devices: cpu, cuda, cuda:N") from e
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f"unsupported device {device!r}; valid devices: cpu, cuda, cuda:N")
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"CUDA requested but torch.cuda.is_available() is False on this machine "
+                         f"(--device {device}); use --device cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    if gpus_per_actor is not None and dev.index is not None and dev.index >= max(1, int(gpus_per_actor)):
+        raise ValueError(f"--device {device}: a Ray actor sees only the {gpus_per_actor:g} GPU(s) it reserves, "
+                         "numbered from 0; use --device cuda")
+
+
+def check_ray_resources(resources: dict[str, float], *, workers: int, cpus_per_worker: float,
+                        gpus_per_worker: float, device: str) -> None:
+    """Refuse a Ray run the cluster cannot place (before any store is created)."""
+    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
+    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise ValueError(f"{workers} workers need {need_cpu:g} CPUs and {need_gpu:g} GPUs; the Ray cluster has "
+                         f"{have_cpu:g} CPUs and {have_gpu:g} GPUs")
+    if device.startswith("cuda") and gpus_per_worker == 0:
+        raise ValueError(f"--device {device} with --gpus-per-worker 0: Ray would give the actors no GPU")
+
+
+def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] | None,
+              checkpoint: Path | None, local_weights: bool) -> None:
+    """Checks that need stage code, run before any store exists: known teachers, a manifest, a storage grid
+    every teacher can pool to, and (when the workers run on this machine) weights that are here."""
+    from stages.extract.pooling import check_storage_grid
+    from stages.teachers.registry import get_teacher_spec
+    from stages.teachers.weights import resolve_weights
+    from store_schema.layout import manifest_path
+
+    specs = [get_teacher_spec(name) for name in teachers]  # unknown names: ValueError listing the valid ones
+    if not manifest_path(root).is_file():
+        raise ValueError(f"no manifest at {manifest_path(root)}; build one with `pipeline corpus` first")
+    for spec in specs:
+        if storage_grid is not None:
+            try:
+                check_storage_grid(spec.grid, storage_grid)
+            except ValueError as e:
+                raise ValueError(f"--storage-grid for teacher {spec.name!r}: {e}") from e
+        if local_weights:
+            resolve_weights(spec, checkpoint, hash_file=False)  # MissingWeightsError says how to provide them
+
+
+def _echo_report(report: ExtractReport) -> None:
+    typer.echo(report.summary_line())
+    typer.echo(f"  computed shards {sorted(report.computed_shards)}; skipped {report.skipped_shards}")
+    for mv in report.masked[:20]:
+        typer.echo(f"  masked image {mv.image_id} view {mv.view}: {mv.reason}")
+    if len(report.masked) > 20:
+        typer.echo(f"  ... {len(report.masked) - 20} more masked views")
+
+
 def extract_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Teacher name from the registry; repeat or comma-separate for several.")],
     root: Annotated[Path, typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr.")],
@@ -54,49 +134,70 @@ def extract_cmd(
     keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless.")] = "7",
     workers: Annotated[int, typer.Option(help="Ray actors, each holding one teacher copy.")] = 1,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor.")] = 1.0,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs Ray reserves per actor (use with --device cuda).")] = 0.0,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")] = None,
-    device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0).")] = "cpu",
+    device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")] = "cpu",
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the shard worker in this process without Ray (same code path).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped."""
+    from pipeline.extract import ExtractConfig
+    from stages.teachers.errors import MissingWeightsError
+    from store_schema.codecs import CodecSpec
+    from store_schema.errors import StoreError
+
     try:
         teachers = parse_teachers(teacher)
-        for name in teachers:
-            get_teacher_spec(name)  # unknown names: ValueError listing the valid ones
-        if not manifest_path(root).is_file():
-            raise ValueError(f"no manifest at {manifest_path(root)}; build one with `pipeline corpus` first")
         grid = parse_grid(storage_grid) if storage_grid else None
-        codec = CodecSpec(keepbits=parse_keepbits(keepbits))
         if checkpoint is not None and len(teachers) > 1:
             raise ValueError("--checkpoint applies to one teacher; extract the others in a separate call")
         if receipt is not None and len(teachers) > 1:
             raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
-        config = ExtractConfig(batch_size=batch_size, shard_size=shard_size, storage_grid=grid, codec=codec,
-                               checkpoint=checkpoint, device=device, workers=0 if no_ray else workers,
-                               cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                               ray_address=ray_address, progress=progress)
-    except ValueError as e:
+        gpus = resolve_gpus_per_worker(gpus_per_worker, device)
+        config = ExtractConfig(batch_size=batch_size, shard_size=shard_size, storage_grid=grid,
+                               codec=CodecSpec(keepbits=parse_keepbits(keepbits)), checkpoint=checkpoint,
+                               device=device, workers=0 if no_ray else workers, cpus_per_worker=cpus_per_worker,
+                               gpus_per_worker=gpus, ray_address=ray_address, progress=progress)
+        local = config.workers == 0 or ray_address is None  # the teacher runs on this machine
+        if local:
+            check_device(device, gpus_per_actor=None if config.workers == 0 else gpus)
+        preflight(root, teachers, storage_grid=grid, checkpoint=checkpoint, local_weights=local)
+    except (ValueError, MissingWeightsError) as e:
         raise typer.BadParameter(str(e)) from e
-    started_ray = config.workers > 0 and not ray_is_running()  # never stop a Ray someone else started
-    if started_ray:
-        init_ray(ray_address)
     try:
+        _run(root, teachers, config, receipt=receipt)
+    except (ValueError, StoreError, MissingWeightsError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def _run(root: Path, teachers: list[str], config: ExtractConfig, *, receipt: Path | None) -> None:
+    """Start Ray if needed (never stopping one someone else started), check its resources, extract."""
+    from pipeline.extract import run_extract
+    from stages.extract.receipt import write_receipt
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    started_ray = False
+    if config.workers > 0:
+        from pipeline.ray_runtime import init_ray, ray_is_running
+
+        started_ray = not ray_is_running()
+        resources = init_ray(config.ray_address)
+    try:
+        if config.workers > 0:
+            check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
+                                gpus_per_worker=config.gpus_per_worker, device=config.device)
         for name in teachers:
-            report = run_extract(root, name, config)
-            typer.echo(report.summary_line())
-            typer.echo(f"  computed shards {sorted(report.computed_shards)}; skipped {report.skipped_shards}")
-            for mv in report.masked[:20]:
-                typer.echo(f"  masked image {mv.image_id} view {mv.view}: {mv.reason}")
-            if len(report.masked) > 20:
-                typer.echo(f"  ... {len(report.masked) - 20} more masked views")
+            _echo_report(run_extract(root, name, config))
             if receipt is not None:
                 store = open_teacher_store(teacher_store_path(root, name))
                 typer.echo(f"  receipt: {write_receipt(store, receipt)}")
     finally:
         if started_ray:
+            from pipeline.ray_runtime import shutdown_ray
+
             shutdown_ray()
 
 

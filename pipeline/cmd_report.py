@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.params import read_params
-from stages.evaluate.report import write_report
 
 
 def report_cmd(
@@ -24,6 +23,8 @@ def report_cmd(
                                                         "instead (the sweep of distill.norms).")] = None,
 ) -> None:
     """Write one table across RUNS (teacher-space MSE, probe accuracy, average rank) with plots."""
+    from stages.evaluate.report import write_report  # matplotlib: imported only when a report is written
+
     try:
         if params is not None:
             if runs or out or root:

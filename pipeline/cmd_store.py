@@ -1,31 +1,44 @@
 """`pipeline store info|verify`: inspect and check per-teacher feature stores (AM-RADIO / PHI-S stage one).
 
-Thin commands over `stages.extract.inspect` and `stages.extract.verify`.
+Thin commands over `stages.extract.inspect` and `stages.extract.verify`, imported inside the commands (only
+typer and the standard library at module level). A store that does not exist or cannot be opened is one
+error line naming the stores that do exist (exit 2), never a traceback.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.extract.inspect import format_info, store_info
-from stages.extract.verify import verify_store
-from store_schema.layout import teacher_store_path
-from store_schema.teacher_store import TeacherStore, open_teacher_store
+if TYPE_CHECKING:
+    from store_schema.teacher_store import TeacherStore
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(2)
 
 
 def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
     """The named stores under root, or every <teacher>.zarr there when none are named."""
-    if teachers:
-        names = [n.strip() for v in teachers for n in v.split(",") if n.strip()]
-        paths = [teacher_store_path(root, n) for n in names]
-    else:
-        paths = sorted(p for p in Path(root).glob("*.zarr") if (p / "zarr.json").is_file())
-        if not paths:
-            raise typer.BadParameter(f"no teacher stores (*.zarr) under {root}")
-    return [open_teacher_store(p, mode="r") for p in paths]
+    from store_schema.errors import StoreError
+    from store_schema.layout import list_teacher_stores, teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    existing = list_teacher_stores(root)
+    names = [n.strip() for v in teachers for n in v.split(",") if n.strip()] if teachers else existing
+    if not names:
+        raise _fail(f"no teacher stores (<teacher>.zarr) under {root}; run `pipeline extract` first")
+    unknown = [n for n in names if n not in existing]
+    if unknown:
+        raise _fail(f"no store for teacher(s) {', '.join(map(repr, unknown))} under {root}; stores there: "
+                    f"{', '.join(existing) if existing else 'none'}")
+    try:
+        return [open_teacher_store(teacher_store_path(root, n), mode="r") for n in names]
+    except (StoreError, ValueError) as e:
+        raise _fail(str(e)) from e
 
 
 RootOpt = Annotated[Path, typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores.")]
@@ -34,6 +47,8 @@ TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help
 
 def info_cmd(root: RootOpt, teacher: TeacherOpt = None) -> None:
     """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics."""
+    from stages.extract.inspect import format_info, store_info
+
     for store in _stores(root, teacher):
         typer.echo(format_info(store_info(store)))
 
@@ -42,14 +57,19 @@ def verify_cmd(
     root: RootOpt,
     teacher: TeacherOpt = None,
     recompute_stats: Annotated[bool, typer.Option(help="Also recompute each shard's moments from its data and compare.")] = True,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Exit 0 when images are only missing (a store still being filled); damage still exits 1.")] = False,
 ) -> None:
-    """Read every shard (crc32c-checked), check completion state and statistics; exit 1 when damaged."""
-    damaged = False
+    """Read every shard (crc32c-checked), check completion and statistics; name damaged and missing images.
+
+    Exit 1 when any image is damaged, or missing (its shard not complete) unless --allow-incomplete."""
+    from stages.extract.verify import verify_store
+
+    failed = False
     for store in _stores(root, teacher):
         report = verify_store(store, recompute_stats=recompute_stats)
         typer.echo(report.format())
-        damaged |= not report.ok
-    if damaged:
+        failed |= not (report.ok if allow_incomplete else report.complete)
+    if failed:
         raise typer.Exit(code=1)
 
 

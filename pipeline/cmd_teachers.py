@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stages.teachers.registry import TEACHERS, get_teacher_spec, weights_available
-from stages.teachers.spec import TeacherSpec
+if TYPE_CHECKING:  # stage code (torch) is imported inside the functions: `pipeline --help` stays fast
+    from stages.teachers.spec import TeacherSpec
 
 STORED_BITS_PER_VALUE = 11.5  # measured for the default codec (DESIGN §5)
 
@@ -33,6 +33,8 @@ def stored_bytes_per_view(spec: TeacherSpec, *, bits_per_value: float = STORED_B
 
 def teacher_rows(*, names: list[str] | None = None) -> list[dict]:
     """The registry as rows of plain values (unknown names raise ValueError listing the valid ones)."""
+    from stages.teachers.registry import TEACHERS, get_teacher_spec, weights_available
+
     specs = [get_teacher_spec(n) for n in names] if names else list(TEACHERS.values())
     rows = []
     for spec in specs:

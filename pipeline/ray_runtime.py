@@ -5,14 +5,15 @@ connection to an existing cluster when an address is given. Ray 2.60 turns token
 default for local clusters, so the mode is set explicitly here, in `os.environ` right before `ray.init`
 (never at import). An already initialised Ray in this process is reused, which is how tests share one
 local Ray per session.
+
+`ray` is imported inside each function, never at module import: machines without Ray (the GPU machine)
+import this module, and `pipeline extract --no-ray` never touches it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-
-import ray
 
 AUTH_MODES = ("disabled", "token")  # what Ray 2.60's RAY_AUTH_MODE accepts
 
@@ -33,6 +34,8 @@ def init_ray(
     cluster, "disabled" (a single-user machine; the default) or "token". If Ray is already initialised in
     this process it is reused as it is.
     """
+    import ray
+
     if ray.is_initialized():
         return ray.cluster_resources()
     if auth_mode not in AUTH_MODES:
@@ -52,10 +55,14 @@ def init_ray(
 
 def ray_is_running() -> bool:
     """Whether this process has already initialised Ray (a caller that did not start it must not stop it)."""
+    import ray
+
     return ray.is_initialized()
 
 
 def shutdown_ray() -> None:
     """Stop the Ray this process started or joined (no-op when none is running)."""
+    import ray
+
     if ray.is_initialized():
         ray.shutdown()

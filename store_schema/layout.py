@@ -49,6 +49,14 @@ def teacher_store_path(root: Path, teacher: str) -> Path:
     return Path(root) / f"{_check_name('teacher name', teacher)}.zarr"
 
 
+def list_teacher_stores(root: Path) -> list[str]:
+    """Teacher names with a store under root (<root>/<teacher>.zarr holding a zarr.json), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").is_file())
+
+
 def normalizer_path(root: Path, teacher: str, kind: str, variant: str) -> Path:
     """<root>/normalizers/<teacher>/<kind>/<variant>.safetensors"""
     check_kind(kind)

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline import cmd_extract, cmd_store
-from stages.extract.verify import verify_store
+from stages.extract.verify import format_id_ranges, verify_store
 from store_schema.layout import teacher_store_path
 from store_schema.teacher_store import open_teacher_store
 
@@ -86,9 +86,30 @@ def test_complete_shard_with_vanished_data_is_damaged(store_root):
     assert report.shards[2].problems == ["patches stats differ from the stored data"]
 
 
-def test_incomplete_shard_is_missing_not_damaged(store_root):
+def test_incomplete_shard_names_missing_images_and_fails_unless_allowed(store_root):
     store = open_teacher_store(teacher_store_path(store_root, TEACHER), mode="r+")
     store.write_shard(0, summary_SVC=None, patches_SVhwC=np.zeros((4, 2, 8, 8, 96), np.float32),
                       valid_SV=np.zeros((4, 2), bool))  # a rewrite in progress: flag cleared
     report = verify_store(store)
-    assert report.ok and report.missing_shards == [0] and report.damaged_ids == []
+    assert report.ok and not report.complete
+    assert report.missing_shards == [0] and report.missing_ids == [0, 1, 2, 3] and report.damaged_ids == []
+
+    args = ["store", "verify", "--root", str(store_root)]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert "MISSING 4 images 0-3 (incomplete shards [0]; re-run extract to write them)" in result.output
+    allowed = CliRunner().invoke(_app(), [*args, "--allow-incomplete"])
+    assert allowed.exit_code == 0 and "MISSING 4 images 0-3" in allowed.output
+
+
+def test_damage_fails_even_with_allow_incomplete(store_root):
+    store = open_teacher_store(teacher_store_path(store_root, TEACHER))
+    _shard_file(store, 2).unlink()
+    result = CliRunner().invoke(_app(), ["store", "verify", "--root", str(store_root), "--allow-incomplete"])
+    assert result.exit_code == 1 and "shard 2 DAMAGED images [8, 9, 10, 11]" in result.output
+
+
+def test_format_id_ranges():
+    assert format_id_ranges([]) == ""
+    assert format_id_ranges([5]) == "5"
+    assert format_id_ranges([0, 1, 2, 3, 8, 10, 11]) == "0-3, 8, 10-11"

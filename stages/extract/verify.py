@@ -9,7 +9,9 @@ Checks per shard k:
 - complete: the shard reads back (else the damaged images are found by reading image by image); its
   stored statistics' counts match its valid views; with `recompute_stats` its stored mean and M2 match the
   moments recomputed from the data (rtol 1e-9).
-- not complete: its images are "missing" (a re-run of extract writes them); not damage.
+- not complete: its images are "missing" (a re-run of extract writes them); not damage, but a store with
+  missing images is not `complete`, which is what training needs (`pipeline store verify` exits non-zero
+  unless told the store is still being filled).
 """
 
 from __future__ import annotations
@@ -27,17 +29,21 @@ _READ_ERRORS = (StoreCorruptionError, ValueError, RuntimeError, OSError)
 
 @dataclass
 class ShardCheck:
-    """Verdict on one shard: status is "ok", "damaged" or "incomplete"."""
+    """Verdict on one shard: status is "ok", "damaged" or "incomplete" (its images are then `missing_ids`)."""
 
     shard: int
     status: str
     damaged_ids: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    missing_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
 class VerifyReport:
-    """Verdicts of every shard of one store; `ok` is False when any image is damaged."""
+    """Verdicts of every shard of one store.
+
+    `ok`: no image is damaged (missing images allowed: a store still being filled is ok). `complete`: ok
+    and no image is missing (every shard complete), what a training run needs."""
 
     teacher: str
     path: str
@@ -52,8 +58,17 @@ class VerifyReport:
         return [s.shard for s in self.shards if s.status == "incomplete"]
 
     @property
+    def missing_ids(self) -> list[int]:
+        """Image ids whose data is not in the store yet (their shard is not complete)."""
+        return sorted(i for s in self.shards for i in s.missing_ids)
+
+    @property
     def ok(self) -> bool:
         return not any(s.status == "damaged" for s in self.shards)
+
+    @property
+    def complete(self) -> bool:
+        return self.ok and not self.missing_shards
 
     def format(self) -> str:
         bad = [s for s in self.shards if s.status == "damaged"]
@@ -62,8 +77,20 @@ class VerifyReport:
         for s in bad:
             lines.append(f"  shard {s.shard} DAMAGED images {s.damaged_ids}: {'; '.join(s.problems)}")
         if self.missing_shards:
-            lines.append(f"  incomplete shards (re-run extract): {self.missing_shards}")
+            lines.append(f"  MISSING {len(self.missing_ids)} images {format_id_ranges(self.missing_ids)} "
+                         f"(incomplete shards {self.missing_shards}; re-run extract to write them)")
         return "\n".join(lines)
+
+
+def format_id_ranges(ids: list[int]) -> str:
+    """Sorted image ids as compact inclusive ranges: [0, 1, 2, 3, 8, 10, 11] -> "0-3, 8, 10-11"."""
+    parts, start = [], None
+    for a, b in zip(ids, [*ids[1:], None]):
+        start = a if start is None else start
+        if b != a + 1:
+            parts.append(str(a) if start == a else f"{start}-{a}")
+            start = None
+    return ", ".join(parts)
 
 
 def _damaged_images(store: TeacherStore, lo: int, hi: int) -> list[int]:
@@ -115,7 +142,7 @@ def verify_store(store: TeacherStore, *, recompute_stats: bool = True) -> Verify
             checks.append(ShardCheck(k, "damaged", list(range(lo, hi)), [f"complete flag unreadable: {e}"]))
             continue
         if not complete:
-            checks.append(ShardCheck(k, "incomplete"))
+            checks.append(ShardCheck(k, "incomplete", missing_ids=list(range(lo, hi))))
             continue
         try:
             data = store.read_shard(k)

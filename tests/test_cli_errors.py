@@ -1,0 +1,141 @@
+"""Bad command-line input ends in one clear error line and exit status 2, never a traceback, and the
+mistakes that can be caught up front are caught before any teacher store is created (stage one of
+AM-RADIO, arXiv 2312.06709: a half-made store from a typo would have to be deleted by hand)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pipeline import cmd_corpus, cmd_extract, cmd_store
+from store_schema.layout import list_teacher_stores, teacher_store_path
+
+pytest_plugins = ["tests.ray_fixture"]
+
+TEACHER = "tiny_sam"
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cmd_extract.register(app)
+    cmd_store.register(app)
+    return app
+
+
+def _invoke(args: list) -> tuple[int, str]:
+    """Exit code and the output (stdout + stderr) without ANSI codes and box drawing, whitespace collapsed."""
+    result = CliRunner().invoke(_app(), [str(a) for a in args], env={"COLUMNS": "300", "NO_COLOR": "1"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    return result.exit_code, " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def _extract(root, *extra) -> tuple[int, str]:
+    return _invoke(["extract", "--root", root, "--no-ray", "--no-progress", "--shard-size", "4",
+                    "--batch-size", "8", *extra])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from tests.ray_fixture import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("cli_errors"), n_ok=4, num_views=1)
+
+
+@pytest.fixture(scope="module")
+def filled_root(tmp_path_factory):
+    """A root with one complete tiny_sam store (6 images, shards of 4)."""
+    from tests.ray_fixture import build_corpus
+
+    root = build_corpus(tmp_path_factory.mktemp("cli_errors_filled"), n_ok=4, num_views=1)
+    code, out = _extract(root, "-t", TEACHER)
+    assert code == 0, out
+    return root
+
+
+def test_storage_grid_larger_than_teacher_grid_is_a_clean_error_and_creates_no_store(root):
+    code, out = _extract(root, "-t", TEACHER, "--storage-grid", "100x100")
+    assert code == 2
+    assert "storage grid 100x100 is larger than the teacher's patch grid 8x8" in out and "Traceback" not in out
+    assert list_teacher_stores(root) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-t", "nosuch"], "unknown teacher 'nosuch'"),
+    (["-t", TEACHER, "--storage-grid", "8by8"], "storage grid must look like HxW"),
+    (["-t", TEACHER, "--keepbits", "many"], "keepbits must be an integer"),
+    (["-t", TEACHER, "--device", "tpu"], "valid devices: cpu, cuda, cuda:N"),
+    (["-t", TEACHER, "--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
+])
+def test_bad_options_are_clean_errors_before_any_store(root, args, message):
+    code, out = _extract(root, *args)
+    assert code == 2 and message in out and "Traceback" not in out, out
+    assert list_teacher_stores(root) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused_before_any_store(root):
+    for extra in (["--no-ray"], ["--workers", "2"]):  # in-process and (local) Ray alike, before Ray starts
+        code, out = _extract(root, "-t", TEACHER, "--device", "cuda", *extra)
+        assert code == 2
+        assert "CUDA requested but torch.cuda.is_available() is False on this machine" in out
+    assert list_teacher_stores(root) == []
+
+
+def test_missing_pretrained_weights_are_a_clean_error_before_any_store(root):
+    from stages.teachers.registry import get_teacher_spec, weights_available
+
+    if weights_available(get_teacher_spec("dinov2_s")) != "missing":
+        pytest.skip("dinov2_s weights are in this machine's hub cache")
+    code, out = _extract(root, "-t", "dinov2_s")
+    assert code == 2 and "Pretrained weights for teacher 'dinov2_s' are not available" in out
+    assert "Traceback" not in out and list_teacher_stores(root) == []
+
+
+def test_store_mismatch_on_rerun_is_a_clean_error(filled_root):
+    code, out = _extract(filled_root, "-t", TEACHER, "--shard-size", "2")  # the later option wins
+    assert code == 2 and "shard_size mismatch: expected 2, found 4" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_store_commands_name_the_stores_that_exist(filled_root, command):
+    code, out = _invoke(["store", command, "--root", filled_root, "-t", "nosuch"])
+    assert code == 2
+    assert f"no store for teacher(s) 'nosuch' under {filled_root}; stores there: {TEACHER}" in out
+    code, out = _invoke(["store", command, "--root", filled_root / "empty"])
+    assert code == 2 and "no teacher stores" in out
+
+
+def test_list_teacher_stores_lists_only_real_stores(filled_root, tmp_path):
+    assert list_teacher_stores(filled_root) == [TEACHER]
+    assert list_teacher_stores(tmp_path / "absent") == []
+    (tmp_path / "half.zarr").mkdir()  # no zarr.json: not a store
+    teacher_store_path(tmp_path, "b").mkdir()
+    (teacher_store_path(tmp_path, "b") / "zarr.json").write_text("{}")
+    assert list_teacher_stores(tmp_path) == ["b"]
+
+
+def test_gpus_per_worker_default_follows_the_device():
+    assert cmd_extract.resolve_gpus_per_worker(None, "cuda") == 1.0
+    assert cmd_extract.resolve_gpus_per_worker(None, "cuda:0") == 1.0
+    assert cmd_extract.resolve_gpus_per_worker(None, "cpu") == 0.0
+    assert cmd_extract.resolve_gpus_per_worker(0.5, "cuda") == 0.5
+    with pytest.raises(ValueError, match="cluster has 4 CPUs and 0 GPUs"):
+        cmd_extract.check_ray_resources({"CPU": 4}, workers=2, cpus_per_worker=1, gpus_per_worker=1, device="cuda")
+    with pytest.raises(ValueError, match="Ray would give the actors no GPU"):
+        cmd_extract.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
+                                        device="cuda")
+    cmd_extract.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=1,
+                                    device="cuda")
+
+
+def test_corpus_help_defaults_are_the_builders():
+    from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION
+    from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
+
+    assert cmd_corpus.HELP_DEFAULTS == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
+                                        "val_fraction": DEFAULT_VAL_FRACTION}

@@ -1,0 +1,93 @@
+"""`pipeline extract --no-ray` on a machine without Ray, matplotlib, dvc or open_clip (the GPU machine has
+torch, timm, zarr, pyarrow and typer only): stage one of AM-RADIO (arXiv 2312.06709) must run there.
+
+The missing packages are simulated for real: a `sitecustomize.py` on PYTHONPATH installs a sys.meta_path
+finder that makes importing them raise ImportError, and `python -m pipeline.cli` runs in that interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stages.extract.verify import verify_store
+from store_schema.layout import teacher_store_path
+from store_schema.teacher_store import open_teacher_store
+
+pytest_plugins = ["tests.ray_fixture"]
+
+ABSENT = ("ray", "matplotlib", "dvc", "open_clip")
+TEACHER = "tiny_dinov2"  # timm only
+REPO = Path(__file__).resolve().parents[1]
+
+_SITECUSTOMIZE = f'''
+import sys
+
+ABSENT = {ABSENT!r}
+
+
+class _Absent:
+    """Refuses the packages the GPU machine does not have."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ImportError(f"No module named {{name!r}} (absent on the GPU machine)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Absent())
+'''
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), str(REPO)]), OMP_NUM_THREADS="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_shim_really_hides_the_packages(tmp_path):
+    env = _env(tmp_path)
+    for name in ABSENT:
+        res = _run(["-c", f"import {name}"], env)
+        assert res.returncode != 0 and "absent on the GPU machine" in res.stderr, (name, res.stderr)
+
+
+def test_command_modules_import_no_stage_code(tmp_path):
+    """`pipeline --help` cost: the command modules import typer, the standard library and params only."""
+    code = ("import sys\n"
+            "import pipeline.cmd_corpus, pipeline.cmd_teachers, pipeline.cmd_extract, pipeline.cmd_store\n"
+            "import pipeline.cmd_evaluate, pipeline.cmd_report, pipeline.ray_runtime\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'stages', 'zarr', 'numpy', 'ray'})\n"
+            "assert not heavy, heavy\n")
+    res = _run(["-c", code], _env(tmp_path))
+    assert res.returncode == 0, res.stderr
+
+
+def test_extract_no_ray_runs_without_ray_matplotlib_dvc(tmp_path, make_corpus):
+    root = make_corpus(tmp_path, n_ok=6, num_views=1)  # 8 images, 2 of them bad
+    env = _env(tmp_path)
+    res = _run(["-m", "pipeline.cli", "extract", "--no-ray", "--teacher", TEACHER, "--root", str(root),
+                "--shard-size", "3", "--batch-size", "4", "--no-progress"], env)
+    assert res.returncode == 0, res.stderr
+    assert f"extract {TEACHER}: 8 images, 6 views, 0 masked, 2 bad, 3 shards computed" in res.stdout
+
+    store = open_teacher_store(teacher_store_path(root, TEACHER))
+    assert store.completed_shards().tolist() == [0, 1, 2]
+    report = verify_store(store)
+    assert report.complete and report.missing_ids == [] and report.damaged_ids == []
+    assert np.asarray(store.valid[:]).sum() == 6 and store.stats("patches").count == 6 * 8 * 8
+
+    # store verify runs there too (same interpreter restrictions)
+    res = _run(["-m", "pipeline.cli", "store", "verify", "--root", str(root)], env)
+    assert res.returncode == 0 and "3 ok, 0 damaged, 0 incomplete of 3 shards" in res.stdout, res.stderr
