@@ -58,6 +58,9 @@ def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> 
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
+    from pipeline.cmd_extract import check_device
+
+    check_device(p.extract.device)  # before any store is created
     started_ray = p.extract.workers > 0 and not ray_is_running()
     if started_ray:
         init_ray(p.extract.ray_address)
