@@ -286,7 +286,9 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
     config, dist_ctx = run.config, run.dist_ctx
     world = 1 if dist_ctx is None else dist_ctx.world_size
     metrics_path = config.out_dir / METRICS_NAME
-    bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=not run.is_main, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (DVC logs, CI); metrics.jsonl has the numbers.
+    bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=None if run.is_main else True,
+               dynamic_ncols=True)
     t_last, images_since = time.perf_counter(), 0
     run.model.train()
     for batch in loader:
