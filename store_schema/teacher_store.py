@@ -269,10 +269,11 @@ class TeacherStore:
             raise ValueError(f"teacher {self.spec.name} has no summary token; pass summary_SVC=None")
         if self.is_complete(k):
             self._complete[k] = 0  # never leave new data behind an old "complete" flag
-        if self.summary is not None:
-            self.summary[start:end] = np.asarray(summary_SVC, dtype=np.float32)
-        self.patches[start:end] = np.asarray(patches_SVhwC, dtype=np.float32)
-        self.valid[start:end] = np.asarray(valid_SV, dtype=bool)
+        with codecs_mod.bulk_io():  # a shard is many one-image inner chunks: encode them in batches
+            if self.summary is not None:
+                self.summary[start:end] = np.asarray(summary_SVC, dtype=np.float32)
+            self.patches[start:end] = np.asarray(patches_SVhwC, dtype=np.float32)
+            self.valid[start:end] = np.asarray(valid_SV, dtype=bool)
 
     def read_shard(self, k: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored."""

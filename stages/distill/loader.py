@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stages.corpus.samples import render_samples
 from stages.normalize import NormVariant, load_or_fit
-from store_schema.codecs import bulk_reads
+from store_schema.codecs import bulk_io
 from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.teacher_store import TeacherStore, open_teacher_store
@@ -231,7 +231,7 @@ class StoreBatches(IterableDataset):
         if teacher not in entry:
             store = self.stores.stores[teacher]
             a, b = u * self.stores.unit_size, min((u + 1) * self.stores.unit_size, store.num_images)
-            with bulk_reads():  # a unit is many one-image inner chunks: decode them in one batch
+            with bulk_io():  # a unit is many one-image inner chunks: decode them in one batch
                 summary = np.asarray(store.summary[a:b], np.float32) if store.summary_dim > 0 else None
                 entry[teacher] = (summary, np.asarray(store.patches[a:b], np.float32))
         return entry[teacher]
