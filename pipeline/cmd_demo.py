@@ -5,9 +5,11 @@ demo-corpus → corpus → extract (each teacher once into the store) → distil
 normalization variant, PHI-S arXiv 2410.01680) → evaluate → report, all from params.yaml. It runs the
 same importable functions the DVC stages' commands run (dvc.yaml), writes to the same paths, and is
 resumable: complete shards are skipped, finished runs with the same config are reused, interrupted runs
-resume from their checkpoint (written every ``distill.ckpt_every`` steps). A run whose config.json differs
-from params.yaml in a field a resume may not change (``DistillConfig.resume_conflicts``) is an error (never
-silently reused or mixed): delete it or change ``distill.runs_dir``.
+resume from their checkpoint (written every ``distill.ckpt_every`` steps). A run that cannot be resumed
+with params.yaml's config (a field a resume may not change, fewer steps, another manifest, or stores whose
+targets changed) is never silently reused or mixed: `pipeline demo` refuses it (delete it or change
+``distill.runs_dir``), `pipeline distill-variant` (DVC, which ran it because a declared dependency
+changed) replaces it with a new run.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> 
 
     from pipeline.cmd_extract import check_device
 
-    check_device(p.extract.device)  # before any store is created
+    if p.extract.workers == 0 or p.extract.ray_address is None:  # the teacher runs on this machine
+        check_device(p.extract.device)  # before any store is created
     started_ray = p.extract.workers > 0 and not ray_is_running()
     if started_ray:
         init_ray(p.extract.ray_address)
@@ -87,31 +90,30 @@ def distill_config(p: Params, norm: str) -> "DistillConfig":
                          num_workers=d.num_workers, num_summary_tokens=d.num_summary_tokens)
 
 
-def train_variant(config: "DistillConfig") -> str:
+def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
     """Train one sweep variant into config.out_dir, reusing or resuming what is there; returns what it did.
 
     No checkpoint: a fresh run ("trained"). A finished run (export present) with the same config and
     steps: "reused". Same config otherwise: resumed ("resumed"; also extends a finished run when
-    distill.steps grew). A run whose config differs in a field a resume may not change
-    (DistillConfig.resume_conflicts), or that was trained on another manifest, is replaced by a new run
-    ("retrained"): under DVC a changed `distill.*` parameter means exactly that.
+    distill.steps grew). A run that cannot be resumed with `config` (a field a resume may not change,
+    fewer steps, another manifest, or stores whose targets changed since it was trained) is replaced by
+    a new run ("retrained") when `replace_conflicting`, else refused with ValueError naming what differs.
     """
     from stages.distill.checkpoint import checkpoint_path
     from stages.distill.run import EXPORT_NAME, discard_run, read_run_config
     from stages.distill.train import train
-    from store_schema.layout import manifest_path
-    from store_schema.manifest import manifest_hash
 
     run = config.out_dir
     if not checkpoint_path(run).is_file():
         train(config)
         return "trained"
     saved, resolved = read_run_config(run)
-    conflicts = saved.resume_conflicts(config)
-    if resolved.get("manifest_hash") != manifest_hash(manifest_path(config.root)):
-        conflicts.append("manifest")
+    conflicts = _resume_conflicts(config, saved, resolved)
+    if conflicts and not replace_conflicting:
+        raise ValueError(f"{run} holds a run that cannot be resumed with this config: {'; '.join(conflicts)}. "
+                         "Delete it or set another distill.runs_dir")
     if conflicts:
-        typer.echo(f"distill {run}: {', '.join(conflicts)} changed since the saved run; training a new run")
+        typer.echo(f"distill {run}: {'; '.join(conflicts)}: training a new run in its place")
         discard_run(run)
         train(config)
         return "retrained"
@@ -121,12 +123,32 @@ def train_variant(config: "DistillConfig") -> str:
     return "resumed"
 
 
+def _resume_conflicts(config: "DistillConfig", saved: "DistillConfig", resolved: dict) -> list[str]:
+    """Why the saved run (config `saved`, config.json dict `resolved`) cannot be resumed with `config`."""
+    from stages.distill.loader import StoreSet
+    from stages.distill.train import changed_stores
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import manifest_hash
+
+    mine, theirs = saved.to_dict(), config.to_dict()
+    why = [f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in saved.resume_conflicts(config)]
+    if config.steps < saved.steps:
+        why.append(f"steps lowered {saved.steps} -> {config.steps}")
+    if resolved.get("manifest_hash") != manifest_hash(manifest_path(config.root)):
+        why.append("the manifest changed")
+    else:
+        changed = changed_stores(resolved, StoreSet(config.root, config.teachers, norm=config.norm))
+        if changed:
+            why.append(f"the stored targets of {changed} changed")
+    return why
+
+
 def _distill(p: Params) -> list[Path]:
     runs = []
     for norm in p.distill.norms:
         config = distill_config(p, norm)
         typer.echo(f"distill {norm}: {config.steps} steps -> {config.out_dir}")
-        typer.echo(f"distill {norm}: {train_variant(config)}")
+        typer.echo(f"distill {norm}: {train_variant(config, replace_conflicting=False)}")
         runs.append(config.out_dir)
     return runs
 
@@ -154,8 +176,8 @@ def distill_variant_cmd(
     norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
     params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
 ) -> None:
-    """Train one variant of the sweep exactly as `pipeline demo` does (dvc.yaml's distill stage): resumes
-    the run from its checkpoint when its config matches, refuses one trained with another config."""
+    """Train one variant of the sweep as `pipeline demo` does (dvc.yaml's distill stage): resumes the run
+    from its checkpoint when its config and stores match, replaces one that cannot be resumed."""
     try:
         p = read_params(params)
         if norm not in p.distill.norms:
@@ -164,7 +186,7 @@ def distill_variant_cmd(
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
     try:
-        done = train_variant(config)
+        done = train_variant(config, replace_conflicting=True)  # DVC re-ran it: a dependency changed
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
@@ -183,7 +205,14 @@ def extract_stage_cmd(
             raise ValueError(f"--teacher {teacher!r} is not in extract.teachers {p.extract.teachers}")
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
-    _extract(p, [teacher], receipt=receipt)
+    from stages.teachers.errors import MissingWeightsError
+    from store_schema.errors import StoreError
+
+    try:
+        _extract(p, [teacher], receipt=receipt)
+    except (ValueError, StoreError, MissingWeightsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
 
 
 def demo_cmd(

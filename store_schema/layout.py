@@ -57,11 +57,16 @@ def list_teacher_stores(root: Path) -> list[str]:
     return sorted(p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").is_file())
 
 
-def normalizer_path(root: Path, teacher: str, kind: str, variant: str) -> Path:
-    """<root>/normalizers/<teacher>/<kind>/<variant>.safetensors"""
+def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_hash: str) -> Path:
+    """<root>/normalizers/<teacher>/<kind>/<variant>-<stats hash, 16 hex>.safetensors
+
+    Keyed by the statistics it was fitted from, so a rebuilt store never meets a stale fit and runs
+    trained on the old store keep theirs."""
     check_kind(kind)
+    if len(stats_hash) < 16 or any(c not in "0123456789abcdef" for c in stats_hash):
+        raise ValueError(f"stats_hash must be a hex sha256, got {stats_hash!r}")
     return (Path(root) / "normalizers" / _check_name("teacher name", teacher) / kind
-            / f"{_check_name('variant', variant)}.safetensors")
+            / f"{_check_name('variant', variant)}-{stats_hash[:16]}.safetensors")
 
 
 def hadamard_cache_dir(root: Path) -> Path:

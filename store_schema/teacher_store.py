@@ -334,6 +334,23 @@ class TeacherStore:
         """Indices of complete shards, ascending."""
         return np.flatnonzero(np.asarray(self._complete[:]) == 1)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What the stored targets are, in a few bytes: manifest, teacher spec, weights, codec, grid, shard
+        size, complete shards and the hash of every token kind's merged statistics (computed from the values
+        as stored). Receipts (DVC) and runs (resume checks) record it; equal fingerprints mean the same
+        targets for every practical purpose."""
+        return {
+            "manifest_hash": self.manifest_hash,
+            "teacher_spec": self.attrs["teacher"],
+            "weights": self.attrs["weights"],
+            "codec": self.attrs["codec"],
+            "storage_grid": list(self.grid),
+            "shard_size": self.shard_size,
+            "num_shards": self.num_shards,
+            "complete_shards": [int(k) for k in self.completed_shards()],
+            "stats_hash": {kind: self.stats(kind).content_hash() for kind in self.kinds},
+        }
+
     def pending_shards(self) -> np.ndarray:
         """Indices of shards not yet complete, ascending (what a re-run must (re)write)."""
         return np.flatnonzero(np.asarray(self._complete[:]) != 1)

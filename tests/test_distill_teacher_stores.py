@@ -9,6 +9,7 @@ one trained with another config.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,36 @@ def test_distill_variant_resumes_extends_and_retrains_on_other_configs(teacher_r
     assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]
     _write_params(params, teacher_root, runs, steps=5, lr=0.01, seed=3)  # a changed distill.* param under DVC
     out = variant()
-    assert out.startswith("0 ") and "lr, seed changed since the saved run" in out and out.endswith("(retrained)"), out
+    assert out.startswith("0 ") and "lr 0.001 -> 0.01; seed 0 -> 3" in out and out.endswith("(retrained)"), out
     assert json.loads((runs / "phis" / "config.json").read_text())["lr"] == 0.01
     assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]  # a new run, not appended
+    _write_params(params, teacher_root, runs, steps=4, lr=0.01, seed=3)  # fewer steps cannot be resumed
+    out = variant()
+    assert "steps lowered 5 -> 4" in out and out.endswith("(retrained)"), out
+    # `pipeline demo` (no DVC cache behind it) refuses instead of replacing
+    p = cmd_demo.read_params(_write_params(params, teacher_root, runs, steps=4, lr=0.02, seed=3))
+    with pytest.raises(ValueError, match=r"cannot be resumed with this config: lr 0.01 -> 0.02"):
+        cmd_demo.train_variant(cmd_demo.distill_config(p, "phis"), replace_conflicting=False)
+
+
+def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path, tmp_path: Path) -> None:
+    from pipeline import cmd_demo
+    from stages.stats import Moments
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    base = tmp_path / "copy"
+    shutil.copytree(teacher_root.parent, base)  # images + store root, as build_corpus laid them out
+    root, runs = base / teacher_root.name, tmp_path / "runs"
+    params = _write_params(tmp_path / "params.yaml", root, runs, steps=3)
+    config = cmd_demo.distill_config(cmd_demo.read_params(params), "phis")
+    assert cmd_demo.train_variant(config, replace_conflicting=True) == "trained"
+    assert cmd_demo.train_variant(config, replace_conflicting=True) == "reused"
+    store = open_teacher_store(teacher_store_path(root, "tiny_sam"), mode="r+")  # as if re-extracted differently
+    m = store.shard_stats(0, "patches")
+    store.write_shard_stats(0, "patches", Moments(m.count, m.mean_D + 1.0, m.m2_DD))
+    with pytest.raises(ValueError, match=r"the stored targets of \['tiny_sam'\] changed"):
+        cmd_demo.train_variant(config, replace_conflicting=False)
+    assert cmd_demo.train_variant(config, replace_conflicting=True) == "retrained"
+    _, _, _, normalizers = load_run(config.out_dir)  # the new run uses the normalizer fitted on the new stats
+    assert normalizers["tiny_sam"]["patches"].stats_hash == store.stats("patches").content_hash()

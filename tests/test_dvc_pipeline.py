@@ -1,8 +1,9 @@
 """The real `dvc repro` over the project's dvc.yaml, on a shrunk copy of params.yaml.
 
 Checks what issue 6 asks of the DVC wiring: the pipeline runs end to end, a second `dvc repro` does
-nothing, and changing a `distill.*` parameter invalidates only stage two (distill, evaluate, report),
-never the corpus or a teacher's extract stage (the store stays outside DVC's outputs).
+nothing, and changing a `distill.*` parameter re-runs only stage two (distill, evaluate, report), never
+the corpus or a teacher's extract stage (the store stays outside DVC's outputs): more steps extend the
+persisted runs, a change a resume cannot honour (lr) trains new runs in their place.
 """
 
 from __future__ import annotations
@@ -57,8 +58,20 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     again = run(["dvc", "repro"], work)
     assert "Running stage" not in again, again
 
+    stage_one = {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam"}
     write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4}})
     status = json.loads(run(["dvc", "status", "--json"], work) or "{}")
     changed = set(status)
     assert {"distill@phis", "distill@mse"} <= changed, status
-    assert not changed & {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam"}, status
+    assert not changed & stage_one, status
+    out = run(["dvc", "repro"], work)  # more steps: the persisted checkpoints are extended, not retrained
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"distill@phis", "distill@mse", "evaluate@phis", "evaluate@mse", "report"}, out
+    assert out.count("(resumed)") == 2, out
+    assert [json.loads(ln)["step"] for ln in (work / "runs" / "phis" / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4]
+
+    write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4, "lr": 0.002}})
+    out = run(["dvc", "repro"], work)  # a change a resume cannot honour: a new run replaces the old one
+    assert out.count("(retrained)") == 2 and not any(f"Running stage '{s}'" in out for s in stage_one), out
+    assert json.loads((work / "runs" / "mse" / "config.json").read_text())["lr"] == 0.002

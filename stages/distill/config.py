@@ -10,8 +10,10 @@ differs from the saved one only in RESUMABLE_FIELDS: fields that change how long
 run is computed, never what it computes. `steps` may grow (extending a run: the cosine schedule is then
 stretched to the new total from the resumed step on); the others are logging / checkpoint cadence,
 loader parallelism, the device (bf16 autocast on CUDA, so bit-exactness across devices is not promised)
-and the run directory's own path (a moved run). Every other difference (norm, lr, seed, student, ...)
-would silently mix two experiments in one checkpoint and is refused by `check_resumable`.
+the run directory's own path (a moved run) and the store root's spelling (what the stores hold is
+checked separately: the run's config.json records each store's fingerprint, and a resume refuses stores
+whose targets changed). Every other difference (norm, lr, seed, student, ...) would silently mix two
+experiments in one checkpoint and is refused by `check_resumable`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from stages.normalize import NormVariant
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir"})
+    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir", "root"})
 
 
 @dataclass(frozen=True)

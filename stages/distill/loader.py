@@ -107,9 +107,12 @@ class StoreSet:
     def _fit(self, teacher: str) -> dict[str, Any]:
         store = self.stores[teacher]
         kinds = [k for k in TOKEN_KINDS if k != "summary" or store.summary_dim > 0]
-        return {k: load_or_fit(normalizer_path(self.root, teacher, k, self.norm.value), self.norm,
-                               store.stats(k), hadamard_cache=hadamard_cache_dir(self.root))
-                for k in kinds}
+        fits = {}
+        for k in kinds:
+            stats = store.stats(k)
+            path = normalizer_path(self.root, teacher, k, self.norm.value, stats.content_hash())
+            fits[k] = load_or_fit(path, self.norm, stats, hadamard_cache=hadamard_cache_dir(self.root))
+        return fits
 
     @property
     def unit_size(self) -> int:

@@ -51,11 +51,15 @@ def build_run_models(config: DistillConfig, resolved: dict[str, Any]) -> tuple[S
 def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[str, dict[str, Normalizer]]:
     """{teacher: {kind: Normalizer}} as fitted for this run's variant (from the store root)."""
     out: dict[str, dict[str, Normalizer]] = {}
+    if "stores" not in resolved:
+        raise ValueError(f"{config.out_dir}/config.json records no store fingerprints (a run from an older "
+                         "version); retrain it")
     for h in resolved["heads"]:
         kinds = ["summary", "patches"] if int(h["summary_dim"]) > 0 else ["patches"]
         out[h["name"]] = {}
         for kind in kinds:
-            path = normalizer_path(config.root, h["name"], kind, config.norm.value)
+            stats_hash = resolved["stores"][h["name"]]["stats_hash"][kind]
+            path = normalizer_path(config.root, h["name"], kind, config.norm.value, stats_hash)
             if not path.is_file():
                 raise FileNotFoundError(f"normalizer {path} of run {config.out_dir} is missing (store root moved?)")
             out[h["name"]][kind] = Normalizer.load(path)

@@ -121,6 +121,12 @@ def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | No
     return total, parts
 
 
+def changed_stores(resolved: dict[str, Any], stores: StoreSet) -> list[str]:
+    """Teachers whose store no longer holds the targets a run (its config.json dict) was trained on."""
+    saved = resolved.get("stores", {})
+    return sorted(t for t, s in stores.stores.items() if saved.get(t) != s.fingerprint())
+
+
 def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool) -> None:
     """Refuse a resume whose saved config or manifest differs; (re)write config.json on rank 0."""
     out = config.out_dir
@@ -138,11 +144,16 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
             raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
                              f"the stores now have {stores.manifest.hash}")
         check_resumable(DistillConfig.from_dict(saved), config, run_dir=out)
+        changed = changed_stores(saved, stores)
+        if changed:
+            raise ValueError(f"cannot resume {out}: the stored targets of {changed} changed since it was trained "
+                             "(statistics, codec, grid or spec differ); train a new run")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
             (out / METRICS_NAME).unlink(missing_ok=True)
         resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash,
+                    "stores": {t: s.fingerprint() for t, s in stores.stores.items()},
                     "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
                                "grid": list(h.grid)} for h in head_targets(stores)]}
         tmp = out / (CONFIG_NAME + ".tmp")  # atomic: other ranks may be reading it

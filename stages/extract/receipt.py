@@ -22,19 +22,7 @@ def store_receipt(store: TeacherStore) -> dict[str, Any]:
     if pending:
         raise ValueError(f"store {store.path} has {len(pending)} incomplete shards {pending[:10]}; "
                          "re-run `pipeline extract` to finish it before writing a receipt")
-    return {
-        "teacher": store.spec.name,
-        "store": str(store.path),
-        "manifest_hash": store.manifest_hash,
-        "teacher_spec": store.attrs["teacher"],
-        "weights": store.attrs["weights"],
-        "codec": store.attrs["codec"],
-        "storage_grid": list(store.grid),
-        "shard_size": store.shard_size,
-        "num_shards": store.num_shards,
-        "complete_shards": [int(k) for k in store.completed_shards()],
-        "stats_hash": {kind: store.stats(kind).content_hash() for kind in store.kinds},
-    }
+    return {"teacher": store.spec.name, "store": str(store.path), **store.fingerprint()}
 
 
 def write_receipt(store: TeacherStore, path: Path) -> Path:
