@@ -139,6 +139,7 @@ def extract_cmd(
     device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")] = "cpu",
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the shard worker in this process without Ray (same code path).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead in a background thread, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped."""
@@ -158,7 +159,8 @@ def extract_cmd(
         config = ExtractConfig(batch_size=batch_size, shard_size=shard_size, storage_grid=grid,
                                codec=CodecSpec(keepbits=parse_keepbits(keepbits)), checkpoint=checkpoint,
                                device=device, workers=0 if no_ray else workers, cpus_per_worker=cpus_per_worker,
-                               gpus_per_worker=gpus, ray_address=ray_address, progress=progress)
+                               gpus_per_worker=gpus, ray_address=ray_address, progress=progress,
+                               decode_ahead=decode_ahead)
         local = config.workers == 0 or ray_address is None  # the teacher runs on this machine
         if local:
             check_device(device, gpus_per_actor=None if config.workers == 0 else gpus)

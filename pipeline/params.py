@@ -60,6 +60,7 @@ class ExtractParams:
     ray_address: str | None = None  # None: a local Ray sized to this machine; "auto" or host:port: a cluster
     storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
+    decode_ahead: int = 0  # images a worker decodes ahead in a background thread (overlaps a GPU forward)
 
 
 @dataclass(frozen=True)
