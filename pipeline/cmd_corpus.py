@@ -18,9 +18,12 @@ HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2}
 
 
 def corpus(
-    source: Annotated[Path, typer.Argument(help="Folder of images (searched recursively), a text file of "
-                                                "paths (one per line), or a .parquet file with a 'uri' column.")],
-    out: Annotated[Path, typer.Option("--out", help="Store root; manifest.parquet is written here.")],
+    ctx: typer.Context,
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (searched recursively), a text file of "
+                                                          "paths (one per line), or a .parquet file with a 'uri' "
+                                                          "column. Default: corpus.source of ./params.yaml.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Store root; manifest.parquet is written here. "
+                                                              "Default: store.root of ./params.yaml.")] = None,
     views: Annotated[int, typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = 1,
     view_seed: Annotated[int, typer.Option(help="Seed of the view draw (with each image's sha256).")] = 0,
     pixel_limit: Annotated[Optional[int], typer.Option(help="Images with more pixels than this (checked from the "
@@ -31,10 +34,16 @@ def corpus(
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
                                                                f"split. Default: {HELP_DEFAULTS['val_fraction']}.")] = None,
 ) -> None:
-    """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views)."""
+    """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
+
+    Arguments and options not given take their values from ./params.yaml when there is one (printed on stderr)."""
+    from pipeline.flag_defaults import CORPUS, fill_from_params
     from stages.corpus.build_manifest import build_manifest
     from store_schema.manifest import ViewSpec
 
+    v = fill_from_params(ctx, locals(), CORPUS, required=("source", "out"))
+    source, out, views, view_seed = v["source"], v["out"], v["views"], v["view_seed"]
+    min_side, val_fraction = v["min_side"], v["val_fraction"]
     given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
     try:
         view_spec = ViewSpec(num_views=views, seed=view_seed)

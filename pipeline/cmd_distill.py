@@ -52,7 +52,8 @@ def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: P
 
 
 def distill(
-    teachers: Annotated[str, typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr.")],
+    ctx: typer.Context,
+    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr. Default: extract.teachers of ./params.yaml.")] = None,
     norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
     student: Annotated[str, typer.Option(help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")] = "vit_tiny_test",
     root: Annotated[Path, typer.Option(help="Store root holding manifest.parquet and the teacher stores.")] = Path("store"),
@@ -78,18 +79,23 @@ def distill(
     ckpt_every: Annotated[int, typer.Option(help="Checkpoint every this many steps (0: only at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt.")] = False,
 ) -> None:
-    """Train a student and per-teacher heads from the feature store (never runs a teacher)."""
+    """Train a student and per-teacher heads from the feature store (never runs a teacher).
+
+    Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
+    from pipeline.flag_defaults import DISTILL, fill_from_params
     from stages.distill.ddp import init_from_env
     from stages.distill.train import train
 
+    v = fill_from_params(ctx, locals(), DISTILL, required=("teachers",))
     try:
-        config = resolve_config(norm=norm, student=student, teachers=teachers, root=root, out=out,
-                                run_name=run_name, steps=steps, batch_size=batch_size, lr=lr,
-                                weight_decay=weight_decay, warmup_steps=warmup_steps,
+        config = resolve_config(norm=norm, student=v["student"], teachers=v["teachers"], root=v["root"],
+                                out=v["out"], run_name=run_name, steps=v["steps"], batch_size=v["batch_size"],
+                                lr=v["lr"], weight_decay=weight_decay, warmup_steps=v["warmup_steps"],
                                 teacher_weights=teacher_weights, summary_weight=summary_weight,
-                                feature_weight=feature_weight, grad_clip=grad_clip, img_size=img_size,
-                                seed=seed, device=device, num_workers=workers, log_every=log_every,
-                                ckpt_every=ckpt_every, num_summary_tokens=num_summary_tokens)
+                                feature_weight=feature_weight, grad_clip=grad_clip, img_size=v["img_size"],
+                                seed=v["seed"], device=v["device"], num_workers=v["workers"],
+                                log_every=v["log_every"], ckpt_every=v["ckpt_every"],
+                                num_summary_tokens=v["num_summary_tokens"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ctx = None

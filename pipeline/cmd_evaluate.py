@@ -13,6 +13,7 @@ import typer
 
 
 def evaluate_cmd(
+    ctx: typer.Context,
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by `pipeline distill`.")],
     split: Annotated[str, typer.Option(help="Manifest split to evaluate on (train / val).")] = "val",
     batch_size: Annotated[int, typer.Option(help="Views per student forward pass.")] = 32,
@@ -22,8 +23,15 @@ def evaluate_cmd(
     knn_temperature: Annotated[float, typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = 0.07,
     device: Annotated[str, typer.Option(help="Torch device for the student (cpu, cuda).")] = "cpu",
 ) -> None:
-    """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher."""
+    """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
+
+    Options not given take their values from ./params.yaml when there is one (printed on stderr)."""
+    from pipeline.flag_defaults import EVALUATE, fill_from_params
     from stages.evaluate.evaluate import eval_path, evaluate_run
+
+    v = fill_from_params(ctx, locals(), EVALUATE)
+    split, batch_size, probe_labels, device = v["split"], v["batch_size"], v["probe_labels"], v["device"]
+    knn_k, knn_temperature = v["knn_k"], v["knn_temperature"]
 
     if split not in ("train", "val"):
         raise typer.BadParameter(f"unknown split {split!r}; valid splits: train, val")

@@ -11,7 +11,7 @@ the checks that can be made up front run before any store is created.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pipeline.extract import ExtractConfig, ExtractReport
 
 DEVICE_TYPES = ("cpu", "cuda")
+T = TypeVar("T")
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -125,9 +126,10 @@ def _echo_report(report: ExtractReport) -> None:
 
 
 def extract_cmd(
-    teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Teacher name from the registry; repeat or comma-separate for several.")],
-    root: Annotated[Path, typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr.")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only).")] = None,
+    ctx: typer.Context,
+    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher name from the registry; repeat or comma-separate for several. Default: extract.teachers of ./params.yaml.")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. Default: store.root of ./params.yaml.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
     batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,
     shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created.")] = 64,
     storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: the teacher's grid.")] = None,
@@ -142,45 +144,65 @@ def extract_cmd(
     decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead in a background thread, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
 ) -> None:
-    """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped."""
+    """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
+
+    Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
+    from dataclasses import replace
+
     from pipeline.extract import ExtractConfig
+    from pipeline.flag_defaults import EXTRACT, fill_from_params
     from stages.teachers.errors import MissingWeightsError
     from store_schema.codecs import CodecSpec
     from store_schema.errors import StoreError
 
+    v = fill_from_params(ctx, locals(), EXTRACT, required=("teacher", "root"))
+    root = v["root"]
     try:
-        teachers = parse_teachers(teacher)
-        grid = parse_grid(storage_grid) if storage_grid else None
-        if checkpoint is not None and len(teachers) > 1:
+        teachers = parse_teachers(v["teacher"])
+        # params.yaml gives storage grids and checkpoints per teacher; the flags give one for all
+        grids = _per_teacher(v["storage_grid"], teachers, parse_grid)
+        checkpoints = _per_teacher(v["checkpoint"], teachers, Path)
+        if isinstance(v["checkpoint"], Path) and len(teachers) > 1:
             raise ValueError("--checkpoint applies to one teacher; extract the others in a separate call")
         if receipt is not None and len(teachers) > 1:
             raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
+        device = v["device"]
         gpus = resolve_gpus_per_worker(gpus_per_worker, device)
-        config = ExtractConfig(batch_size=batch_size, shard_size=shard_size, storage_grid=grid,
-                               codec=CodecSpec(keepbits=parse_keepbits(keepbits)), checkpoint=checkpoint,
-                               device=device, workers=0 if no_ray else workers, cpus_per_worker=cpus_per_worker,
-                               gpus_per_worker=gpus, ray_address=ray_address, progress=progress,
-                               decode_ahead=decode_ahead)
-        local = config.workers == 0 or ray_address is None  # the teacher runs on this machine
+        base = ExtractConfig(batch_size=v["batch_size"], shard_size=v["shard_size"],
+                             codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
+                             workers=0 if no_ray else v["workers"], cpus_per_worker=cpus_per_worker,
+                             gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
+                             decode_ahead=v["decode_ahead"])
+        configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
+        local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
         if local:
-            check_device(device, gpus_per_actor=None if config.workers == 0 else gpus)
-        preflight(root, teachers, storage_grid=grid, checkpoint=checkpoint, local_weights=local)
+            check_device(device, gpus_per_actor=None if base.workers == 0 else gpus)
+        for t in teachers:
+            preflight(root, [t], storage_grid=grids[t], checkpoint=checkpoints[t], local_weights=local)
     except (ValueError, MissingWeightsError) as e:
         raise typer.BadParameter(str(e)) from e
     try:
-        _run(root, teachers, config, receipt=receipt)
+        _run(root, configs, receipt=receipt)
     except (ValueError, StoreError, MissingWeightsError) as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from e
 
 
-def _run(root: Path, teachers: list[str], config: ExtractConfig, *, receipt: Path | None) -> None:
+def _per_teacher(value: object, teachers: list[str], parse: Callable[[str], T]) -> dict[str, T | None]:
+    """One flag value for every teacher, or params.yaml's {teacher: value} mapping (absent -> None)."""
+    if isinstance(value, dict):
+        return {t: parse(str(value[t])) if t in value else None for t in teachers}
+    return {t: None if value is None else parse(str(value)) for t in teachers}
+
+
+def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None) -> None:
     """Start Ray if needed (never stopping one someone else started), check its resources, extract."""
     from pipeline.extract import run_extract
     from stages.extract.receipt import write_receipt
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
+    config = next(iter(configs.values()))  # Ray settings are the same for every teacher
     started_ray = False
     if config.workers > 0:
         from pipeline.ray_runtime import init_ray, ray_is_running
@@ -191,8 +213,8 @@ def _run(root: Path, teachers: list[str], config: ExtractConfig, *, receipt: Pat
         if config.workers > 0:
             check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                 gpus_per_worker=config.gpus_per_worker, device=config.device)
-        for name in teachers:
-            _echo_report(run_extract(root, name, config))
+        for name, teacher_config in configs.items():
+            _echo_report(run_extract(root, name, teacher_config))
             if receipt is not None:
                 store = open_teacher_store(teacher_store_path(root, name))
                 typer.echo(f"  receipt: {write_receipt(store, receipt)}")

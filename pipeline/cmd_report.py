@@ -15,6 +15,7 @@ from pipeline.params import read_params
 
 
 def report_cmd(
+    ctx: typer.Context,
     runs: Annotated[Optional[list[Path]], typer.Argument(help="Evaluated run directories (`pipeline evaluate` first).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.md, report.csv, cost.json and PNGs.")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Store root for teacher statistics. Default: the "
@@ -31,8 +32,11 @@ def report_cmd(
                 raise ValueError("give either --params or RUNS... --out DIR, not both")
             p = read_params(params)
             runs, out, root = [p.run_dir(n) for n in p.distill.norms], p.report.out, p.store.root
-        elif not runs or out is None:
-            raise ValueError("give RUNS... and --out DIR (or --params params.yaml)")
+        else:
+            from pipeline.flag_defaults import REPORT, fill_from_params
+
+            v = fill_from_params(ctx, {"runs": runs, "out": out, "root": root}, REPORT, required=("runs", "out"))
+            runs, out, root = v["runs"], v["out"], v["root"]
         md = write_report(runs, out, store_root=root)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e

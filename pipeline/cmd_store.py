@@ -41,20 +41,27 @@ def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
         raise _fail(str(e)) from e
 
 
-RootOpt = Annotated[Path, typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores.")]
+RootOpt = Annotated[Optional[Path], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores. Default: store.root of ./params.yaml.")]
 TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher store(s) to look at; default: all under --root.")]
 
 
-def info_cmd(root: RootOpt, teacher: TeacherOpt = None) -> None:
+def _root(ctx: typer.Context, root: Path | None) -> Path:
+    from pipeline.flag_defaults import STORE, fill_from_params
+
+    return fill_from_params(ctx, {"root": root}, STORE, required=("root",))["root"]
+
+
+def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
     """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics."""
     from stages.extract.inspect import format_info, store_info
 
-    for store in _stores(root, teacher):
+    for store in _stores(_root(ctx, root), teacher):
         typer.echo(format_info(store_info(store)))
 
 
 def verify_cmd(
-    root: RootOpt,
+    ctx: typer.Context,
+    root: RootOpt = None,
     teacher: TeacherOpt = None,
     recompute_stats: Annotated[bool, typer.Option(help="Also recompute each shard's moments from its data and compare.")] = True,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Exit 0 when images are only missing (a store still being filled); damage still exits 1.")] = False,
@@ -65,7 +72,7 @@ def verify_cmd(
     from stages.extract.verify import verify_store
 
     failed = False
-    for store in _stores(root, teacher):
+    for store in _stores(_root(ctx, root), teacher):
         report = verify_store(store, recompute_stats=recompute_stats)
         typer.echo(report.format())
         failed |= not (report.ok if allow_incomplete else report.complete)
