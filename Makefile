@@ -1,5 +1,6 @@
-# The two entry points the README opens with. Both create .venv on first use (about 4 minutes here:
-# torch 2.14.1 + torchvision 0.29.1 install from this machine's local wheel files, see DESIGN.md §6).
+# The two entry points the README opens with. Both create .venv on first use with the exact tested
+# versions of constraints.txt (about 4 minutes here: torch 2.14.1 + torchvision 0.29.1 install from this
+# machine's local wheel files).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -8,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip check
 	touch $(STAMP)
 
 # Main job: the whole offline demo (corpus -> extract -> distill -> evaluate -> report) via DVC.
@@ -20,5 +22,7 @@ demo: $(STAMP)
 	@$(VENV)/bin/python -c "from pipeline.params import read_params; p = read_params('params.yaml'); print('report:', p.report.out / 'report.md')"
 
 # The test suite (the same command .ci/run runs).
+# pytest exits 5 when it collects no tests: a failure here, said so (make itself then exits 2).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	@$(VENV)/bin/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; exit $$rc

@@ -124,7 +124,7 @@ def fill_from_params(ctx: typer.Context, values: dict[str, Any], table: Table, *
         for name in missing:
             key, get = table[name]
             value = get(p)
-            if value is None and out.get(name) is not None:
+            if value is None:
                 continue  # params.yaml says "default" (null / empty): keep the command's own default
             out[name] = value
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
