@@ -1,6 +1,7 @@
-"""`pipeline store info|verify`: inspect and check per-teacher feature stores (AM-RADIO / PHI-S stage one).
+"""`pipeline store info|verify|transcode`: inspect, check and re-encode per-teacher feature stores (AM-RADIO /
+PHI-S stage one).
 
-Thin commands over `stages.extract.inspect` and `stages.extract.verify`, imported inside the commands (only
+Thin commands over `stages.extract.inspect`, `stages.extract.verify` and `stages.extract.transcode`, imported inside the commands (only
 typer and the standard library at module level). A store that does not exist or cannot be opened is one
 error line naming the stores that do exist (exit 2), never a traceback.
 """
@@ -80,9 +81,68 @@ def verify_cmd(
         raise typer.Exit(code=1)
 
 
+def transcode_cmd(
+    ctx: typer.Context,
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher whose store <root>/<teacher>.zarr is transcoded.")],
+    to: Annotated[Path, typer.Option("--to", help="Destination store root; gets manifest.parquet and <teacher>.zarr.")],
+    root: RootOpt = None,
+    storage_grid: Annotated[Optional[str], typer.Option(help="Destination patch grid HxW, no larger than the source's (adaptive average pooling). Default: the source's grid.")] = None,
+    codec: Annotated[Optional[str], typer.Option(help="Destination compressor COMPRESSOR[:LEVEL] (zstd, lz4, lz4hc, blosclz, zlib; e.g. zstd:5). Default: the source's.")] = None,
+    keepbits: Annotated[Optional[str], typer.Option(help="Destination mantissa bits (BitRound), or 'none' for lossless. Default: the source's.")] = None,
+    workers: Annotated[int, typer.Option(help="Shards transcoded at once (dask threads; ignored on Ray, which places the tasks).")] = 2,
+    ray_address: Annotated[Optional[str], typer.Option(help="Run the dask tasks on this Ray cluster ('auto' or host:port) through Ray's dask scheduler; every node must see both roots.")] = None,
+) -> None:
+    """Re-encode a store without the teacher: pool its grid, change its codec or drop mantissa bits.
+
+    One dask task per shard; resumable (complete destination shards are skipped); statistics are recomputed
+    from the new stored values and the source's fingerprint is recorded in the destination."""
+    from dataclasses import replace
+
+    from pipeline.cmd_extract import parse_grid, parse_keepbits
+    from stages.extract.transcode import transcode_store
+    from store_schema.codecs import CodecSpec
+    from store_schema.errors import StoreError
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    root = _root(ctx, root)
+    try:
+        grid = parse_grid(storage_grid) if storage_grid else None
+        source_codec = open_teacher_store(teacher_store_path(root, teacher)).codec
+        new_codec = source_codec
+        if codec is not None:
+            name, _, level = codec.partition(":")
+            if level and not level.isdigit():
+                raise ValueError(f"--codec must look like COMPRESSOR[:LEVEL] (e.g. zstd:5), got {codec!r}")
+            new_codec = replace(new_codec, compressor=name, **({"clevel": int(level)} if level else {}))
+        if keepbits is not None:
+            new_codec = replace(new_codec, keepbits=parse_keepbits(keepbits))
+        new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
+    except (ValueError, StoreError) as e:
+        raise _fail(str(e)) from e
+    started_ray = False
+    try:
+        if ray_address is not None:
+            from pipeline.ray_runtime import init_ray, ray_is_running
+
+            started_ray = not ray_is_running()
+            init_ray(ray_address)
+        report = transcode_store(root, teacher, to, storage_grid=grid, codec=new_codec,
+                                 scheduler="ray" if ray_address is not None else "threads", workers=workers)
+    except (ValueError, StoreError) as e:
+        raise _fail(str(e)) from e
+    finally:
+        if started_ray:
+            from pipeline.ray_runtime import shutdown_ray
+
+            shutdown_ray()
+    typer.echo(report.summary_line())
+
+
 def register(app: typer.Typer) -> None:
     """Add the `store` command group (info, verify) to the pipeline CLI."""
-    store_app = typer.Typer(help="Inspect and verify teacher feature stores.", no_args_is_help=True)
+    store_app = typer.Typer(help="Inspect, verify and transcode teacher feature stores.", no_args_is_help=True)
     store_app.command("info")(info_cmd)
     store_app.command("verify")(verify_cmd)
+    store_app.command("transcode")(transcode_cmd)
     app.add_typer(store_app, name="store")

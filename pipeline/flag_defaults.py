@@ -49,7 +49,7 @@ EXTRACT: Table = {
     "storage_grid": ("extract.storage_grids", lambda p: dict(p.extract.storage_grids) or None),
     "checkpoint": ("extract.checkpoints", lambda p: dict(p.extract.checkpoints) or None),
 }
-STORE: Table = {
+STORE: Table = {  # store info / verify / transcode
     "root": ("store.root", lambda p: p.store.root),
 }
 DISTILL: Table = {
@@ -80,9 +80,6 @@ EVALUATE: Table = {
 REPORT: Table = {
     "runs": ("distill.runs_dir + distill.norms", lambda p: [p.run_dir(n) for n in p.distill.norms]),
     "out": ("report.out", lambda p: p.report.out),
-    "root": ("store.root", lambda p: p.store.root),
-}
-TRANSCODE: Table = {
     "root": ("store.root", lambda p: p.store.root),
 }
 # -------------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ REQUIRED_ATTRS: tuple[str, ...] = (
     "storage_grid", "shard_size", "num_images", "num_views",
 )
 
+# Root attribute of a store made by `pipeline store transcode`: {"store": source path, "fingerprint": ...}.
+TRANSCODED_FROM_ATTR = "transcoded_from"
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
