@@ -22,7 +22,9 @@ import typer
 from pipeline.params import Params, read_params
 
 if TYPE_CHECKING:  # stage imports stay lazy: `pipeline --help` should not import torch
+    from pipeline.extract import ExtractConfig
     from stages.distill.config import DistillConfig
+    from store_schema.teacher_store import TeacherStore
 
 
 def _corpus(p: Params) -> None:
@@ -70,24 +72,45 @@ def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> 
     try:
         for teacher in teachers:
             typer.echo(run_extract(p.store.root, teacher, extract_config(p, teacher)).summary_line())
+            store = open_teacher_store(teacher_store_path(p.store.root, teacher))
+            if p.extract.fidelity_images > 0:
+                _fidelity(p, store)
             if receipt is not None:
-                store = open_teacher_store(teacher_store_path(p.store.root, teacher))
                 typer.echo(f"receipt: {write_receipt(store, receipt)}")
     finally:
         if started_ray:
             shutdown_ray()
 
 
-def distill_config(p: Params, norm: str) -> "DistillConfig":
-    """The DistillConfig of one sweep variant, as `pipeline distill` builds it from the same params."""
+def _fidelity(p: Params, store: "TeacherStore") -> None:
+    """Measure the store's fidelity per variant (unless a current measurement exists) and print it."""
+    from stages.extract.fidelity import measure_store_fidelity, read_fidelity, write_fidelity
+    from stages.normalize.fidelity import FidelityCheck
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import read_manifest
+
+    checks, _ = read_fidelity(p.store.root, store)
+    if checks is None:
+        result = measure_store_fidelity(store, read_manifest(manifest_path(p.store.root)), root=p.store.root,
+                                        num_images=p.extract.fidelity_images, device=p.extract.device,
+                                        checkpoint=p.extract.checkpoints.get(store.spec.name))
+        typer.echo(f"fidelity: {write_fidelity(p.store.root, result)}")
+        checks = [FidelityCheck.from_dict(c) for c in result["checks"]]
+    failed = sorted({c.variant for c in checks if not c.passed})
+    typer.echo(f"fidelity {store.spec.name}: {len(checks) - sum(not c.passed for c in checks)}/{len(checks)} "
+               f"variant·kind checks pass" + (f"; WARNING: {', '.join(failed)} fail the gate" if failed else ""))
+
+
+def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
+    """The DistillConfig of one sweep variant and seed, as `pipeline distill` builds it from the same params."""
     from stages.distill.config import DistillConfig
 
     d = p.distill
     return DistillConfig(student=d.student, teachers=tuple(p.extract.teachers), root=p.store.root,
-                         out_dir=p.run_dir(norm), norm=norm, img_size=d.img_size, steps=d.steps,
-                         batch_size=d.batch_size, lr=d.lr, warmup_steps=d.warmup_steps, seed=d.seed,
-                         device=d.device, log_every=d.log_every, ckpt_every=d.ckpt_every,
-                         num_workers=d.num_workers, num_summary_tokens=d.num_summary_tokens)
+                         out_dir=p.run_dir(norm, seed), norm=norm, summary_loss=d.summary_loss,
+                         img_size=d.img_size, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
+                         warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, seed=seed, device=d.device,
+                         log_every=d.log_every, ckpt_every=d.ckpt_every, num_workers=d.num_workers, num_summary_tokens=d.num_summary_tokens)
 
 
 def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
@@ -137,7 +160,8 @@ def _resume_conflicts(config: "DistillConfig", saved: "DistillConfig", resolved:
     if resolved.get("manifest_hash") != manifest_hash(manifest_path(config.root)):
         why.append("the manifest changed")
     else:
-        changed = changed_stores(resolved, StoreSet(config.root, config.teachers, norm=config.norm))
+        changed = changed_stores(resolved, StoreSet(config.root, config.teachers, norm=config.norm,
+                                                           summary_loss=config.summary_loss))
         if changed:
             why.append(f"the stored targets of {changed} changed")
     return why
@@ -145,10 +169,10 @@ def _resume_conflicts(config: "DistillConfig", saved: "DistillConfig", resolved:
 
 def _distill(p: Params) -> list[Path]:
     runs = []
-    for norm in p.distill.norms:
-        config = distill_config(p, norm)
-        typer.echo(f"distill {norm}: {config.steps} steps -> {config.out_dir}")
-        typer.echo(f"distill {norm}: {train_variant(config, replace_conflicting=False)}")
+    for norm, seed in p.sweep_runs():
+        config = distill_config(p, norm, seed)
+        typer.echo(f"distill {norm} seed {seed}: {config.steps} steps -> {config.out_dir}")
+        typer.echo(f"distill {norm} seed {seed}: {train_variant(config, replace_conflicting=False)}")
         runs.append(config.out_dir)
     return runs
 
@@ -174,6 +198,7 @@ def run_demo(p: Params) -> Path:
 
 def distill_variant_cmd(
     norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
+    seed: Annotated[Optional[int], typer.Option(help="Its seed (one of distill.seeds; default: the first).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
 ) -> None:
     """Train one variant of the sweep as `pipeline demo` does (dvc.yaml's distill stage): resumes the run
@@ -182,7 +207,10 @@ def distill_variant_cmd(
         p = read_params(params)
         if norm not in p.distill.norms:
             raise ValueError(f"--norm {norm!r} is not in distill.norms {p.distill.norms}")
-        config = distill_config(p, norm)
+        seed = p.distill.seeds[0] if seed is None else seed
+        if seed not in p.distill.seeds:
+            raise ValueError(f"--seed {seed} is not in distill.seeds {p.distill.seeds}")
+        config = distill_config(p, norm, seed)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
     try:

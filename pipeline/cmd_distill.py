@@ -62,12 +62,13 @@ def distill(
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Batch per process (global batch = this x processes).")] = 32,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warmup, then cosine).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not on biases / norms).")] = 0.05,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not on biases, norms, cls / register tokens, position embeddings).")] = 0.05,
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 50,
     teacher_weights: Annotated[str, typer.Option(help="Per-teacher loss weights, e.g. a=1,b=2 (default 1).")] = "",
     summary_weight: Annotated[float, typer.Option(help="Weight of every summary (CLS) loss.")] = 1.0,
     feature_weight: Annotated[float, typer.Option(help="Weight of every dense feature loss.")] = 1.0,
-    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).")] = 1.0,
+    summary_loss: Annotated[str, typer.Option(help="Summary (CLS) loss: cosine (on raw summaries, every variant, as in AM-RADIO / PHI-S) or variant (the --norm's normalization and loss).")] = "cosine",
+    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off, the default; a fixed clip binds differently per variant). The clipped share of steps is logged as clip_frac.")] = 0.0,
     img_size: Annotated[int, typer.Option(help="Student input side in pixels.")] = 224,
     num_summary_tokens: Annotated[Optional[int], typer.Option(
         help="Student summary (CLS) tokens K (default: automatic, one per teacher with a summary; "
@@ -92,9 +93,9 @@ def distill(
                                 out=v["out"], run_name=run_name, steps=v["steps"], batch_size=v["batch_size"],
                                 lr=v["lr"], weight_decay=weight_decay, warmup_steps=v["warmup_steps"],
                                 teacher_weights=teacher_weights, summary_weight=summary_weight,
-                                feature_weight=feature_weight, grad_clip=grad_clip, img_size=v["img_size"],
-                                seed=v["seed"], device=v["device"], num_workers=v["workers"],
-                                log_every=v["log_every"], ckpt_every=v["ckpt_every"],
+                                feature_weight=feature_weight, summary_loss=v["summary_loss"],
+                                grad_clip=v["grad_clip"], img_size=v["img_size"], seed=v["seed"], device=v["device"],
+                                num_workers=v["workers"], log_every=v["log_every"], ckpt_every=v["ckpt_every"],
                                 num_summary_tokens=v["num_summary_tokens"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

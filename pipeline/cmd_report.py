@@ -1,7 +1,7 @@
 """`pipeline report RUNS... --out DIR` (or `pipeline report --params params.yaml`): the normalization-sweep
 table, average ranks (PHI-S paper, arXiv 2410.01680), plots and the store-vs-online cost
-(stages/evaluate/report.py). The --params form takes the runs (<distill.runs_dir>/<norm> for every
-distill.norms), the output folder (report.out) and the store root from params.yaml: DVC cannot put a
+(stages/evaluate/report.py). The --params form takes the runs (<distill.runs_dir>/<norm>-seed<seed> for
+every distill.norms × distill.seeds), the output folder (report.out) and the store root from params.yaml: DVC cannot put a
 list parameter into a command line, so dvc.yaml's report stage uses it."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def report_cmd(
     root: Annotated[Optional[Path], typer.Option(help="Store root for teacher statistics. Default: the "
                                                       "root recorded in the runs' config.json.")] = None,
     params: Annotated[Optional[Path], typer.Option(help="Take runs, --out and --root from this params.yaml "
-                                                        "instead (the sweep of distill.norms).")] = None,
+                                                        "instead (the sweep of distill.norms × distill.seeds).")] = None,
 ) -> None:
-    """Write one table across RUNS (teacher-space MSE, probe accuracy, average rank) with plots."""
+    """Write one table across RUNS (mean ± std over seeds, ranks by category as in PHI-S, storage
+    fidelity per variant, cost) with plots."""
     from stages.evaluate.report import write_report  # matplotlib: imported only when a report is written
 
     try:
@@ -31,7 +32,7 @@ def report_cmd(
             if runs or out or root:
                 raise ValueError("give either --params or RUNS... --out DIR, not both")
             p = read_params(params)
-            runs, out, root = [p.run_dir(n) for n in p.distill.norms], p.report.out, p.store.root
+            runs, out, root = [p.run_dir(n, s) for n, s in p.sweep_runs()], p.report.out, p.store.root
         else:
             from pipeline.flag_defaults import REPORT, fill_from_params
 

@@ -1,7 +1,10 @@
-"""`pipeline store info|verify|transcode`: inspect, check and re-encode per-teacher feature stores (AM-RADIO /
-PHI-S stage one).
+"""`pipeline store info|verify|transcode|fidelity`: inspect, check and re-encode per-teacher feature stores
+(AM-RADIO / PHI-S stage one). `fidelity` measures, per normalization variant, the storage noise in the
+space the loss uses against the teacher's own bf16 noise (PHI-S, arXiv 2410.01680) and writes it beside
+the store; `info` prints the latest measurement and warns for each variant that fails.
 
-Thin commands over `stages.extract.inspect`, `stages.extract.verify` and `stages.extract.transcode`, imported inside the commands (only
+Thin commands over `stages.extract.inspect`, `stages.extract.verify`, `stages.extract.transcode` and
+`stages.extract.fidelity`, imported inside the commands (only
 typer and the standard library at module level). A store that does not exist or cannot be opened is one
 error line naming the stores that do exist (exit 2), never a traceback.
 """
@@ -54,10 +57,50 @@ def _root(ctx: typer.Context, root: Path | None) -> Path:
 
 def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
     """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics."""
+    from stages.extract.fidelity import read_fidelity
     from stages.extract.inspect import format_info, store_info
+    from stages.normalize.fidelity import format_checks
 
-    for store in _stores(_root(ctx, root), teacher):
+    root = _root(ctx, root)
+    for store in _stores(root, teacher):
         typer.echo(format_info(store_info(store)))
+        checks, why = read_fidelity(root, store)
+        typer.echo("  fidelity per variant (storage NMSE in the loss space vs the teacher's bf16 noise):"
+                   if checks is not None else f"  fidelity: {why}")
+        for line in format_checks(checks or []):
+            typer.echo(f"    {line}")
+
+
+def fidelity_cmd(
+    ctx: typer.Context,
+    root: RootOpt = None,
+    teacher: TeacherOpt = None,
+    images: Annotated[int, typer.Option(help="Train-split images (all their views) to run the teacher on.")] = 16,
+    device: Annotated[str, typer.Option(help="Torch device of the teacher (bf16 autocast there).")] = "cpu",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file of the teacher (one --teacher).")] = None,
+) -> None:
+    """Run each teacher in float32 and bf16 on a few images; write and print, per normalization variant,
+    the storage NMSE in the loss space against the teacher's own bf16 noise (gate: at most a tenth)."""
+    from stages.extract.fidelity import measure_store_fidelity, write_fidelity
+    from stages.normalize.fidelity import FidelityCheck, format_checks
+    from stages.teachers.errors import MissingWeightsError
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import read_manifest
+
+    root = _root(ctx, root)
+    stores = _stores(root, teacher)
+    if checkpoint is not None and len(stores) != 1:
+        raise _fail("--checkpoint needs exactly one --teacher")
+    manifest = read_manifest(manifest_path(root))
+    for store in stores:
+        try:
+            result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
+                                            checkpoint=checkpoint)
+        except (ValueError, MissingWeightsError) as e:
+            raise _fail(str(e)) from e
+        typer.echo(f"{store.spec.name}: {write_fidelity(root, result)}")
+        for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]]):
+            typer.echo(f"  {line}")
 
 
 def verify_cmd(
@@ -140,9 +183,10 @@ def transcode_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `store` command group (info, verify) to the pipeline CLI."""
+    """Add the `store` command group (info, verify, transcode, fidelity) to the pipeline CLI."""
     store_app = typer.Typer(help="Inspect, verify and transcode teacher feature stores.", no_args_is_help=True)
     store_app.command("info")(info_cmd)
     store_app.command("verify")(verify_cmd)
     store_app.command("transcode")(transcode_cmd)
+    store_app.command("fidelity")(fidelity_cmd)
     app.add_typer(store_app, name="store")

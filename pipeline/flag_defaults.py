@@ -63,7 +63,9 @@ DISTILL: Table = {
     "warmup_steps": ("distill.warmup_steps", lambda p: p.distill.warmup_steps),
     "img_size": ("distill.img_size", lambda p: p.distill.img_size),
     "num_summary_tokens": ("distill.num_summary_tokens", lambda p: p.distill.num_summary_tokens),
-    "seed": ("distill.seed", lambda p: p.distill.seed),
+    "seed": ("distill.seeds", lambda p: p.distill.seeds[0]),  # the first seed of the sweep
+    "summary_loss": ("distill.summary_loss", lambda p: p.distill.summary_loss),
+    "grad_clip": ("distill.grad_clip", lambda p: p.distill.grad_clip),
     "device": ("distill.device", lambda p: p.distill.device),
     "workers": ("distill.num_workers", lambda p: p.distill.num_workers),
     "log_every": ("distill.log_every", lambda p: p.distill.log_every),
@@ -78,7 +80,8 @@ EVALUATE: Table = {
     "device": ("distill.device", lambda p: p.distill.device),
 }
 REPORT: Table = {
-    "runs": ("distill.runs_dir + distill.norms", lambda p: [p.run_dir(n) for n in p.distill.norms]),
+    "runs": ("distill.runs_dir + distill.norms x distill.seeds",
+             lambda p: [p.run_dir(n, s) for n, s in p.sweep_runs()]),
     "out": ("report.out", lambda p: p.report.out),
     "root": ("store.root", lambda p: p.store.root),
 }

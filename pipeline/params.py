@@ -61,11 +61,15 @@ class ExtractParams:
     storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
     decode_ahead: int = 0  # images a worker decodes ahead in a background thread (overlaps a GPU forward)
+    fidelity_images: int = 16  # train images the storage-fidelity check runs the teacher on (0: skip it)
 
 
 @dataclass(frozen=True)
 class DistillParams:
-    """`pipeline distill` options; ``norms`` is the sweep (one run per variant)."""
+    """`pipeline distill` options; the sweep is ``norms`` × ``seeds`` (one run per variant and seed; the
+    report shows mean ± std over seeds). ``summary_loss``: "cosine" on raw summaries for every variant
+    (both papers) or "variant" (the variant's own). ``grad_clip``: 0 = off (the same optimizer for every
+    variant)."""
 
     student: str = "vit_tiny_test"
     norms: list[str] = field(default_factory=lambda: ["phis", "mse", "standardize", "zca"])
@@ -75,7 +79,9 @@ class DistillParams:
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 20
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    summary_loss: str = "cosine"
+    grad_clip: float = 0.0
     device: str = "cpu"
     log_every: int = 10
     ckpt_every: int = 0  # checkpoint every this many steps (0: only at the end); what a killed run resumes from
@@ -113,9 +119,13 @@ class Params:
     evaluate: EvaluateParams
     report: ReportParams
 
-    def run_dir(self, norm: str) -> Path:
-        """Run directory of one sweep variant: <distill.runs_dir>/<norm>."""
-        return self.distill.runs_dir / norm
+    def run_dir(self, norm: str, seed: int) -> Path:
+        """Run directory of one sweep variant and seed: <distill.runs_dir>/<norm>-seed<seed>."""
+        return self.distill.runs_dir / f"{norm}-seed{seed}"
+
+    def sweep_runs(self) -> list[tuple[str, int]]:
+        """Every (norm, seed) of the sweep, norms outer (the order DVC's matrix and `pipeline demo` use)."""
+        return [(n, s) for n in self.distill.norms for s in self.distill.seeds]
 
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
@@ -195,7 +205,8 @@ def _validate(p: Params, source: str) -> None:
     k = p.distill.num_summary_tokens
     if k is not None and k < 1:
         raise ValueError(f"{source}: distill.num_summary_tokens must be >= 1 or null (automatic), got {k}")
-    for where, names in (("extract.teachers", p.extract.teachers), ("distill.norms", p.distill.norms)):
+    for where, names in (("extract.teachers", p.extract.teachers), ("distill.norms", p.distill.norms),
+                         ("distill.seeds", p.distill.seeds)):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"{source}: {where} must be a non-empty list without repeats, got {names}")
     from stages.normalize import NormVariant
@@ -222,6 +233,17 @@ def _validate(p: Params, source: str) -> None:
     bad = [n for n in p.distill.norms if n not in valid_norms]
     if bad:
         raise ValueError(f"{source}: unknown distill.norms {bad}; valid variants: {valid_norms}")
+    if any(s < 0 for s in p.distill.seeds):
+        raise ValueError(f"{source}: distill.seeds must be integers >= 0, got {p.distill.seeds}")
+    if p.distill.grad_clip < 0:
+        raise ValueError(f"{source}: distill.grad_clip must be >= 0 (0: off), got {p.distill.grad_clip}")
+    if p.extract.fidelity_images < 0:
+        raise ValueError(f"{source}: extract.fidelity_images must be >= 0 (0: skip), got {p.extract.fidelity_images}")
+    from stages.normalize import SUMMARY_LOSSES
+
+    if p.distill.summary_loss not in SUMMARY_LOSSES:
+        raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)}, got "
+                         f"{p.distill.summary_loss!r}")
     if p.evaluate.split not in ("train", "val"):
         raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
 

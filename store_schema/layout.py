@@ -72,6 +72,11 @@ def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_has
             / f"{_check_name('variant', variant)}-{stats_hash[:16]}.safetensors")
 
 
+def fidelity_path(root: Path, teacher: str) -> Path:
+    """<root>/fidelity/<teacher>.json: the measured storage-fidelity check of one teacher's store."""
+    return Path(root) / "fidelity" / f"{_check_name('teacher name', teacher)}.json"
+
+
 def hadamard_cache_dir(root: Path) -> Path:
     """<root>/hadamard"""
     return Path(root) / "hadamard"

@@ -41,15 +41,15 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     work.mkdir()
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     small = dict(corpus={"views": 1}, extract={"teachers": ["tiny_clip", "tiny_sam"], "workers": 0},
-                 distill={"norms": ["phis", "mse"], "steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 1})
+                 distill={"norms": ["phis", "mse"], "seeds": [0], "steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 1})
     write_params(work / "params.yaml", **small)
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
     run(["dvc", "config", "core.analytics", "false"], work)
 
     out = run(["dvc", "repro"], work)
-    for stage in ("demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "distill@phis", "distill@mse",
-                  "evaluate@phis", "evaluate@mse", "report"):
+    for stage in ("demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "distill@phis-0", "distill@mse-0",
+                  "evaluate@phis-0", "evaluate@mse-0", "report"):
         assert f"Running stage '{stage}'" in out, stage
     assert (work / "reports" / "sweep" / "report.md").is_file()
     receipt = json.loads((work / "receipts" / "extract_tiny_sam.json").read_text())
@@ -62,16 +62,16 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4}})
     status = json.loads(run(["dvc", "status", "--json"], work) or "{}")
     changed = set(status)
-    assert {"distill@phis", "distill@mse"} <= changed, status
+    assert {"distill@phis-0", "distill@mse-0"} <= changed, status
     assert not changed & stage_one, status
     out = run(["dvc", "repro"], work)  # more steps: the persisted checkpoints are extended, not retrained
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"distill@phis", "distill@mse", "evaluate@phis", "evaluate@mse", "report"}, out
+    assert ran == {"distill@phis-0", "distill@mse-0", "evaluate@phis-0", "evaluate@mse-0", "report"}, out
     assert out.count("(resumed)") == 2, out
-    assert [json.loads(ln)["step"] for ln in (work / "runs" / "phis" / "metrics.jsonl").read_text().splitlines()] \
+    assert [json.loads(ln)["step"] for ln in (work / "runs" / "phis-seed0" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 3, 4]
 
     write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4, "lr": 0.002}})
     out = run(["dvc", "repro"], work)  # a change a resume cannot honour: a new run replaces the old one
     assert out.count("(retrained)") == 2 and not any(f"Running stage '{s}'" in out for s in stage_one), out
-    assert json.loads((work / "runs" / "mse" / "config.json").read_text())["lr"] == 0.002
+    assert json.loads((work / "runs" / "mse-seed0" / "config.json").read_text())["lr"] == 0.002

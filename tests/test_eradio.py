@@ -133,3 +133,24 @@ def test_mra_coarse_pass_reaches_beyond_the_fine_window() -> None:
     y[0, :, 0, 0] += torch.randn(16)
     delta_HW = (layer(x) - layer(y)).abs().sum(dim=1)[0]
     assert delta_HW[3, 3] > 0
+
+
+@pytest.mark.parametrize(("side", "window"), [(224, 7), (256, 8), (384, 12), (512, 16)])
+def test_window_follows_input_resolution(side: int, window: int) -> None:
+    """A model built at 224 runs each input with the paper's window for that input (7@224 ... 16@512):
+    the same weights built at `side` give the same output; pinning the build window gives another."""
+    torch.manual_seed(0)
+    at_224 = build_eradio("tiny_test", img_size=224).eval()
+    assert at_224.window_for(side, side) == window
+    native = build_eradio("tiny_test", img_size=side).eval()
+    native.load_state_dict(at_224.state_dict())
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        torch.testing.assert_close(at_224(x).features_BhwC, native(x).features_BhwC)
+        if side != 224:
+            from stages.students.eradio import ERADIO, ERADIO_SIZES
+
+            pinned = ERADIO(ERADIO_SIZES["tiny_test"], img_size=224, window_size=7).eval()
+            pinned.load_state_dict(at_224.state_dict())
+            assert pinned.window_for(side, side) == 7
+            assert not torch.allclose(pinned(x).features_BhwC, at_224(x).features_BhwC)

@@ -124,3 +124,35 @@ def test_gradients_reach_every_head_parameter() -> None:
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
     assert torch.isfinite(out.features_BhwC.grad).all()
+
+
+def test_downsampling_is_area_pooling_and_every_token_gets_gradient() -> None:
+    """32x32 student grid -> 8x8 teacher grid: each teacher cell is the mean of its 4x4 student block
+    (hand-computed), and every student token receives gradient (bilinear would leave 768 of 1024 without)."""
+    from stages.students.heads import resize_grid
+
+    x_BhwC = torch.randn(1, 32, 32, 3, requires_grad=True)
+    y_BhwC = resize_grid(x_BhwC, (8, 8))
+    expected = x_BhwC.detach().reshape(1, 8, 4, 8, 4, 3).mean(dim=(2, 4))
+    torch.testing.assert_close(y_BhwC, expected)
+    y_BhwC.sum().backward()
+    assert int((x_BhwC.grad.abs().sum(-1) > 0).sum()) == 32 * 32
+    torch.testing.assert_close(x_BhwC.grad, torch.full_like(x_BhwC, 1 / 16))
+    # upsampling stays bilinear; a mixed resize (one side up, one down) still has weights summing to one
+    z_BChw = torch.randn(1, 2, 4, 4)
+    torch.testing.assert_close(resize_grid(z_BChw.permute(0, 2, 3, 1), (8, 8)).permute(0, 3, 1, 2),
+                               F.interpolate(z_BChw, size=(8, 8), mode="bilinear", align_corners=False))
+    ones = torch.ones(1, 4, 8, 2)
+    torch.testing.assert_close(resize_grid(ones, (6, 3)), torch.ones(1, 6, 3, 2))
+
+
+def test_fold_is_exact_through_area_downsampling() -> None:
+    heads = TeacherHeads(16, [HeadTarget("t", summary_dim=0, patch_dim=8, grid=(2, 2))])
+    out = _student_out(h=8, w=8)
+    before = heads(out)["t"][1]
+    A_DD, c_D = torch.randn(8, 8), torch.randn(8)
+    lin = heads.last_linears("t")[1]
+    with torch.no_grad():
+        lin.weight.copy_(A_DD @ lin.weight)
+        lin.bias.copy_(lin.bias @ A_DD.T + c_D)
+    torch.testing.assert_close(heads(out)["t"][1], before @ A_DD.T + c_D, rtol=1e-4, atol=1e-4)

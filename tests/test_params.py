@@ -21,15 +21,17 @@ def test_repository_params_yaml_parses_to_typed_sections():
     assert p.extract.teachers == ["tiny_dinov2", "tiny_clip", "tiny_sam"]
     assert {"phis", "mse", "standardize", "zca"} <= set(p.distill.norms)
     assert isinstance(p.distill.lr, float) and p.evaluate.knn_temperature == pytest.approx(0.07)
-    assert p.run_dir("phis") == p.distill.runs_dir / "phis"
+    assert p.run_dir("phis", 1) == p.distill.runs_dir / "phis-seed1"
+    assert len(p.distill.seeds) >= 2 and p.distill.summary_loss == "cosine" and p.distill.grad_clip == 0.0
+    assert p.sweep_runs() == [(n, s) for n in p.distill.norms for s in p.distill.seeds]
 
 
 def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
     raw = _raw()
     raw["distill"]["lr"] = 1
-    del raw["distill"]["seed"]
+    del raw["distill"]["seeds"]
     p = parse_params(raw)
-    assert p.distill.lr == 1.0 and isinstance(p.distill.lr, float) and p.distill.seed == 0
+    assert p.distill.lr == 1.0 and isinstance(p.distill.lr, float) and p.distill.seeds == [0, 1]
 
 
 @pytest.mark.parametrize("section,key,value,match", [
@@ -47,6 +49,11 @@ def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
     ("distill", "num_workers", -2, r"distill.num_workers must be >= 0"),
     ("distill", "num_summary_tokens", 0, r"distill.num_summary_tokens must be >= 1 or null"),
     ("distill", "num_summary_tokens", "auto", r"distill.num_summary_tokens must be int"),
+    ("distill", "seeds", [0, 0], r"distill.seeds must be a non-empty list without repeats"),
+    ("distill", "seeds", [], r"distill.seeds must be a non-empty list without repeats"),
+    ("distill", "seeds", [-1], r"distill.seeds must be integers >= 0"),
+    ("distill", "summary_loss", "mse", r"distill.summary_loss must be one of \['cosine', 'variant'\]"),
+    ("distill", "grad_clip", -1.0, r"distill.grad_clip must be >= 0"),
 ])
 def test_bad_values_raise_clear_errors(section, key, value, match):
     raw = _raw()
@@ -114,11 +121,12 @@ def test_distill_variant_config_resolved_from_params():
     from pipeline.cmd_demo import distill_config
 
     p = read_params(REPO / "params.yaml")
-    c = distill_config(p, "zca")
-    assert c.norm.value == "zca" and c.out_dir == p.distill.runs_dir / "zca" and c.root == p.store.root
+    c = distill_config(p, "zca", 1)
+    assert c.norm.value == "zca" and c.out_dir == p.distill.runs_dir / "zca-seed1" and c.root == p.store.root
     assert c.teachers == tuple(p.extract.teachers) and c.student == p.distill.student
     assert (c.steps, c.batch_size, c.img_size, c.lr, c.seed) == (p.distill.steps, p.distill.batch_size,
-                                                                 p.distill.img_size, p.distill.lr, p.distill.seed)
+                                                                 p.distill.img_size, p.distill.lr, 1)
+    assert (c.summary_loss, c.grad_clip) == (p.distill.summary_loss, p.distill.grad_clip)
     assert (c.ckpt_every, c.num_workers, c.num_summary_tokens) == (p.distill.ckpt_every, p.distill.num_workers,
                                                                    p.distill.num_summary_tokens)
     assert 0 < c.ckpt_every < c.steps and c.num_summary_tokens is None  # the demo checkpoints mid-run
@@ -143,3 +151,6 @@ def test_distill_variant_cli_refuses_a_norm_outside_the_sweep():
     cmd_demo.register(app)
     res = CliRunner().invoke(app, ["distill-variant", "--norm", "hca", "--params", str(REPO / "params.yaml")])
     assert res.exit_code == 2 and "not in distill.norms" in " ".join(res.output.replace("│", " ").split())
+    res = CliRunner().invoke(app, ["distill-variant", "--norm", "phis", "--seed", "7", "--params",
+                                   str(REPO / "params.yaml")])
+    assert res.exit_code == 2 and "not in distill.seeds" in " ".join(res.output.replace("│", " ").split())

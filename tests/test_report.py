@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from stages.evaluate.ranking import average_ranks, rank_values
 from stages.evaluate.report import report_rows, sweep_cost, write_report
 from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
@@ -16,33 +15,6 @@ from store_schema.manifest import ManifestRow, ViewSpec, read_manifest, write_ma
 from store_schema.teacher_store import create_teacher_store
 
 
-def test_rank_values_ties_get_average_rank():
-    assert rank_values([0.3, 0.1, 0.1, 0.5], higher_better=False) == [3.0, 1.5, 1.5, 4.0]
-    assert rank_values([0.9, 0.5, 0.9, 0.9], higher_better=True) == [2.0, 4.0, 2.0, 2.0]
-    with pytest.raises(ValueError, match="NaN"):
-        rank_values([1.0, float("nan")], higher_better=True)
-
-
-def test_average_ranks_over_mse_and_accuracy():
-    table = {
-        "phis": {"a/patches/mse": 1.0, "b/patches/mse": 2.0, "probe/knn_acc": 0.80},
-        "mse": {"a/patches/mse": 3.0, "b/patches/mse": 2.0, "probe/knn_acc": 0.60},
-        "zca": {"a/patches/mse": 2.0, "b/patches/mse": 5.0, "probe/knn_acc": 0.80},
-        "std": {"a/patches/mse": 4.0, "b/patches/mse": 1.0, "probe/knn_acc": 0.70},
-    }
-    avg, per_metric = average_ranks(table)
-    # a: phis 1, zca 2, mse 3, std 4; b: std 1, phis/mse 2.5, zca 4; acc: phis/zca 1.5, std 3, mse 4
-    assert per_metric["b/patches/mse"] == {"phis": 2.5, "mse": 2.5, "zca": 4.0, "std": 1.0}
-    assert avg == pytest.approx({"phis": 5 / 3, "mse": 9.5 / 3, "zca": 7.5 / 3, "std": 8 / 3})
-
-
-def test_unknown_metric_direction_and_missing_metric_are_errors():
-    with pytest.raises(ValueError, match="no ranking direction"):
-        average_ranks({"r": {"x/loss": 1.0}})
-    with pytest.raises(ValueError, match="missing from runs"):
-        average_ranks({"r": {"a/mse": 1.0}, "s": {}}, metrics=["a/mse"])
-
-
 def _eval(norm, mse_a, mse_b, acc):
     return {"run": norm, "norm": norm, "split": "val",
             "teachers": {"ta": {"summary": {"mse": mse_a}, "patches": {"mse": mse_a * 2}},
@@ -50,10 +22,38 @@ def _eval(norm, mse_a, mse_b, acc):
             "probe": {"knn_acc": acc, "linear_acc": None}}
 
 
-def test_report_rows_sorted_by_average_rank():
-    rows, metrics = report_rows({"x": _eval("mse", 3.0, 3.0, 0.5), "y": _eval("phis", 1.0, 2.0, 0.9)})
-    assert metrics == ["probe/knn_acc", "ta/patches/mse", "ta/summary/mse", "tb/patches/mse"]
-    assert [r["run"] for r in rows] == ["y", "x"] and rows[0]["avg_rank"] == 1.0
+def test_report_rows_rank_by_category_and_leave_summary_mse_unranked():
+    rows, ranking, _ = report_rows({"x": _eval("mse", 3.0, 3.0, 0.5), "y": _eval("phis", 1.0, 2.0, 0.9)})
+    assert ranking.categories == {"Teacher MSE": ["ta/patches/mse", "tb/patches/mse"],
+                                  "Classification": ["probe/knn_acc"]}
+    assert ranking.empty_categories == ["Segmentation"]
+    assert ranking.reported == ["ta/summary/mse"]  # reported, not ranked (PHI-S paper)
+    assert [r["variant"] for r in rows] == ["phis", "mse"] and rows[0]["avg_rank"] == 1.0
+    assert rows[1]["rank Teacher MSE"] == 2.0 and rows[1]["avg_rank"] == 2.0
+
+
+def test_seeds_are_averaged_ranked_by_mean_and_close_pairs_named():
+    """Two variants x two seeds: mean ± std per metric, ranks of the means, and the within-one-std pairs."""
+    evals = {"phis-seed0": _eval("phis", 1.0, 2.0, 0.80), "phis-seed1": _eval("phis", 1.2, 2.0, 0.90),
+             "mse-seed0": _eval("mse", 1.3, 4.0, 0.70), "mse-seed1": _eval("mse", 1.5, 4.0, 0.60)}
+    configs = {r: {"norm": ev["norm"], "seed": int(r[-1]), "steps": 5, "out_dir": r} for r, ev in evals.items()}
+    rows, ranking, variants = report_rows(evals, configs)
+    by = {v.name: v for v in variants}
+    assert sorted(by) == ["mse", "phis"] and by["phis"].seeds == (0, 1)
+    assert by["phis"].mean["ta/patches/mse"] == pytest.approx(2.2)  # patches mse = 2 * mse_a
+    assert by["phis"].std["ta/patches/mse"] == pytest.approx(np.std([2.0, 2.4], ddof=1))
+    assert by["mse"].mean["probe/knn_acc"] == pytest.approx(0.65)
+    assert [r["variant"] for r in rows] == ["phis", "mse"]
+    # ta/patches/mse: means 2.2 vs 2.8, stds 0.28 each: 0.6 apart, not within one std;
+    # probe/knn_acc: means 0.85 vs 0.65, stds 0.071: not within; tb: std 0 (identical values)
+    from stages.evaluate.report import within_one_std
+
+    assert within_one_std(variants, "ta/patches/mse") == []
+    evals["mse-seed1"] = _eval("mse", 1.0, 4.0, 0.60)  # mse patches now 2.6, 2.0: mean 2.3, std 0.42
+    _, _, variants = report_rows(evals, configs)
+    assert within_one_std(variants, "ta/patches/mse") == [("phis", "mse")]
+    with pytest.raises(ValueError, match="repeated seeds"):
+        report_rows(evals, {**configs, "phis-seed1": {**configs["phis-seed1"], "seed": 0}})
 
 
 def _tiny_store(root, name, *, summary_dim, patch_dim, n_images=6, num_views=2, scale=1.0, mask_one=True):
@@ -117,16 +117,21 @@ def test_write_report_files_ranks_and_cost(tmp_path):
     assert (out / "teacher_errors.png").read_bytes()[:4] == b"\x89PNG"
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["r_phis", "r_zca", "r_mse"]
-    # ta/* : phis 1, zca 2, mse 3 (x2 metrics); tb: zca 1, phis 2, mse 3; acc: phis 1, zca/mse 2.5
-    assert float(rows[0]["avg_rank"]) == pytest.approx((1 + 1 + 2 + 1) / 4)
-    assert float(rows[2]["avg_rank"]) == pytest.approx((3 + 3 + 3 + 2.5) / 4)
+    assert [r["variant"] for r in rows] == ["phis", "zca", "mse"]
+    # Teacher MSE (feature MSE only): ta phis 1, zca 2, mse 3; tb zca 1, phis 2, mse 3 -> 1.5, 1.5, 3
+    # Classification (kNN): phis 1, zca / mse 2.5; average over the two categories
+    assert float(rows[0]["avg_rank"]) == pytest.approx((1.5 + 1) / 2)
+    assert float(rows[1]["avg_rank"]) == pytest.approx((1.5 + 2.5) / 2)
+    assert float(rows[2]["avg_rank"]) == pytest.approx((3 + 2.5) / 2)
     cost = json.loads((out / "cost.json").read_text())
     assert cost["store_passes"] == {"ta": 6 * 2 - 1, "tb": 6 * 2 - 1}  # one masked view each
     assert cost["online_passes"] == {"ta": (10 + 20 + 30) * 4, "tb": (10 + 20 + 30) * 4}
     assert cost["ratio"] == pytest.approx(480 / 22)
     text = md.read_text()
-    assert "| r_phis | phis |" in text and "480" in text and "ratio" in text
+    assert "| phis | phis | variant | 1 |" in text and "480" in text and "ratio" in text
+    assert "ranked per metric" in text and "**Teacher MSE**" in text and "Segmentation" in text
+    assert "Fidelity not available" in text and "pipeline store fidelity" in text
+    assert "One seed per variant" in text
 
 
 def test_report_refuses_unevaluated_run(tmp_path):
@@ -242,15 +247,34 @@ def test_evaluate_and_report_cli_on_two_trained_runs(tmp_path):
 
 
 def test_metric_missing_from_some_runs_is_named_not_silently_dropped(tmp_path):
-    from stages.evaluate.report import unranked_metrics
-
     no_probe = _eval("zca", 2.0, 1.0, 0.5)
     no_probe["probe"] = None
     evals = {"r_phis": _eval("phis", 1.0, 2.0, 0.9), "r_zca": no_probe}
-    assert unranked_metrics(evals) == {"probe/knn_acc": ["r_zca"]}
+    assert report_rows(evals)[1].unranked == {"probe/knn_acc": ["zca"]}
     root = tmp_path / "store"
     _tiny_store(root, "ta", summary_dim=4, patch_dim=8, scale=0.01)
     _tiny_store(root, "tb", summary_dim=0, patch_dim=4, scale=5.0)
     runs = [_run_dir(tmp_path, root, name, ev) for name, ev in evals.items()]
     text = write_report(runs, tmp_path / "report").read_text()
-    assert "**Not ranked**" in text and "- `probe/knn_acc`: missing from r_zca" in text
+    assert "**Not ranked**" in text and "- `probe/knn_acc`: missing from zca" in text
+    assert "Left out of the average (no run has a metric of theirs): **Classification**, **Segmentation**" in text
+
+
+def test_downstream_sections_are_flattened_and_ranked_in_their_categories():
+    from stages.evaluate.report import flatten_metrics
+
+    ev = _eval("phis", 1.0, 2.0, 0.9)
+    ev["zeroshot"] = {"clip": {"top1": 0.4, "teacher_top1": 0.6}}
+    ev["seg"] = {"linear_miou": 0.3, "openvocab_miou": {"clip": 0.2}}
+    flat = flatten_metrics(ev)
+    assert flat["zeroshot/clip/top1"] == 0.4 and flat["seg/openvocab_miou/clip"] == 0.2
+    other = _eval("mse", 1.0, 2.0, 0.9)
+    other["zeroshot"] = {"clip": {"top1": 0.5, "teacher_top1": 0.6}}
+    other["seg"] = {"linear_miou": 0.1, "openvocab_miou": {"clip": 0.25}}
+    rows, ranking, _ = report_rows({"a": ev, "b": other})
+    assert ranking.categories["Classification"] == ["probe/knn_acc", "zeroshot/clip/top1"]
+    assert ranking.categories["Segmentation"] == ["seg/linear_miou", "seg/openvocab_miou/clip"]
+    assert "zeroshot/clip/teacher_top1" in ranking.reported
+    by = {r["variant"]: r for r in rows}
+    assert by["mse"]["rank Classification"] == pytest.approx((1.5 + 1) / 2)  # knn tie, zero-shot better
+    assert by["phis"]["rank Segmentation"] == pytest.approx((1 + 2) / 2)

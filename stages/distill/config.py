@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.normalize import NormVariant
+from stages.normalize import NormVariant, parse_summary_loss
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir", "root"})
@@ -39,6 +39,11 @@ class DistillConfig:
     samples are shuffled together (see stages/distill/loader.py). num_summary_tokens: the student's K
     (None: automatic, `train.summary_tokens_for`: one per teacher with a summary, as AM-RADIO gives a ViT
     one CLS token per summary teacher, capped by the student family, i.e. 1 for E-RADIO).
+    summary_loss: "cosine" (default: 1 − cos on raw summaries for every variant, AM-RADIO; the PHI-S
+    variants are feature losses) or "variant" (the variant's normalization and loss on summaries too).
+    grad_clip: gradient-norm clip (0, the default: off). A fixed clip binds on a different share of
+    steps for each variant (targets of very different scales), i.e. gives each variant another
+    optimizer; the share of clipped steps is logged (``clip_frac`` in metrics.jsonl) either way.
     """
 
     student: str
@@ -46,6 +51,7 @@ class DistillConfig:
     root: Path
     out_dir: Path
     norm: NormVariant = NormVariant.PHIS
+    summary_loss: str = "cosine"
     img_size: int = 224
     num_summary_tokens: int | None = None
     steps: int = 1000
@@ -56,7 +62,7 @@ class DistillConfig:
     teacher_weights: dict[str, float] = field(default_factory=dict)
     summary_weight: float = 1.0
     feature_weight: float = 1.0
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
@@ -70,6 +76,7 @@ class DistillConfig:
         object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         object.__setattr__(self, "norm", NormVariant.parse(self.norm))
+        parse_summary_loss(self.summary_loss)
         object.__setattr__(self, "teacher_weights", {k: float(v) for k, v in self.teacher_weights.items()})
         if not self.teachers:
             raise ValueError("at least one teacher is required")
@@ -109,9 +116,12 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        """Inverse of to_dict; keys that are not fields (e.g. manifest_hash in config.json) are ignored."""
+        """Inverse of to_dict; keys that are not fields (e.g. manifest_hash in config.json) are ignored.
+
+        A config.json written before summary_loss existed trained summaries with the variant's own
+        loss: it reads back as summary_loss "variant"."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"summary_loss": "variant", **{k: v for k, v in d.items() if k in names}})
 
 
 def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: Path) -> None:

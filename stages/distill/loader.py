@@ -40,7 +40,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stages.corpus.samples import render_samples
-from stages.normalize import NormVariant, load_or_fit
+from stages.normalize import NormVariant, kind_variant, load_or_fit
+from stages.stats import Moments
 from store_schema.codecs import bulk_io
 from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
 from store_schema.manifest import Manifest, read_manifest
@@ -66,14 +67,18 @@ class StoreSet:
     """The manifest plus the selected teachers' stores, checked to agree, and their fitted normalizers.
 
     normalizers[teacher][kind] for kind in ("summary", "patches"); "summary" is absent for a teacher
-    without summary tokens. Fitted normalizers are persisted at store_schema.layout.normalizer_path and
-    reused (load_or_fit refuses a stored fit from other statistics).
+    without summary tokens. The patch normalizer is ``norm``'s; the summary normalizer is ``norm``'s only
+    with summary_loss "variant", else the identity (cosine on raw summaries, AM-RADIO), so the loader never
+    normalizes summaries for a raw-cosine summary loss. Fitted normalizers are persisted at
+    store_schema.layout.normalizer_path and reused (load_or_fit refuses a stored fit from other statistics).
     """
 
-    def __init__(self, root: Path, teachers: tuple[str, ...] | list[str], *, norm: NormVariant) -> None:
+    def __init__(self, root: Path, teachers: tuple[str, ...] | list[str], *, norm: NormVariant,
+                 summary_loss: str = "cosine") -> None:
         self.root = Path(root)
         self.teachers = tuple(teachers)
         self.norm = NormVariant(norm)
+        self.summary_loss = summary_loss
         self.stores: dict[str, TeacherStore] = {t: open_teacher_store(teacher_store_path(self.root, t))
                                                 for t in self.teachers}
         self.manifest: Manifest = read_manifest(manifest_path(self.root))
@@ -109,9 +114,11 @@ class StoreSet:
         kinds = [k for k in TOKEN_KINDS if k != "summary" or store.summary_dim > 0]
         fits = {}
         for k in kinds:
-            stats = store.stats(k)
-            path = normalizer_path(self.root, teacher, k, self.norm.value, stats.content_hash())
-            fits[k] = load_or_fit(path, self.norm, stats, hadamard_cache=hadamard_cache_dir(self.root))
+            variant = kind_variant(self.norm, k, self.summary_loss)
+            stats, split = normalizer_moments(store, k)
+            path = normalizer_path(self.root, teacher, k, variant.value, stats.content_hash())
+            fits[k] = load_or_fit(path, variant, stats, hadamard_cache=hadamard_cache_dir(self.root),
+                                  keepbits=store.codec.keepbits, split=split)
         return fits
 
     @property
@@ -128,6 +135,22 @@ class StoreSet:
         for store in self.stores.values():  # every shard is complete (checked when the set was opened)
             ok_NV &= np.asarray(store.valid[:], bool)
         return np.argwhere(ok_NV).astype(np.int64)
+
+
+def normalizer_moments(store: TeacherStore, kind: str) -> tuple[Moments, str]:
+    """(moments a normalizer is fitted from, the manifest split they cover): the train split's, so that
+    no held-out image shapes the targets the student is scored against.
+
+    The one place that picks the fitting statistics. Per-split moments come from stage one
+    (``TeacherStore.stats(kind, split="train")``); a store written before stage one kept them has only
+    whole-store moments, which are used and recorded as split "all" in the normalizer file (the report
+    and ``pipeline store info`` print the split).
+    """
+    import inspect
+
+    if "split" in inspect.signature(store.stats).parameters:
+        return store.stats(kind, split="train"), "train"
+    return store.stats(kind), "all"
 
 
 def epoch_order(samples_M2: np.ndarray, *, unit_size: int, shuffle_block: int, seed: int,

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from stages.distill.checkpoint import checkpoint_path, load_checkpoint
 from stages.distill.config import DistillConfig
 from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
-from stages.normalize import Normalizer
+from stages.normalize import Normalizer, kind_variant
 from stages.students import HeadTarget, Student, TeacherHeads
 from store_schema.layout import normalizer_path
 
@@ -58,8 +58,13 @@ def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[st
         kinds = ["summary", "patches"] if int(h["summary_dim"]) > 0 else ["patches"]
         out[h["name"]] = {}
         for kind in kinds:
-            stats_hash = resolved["stores"][h["name"]]["stats_hash"][kind]
-            path = normalizer_path(config.root, h["name"], kind, config.norm.value, stats_hash)
+            fitted = resolved.get("normalizers", {}).get(h["name"], {}).get(kind)
+            if fitted is not None:  # what training used: variant per kind, hash of the fitting statistics
+                variant, stats_hash = fitted["variant"], fitted["stats_hash"]
+            else:  # a run from before config.json recorded its normalizers: whole-store statistics
+                variant = kind_variant(config.norm, kind, config.summary_loss).value
+                stats_hash = resolved["stores"][h["name"]]["stats_hash"][kind]
+            path = normalizer_path(config.root, h["name"], kind, variant, stats_hash)
             if not path.is_file():
                 raise FileNotFoundError(f"normalizer {path} of run {config.out_dir} is missing (store root moved?)")
             out[h["name"]][kind] = Normalizer.load(path)

@@ -2,9 +2,13 @@
 each teacher's targets normalized by a fitted normalizer (PHI-S arXiv 2410.01680, or one of the variants
 it compares; loss-side variants train on raw targets with their own loss).
 
-Loss = Σ_t w_t · (summary_weight · L(summary_t) + feature_weight · L(patches_t)), L = target_loss of the
-variant's loss kind on normalized targets. AdamW, linear warmup then cosine decay to zero, bf16 autocast on
-CUDA only, gradient-norm clipping. The run directory (docs/ARCHITECTURE.md "Run directory") gets
+Loss = Σ_t w_t · (summary_weight · L_s(summary_t) + feature_weight · L(patches_t)), L = target_loss of the
+variant's loss kind on normalized targets; L_s = cosine on raw summaries (summary_loss "cosine", the
+default, as in both papers) or the variant's own (summary_loss "variant"). AdamW (no weight decay on
+biases, norms, and the tokens / position embeddings the model's `no_weight_decay()` names, as in timm),
+linear warmup then cosine decay to zero, bf16 autocast on CUDA only, optional gradient-norm clipping (off by
+default, so every variant gets the same optimizer); the share of clipped steps is logged as ``clip_frac``
+and the pre-clip gradient norm as ``grad_norm``. The run directory (docs/ARCHITECTURE.md "Run directory") gets
 config.json, checkpoint.pt (every ckpt_every steps and at the end), metrics.jsonl and, when the run
 finishes, export.safetensors. Stage two never touches a teacher model: everything comes from the stores.
 
@@ -35,7 +39,7 @@ from stages.distill.checkpoint import (TrainState, checkpoint_path, load_checkpo
 from stages.distill.config import DistillConfig, check_resumable
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
 from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader, student_pixels
-from stages.normalize import target_loss
+from stages.normalize import kind_variant, target_loss
 from stages.students import HeadTarget, Student, TeacherHeads, build_student
 from stages.students.registry import student_max_summary_tokens
 
@@ -92,10 +96,26 @@ def build_models(config: DistillConfig, targets: list[HeadTarget]) -> tuple[Stud
     return student, heads
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full parameter names that get no weight decay: every tensor of rank < 2 (biases, norms) and the
+    tensors a submodule's ``no_weight_decay()`` names (timm: cls / register tokens, position embeddings)."""
+    names = {n for n, p in model.named_parameters() if p.ndim < 2}
+    params = dict(model.named_parameters())
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if not callable(fn):
+            continue
+        for rel in fn():
+            full = f"{prefix}.{rel}" if prefix else rel
+            names |= {n for n in params if n == full or n.startswith(full + ".")}
+    return names
+
+
 def make_optimizer(config: DistillConfig, model: nn.Module) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no weight decay on biases / norms / tokens, i.e. tensors of rank < 2) and its schedule."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW (no weight decay on `no_weight_decay_names`) and its warmup-cosine schedule."""
+    exempt = no_weight_decay_names(model)
+    decay = [p for n, p in model.named_parameters() if n not in exempt]
+    no_decay = [p for n, p in model.named_parameters() if n in exempt]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.steps))
@@ -106,6 +126,7 @@ def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | No
                  batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"})."""
     kind = config.norm.loss
+    summary_kind = kind_variant(config.norm, "summary", config.summary_loss).loss
     total = torch.zeros((), device=device)
     parts: dict[str, torch.Tensor] = {}
     for t in config.teachers:
@@ -114,7 +135,7 @@ def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | No
         parts[f"loss/{t}/patches"] = lp.detach()
         teacher_loss = config.feature_weight * lp
         if summary_BC is not None:
-            ls = target_loss(kind, summary_BC.float(), batch[f"{t}/summary"].to(device, non_blocking=True))
+            ls = target_loss(summary_kind, summary_BC.float(), batch[f"{t}/summary"].to(device, non_blocking=True))
             parts[f"loss/{t}/summary"] = ls.detach()
             teacher_loss = teacher_loss + config.summary_weight * ls
         total = total + config.teacher_weight(t) * teacher_loss
@@ -154,6 +175,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
             (out / METRICS_NAME).unlink(missing_ok=True)
         resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash,
                     "stores": {t: s.fingerprint() for t, s in stores.stores.items()},
+                    "normalizers": {t: {k: {"variant": n.variant.value, "stats_hash": n.stats_hash, "split": n.split}
+                                        for k, n in kinds.items()} for t, kinds in stores.normalizers.items()},
                     "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
                                "grid": list(h.grid)} for h in head_targets(stores)]}
         tmp = out / (CONFIG_NAME + ".tmp")  # atomic: other ranks may be reading it
@@ -214,10 +237,10 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
     device = device_for(config, dist_ctx)
     torch.manual_seed(config.seed)
     if is_main:  # rank 0 fits and persists the normalizers first; the others then load them
-        stores = StoreSet(config.root, config.teachers, norm=config.norm)
+        stores = StoreSet(config.root, config.teachers, norm=config.norm, summary_loss=config.summary_loss)
     barrier(dist_ctx)
     if not is_main:
-        stores = StoreSet(config.root, config.teachers, norm=config.norm)
+        stores = StoreSet(config.root, config.teachers, norm=config.norm, summary_loss=config.summary_loss)
     _prepare_run_dir(config, stores, resume=resume, is_main=is_main)
     student, heads = build_models(config, head_targets(stores))
     model = Distiller(student, heads).to(device)
@@ -254,15 +277,20 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
 def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
                device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimization step on one batch: (loss, per-teacher parts, the lr it used)."""
+    """One optimization step on one batch: (loss, per-teacher parts, the lr it used).
+
+    parts also holds "grad_norm" (total gradient norm before any clip) and "clipped" (1.0 when the clip
+    bound this step, else 0.0)."""
     x_BCHW = student_pixels(batch["image_BHW3"], device=device)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         preds = wrapped(x_BCHW)
     loss, parts = distill_loss(config, preds, batch, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")  # inf: measure, never clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    parts = {**parts, "grad_norm": grad_norm.detach(),
+             "clipped": (grad_norm > max_norm).to(grad_norm.dtype).detach()}
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
@@ -300,7 +328,7 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
     # disable=None: no bar when stderr is not a terminal (DVC logs, CI); metrics.jsonl has the numbers.
     bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=None if run.is_main else True,
                dynamic_ncols=True)
-    t_last, images_since = time.perf_counter(), 0
+    t_last, images_since, clipped_since, steps_since = time.perf_counter(), 0, 0.0, 0
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
@@ -310,13 +338,16 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
         state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch
                         else LoaderState(batch["epoch"] + 1, 0))
         images_since += batch["image_BHW3"].shape[0] * world
+        clipped_since += float(parts.pop("clipped"))  # identical on every rank (DDP all-reduces gradients)
+        steps_since += 1
         if state.step % config.log_every == 0 or state.step == end:
             names = ["loss", *parts]
             values = all_reduce_mean(torch.stack([loss.detach(), *parts.values()]).float(), dist_ctx).tolist()
             now = time.perf_counter()
             record = {"step": state.step, "lr": lr, **dict(zip(names, values)),
+                      "clip_frac": clipped_since / steps_since,
                       "images_per_s": images_since / max(now - t_last, 1e-9)}
-            t_last, images_since = now, 0
+            t_last, images_since, clipped_since, steps_since = now, 0, 0.0, 0
             if run.is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -153,12 +153,13 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     config, student, heads, normalizers = load_run(run_dir)
     cfg = config.to_dict()
     student, heads = student.to(device).eval(), heads.to(device).eval()
-    stores = StoreSet(Path(cfg["root"]), cfg["teachers"], norm=cfg["norm"])
+    stores = StoreSet(Path(cfg["root"]), cfg["teachers"], norm=cfg["norm"], summary_loss=cfg["summary_loss"])
     pairs_M2 = stores.samples(split)
     if len(pairs_M2) == 0:
         raise ValueError(f"split {split!r} has no usable (image, view) samples in the stores at {cfg['root']}")
     result: dict[str, Any] = {
-        "run": run_dir.name, "split": split, "norm": cfg["norm"], "student": cfg["student"],
+        "run": run_dir.name, "split": split, "norm": cfg["norm"], "summary_loss": cfg["summary_loss"],
+        "seed": cfg["seed"], "student": cfg["student"],
         "num_samples": int(len(pairs_M2)),
         "teachers": _teacher_errors(student, heads, stores, normalizers, pairs_M2, img_size=cfg["img_size"],
                                     batch_size=batch_size),

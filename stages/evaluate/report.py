@@ -1,11 +1,15 @@
-"""Sweep report: one table across runs, average ranks, plots and the cost of the sweep.
+"""Sweep report: one table across variants, ranks by category, storage fidelity, plots and the cost.
 
-Ranks runs (one normalization variant each) the way the PHI-S paper does (arXiv 2410.01680): per
-metric (teacher-space MSE of every teacher and token kind, lower is better; probe accuracy, higher is
-better), ties averaged, then averaged across metrics. Also states what the offline store saved: teacher
-forward passes done once (one per teacher per image·view) against what the same sweep costs online,
-where every training step of every run re-runs every teacher on its batch (AM-RADIO's recipe,
-arXiv 2312.06709).
+Ranks variants the way the PHI-S paper does (arXiv 2410.01680, Table 1): per metric, ties averaged, the
+ranks averaged inside each category (Teacher MSE: per-teacher feature MSE in teacher space; Classification:
+zero-shot + kNN; Segmentation; declared in ``stages.evaluate.categories``), then over the categories.
+Summary MSE is reported, not ranked. Runs that differ only in their seed are one variant: every metric is
+shown as mean ± std over seeds, the means are ranked, and the report names the pairs of variants that are
+within one std of each other. The storage-fidelity section prints, per variant and teacher, the storage
+NMSE in the space the loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``) and
+warns for each variant that fails. Also states what the offline store saved: teacher forward passes done
+once (one per teacher per image·view) against what the same sweep costs online, where every training step
+of every run re-runs every teacher on its batch (AM-RADIO's recipe, arXiv 2312.06709).
 
 Inputs: run directories (docs/ARCHITECTURE.md "Run directory") with ``eval/metrics.json`` written by
 ``stages.evaluate.evaluate.evaluate_run``, plus the feature store for teacher statistics.
@@ -19,16 +23,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from stages.evaluate import plots
-from stages.evaluate.ranking import average_ranks
+from stages.evaluate.categories import CATEGORIES, categorize, higher_is_better
+from stages.evaluate.ranking import AVG, rank_runs
 from stages.evaluate.evaluate import config_field, read_config, read_eval, read_history
 
 REPORT_MD, REPORT_CSV = "report.md", "report.csv"
+# eval/metrics.json sections of downstream benchmarks whose numbers are flattened into metrics
+DOWNSTREAM_SECTIONS = ("zeroshot", "seg")
 PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS = "teacher_errors.png", "teacher_spectra.png", "loss_curves.png"
 
 
+def _flatten_numbers(prefix: str, tree: Any, out: dict[str, float]) -> None:
+    """Numeric leaves of a nested dict as ``prefix/key/...`` (None and non-numbers skipped)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _flatten_numbers(f"{prefix}/{k}", v, out)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out[prefix] = float(tree)
+
+
 def flatten_metrics(ev: dict[str, Any]) -> dict[str, float]:
-    """Ranked metrics of one eval/metrics.json: ``<teacher>/<kind>/mse`` and ``probe/<acc>``."""
+    """Metrics of one eval/metrics.json by flattened name: ``<teacher>/<kind>/mse``, ``probe/knn_acc``,
+    ``probe/linear_acc`` and every number under the downstream sections ``zeroshot`` and ``seg``
+    (e.g. ``zeroshot/<teacher>/top1``, ``seg/linear_miou``). Which are ranked, and how, is
+    ``stages.evaluate.categories``'s business."""
     flat: dict[str, float] = {}
     for teacher, kinds in ev["teachers"].items():
         for kind, vals in kinds.items():
@@ -36,6 +57,9 @@ def flatten_metrics(ev: dict[str, Any]) -> dict[str, float]:
     for name in ("knn_acc", "linear_acc"):
         if ev.get("probe") and ev["probe"].get(name) is not None:
             flat[f"probe/{name}"] = float(ev["probe"][name])
+    for section in DOWNSTREAM_SECTIONS:
+        if ev.get(section):
+            _flatten_numbers(section, ev[section], flat)
     return flat
 
 
@@ -84,18 +108,153 @@ def _store_facts(store_root: Path, teachers: list[str]) -> tuple[dict[str, int],
     return passes, covs
 
 
-def report_rows(evals: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Table rows (one per run, best average rank first) and the ranked metric names."""
-    flats = {run: flatten_metrics(ev) for run, ev in evals.items()}
-    avg, _ = average_ranks(flats)
-    metrics = sorted(set.intersection(*(set(f) for f in flats.values())))
+# Config fields that do not make two runs different experiments: the seed (runs of one variant over
+# seeds are averaged) and where / how fast a run was computed.
+_NOT_EXPERIMENT = frozenset({"seed", "out_dir", "root", "steps_done", "log_every", "ckpt_every", "num_workers",
+                             "prefetch_factor", "device"})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One sweep variant: the runs (one per seed) that share every config field but the seed."""
+
+    name: str
+    norm: str
+    summary_loss: str
+    runs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    mean: dict[str, float]
+    std: dict[str, float]  # sample std over seeds (ddof 1); NaN with one seed
+
+
+def group_variants(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]]) -> list[Variant]:
+    """Group runs into variants (same config up to the seed), with per-metric mean and std over seeds.
+
+    A variant is named by its normalization (``norm``), or by its first run when two variants share a
+    norm (e.g. a sweep over summary losses). Two runs of one variant with the same seed are an error."""
+    groups: dict[str, list[str]] = {}
+    for run in evals:
+        key = json.dumps({k: v for k, v in configs[run].items() if k not in _NOT_EXPERIMENT}, sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append(run)
+    norms = [configs[runs[0]].get("norm", evals[runs[0]].get("norm", "")) for runs in groups.values()]
+    out = []
+    for (key, runs), norm in zip(groups.items(), norms):
+        seeds = [int(configs[r].get("seed", 0)) for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"runs {runs} are the same variant with repeated seeds {seeds}")
+        flats = [flatten_metrics(evals[r]) for r in runs]
+        shared = sorted(set.intersection(*(set(f) for f in flats)))
+        vals = {m: np.array([f[m] for f in flats]) for m in shared}
+        out.append(Variant(name=norm if norms.count(norm) == 1 else runs[0], norm=norm,
+                           summary_loss=str(configs[runs[0]].get("summary_loss", "variant")),
+                           runs=tuple(runs), seeds=tuple(seeds),
+                           mean={m: float(v.mean()) for m, v in vals.items()},
+                           std={m: float(v.std(ddof=1)) if len(v) > 1 else float("nan") for m, v in vals.items()}))
+    return out
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What the report ranks and how: per-variant category ranks and the metrics behind them."""
+
+    ranks: dict[str, dict[str, float]]  # variant -> {category: rank, ..., "avg": mean over categories}
+    categories: dict[str, list[str]]  # category -> ranked metrics (only categories that have some)
+    empty_categories: list[str]  # declared categories none of whose metrics the runs have
+    reported: list[str]  # metrics every variant has but that are not ranked (summary MSE, ...)
+    unranked: dict[str, list[str]]  # metric -> variants lacking it (so it cannot be ranked)
+
+
+def rank_variants(variants: list[Variant]) -> Ranking:
+    """Rank variants by their seed means (``rank_runs`` with the declared categories)."""
+    if not variants:
+        raise ValueError("nothing to rank: no runs")
+    every = set.union(*(set(v.mean) for v in variants))
+    shared = set.intersection(*(set(v.mean) for v in variants))
+    unranked = {m: sorted(v.name for v in variants if m not in v.mean) for m in sorted(every - shared)}
+    declared = categorize(shared)
+    cats = {c: ms for c, ms in declared.items() if ms}
+    if not cats:
+        raise ValueError(f"the runs share no ranked metric (shared: {sorted(shared)}; categories: {CATEGORIES})")
+    ranked = {m for ms in cats.values() for m in ms}
+    ranks = rank_runs({v.name: v.mean for v in variants}, cats, higher_is_better(ranked))
+    return Ranking(ranks=ranks, categories=cats, empty_categories=[c for c, ms in declared.items() if not ms],
+                   reported=sorted(shared - ranked), unranked=unranked)
+
+
+def within_one_std(variants: list[Variant], metric: str) -> list[tuple[str, str]]:
+    """Pairs of variants whose seed means of ``metric`` differ by less than the larger of their two stds
+    (needs at least two seeds in both; the order cannot then be told apart from seed noise)."""
+    pairs = []
+    for i, a in enumerate(variants):
+        for b in variants[i + 1:]:
+            sa, sb = a.std.get(metric, float("nan")), b.std.get(metric, float("nan"))
+            if np.isfinite(sa) and np.isfinite(sb) and abs(a.mean[metric] - b.mean[metric]) < max(sa, sb):
+                pairs.append((a.name, b.name))
+    return pairs
+
+
+def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]] | None = None,
+                ) -> tuple[list[dict[str, Any]], Ranking, list[Variant]]:
+    """Table rows (one per variant, best average rank first), the ranking and the variants.
+
+    ``configs`` (run -> config.json dict) groups runs into variants over seeds; without it every run
+    is its own variant (seed 0)."""
+    if configs is None:
+        configs = {r: {"norm": ev.get("norm", ""), "run": r} for r, ev in evals.items()}
+    variants = group_variants(evals, configs)
+    ranking = rank_variants(variants)
     rows = []
-    for run in sorted(evals, key=lambda r: (avg[r], r)):
-        row: dict[str, Any] = {"run": run, "norm": evals[run].get("norm", "")}
-        row.update({m: flats[run][m] for m in metrics})
-        row["avg_rank"] = avg[run]
+    for v in sorted(variants, key=lambda v: (ranking.ranks[v.name][AVG], v.name)):
+        row: dict[str, Any] = {"variant": v.name, "norm": v.norm, "summary_loss": v.summary_loss,
+                               "seeds": len(v.seeds)}
+        for m in [*sorted(m for ms in ranking.categories.values() for m in ms), *ranking.reported]:
+            row[m], row[f"{m} std"] = v.mean[m], v.std[m]
+        row.update({f"rank {c}": ranking.ranks[v.name][c] for c in ranking.categories})
+        row["avg_rank"] = ranking.ranks[v.name][AVG]
         rows.append(row)
-    return rows, metrics
+    return rows, ranking, variants
+
+
+def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[Variant]) -> list[str]:
+    """Markdown lines: per variant, teacher and token kind, the measured storage NMSE in the space that
+    variant's loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``), a warning
+    per failing variant, and the split the normalizers were fitted on."""
+    from stages.distill.loader import normalizer_moments
+    from stages.extract.fidelity import read_fidelity
+    from stages.normalize import kind_variant
+    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    lines = [f"Storage NMSE in the space each variant's loss uses, against the teacher's own bf16-autocast noise "
+             f"in the same space; gate: ratio ≤ {GATE_RATIO} and minimum token cosine ≥ {MIN_COSINE}.", "",
+             "| variant | teacher | kind | loss space | storage NMSE | teacher bf16 NMSE | ratio | min cos | |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    missing, failed, splits = [], {}, set()
+    for t in teachers:
+        store = open_teacher_store(teacher_store_path(store_root, t))
+        splits |= {f"{t}/{k}: {normalizer_moments(store, k)[1]}" for k in store.kinds}
+        checks, why = read_fidelity(store_root, store)
+        if checks is None:
+            missing.append(f"- {t}: {why}")
+            continue
+        by = {(c.variant, c.kind): c for c in checks}
+        for v in variants:
+            for kind in store.kinds:
+                space = kind_variant(v.norm, kind, v.summary_loss).value
+                c = by[(space, kind)]
+                lines.append(f"| {v.name} | {t} | {kind} | {space} | {c.storage_nmse:.3g} | {c.teacher_bf16_nmse:.3g} | "
+                             f"{c.ratio:.3g} | {c.storage_min_cos:.6f} | {'ok' if c.passed else '**FAIL**'} |")
+                if not c.passed:
+                    failed.setdefault(v.name, []).append(f"{t}/{kind}")
+    lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: its targets "
+                     "are partly storage noise, so its rank says little about the normalization itself."
+                     for name, where in failed.items()]
+    if missing:
+        lines += ["Fidelity not available for:", *missing]
+    lines += ["", "Normalizers fitted on split: " + "; ".join(sorted(splits)) + "."]
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -104,30 +263,65 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def unranked_metrics(evals: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """Metrics some runs have and others lack (so they cannot be ranked): metric -> runs lacking it."""
-    flats = {run: set(flatten_metrics(ev)) for run, ev in evals.items()}
-    every = set.union(*flats.values()) if flats else set()
-    return {m: sorted(r for r, f in flats.items() if m not in f) for m in sorted(every)
-            if any(m not in f for f in flats.values())}
+def _pm(row: dict[str, Any], m: str) -> str:
+    std = row[f"{m} std"]
+    return _fmt(row[m]) if not np.isfinite(std) else f"{row[m]:.4g} ± {std:.2g}"
 
 
-def _markdown(rows: list[dict[str, Any]], metrics: list[str], cost: SweepCost, plot_names: list[str],
-              unranked: dict[str, list[str]]) -> str:
-    cols = ["run", "norm", *metrics, "avg_rank"]
+def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant]) -> list[str]:
+    ranked = [m for ms in ranking.categories.values() for m in ms]
+    cats = list(ranking.categories)
+    seeds = sorted({len(v.seeds) for v in variants})
+    cols = ["variant", "norm", "summary loss", "seeds", *ranked, *(f"rank: {c}" for c in cats), "avg rank"]
+    lines = [
+        "## Ranking", "",
+        "How it is ranked (PHI-S paper, Table 1): each variant is ranked per metric on its mean over seeds "
+        "(1 = best, ties averaged), the ranks are averaged inside each category, then over the categories. "
+        "Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
+                                         for c, ms in ranking.categories.items()) + ".",
+    ]
+    if ranking.empty_categories:
+        lines.append("Left out of the average (no run has a metric of theirs): "
+                     + ", ".join(f"**{c}**" for c in ranking.empty_categories) + ".")
+    lines += [f"Values are mean ± std (sample std) over {'/'.join(map(str, seeds))} seed(s) per variant.", "",
+              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r["variant"], r["norm"], r["summary_loss"], str(r["seeds"]), *(_pm(r, m) for m in ranked),
+                 *(_fmt(r[f"rank {c}"]) for c in cats), _fmt(r["avg_rank"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    close = [(m, within_one_std(variants, m)) for m in ranked]
+    close = [(m, ps) for m, ps in close if ps]
+    if max(seeds) < 2:
+        lines += ["", "One seed per variant: the spread over seeds is unknown, so no difference above can be "
+                      "told apart from seed noise."]
+    elif close:
+        lines += ["", "**Within one std** (mean difference below the larger std of the two; their order on "
+                      "that metric is not resolved by these seeds):"]
+        lines += [f"- `{m}`: " + ", ".join(f"{a} ~ {b}" for a, b in ps) for m, ps in close]
+    else:
+        lines += ["", "No two variants are within one std of each other on any ranked metric."]
+    if ranking.reported:
+        cols2 = ["variant", *ranking.reported]
+        lines += ["", "Reported, not ranked (as in the paper: summary MSE and the other diagnostics):", "",
+                  "| " + " | ".join(cols2) + " |", "|" + "---|" * len(cols2)]
+        lines += ["| " + " | ".join([r["variant"], *(_pm(r, m) for m in ranking.reported)]) + " |" for r in rows]
+    if ranking.unranked:
+        lines += ["", "**Not ranked** (missing from some variants, so left out of the table and the ranks):"]
+        lines += [f"- `{m}`: missing from {', '.join(vs)}" for m, vs in ranking.unranked.items()]
+    return lines
+
+
+def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant], cost: SweepCost,
+              plot_names: list[str], fidelity: list[str]) -> str:
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
-             "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.",
-             "Average rank: each run ranked per metric (ties averaged), then averaged (PHI-S paper).", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    if unranked:
-        lines += ["", "**Not ranked** (missing from some runs, so left out of the table and the average rank):"]
-        lines += [f"- `{m}`: missing from {', '.join(runs)}" for m, runs in unranked.items()]
+             "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
+             *_ranking_lines(rows, ranking, variants), "", "## Storage fidelity", "", *fidelity]
+    runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
               f"Teacher forward passes done into the store (one per teacher per image·view): "
               f"**{cost.store_total:,}** ({', '.join(f'{t}: {n:,}' for t, n in cost.store_passes.items())}).",
-              f"The same {len(rows)}-run sweep online (runs × steps × batch per teacher): "
+              f"The same {runs}-run sweep online (runs × steps × batch per teacher): "
               f"**{cost.online_total:,}** ({', '.join(f'{t}: {n:,}' for t, n in cost.online_passes.items())}); "
               f"ratio online / store = **{cost.ratio:.1f}×**.", "", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in plot_names]
@@ -137,7 +331,8 @@ def _markdown(rows: list[dict[str, Any]], metrics: list[str], cost: SweepCost, p
 def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | None = None) -> Path:
     """Write report.md, report.csv and PNG plots for the given evaluated runs; returns report.md's path.
 
-    ``store_root`` defaults to the store root recorded in the runs' config.json (which must agree).
+    Runs that differ only in their seed are one variant (mean ± std over seeds). ``store_root``
+    defaults to the store root recorded in the runs' config.json (which must agree).
     """
     run_dirs = [Path(r) for r in run_dirs]
     names = [r.name for r in run_dirs]
@@ -153,7 +348,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     teachers = sorted({t for n, c in configs.items() for t in config_field(c, "teachers", n)})
     passes, covs = _store_facts(Path(store_root), teachers)
     cost = sweep_cost(configs, passes)
-    rows, metrics = report_rows(evals)
+    rows, ranking, variants = report_rows(evals, configs)
+    fidelity = fidelity_report_lines(Path(store_root), teachers, variants)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,12 +360,11 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     plots.plot_loss_curves({r.name: read_history(r) for r in run_dirs}, out_dir / PLOT_LOSS)
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["run", "norm", *metrics, "avg_rank"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     md_path = out_dir / REPORT_MD
-    md_path.write_text(_markdown(rows, metrics, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS],
-                                   unranked_metrics(evals)))
+    md_path.write_text(_markdown(rows, ranking, variants, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS], fidelity))
     (out_dir / "cost.json").write_text(json.dumps(
         {"store_passes": cost.store_passes, "online_passes": cost.online_passes,
          "store_total": cost.store_total, "online_total": cost.online_total, "ratio": cost.ratio}, indent=2))

@@ -11,10 +11,11 @@ from stages.normalize.normalizer import (
     fit_normalizer,
     load_or_fit,
 )
-from stages.normalize.variants import DEFAULT_EIG_FLOOR, NormVariant, fit_affine
+from stages.normalize.variants import (DEFAULT_EIG_FLOOR, SUMMARY_LOSSES, NormVariant, fit_affine, kind_variant,
+                                      parse_summary_loss, storage_noise_var)
 
 __all__ = [
     "DEFAULT_EIG_FLOOR", "LossKind", "NORMALIZER_VERSION", "NormVariant", "Normalizer",
     "NormalizerMismatchError", "fit_affine", "fit_normalizer", "fold_denormalization", "hadamard_matrix",
-    "load_or_fit", "target_loss",
+    "SUMMARY_LOSSES", "kind_variant", "load_or_fit", "parse_summary_loss", "storage_noise_var", "target_loss",
 ]

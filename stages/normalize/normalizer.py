@@ -3,9 +3,10 @@
 All variants share one kernel: apply y' = (y − μ) Wᵀ, invert y = y' W⁻ᵀ + μ (row vectors), so the
 training loop never branches on the variant. Eigendecompositions of nearly equal eigenvalues are
 unstable and different valid Hadamard matrices give different targets, so a fit is data: it is stored
-(safetensors, with the variant, format version, eigenvalue floor, Hadamard construction and the sha256 of
-the statistics it came from) and reused, never silently recomputed. ``load_or_fit`` refuses a stored
-fit that came from other statistics.
+(safetensors, with the variant, format version, relative eigenvalue floor, the storage precision its
+noise floor came from and the floor applied per direction, Hadamard construction, the manifest split the
+statistics cover and the sha256 of those statistics) and reused, never silently recomputed.
+``load_or_fit`` refuses a stored fit that came from other statistics or options.
 
 Shape legend: D channels; ``...`` any leading dimensions (tokens, batch, grid).
 """
@@ -22,10 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from stages.normalize.variants import DEFAULT_EIG_FLOOR, NormVariant, fit_affine
+from stages.normalize.variants import (DEFAULT_EIG_FLOOR, NOISE_FLOOR_FACTOR, NormVariant, fit_affine,
+                                      storage_noise_var)
 from stages.stats import Moments
 
-NORMALIZER_VERSION = 1
+NORMALIZER_VERSION = 2  # 2: noise-aware floor (keepbits, floor_D) and the fitted split
 _TENSORS = ("mu_D", "W_DD", "W_inv_DD")
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -40,7 +42,11 @@ class Normalizer:
     """Fitted (μ_D, W_DD, W_inv_DD), float64, plus where they came from.
 
     ``stats_hash`` is ``Moments.content_hash()`` of the source statistics; ``construction`` names the
-    Hadamard matrix (hca, phis) or is None; ``eig_floor`` is the relative eigenvalue floor of the fit.
+    Hadamard matrix (hca, phis) or is None; ``eig_floor`` is the relative eigenvalue floor of the fit;
+    ``keepbits`` the stored precision the noise floor was derived from (None: lossless, no noise floor)
+    and ``noise_floor_factor`` its multiple of the storage noise variance;
+    ``floor_D`` the variance floor applied per eigen-direction / channel (None for variants without one);
+    ``split`` the manifest split the statistics cover ("train", or "all" for every image).
     """
 
     variant: NormVariant
@@ -50,6 +56,10 @@ class Normalizer:
     stats_hash: str
     construction: str | None = None
     eig_floor: float = DEFAULT_EIG_FLOOR
+    keepbits: int | None = None
+    noise_floor_factor: float = NOISE_FLOOR_FACTOR
+    floor_D: np.ndarray | None = None
+    split: str = "all"
     _torch_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = field(
         default_factory=dict, init=False, repr=False)
 
@@ -74,6 +84,9 @@ class Normalizer:
             "stats_hash": self.stats_hash,
             "construction": self.construction or "",
             "eig_floor": repr(float(self.eig_floor)),
+            "keepbits": "" if self.keepbits is None else str(int(self.keepbits)),
+            "noise_floor_factor": repr(float(self.noise_floor_factor)),
+            "split": self.split,
             "dim": str(self.dim),
         }
 
@@ -114,8 +127,10 @@ class Normalizer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}, str(tmp),
-                  metadata=self.meta)
+        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}
+        if self.floor_D is not None:
+            tensors["floor_D"] = np.ascontiguousarray(self.floor_D, np.float64)
+        save_file(tensors, str(tmp), metadata=self.meta)
         os.replace(tmp, path)
 
     @classmethod
@@ -129,9 +144,12 @@ class Normalizer:
                 raise NormalizerMismatchError(
                     f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
             tensors = {name: fh.get_tensor(name) for name in _TENSORS}
+            floor_D = fh.get_tensor("floor_D") if "floor_D" in fh.keys() else None
         return cls(NormVariant.parse(meta["variant"]), stats_hash=meta["stats_hash"],
                    construction=meta["construction"] or None, eig_floor=float(meta["eig_floor"]),
-                   **tensors)
+                   keepbits=int(meta["keepbits"]) if meta["keepbits"] else None,
+                   noise_floor_factor=float(meta["noise_floor_factor"]), floor_D=floor_D,
+                   split=meta["split"], **tensors)
 
 
 def fit_normalizer(
@@ -140,12 +158,24 @@ def fit_normalizer(
     *,
     hadamard_cache: Path | None = None,
     eig_floor: float = DEFAULT_EIG_FLOOR,
+    keepbits: int | None = None,
+    noise_floor_factor: float = NOISE_FLOOR_FACTOR,
+    split: str = "all",
 ) -> Normalizer:
-    """Fit a normalizer of ``variant`` from float64 moments (see ``variants.fit_affine``)."""
+    """Fit a normalizer of ``variant`` from float64 moments (see ``variants.fit_affine``).
+
+    ``keepbits``: mantissa bits the statistics' values were stored with; the eigenvalue / variance floor
+    is then at least ``noise_floor_factor`` times the storage noise variance that precision implies
+    (``storage_noise_var``).
+    ``split``: which manifest split the moments cover (recorded, not used in the fit)."""
     variant = NormVariant.parse(variant)
-    fit = fit_affine(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor)
+    if noise_floor_factor < 0:
+        raise ValueError(f"noise_floor_factor must be >= 0, got {noise_floor_factor}")
+    fit = fit_affine(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor,
+                     noise_D=noise_floor_factor * storage_noise_var(moments, keepbits))
     return Normalizer(variant, fit.mu_D, fit.W_DD, fit.W_inv_DD, moments.content_hash(),
-                      construction=fit.construction, eig_floor=eig_floor)
+                      construction=fit.construction, eig_floor=eig_floor, keepbits=keepbits,
+                      noise_floor_factor=noise_floor_factor, floor_D=fit.floor_D, split=split)
 
 
 def load_or_fit(
@@ -155,25 +185,31 @@ def load_or_fit(
     *,
     hadamard_cache: Path | None = None,
     eig_floor: float = DEFAULT_EIG_FLOOR,
+    keepbits: int | None = None,
+    noise_floor_factor: float = NOISE_FLOOR_FACTOR,
+    split: str = "all",
 ) -> Normalizer:
     """The normalizer stored at ``path`` if it was fitted from these statistics; else fit, save, return.
 
-    A stored fit is never recomputed. One fitted from other statistics, for another variant or with
-    another eigenvalue floor raises NormalizerMismatchError naming both values and the path.
+    A stored fit is never recomputed. One fitted from other statistics, for another variant, with another
+    eigenvalue floor, storage precision or split raises NormalizerMismatchError naming both values and
+    the path.
     """
     path = Path(path)
     variant = NormVariant.parse(variant)
     if not path.exists():
-        norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor)
+        norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor,
+                              keepbits=keepbits, noise_floor_factor=noise_floor_factor, split=split)
         norm.save(path)
         return norm
     norm = Normalizer.load(path)
-    expected = {"variant": variant.value, "stats hash": moments.content_hash(), "eig_floor": float(eig_floor)}
-    found = {"variant": norm.variant.value, "stats hash": norm.stats_hash, "eig_floor": norm.eig_floor}
+    expected = {"variant": variant.value, "stats hash": moments.content_hash(), "eig_floor": float(eig_floor),
+                "keepbits": keepbits, "noise_floor_factor": float(noise_floor_factor), "split": split}
+    found = {"variant": norm.variant.value, "stats hash": norm.stats_hash, "eig_floor": norm.eig_floor,
+             "keepbits": norm.keepbits, "noise_floor_factor": norm.noise_floor_factor, "split": norm.split}
     for key, want in expected.items():
         if found[key] != want:
             raise NormalizerMismatchError(
                 f"stored normalizer {path} was fitted with {key} {found[key]!r}, but {want!r} was asked "
                 f"for; delete it to refit (refitting changes the targets of every run that used it)")
     return norm
-

@@ -15,14 +15,25 @@ differ only in their loss:
 | phis | α H Uᵀ, α = (trace Σ / C)^-1/2 | α⁻¹ U Hᵀ |
 
 Floor: whitening and standardization divide by eigenvalues / variances, which are ~0 on rank-deficient
-teachers and dead channels. Each λ (or σ_c²) is replaced by max(λ, eig_floor · mean λ) with
-mean λ = trace Σ / C, so W stays finite and W⁻¹ is its exact inverse; directions above the floor come
-out with unit variance, those below with variance λ / floor < 1. PHI-S divides by nothing but
-trace Σ / C and needs no floor. A teacher with trace Σ = 0 (constant output) cannot be normalized.
+teachers and dead channels, and which are partly storage noise: targets are fitted from the values as
+stored, rounded to k mantissa bits, and rounding adds per-channel noise of variance n_c ≈ E[y_c²]·2^-2k/24
+(``storage_noise_var``). Each λ_i (or σ_c²) is replaced by max(λ_i, eig_floor · mean λ, f · u_iᵀ diag(n) u_i):
+the relative floor keeps W finite, the noise floor (f times the storage noise variance along that
+direction, f = NOISE_FLOOR_FACTOR) keeps whitening from lifting directions that hold mostly storage noise
+to unit variance. f must exceed 1: statistics of stored values already include the noise (λ_stored =
+λ + n_i ≥ n_i), so a floor of exactly n_i never binds; with f, a whitened direction's noise is at most
+1/f of its unit variance (measured on the demo store: pca_w storage NMSE 1.5e-2 → 1.7e-3 on tiny_dinov2
+going from f = 1 to f = 10, driven by one direction, a final LayerNorm's null direction). W⁻¹ stays the exact
+inverse; directions above the floor come out with unit variance, those below with variance < 1. PHI-S
+divides by nothing but trace Σ / C and needs no floor. A teacher with trace Σ = 0 (constant output) cannot
+be normalized.
 
-Determinism: eigenvalues sorted descending, each eigenvector negated so that its largest-magnitude
-component (lowest index on ties) is positive, so fitting the same statistics twice gives bit-identical
-matrices regardless of the signs LAPACK returns.
+Determinism and rotation consistency: eigenvalues sorted descending; each eigenvector u_i is negated so
+that u_iᵀμ ≥ 0. That rule commutes with rotations (fitting on (Qμ, QΣQᵀ) and applying to Qy gives the
+same PHI-S / HCA / PCA-W targets as fitting on (μ, Σ) and applying to y, for distinct eigenvalues), which
+"largest entry positive" does not. Where |u_iᵀμ| is negligible (≤ SIGN_TOL · ‖μ‖, e.g. μ = 0) the
+largest-magnitude component (lowest index on ties) is made positive instead, so fitting the same
+statistics twice always gives bit-identical matrices regardless of the signs LAPACK returns.
 
 Shape legend: D channels (= C, the teacher width).
 """
@@ -40,6 +51,8 @@ from stages.normalize.losses import LossKind
 from stages.stats import Moments
 
 DEFAULT_EIG_FLOOR = 1e-6
+NOISE_FLOOR_FACTOR = 10.0  # noise floor = this × the storage noise variance of a direction (module docstring)
+SIGN_TOL = 1e-8  # |u_iᵀμ| below this times ‖μ‖ decides no sign (the largest-entry rule does)
 
 
 class NormVariant(str, Enum):
@@ -76,6 +89,28 @@ class NormVariant(str, Enum):
             raise ValueError(f"unknown normalization variant {name!r}; valid: {valid}") from None
 
 
+# How the summary (CLS) token is trained. Both papers compare the variants as *feature* losses and keep
+# AM-RADIO's cosine on raw summaries for every variant ("cosine", the default); "variant" applies the
+# variant's own normalization and loss to the summary too (what this project did before).
+SUMMARY_LOSSES = ("cosine", "variant")
+
+
+def parse_summary_loss(name: str) -> str:
+    """``name`` if it is a valid summary loss; else ValueError listing the valid ones."""
+    if name not in SUMMARY_LOSSES:
+        raise ValueError(f"unknown summary loss {name!r}; valid: {', '.join(SUMMARY_LOSSES)}")
+    return name
+
+
+def kind_variant(norm: "NormVariant | str", kind: str, summary_loss: str) -> "NormVariant":
+    """The variant whose normalizer and loss a token kind trains with: the sweep's ``norm`` for patch
+    tokens; for summary tokens ``norm`` when summary_loss is "variant", else cosine on raw targets."""
+    norm = NormVariant.parse(norm)
+    if kind == "summary" and parse_summary_loss(summary_loss) == "cosine":
+        return NormVariant.COSINE
+    return norm
+
+
 _LOSS_SIDE: dict[NormVariant, LossKind] = {
     NormVariant.MSE: LossKind.MSE,
     NormVariant.COSINE: LossKind.COSINE,
@@ -86,27 +121,47 @@ _LOSS_SIDE: dict[NormVariant, LossKind] = {
 
 @dataclass(frozen=True)
 class AffineFit:
-    """μ_D, W_DD, W_inv_DD (float64) and the Hadamard construction used (None without one)."""
+    """μ_D, W_DD, W_inv_DD (float64), the Hadamard construction used (None without one) and the variance
+    floor applied to each eigen-direction (pca_w / zca / hca) or channel (standardize)."""
 
     mu_D: np.ndarray
     W_DD: np.ndarray
     W_inv_DD: np.ndarray
     construction: str | None = None
+    floor_D: np.ndarray | None = None  # the variance floor applied per direction (None: no floor)
 
 
-def sign_canonical(U_DD: np.ndarray) -> np.ndarray:
-    """Eigenvectors (columns) negated so each one's largest-magnitude entry (lowest index on ties) is > 0."""
+def sign_canonical(U_DD: np.ndarray, mu_D: np.ndarray | None = None) -> np.ndarray:
+    """Eigenvectors (columns) negated so that u_iᵀμ ≥ 0; where |u_iᵀμ| ≤ SIGN_TOL·‖μ‖ (or without μ),
+    so that u_i's largest-magnitude entry (lowest index on ties) is positive."""
     pivot_D = np.argmax(np.abs(U_DD), axis=0)
     signs_D = np.where(U_DD[pivot_D, np.arange(U_DD.shape[1])] < 0, -1.0, 1.0)
+    if mu_D is not None:
+        proj_D = U_DD.T @ mu_D
+        decided_D = np.abs(proj_D) > SIGN_TOL * float(np.linalg.norm(mu_D))
+        signs_D = np.where(decided_D, np.where(proj_D < 0, -1.0, 1.0), signs_D)
     return U_DD * signs_D
 
 
-def eigh_descending(cov_DD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending, clipped at 0) and sign-canonical eigenvectors of a covariance."""
+def eigh_descending(cov_DD: np.ndarray, mu_D: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and sign-canonical eigenvectors (``sign_canonical``)."""
     sym_DD = 0.5 * (cov_DD + cov_DD.T)
     lam_D, U_DD = np.linalg.eigh(sym_DD)
     lam_D, U_DD = lam_D[::-1], U_DD[:, ::-1]
-    return np.clip(lam_D, 0.0, None).copy(), sign_canonical(np.ascontiguousarray(U_DD))
+    return np.clip(lam_D, 0.0, None).copy(), sign_canonical(np.ascontiguousarray(U_DD), mu_D)
+
+
+def storage_noise_var(moments: Moments, keepbits: int | None) -> np.ndarray:
+    """Per-channel variance of the rounding noise of storing values with ``keepbits`` mantissa bits.
+
+    Round-to-nearest to k kept bits has relative MSE ≈ 2^-2k / 24 (2.5e-6 at k = 7, bf16), so a channel
+    with second moment E[y_c²] = σ_c² + μ_c² carries noise of variance E[y_c²]·2^-2k/24. Lossless storage
+    (keepbits None) has none: zeros.
+    """
+    if keepbits is None:
+        return np.zeros(moments.dim)
+    second_D = np.clip(np.diag(moments.covariance()), 0.0, None) + moments.mean_D ** 2
+    return second_D * (2.0 ** (-2 * int(keepbits)) / 24.0)
 
 
 def _mean_eigenvalue(cov_DD: np.ndarray) -> float:
@@ -127,17 +182,20 @@ def _fit_global_std(m: Moments, cov_DD: np.ndarray) -> AffineFit:
     return AffineFit(np.full(m.dim, mu), eye_DD / sigma, eye_DD * sigma)
 
 
-def _fit_standardize(m: Moments, cov_DD: np.ndarray, eig_floor: float) -> AffineFit:
+def _fit_standardize(m: Moments, cov_DD: np.ndarray, eig_floor: float, noise_D: np.ndarray) -> AffineFit:
     var_D = np.clip(np.diag(cov_DD), 0.0, None)
-    sigma_D = np.sqrt(np.maximum(var_D, eig_floor * _mean_eigenvalue(cov_DD)))
-    return AffineFit(m.mean_D.copy(), np.diag(1.0 / sigma_D), np.diag(sigma_D))
+    floor_D = np.maximum(eig_floor * _mean_eigenvalue(cov_DD), noise_D)
+    sigma_D = np.sqrt(np.maximum(var_D, floor_D))
+    return AffineFit(m.mean_D.copy(), np.diag(1.0 / sigma_D), np.diag(sigma_D), floor_D=floor_D)
 
 
 def _fit_spectral(variant: NormVariant, m: Moments, cov_DD: np.ndarray, eig_floor: float,
-                  hadamard_cache: Path | None) -> AffineFit:
+                  hadamard_cache: Path | None, noise_D: np.ndarray) -> AffineFit:
     mean_lam = _mean_eigenvalue(cov_DD)
-    lam_D, U_DD = eigh_descending(cov_DD)
-    root_D = np.sqrt(np.maximum(lam_D, eig_floor * mean_lam))
+    lam_D, U_DD = eigh_descending(cov_DD, m.mean_D)
+    # storage noise along each eigen-direction: u_iᵀ diag(n) u_i (rounding noise is independent per value)
+    floor_D = np.maximum(eig_floor * mean_lam, (U_DD ** 2).T @ noise_D)
+    root_D = np.sqrt(np.maximum(lam_D, floor_D))
     construction = None
     if variant in (NormVariant.HCA, NormVariant.PHIS):
         H_DD, construction = hadamard_matrix(m.dim, cache_dir=hadamard_cache)
@@ -147,10 +205,11 @@ def _fit_spectral(variant: NormVariant, m: Moments, cov_DD: np.ndarray, eig_floo
         W, W_inv = (U_DD / root_D) @ U_DD.T, (U_DD * root_D) @ U_DD.T
     elif variant is NormVariant.HCA:
         W, W_inv = H_DD @ (U_DD.T / root_D[:, None]), (U_DD * root_D) @ H_DD.T
-    else:  # PHIS
+    else:  # PHIS: no division by eigenvalues, no floor
         alpha = mean_lam ** -0.5
         W, W_inv = alpha * (H_DD @ U_DD.T), (U_DD @ H_DD.T) / alpha
-    return AffineFit(m.mean_D.copy(), W, W_inv, construction)
+        return AffineFit(m.mean_D.copy(), W, W_inv, construction)
+    return AffineFit(m.mean_D.copy(), W, W_inv, construction, floor_D=floor_D)
 
 
 def fit_affine(
@@ -159,16 +218,21 @@ def fit_affine(
     *,
     hadamard_cache: Path | None = None,
     eig_floor: float = DEFAULT_EIG_FLOOR,
+    noise_D: np.ndarray | None = None,
 ) -> AffineFit:
     """Fit (μ, W, W⁻¹) of ``variant`` from float64 moments (population covariance).
 
-    ``eig_floor`` is relative to the mean eigenvalue (see the module docstring); ``hadamard_cache`` is
-    the directory of cached Hadamard matrices (hca, phis). Raises ValueError for empty statistics, a
+    ``eig_floor`` is relative to the mean eigenvalue; ``noise_D`` is the per-channel storage noise
+    variance (``storage_noise_var``; None: no noise floor); see the module docstring. ``hadamard_cache``
+    is the directory of cached Hadamard matrices (hca, phis). Raises ValueError for empty statistics, a
     constant teacher, or a width without a Hadamard matrix (hca, phis).
     """
     variant = NormVariant.parse(variant)
     if not 0.0 < eig_floor < 1.0:
         raise ValueError(f"eig_floor is relative to the mean eigenvalue and must be in (0, 1), got {eig_floor}")
+    noise_D = np.zeros(moments.dim) if noise_D is None else np.asarray(noise_D, np.float64)
+    if noise_D.shape != (moments.dim,) or not np.all(np.isfinite(noise_D)) or np.any(noise_D < 0):
+        raise ValueError(f"noise_D must be {moments.dim} finite variances >= 0, got shape {noise_D.shape}")
     if not variant.is_affine:
         eye_DD = np.eye(moments.dim)
         return AffineFit(np.zeros(moments.dim), eye_DD, eye_DD.copy())
@@ -178,5 +242,5 @@ def fit_affine(
     if variant is NormVariant.GLOBAL_STD:
         return _fit_global_std(moments, cov_DD)
     if variant is NormVariant.STANDARDIZE:
-        return _fit_standardize(moments, cov_DD, eig_floor)
-    return _fit_spectral(variant, moments, cov_DD, eig_floor, hadamard_cache)
+        return _fit_standardize(moments, cov_DD, eig_floor, noise_D)
+    return _fit_spectral(variant, moments, cov_DD, eig_floor, hadamard_cache, noise_D)

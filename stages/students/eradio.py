@@ -14,9 +14,11 @@ Built from the paper's description (no reference code is vendored):
 
 An MRA layer runs a windowed attention pass on a 2x-downsampled map (upsampled back), then a windowed pass
 at full resolution that sees the input plus that coarse context; a 1x1 conv+BN mixes both results and the
-sum is added to the skip. Window size grows with resolution: img_size // 32 (7 at 224, 8 at 256, 12 at
-384, 16 at 512), so the stage-4 map and the coarse stage-3 map are each a single window at the build size;
-other inputs are padded to a multiple of the window, and padded positions are masked out of attention.
+sum is added to the skip. Window size grows with resolution, as in the paper: side // 32 (7 at 224, 8 at
+256, 12 at 384, 16 at 512), computed from each input's shorter side at forward time (not fixed when the
+model is built), so a model built at 224 runs at 512 with 16×16 windows and the stage-4 map of a square
+input is a single window at every resolution; a model built with an explicit ``window_size`` keeps it.
+Maps are padded to a multiple of the window, and padded positions are masked out of attention.
 Choices the paper leaves open (documented here, not claimed as the paper's): each C2f block carries one
 bottleneck and an outer residual; attention layers are pre-norm with a depthwise 3x3 conv position
 encoding; the coarse map is a 2x2 average pool; the paper states depths only for the large model, so every
@@ -69,6 +71,12 @@ def window_size_for(img_size: int) -> int:
     """Attention window side for a square input: img_size // 32 (7@224, 8@256, 12@384, 16@512)."""
     check_input_size(img_size, img_size)
     return img_size // INPUT_MULTIPLE
+
+
+def window_for_input(height: int, width: int) -> int:
+    """The window an input of this size runs with: its shorter side // 32 (``window_size_for``)."""
+    check_input_size(height, width)
+    return min(height, width) // INPUT_MULTIPLE
 
 
 def check_input_size(height: int, width: int) -> None:
@@ -170,10 +178,11 @@ class WindowAttentionBlock(nn.Module):
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep_b11N)
         return self.proj(out.transpose(1, 2).reshape(b, N, C))
 
-    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BCHW: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """Attention inside windows of side ``window`` (default: the one built with)."""
         B, C, H, W = x_BCHW.shape
         x_BCHW = x_BCHW + self.pos(x_BCHW)
-        ws = self.window
+        ws = self.window if window is None else window
         pad_h, pad_w = (-H) % ws, (-W) % ws
         keep_b11N = None
         if pad_h or pad_w:
@@ -198,24 +207,35 @@ class MultiResolutionAttention(nn.Module):
         self.fine = WindowAttentionBlock(dim, heads=heads, window=window, mlp_ratio=mlp_ratio)
         self.mix = ConvBN(2 * dim, dim, 1, act=False)
 
-    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BCHW: torch.Tensor, window: int | None = None) -> torch.Tensor:
         size = x_BCHW.shape[-2:]
-        coarse_BCHW = self.coarse(F.avg_pool2d(x_BCHW, 2, ceil_mode=True))
+        coarse_BCHW = self.coarse(F.avg_pool2d(x_BCHW, 2, ceil_mode=True), window)
         coarse_BCHW = F.interpolate(coarse_BCHW, size=size, mode="bilinear", align_corners=False)
-        fine_BCHW = self.fine(x_BCHW + coarse_BCHW)
+        fine_BCHW = self.fine(x_BCHW + coarse_BCHW, window)
         return x_BCHW + self.mix(torch.cat([coarse_BCHW, fine_BCHW], dim=1))
+
+
+class WindowedStack(nn.Sequential):
+    """Attention layers in sequence, each run with the same window side (chosen per input)."""
+
+    def forward(self, x_BCHW: torch.Tensor, window: int | None = None) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x_BCHW = layer(x_BCHW, window)
+        return x_BCHW
 
 
 class ERADIO(Student):
     """E-RADIO trunk: dense features at stride 16 with `config.out_dim` channels; summary = spatial mean."""
 
     def __init__(self, config: ERADIOConfig, *, img_size: int, window_size: int | None = None) -> None:
-        """Build `config` for square inputs of side `img_size` (a multiple of 32); the window defaults to
-        `window_size_for(img_size)`."""
+        """Build `config` for square inputs of side `img_size` (a multiple of 32). With `window_size` None
+        (the default) the window follows each input (`window_for_input`; `window_size_for(img_size)` at
+        the build size); an explicit `window_size` is used at every resolution."""
         super().__init__()
+        if window_size is not None and window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {window_size}")
         window = window_size_for(img_size) if window_size is None else window_size
-        if window < 1:
-            raise ValueError(f"window_size must be >= 1, got {window}")
+        self.fixed_window = window_size
         w, (d1, d2, d3, d4), heads, mlp = config.width, config.depths, config.heads, config.mlp_ratio
         self.config = config
         self.window_size = window
@@ -230,19 +250,24 @@ class ERADIO(Student):
         mra = [
             MultiResolutionAttention(4 * w, heads=heads[2], window=window, mlp_ratio=mlp) for _ in range(d3)
         ]
-        self.stage3 = nn.Sequential(*mra)
+        self.stage3 = WindowedStack(*mra)
         self.down3 = ConvBN(4 * w, 8 * w, 3, stride=2, act=False)
         attn = [WindowAttentionBlock(8 * w, heads=heads[3], window=window, mlp_ratio=mlp) for _ in range(d4)]
-        self.stage4 = nn.Sequential(*attn)
+        self.stage4 = WindowedStack(*attn)
         self.proj3 = ConvBN(4 * w, config.out_dim, 1, act=False)
         self.proj4 = ConvBN(8 * w, config.out_dim, 1, act=False)
 
+    def window_for(self, height: int, width: int) -> int:
+        """The attention window an input of this size runs with (checks the size)."""
+        window = window_for_input(height, width)
+        return window if self.fixed_window is None else self.fixed_window
+
     def forward(self, x_BCHW: torch.Tensor) -> StudentOutput:
         """Pixels (sides multiples of 32) -> StudentOutput(summary (B, 1, C), features (B, H/16, W/16, C))."""
-        check_input_size(x_BCHW.shape[-2], x_BCHW.shape[-1])
+        window = self.window_for(x_BCHW.shape[-2], x_BCHW.shape[-1])
         x = self.stage2(self.down1(self.stage1(self.stem(x_BCHW))))
-        s3_BCHW = self.stage3(self.down2(x))
-        s4_BCHW = self.stage4(self.down3(s3_BCHW))
+        s3_BCHW = self.stage3(self.down2(x), window)
+        s4_BCHW = self.stage4(self.down3(s3_BCHW), window)
         up_BCHW = F.interpolate(self.proj4(s4_BCHW), scale_factor=2, mode="bilinear", align_corners=False)
         features_BCHW = self.proj3(s3_BCHW) + up_BCHW
         features_BhwC = features_BCHW.permute(0, 2, 3, 1)

@@ -6,10 +6,14 @@ hidden width = the widest teacher by default. Summary heads are numbered over th
 summary (summary_dim > 0) in the order given; summary head i reads student summary token min(i, K - 1), so
 a K = 1 student (E-RADIO) shares its one summary token and a ViT with one CLS token per teacher gets its own.
 
-Grid matching: the feature MLP runs on the student's own grid, and its output is then bilinearly resized
-(align_corners=False) to the teacher's grid. The MLP therefore costs the student's token count, not the
-teacher's (SAM's 64x64 grid is 4x a 32x32 student grid). Bilinear weights sum to one, so resizing commutes
-with any affine map applied after the last Linear: denormalization folded into `last_linears` is exact.
+Grid matching: the feature MLP runs on the student's own grid, and its output is then resized to the
+teacher's grid (`resize_grid`): upsampled bilinearly (align_corners=False) where the teacher's grid is
+finer, downsampled by area (adaptive average) pooling where it is coarser, as the store pools a teacher's
+grid (stages/extract/pooling.py). Plain bilinear downsampling would read only the 4 nearest student
+tokens per teacher cell: 32 -> 8 leaves 768 of 1024 tokens without gradient. The MLP costs the student's
+token count, not the teacher's (SAM's 64x64 grid is 4x a 32x32 student grid). Both resizes have weights
+that sum to one, so they commute with any affine map applied after the last Linear: denormalization folded
+into `last_linears` is exact.
 
 Shape legend: B batch, K summary tokens, C channels, h/w grid sides.
 """
@@ -23,6 +27,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.students.contract import StudentOutput
+
+
+def resize_grid(x_BhwC: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w, C) -> (B, gh, gw, C): bilinear upsampling along sides that grow, area (adaptive average)
+    pooling along sides that shrink (a side that grows and one that shrinks: upsample, then pool)."""
+    h, w = x_BhwC.shape[1:3]
+    gh, gw = grid
+    if (h, w) == (gh, gw):
+        return x_BhwC
+    x_BChw = x_BhwC.permute(0, 3, 1, 2)
+    up = (max(h, gh), max(w, gw))
+    if up != (h, w):
+        x_BChw = F.interpolate(x_BChw, size=up, mode="bilinear", align_corners=False)
+    if up != (gh, gw):
+        x_BChw = F.adaptive_avg_pool2d(x_BChw, (gh, gw))
+    return x_BChw.permute(0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
@@ -114,12 +134,7 @@ class TeacherHeads(nn.Module):
             summary_BC = None
             if t.name in self.summary_heads:
                 summary_BC = self.summary_heads[t.name](summary_BKC[:, self.summary_token[t.name]])
-            patches_BhwC = self.patch_heads[t.name](features_BhwC)
-            if tuple(patches_BhwC.shape[1:3]) != tuple(t.grid):
-                patches_BChw = F.interpolate(
-                    patches_BhwC.permute(0, 3, 1, 2), size=tuple(t.grid), mode="bilinear", align_corners=False
-                )
-                patches_BhwC = patches_BChw.permute(0, 2, 3, 1)
+            patches_BhwC = resize_grid(self.patch_heads[t.name](features_BhwC), tuple(t.grid))
             preds[t.name] = (summary_BC, patches_BhwC)
         return preds
 
