@@ -159,3 +159,77 @@ def test_cli_module_imports_no_heavy_stage_and_lists_every_norm() -> None:
             "print(','.join(c.NORM_NAMES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", ",".join(v.value for v in NormVariant)]
+
+
+# ---- issue 11: summary loss, one optimizer for every variant ------------------------------------------------
+
+def test_summary_loss_is_cosine_on_raw_summaries_by_default(tiny_root: Path, tmp_path: Path) -> None:
+    """Default: summaries are not normalized by the loader (identity normalizer) and trained with cosine,
+    whatever the feature variant; "variant" applies the variant's normalizer and loss. The run records it."""
+    import numpy as np
+
+    from stages.distill.loader import StoreBatches, StoreSet
+    from stages.distill.train import distill_loss
+    from stages.normalize import target_loss
+
+    raw = StoreSet(tiny_root, TEACHERS, norm=NormVariant.PHIS)
+    own = StoreSet(tiny_root, TEACHERS, norm=NormVariant.PHIS, summary_loss="variant")
+    t = next(t for t in TEACHERS if "summary" in raw.normalizers[t])
+    assert raw.normalizers[t]["summary"].variant is NormVariant.COSINE  # identity: raw summaries
+    assert own.normalizers[t]["summary"].variant is NormVariant.PHIS
+    b_raw = next(iter(StoreBatches(raw, split="train", batch_size=4, img_size=64, seed=0)))
+    b_own = next(iter(StoreBatches(own, split="train", batch_size=4, img_size=64, seed=0)))
+    s_BC, _, _ = raw.stores[t].read_images(b_raw["image_B"].numpy())
+    stored = np.asarray(s_BC[np.arange(4), b_raw["view_B"].numpy()], np.float32)
+    torch.testing.assert_close(b_raw[f"{t}/summary"], torch.from_numpy(stored))
+    torch.testing.assert_close(b_own[f"{t}/summary"], own.normalizers[t]["summary"].apply(torch.from_numpy(stored)))
+    torch.testing.assert_close(b_raw[f"{t}/patches"], b_own[f"{t}/patches"])  # features: the variant either way
+
+    pred = {u: (None if f"{u}/summary" not in b_raw else torch.randn_like(b_raw[f"{u}/summary"]),
+                torch.randn_like(b_raw[f"{u}/patches"])) for u in TEACHERS}
+    config = _config(tiny_root, tmp_path / "x", norm="mse")
+    _, parts = distill_loss(config, pred, b_raw, torch.device("cpu"))
+    assert parts[f"loss/{t}/summary"] == target_loss("cosine", pred[t][0], b_raw[f"{t}/summary"])
+    _, parts = distill_loss(_config(tiny_root, tmp_path / "x", norm="mse", summary_loss="variant"), pred, b_raw,
+                            torch.device("cpu"))
+    assert parts[f"loss/{t}/summary"] == target_loss("mse", pred[t][0], b_raw[f"{t}/summary"])
+
+    run = train(_config(tiny_root, tmp_path / "rec", norm="zca", steps=1))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["summary_loss"] == "cosine"
+    assert saved["normalizers"][t]["summary"]["variant"] == "cosine"
+    assert saved["normalizers"][t]["patches"]["variant"] == "zca"
+    with pytest.raises(ValueError, match="unknown summary loss 'l2'"):
+        _config(tiny_root, tmp_path / "bad", summary_loss="l2")
+    legacy = {k: v for k, v in saved.items() if k != "summary_loss"}  # a config.json from before the field
+    assert DistillConfig.from_dict(legacy).summary_loss == "variant"
+
+
+def test_clipped_fraction_is_logged_and_default_does_not_clip(tiny_root: Path, tmp_path: Path) -> None:
+    off = _metrics(train(_config(tiny_root, tmp_path / "off", norm="mse", steps=3)))
+    assert all(r["clip_frac"] == 0.0 and r["grad_norm"] > 0 for r in off)
+    tight = _metrics(train(_config(tiny_root, tmp_path / "tight", norm="mse", steps=3, grad_clip=1e-6)))
+    assert all(r["clip_frac"] == 1.0 for r in tight)
+    loose = _metrics(train(_config(tiny_root, tmp_path / "loose", norm="mse", steps=3, grad_clip=1e9)))
+    assert all(r["clip_frac"] == 0.0 for r in loose)
+    assert DistillConfig(student="s", teachers=("a",), root=".", out_dir=".").grad_clip == 0.0
+
+
+def test_no_weight_decay_on_tokens_position_embeddings_biases_and_norms() -> None:
+    from stages.distill.train import Distiller, make_optimizer, no_weight_decay_names
+    from stages.students import TeacherHeads, build_student
+
+    student = build_student("vit_tiny_test", img_size=64, num_summary_tokens=2)
+    heads = TeacherHeads(student.embed_dim, [HeadTarget("t", 8, 8, (4, 4))], num_summary_tokens=2)
+    model = Distiller(student, heads)
+    exempt = no_weight_decay_names(model)
+    assert {"student.model.cls_token", "student.model.reg_token", "student.model.pos_embed"} <= exempt
+    assert "student.model.patch_embed.proj.weight" not in exempt and "heads.patch_heads.t.0.weight" not in exempt
+    assert all(p.ndim < 2 for n, p in model.named_parameters() if n in exempt and "token" not in n
+               and "pos_embed" not in n)
+    optimizer, _ = make_optimizer(_config(Path("."), Path("."), weight_decay=0.05), model)
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    named = dict(model.named_parameters())
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05 and optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert id(named["student.model.pos_embed"]) not in decayed
+    assert id(named["student.model.blocks.0.attn.qkv.weight"]) in decayed

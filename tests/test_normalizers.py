@@ -293,3 +293,91 @@ def test_load_refuses_other_version(tmp_path) -> None:
               metadata={"normalizer_version": "0", "variant": "mse"})
     with pytest.raises(NormalizerMismatchError, match="version '0'"):
         Normalizer.load(path)
+
+
+# ---- issue 11: rotation-consistent signs, noise-aware floor, what the normalizer file records ------------
+
+def _random_rotation(d: int, seed: int) -> np.ndarray:
+    q_DD, r_DD = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q_DD * np.sign(np.diag(r_DD))
+
+
+@pytest.mark.parametrize("variant", [NormVariant.PHIS, NormVariant.HCA, NormVariant.PCA_W])
+def test_fit_is_rotation_consistent(variant: NormVariant) -> None:
+    """Fitting on rotated statistics (Qμ, QΣQᵀ) and applying to Qy gives the targets of fitting on (μ, Σ)
+    and applying to y (distinct eigenvalues): the sign rule u_iᵀμ ≥ 0 is rotation-invariant."""
+    d = 64
+    m = random_moments(d, seed=21)
+    Q_DD = _random_rotation(d, 22)
+    rotated = Moments(m.count, Q_DD @ m.mean_D, Q_DD @ m.m2_DD @ Q_DD.T)
+    y_ND = np.random.default_rng(23).normal(size=(50, d)) * 2.0 + m.mean_D
+    a, b = fit_normalizer(variant, m), fit_normalizer(variant, rotated)
+    diff = np.abs(a.apply(y_ND) - b.apply(y_ND @ Q_DD.T)).max()
+    assert diff < 1e-9, diff
+    # the old rule (largest entry positive) is not rotation-consistent: some targets flip sign
+    lam_D, U_DD = np.linalg.eigh(m.covariance())
+    lam_r, U_r = np.linalg.eigh(rotated.covariance())
+    old_a, old_b = sign_canonical(U_DD), sign_canonical(U_r)
+    assert np.abs(old_a.T @ (y_ND - m.mean_D).T - old_b.T @ ((y_ND - m.mean_D) @ Q_DD.T).T).max() > 1.0
+
+
+def test_sign_rule_follows_the_mean_and_falls_back_when_negligible() -> None:
+    U_DD = np.array([[0.6, -0.8], [0.8, 0.6]])
+    mu_D = np.array([-1.0, 0.0])  # u0ᵀμ = -0.6 < 0 -> flip; u1ᵀμ = 0.8 > 0 -> keep
+    np.testing.assert_array_equal(sign_canonical(U_DD, mu_D), U_DD * [-1.0, 1.0])
+    # μ orthogonal to u1 (negligible projection): u1's largest-magnitude entry (-0.8) is made positive
+    mu_D = np.array([0.6, 0.8])
+    np.testing.assert_array_equal(sign_canonical(U_DD, mu_D), U_DD * [1.0, -1.0])
+    np.testing.assert_array_equal(sign_canonical(U_DD, np.zeros(2)), sign_canonical(U_DD))
+
+
+def test_storage_noise_var_matches_measured_bf16_rounding() -> None:
+    """The noise model E[y_c²]·2^-2k/24 against the store's own rounding (keepbits 7, bf16)."""
+    from store_schema.codecs import CodecSpec, round_as_stored
+
+    y_ND = correlated_data(20_000, 8, seed=24).astype(np.float32)
+    err_ND = round_as_stored(y_ND, CodecSpec(keepbits=7)).astype(np.float64) - y_ND
+    measured_D = np.mean(err_ND ** 2, axis=0)
+    predicted_D = variants.storage_noise_var(Moments.from_batch(y_ND), 7)
+    np.testing.assert_allclose(measured_D, predicted_D, rtol=0.35)
+    assert np.all(variants.storage_noise_var(Moments.from_batch(y_ND), None) == 0.0)
+
+
+@pytest.mark.parametrize("variant", WHITENING + [NormVariant.STANDARDIZE])
+def test_noise_floor_binds_on_a_noise_only_direction(variant: NormVariant) -> None:
+    """A direction whose stored variance is only storage noise is not lifted to unit variance: its
+    variance after the map is at most 1 / NOISE_FLOOR_FACTOR (hand-built: channel 0 is a constant 100
+    plus rounding noise, the others carry signal)."""
+    d, k = 4, 7
+    mean_D = np.array([100.0, 0.0, 0.0, 0.0])
+    noise0 = (100.0 ** 2) * 2.0 ** (-2 * k) / 24.0  # the noise variance keepbits 7 implies on channel 0
+    cov_DD = np.diag([noise0, 1.0, 2.0, 3.0])
+    m = Moments(1000, mean_D, 1000 * cov_DD)
+    with_floor = fit_normalizer(variant, m, keepbits=k)
+    without = fit_normalizer(variant, m, keepbits=None)
+    out_with, out_without = output_cov(with_floor, m), output_cov(without, m)
+    noise_share_with = float(with_floor.W_DD[:, 0] @ with_floor.W_DD[:, 0]) * noise0
+    noise_share_without = float(without.W_DD[:, 0] @ without.W_DD[:, 0]) * noise0
+    assert noise_share_without == pytest.approx(1.0, rel=1e-6)  # the old floor whitens noise to unit variance
+    # (E[y²] = μ² + noise, so the implied noise is a hair above noise0: rel 1e-4)
+    assert noise_share_with == pytest.approx(1.0 / variants.NOISE_FLOOR_FACTOR, rel=1e-4)
+    assert np.trace(out_with) == pytest.approx(3.0 + 1.0 / variants.NOISE_FLOOR_FACTOR, rel=1e-4)
+    assert np.trace(out_without) == pytest.approx(4.0, rel=1e-6)
+    assert with_floor.floor_D is not None and with_floor.floor_D.max() == pytest.approx(
+        variants.NOISE_FLOOR_FACTOR * noise0, rel=1e-4)
+
+
+def test_normalizer_file_records_split_floor_and_construction(tmp_path) -> None:
+    m = random_moments(12, seed=25)
+    path = tmp_path / "n.safetensors"
+    norm = load_or_fit(path, "hca", m, keepbits=7, split="train")
+    back = Normalizer.load(path)
+    assert (back.split, back.keepbits, back.noise_floor_factor) == ("train", 7, variants.NOISE_FLOOR_FACTOR)
+    assert back.construction == norm.construction and back.construction
+    np.testing.assert_array_equal(back.floor_D, norm.floor_D)
+    assert NORMALIZER_VERSION == 2
+    load_or_fit(tmp_path / "p.safetensors", "phis", m, keepbits=7)
+    assert Normalizer.load(tmp_path / "p.safetensors").floor_D is None  # PHI-S divides by no eigenvalue
+    for key, kw in (("split", {"keepbits": 7, "split": "all"}), ("keepbits", {"keepbits": None, "split": "train"})):
+        with pytest.raises(NormalizerMismatchError, match=key):
+            load_or_fit(path, "hca", m, **kw)

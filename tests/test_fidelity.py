@@ -1,0 +1,108 @@
+"""Storage fidelity in the loss space (PHI-S, arXiv 2410.01680): hand-built NMSE / cosine / gate cases, the
+noise model against real rounding, and the measurement on a real tiny-teacher store through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stages.normalize import fit_normalizer
+from stages.normalize.fidelity import (GATE_RATIO, FidelityCheck, format_checks, min_cosine_in, nmse_in,
+                                       storage_nmse_model)
+from stages.stats import Moments
+from store_schema.codecs import CodecSpec, round_as_stored
+
+pytest_plugins = ["tests.ray_fixture"]
+
+
+def _identity(d: int):
+    return fit_normalizer("mse", Moments.from_batch(np.random.default_rng(0).normal(size=(10, d))))
+
+
+def test_nmse_and_min_cosine_known_answers() -> None:
+    exact = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])  # mean 0, Σ‖y‖² = 10
+    approx = exact + np.array([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # error energy 1
+    norm = _identity(2)
+    assert nmse_in(norm, approx, exact) == pytest.approx(0.1)
+    assert min_cosine_in(norm, approx, exact) == pytest.approx(1 / np.sqrt(2))
+    # standardize with σ = (1, 0.2) scales channel 1 by 5: error 25 against signal 2 + 2·4·25 = 202
+    scaled = fit_normalizer("standardize", Moments(4, np.zeros(2), np.diag([4.0, 0.04 * 4])))
+    assert nmse_in(scaled, approx, exact) == pytest.approx(25 / 202, rel=1e-12)
+
+
+def test_gate_passes_only_below_a_tenth_of_the_teacher_noise() -> None:
+    ok = FidelityCheck("phis", "patches", storage_nmse=1e-6, teacher_bf16_nmse=2e-5, storage_min_cos=0.9999,
+                       model_nmse=1e-6)
+    assert ok.ratio == pytest.approx(0.05) and ok.passed
+    noisy = FidelityCheck("zca", "patches", storage_nmse=1e-3, teacher_bf16_nmse=2e-3, storage_min_cos=0.9999,
+                          model_nmse=1e-3)
+    low_cos = FidelityCheck("pca_w", "patches", storage_nmse=1e-7, teacher_bf16_nmse=1e-3, storage_min_cos=0.99,
+                            model_nmse=1e-7)
+    assert not noisy.passed and not low_cos.passed and noisy.ratio > GATE_RATIO
+    lines = format_checks([ok, noisy, low_cos])
+    assert lines[0].endswith(": ok") and lines[1].endswith(": FAIL")
+    assert lines[-1].startswith("WARNING") and "pca_w, zca" in lines[-1]
+    assert FidelityCheck.from_dict(json.loads(json.dumps(noisy.to_dict()))) == noisy
+
+
+def test_noise_model_predicts_measured_storage_nmse_per_variant() -> None:
+    """Correlated data with one near-null direction: the model tracks the measured rounding NMSE, and
+    whitening amplifies storage noise far more than PHI-S does."""
+    rng = np.random.default_rng(3)
+    d = 16
+    x_ND = rng.normal(size=(20_000, d)) * np.geomspace(3.0, 0.01, d) @ np.linalg.qr(rng.normal(size=(d, d)))[0]
+    y_ND = (x_ND + 5.0).astype(np.float32)
+    stored = round_as_stored(y_ND, CodecSpec(keepbits=7))
+    m = Moments.from_batch(stored)
+    got = {}
+    for variant in ("phis", "zca"):
+        norm = fit_normalizer(variant, m, keepbits=None)  # no noise floor: the raw amplification
+        measured, model = nmse_in(norm, stored, y_ND), storage_nmse_model(norm, m, 7)
+        assert model == pytest.approx(measured, rel=0.5), variant
+        got[variant] = measured
+    assert got["zca"] > 20 * got["phis"]
+
+
+def test_store_fidelity_cli_measures_writes_and_info_prints(tmp_path, make_corpus):
+    """A real tiny teacher store: `store fidelity` runs the teacher (float32 and bf16), writes the file,
+    `store info` prints every variant with a verdict; a stats change makes the file stale."""
+    from pipeline.cli import app
+    from stages.extract.fidelity import read_fidelity
+    from stages.extract.worker import ShardWorker
+    from stages.teachers.registry import get_teacher_spec, weights_identity
+    from store_schema.layout import fidelity_path, manifest_path, teacher_store_path
+    from store_schema.manifest import read_manifest
+    from store_schema.teacher_store import create_teacher_store, open_teacher_store
+
+    torch.set_num_threads(1)
+    root = make_corpus(tmp_path, n_ok=8)
+    spec = get_teacher_spec("tiny_sam")
+    store = create_teacher_store(teacher_store_path(root, spec.name), spec=spec, weights_identity=weights_identity(spec),
+                                 manifest=read_manifest(manifest_path(root)), shard_size=4, storage_grid=spec.grid,
+                                 codec=CodecSpec())
+    worker = ShardWorker(spec, store_path=store.path, manifest_path=manifest_path(root), batch_size=8)
+    for k in range(store.num_shards):
+        r = worker.run_shard(k)
+        store.write_shard_stats(k, "patches", r.patches)
+        store.mark_complete(k)
+    res = CliRunner().invoke(app, ["store", "info", "--root", str(root)])
+    assert res.exit_code == 0 and "fidelity: not measured" in res.output, res.output
+    res = CliRunner().invoke(app, ["store", "fidelity", "--root", str(root), "--images", "3"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(fidelity_path(root, spec.name).read_text())
+    assert data["num_views"] == 6 and data["keepbits"] == 7 and len(data["checks"]) == 10  # 10 variants x patches
+    by = {c["variant"]: c for c in data["checks"]}
+    assert 0 < by["phis"]["storage_nmse"] < 1e-4 and by["phis"]["teacher_bf16_nmse"] > 0
+    assert by["mse"]["storage_nmse"] == pytest.approx(by["cosine"]["storage_nmse"])  # same (raw) space
+    res = CliRunner().invoke(app, ["store", "info", "--root", str(root)])
+    assert res.exit_code == 0 and "storage NMSE" in res.output and res.output.count("patches  storage") == 10
+    checks, why = read_fidelity(root, open_teacher_store(store.path))
+    assert checks is not None and why == ""
+    store.mark_complete(0)  # same stats: still current; rewriting shard 0's stats changes the hash
+    store.write_shard_stats(0, "patches", Moments.from_batch(np.ones((3, spec.patch_dim))))
+    checks, why = read_fidelity(root, open_teacher_store(store.path))
+    assert checks is None and "stale" in why
