@@ -75,7 +75,8 @@ def test_rank_runs_errors() -> None:
 
 def test_declared_categories_and_directions() -> None:
     names = ["dino/patches/mse", "dino/summary/mse", "clip/patches/cos_mean", "probe/knn_acc", "probe/linear_acc",
-             "zeroshot/clip/top1", "zeroshot/clip/teacher_top1", "seg/linear_miou", "seg/openvocab_miou/clip"]
+             "zeroshot/clip/top1", "zeroshot/clip/teacher_top1", "seg/linear_miou", "seg/openvocab_miou/clip",
+             "seg/teacher_linear_miou/clip", "seg/teacher_openvocab_miou/clip", "zeroshot/clip/agreement"]
     cats = categorize(names)
     assert list(cats) == list(CATEGORIES)
     assert cats == {"Teacher MSE": ["dino/patches/mse"],

@@ -12,7 +12,8 @@ this project that fill them:
 
 Summary MSE (``<teacher>/summary/mse``) is reported but not ranked, as in the paper; so are token
 cosines, error-variance ranges, the linear classification probe and teacher reference scores (a metric
-whose last component starts with ``teacher_``). A category none of whose metrics the runs have is left
+with a path component starting with ``teacher_``, e.g. ``zeroshot/<teacher>/teacher_top1`` or
+``seg/teacher_linear_miou/<teacher>``). A category none of whose metrics the runs have is left
 out of the average (the report says so).
 """
 
@@ -37,7 +38,7 @@ _REFERENCE_PREFIX = "teacher_"
 
 
 def _is_reference(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1].startswith(_REFERENCE_PREFIX)
+    return any(part.startswith(_REFERENCE_PREFIX) for part in metric.split("/"))
 
 
 def categorize(metrics: Iterable[str]) -> dict[str, list[str]]:
