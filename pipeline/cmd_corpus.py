@@ -22,8 +22,9 @@ def corpus(
     source: Annotated[Optional[Path], typer.Argument(help="Folder of images (searched recursively), a text file of "
                                                           "paths (one per line), or a .parquet file with a 'uri' "
                                                           "column. Default: corpus.source of ./params.yaml.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Store root; manifest.parquet is written here. "
-                                                              "Default: store.root of ./params.yaml.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Store root (a folder or an fsspec URL such as "
+                                                             "s3://bucket/prefix); manifest.parquet is written here. "
+                                                             "Default: store.root of ./params.yaml.")] = None,
     views: Annotated[int, typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = 1,
     view_seed: Annotated[int, typer.Option(help="Seed of the view draw (with each image's sha256).")] = 0,
     pixel_limit: Annotated[Optional[int], typer.Option(help="Images with more pixels than this (checked from the "
@@ -41,8 +42,10 @@ def corpus(
     from stages.corpus.build_manifest import build_manifest
     from store_schema.manifest import ViewSpec
 
+    from store_schema.location import as_location
+
     v = fill_from_params(ctx, locals(), CORPUS, required=("source", "out"))
-    source, out, views, view_seed = v["source"], v["out"], v["views"], v["view_seed"]
+    source, out, views, view_seed = v["source"], as_location(v["out"]), v["views"], v["view_seed"]
     min_side, val_fraction = v["min_side"], v["val_fraction"]
     given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
     try:

@@ -104,7 +104,9 @@ def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] 
     from store_schema.layout import manifest_path
 
     specs = [get_teacher_spec(name) for name in teachers]  # unknown names: ValueError listing the valid ones
-    if not manifest_path(root).is_file():
+    from store_schema.location import is_file
+
+    if not is_file(manifest_path(root)):
         raise ValueError(f"no manifest at {manifest_path(root)}; build one with `pipeline corpus` first")
     for spec in specs:
         if storage_grid is not None:
@@ -128,7 +130,7 @@ def _echo_report(report: ExtractReport) -> None:
 def extract_cmd(
     ctx: typer.Context,
     teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher name from the registry; repeat or comma-separate for several. Default: extract.teachers of ./params.yaml.")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. Default: store.root of ./params.yaml.")] = None,
+    root: Annotated[Optional[str], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root of ./params.yaml.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
     batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,
     shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created.")] = 64,
@@ -155,8 +157,10 @@ def extract_cmd(
     from store_schema.codecs import CodecSpec
     from store_schema.errors import StoreError
 
+    from store_schema.location import as_location
+
     v = fill_from_params(ctx, locals(), EXTRACT, required=("teacher", "root"))
-    root = v["root"]
+    root = as_location(v["root"])
     try:
         teachers = parse_teachers(v["teacher"])
         # params.yaml gives storage grids and checkpoints per teacher; the flags give one for all

@@ -45,14 +45,15 @@ def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
         raise _fail(str(e)) from e
 
 
-RootOpt = Annotated[Optional[Path], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores. Default: store.root of ./params.yaml.")]
+RootOpt = Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores: a folder or an fsspec URL (s3://bucket/prefix). Default: store.root of ./params.yaml.")]
 TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher store(s) to look at; default: all under --root.")]
 
 
-def _root(ctx: typer.Context, root: Path | None) -> Path:
+def _root(ctx: typer.Context, root: str | None) -> Path | str:
     from pipeline.flag_defaults import STORE, fill_from_params
+    from store_schema.location import as_location
 
-    return fill_from_params(ctx, {"root": root}, STORE, required=("root",))["root"]
+    return as_location(fill_from_params(ctx, {"root": root}, STORE, required=("root",))["root"])
 
 
 def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
@@ -127,7 +128,7 @@ def verify_cmd(
 def transcode_cmd(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher whose store <root>/<teacher>.zarr is transcoded.")],
-    to: Annotated[Path, typer.Option("--to", help="Destination store root; gets manifest.parquet and <teacher>.zarr.")],
+    to: Annotated[str, typer.Option("--to", help="Destination store root (a folder or an fsspec URL); gets manifest.parquet and <teacher>.zarr.")],
     root: RootOpt = None,
     storage_grid: Annotated[Optional[str], typer.Option(help="Destination patch grid HxW, no larger than the source's (adaptive average pooling). Default: the source's grid.")] = None,
     codec: Annotated[Optional[str], typer.Option(help="Destination compressor COMPRESSOR[:LEVEL] (zstd, lz4, lz4hc, blosclz, zlib; e.g. zstd:5). Default: the source's.")] = None,
@@ -146,6 +147,7 @@ def transcode_cmd(
     from store_schema.codecs import CodecSpec
     from store_schema.errors import StoreError
     from store_schema.layout import teacher_store_path
+    from store_schema.location import as_location
     from store_schema.teacher_store import open_teacher_store
 
     root = _root(ctx, root)
@@ -170,7 +172,7 @@ def transcode_cmd(
 
             started_ray = not ray_is_running()
             init_ray(ray_address)
-        report = transcode_store(root, teacher, to, storage_grid=grid, codec=new_codec,
+        report = transcode_store(root, teacher, as_location(to), storage_grid=grid, codec=new_codec,
                                  scheduler="ray" if ray_address is not None else "threads", workers=workers)
     except (ValueError, StoreError) as e:
         raise _fail(str(e)) from e

@@ -31,6 +31,7 @@ from stages.extract.worker import MaskedView, ShardResult, ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.codecs import CodecSpec
 from store_schema.layout import manifest_path, teacher_store_path
+from store_schema.location import as_location
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import TeacherStore, create_teacher_store
 
@@ -114,7 +115,7 @@ def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
 def run_extract(root: Path, teacher: str, config: ExtractConfig) -> ExtractReport:
     """Extract `teacher` over `<root>/manifest.parquet` into `<root>/<teacher>.zarr`, skipping complete shards."""
     t0 = time.perf_counter()
-    root = Path(root)
+    root = as_location(root)
     manifest = read_manifest(manifest_path(root))
     spec = get_teacher_spec(teacher)
     grid = tuple(config.storage_grid) if config.storage_grid is not None else spec.grid

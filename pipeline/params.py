@@ -153,6 +153,10 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
+        if "://" in value:  # an fsspec URL (s3://bucket/prefix): a Path would collapse the "//"
+            if where != "store.root":
+                raise ValueError(f"{where}: only store.root may be a URL, got {value!r}")
+            return value.rstrip("/")
         return Path(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from store_schema import location
+from store_schema.location import Location
+
 SCHEMA_VERSION = 1
 TOKEN_KINDS: tuple[str, ...] = ("summary", "patches")
 
@@ -42,22 +45,33 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
-def manifest_path(root: Path) -> Path:
-    """<root>/manifest.parquet"""
-    return Path(root) / "manifest.parquet"
+# Inside <teacher>.zarr: the group's metadata, and the object written last when the group was created
+# (object stores have no atomic rename, so a store without it is a creation that was interrupted).
+ZARR_JSON = "zarr.json"
+CREATED_MARKER = ".created"
 
 
-def teacher_store_path(root: Path, teacher: str) -> Path:
+def manifest_path(root: Location) -> Location:
+    """<root>/manifest.parquet (root: a folder or an fsspec URL such as s3://bucket/prefix)"""
+    return location.join(root, "manifest.parquet")
+
+
+def teacher_store_path(root: Location, teacher: str) -> Location:
     """<root>/<teacher>.zarr"""
-    return Path(root) / f"{_check_name('teacher name', teacher)}.zarr"
+    return location.join(root, f"{_check_name('teacher name', teacher)}.zarr")
 
 
-def list_teacher_stores(root: Path) -> list[str]:
+def store_file(store: Location, name: str) -> Location:
+    """A file directly inside a store folder: ZARR_JSON or CREATED_MARKER."""
+    assert name in (ZARR_JSON, CREATED_MARKER), name
+    return location.join(store, name)
+
+
+def list_teacher_stores(root: Location) -> list[str]:
     """Teacher names with a store under root (<root>/<teacher>.zarr holding a zarr.json), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p.name[: -len(".zarr")] for p in root.glob("*.zarr") if (p / "zarr.json").is_file())
+    names = [n for n in location.list_dir(root) if n.endswith(".zarr")]
+    return sorted(n[: -len(".zarr")] for n in names
+                  if location.is_file(store_file(location.join(root, n), ZARR_JSON)))
 
 
 def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_hash: str) -> Path:

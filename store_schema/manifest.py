@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from store_schema import location
+
 from store_schema.errors import ManifestError, StoreNotFoundError
 
 STATUS_OK, STATUS_BAD = "ok", "bad"
@@ -118,30 +120,25 @@ def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, 
             "pixel_limit": str(int(pixel_limit)), "min_side": str(int(min_side)),
             "val_fraction": repr(float(val_fraction))}
     table = pa.table(columns, schema=schema.with_metadata(meta))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=False)
-    tmp.replace(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=False, use_dictionary=False)
+    location.write_bytes(location.as_location(path), sink.getvalue().to_pybytes())  # whole or not at all
     return manifest_hash(path)
 
 
 def manifest_hash(path: Path) -> str:
     """sha256 (hex) of the manifest file's bytes."""
-    path = Path(path)
-    if not path.is_file():
+    path = location.as_location(path)
+    if not location.is_file(path):
         raise StoreNotFoundError(f"no manifest at {path}")
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(location.read_bytes(path)).hexdigest()
 
 
 class Manifest:
     """Read-only view of manifest.parquet. Use read_manifest(path) to build one."""
 
     def __init__(self, path: Path, table: pa.Table, digest: str) -> None:
-        self.path = Path(path)
+        self.path = location.as_location(path)
         self.hash = digest
         self.table = table
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
@@ -151,7 +148,7 @@ class Manifest:
         self.metadata: dict[str, str] = meta
         self.view_spec = ViewSpec.from_dict(json.loads(meta["view_spec"]))
         self.source: str = meta["source"]
-        self.image_root: Path = (self.path.parent / meta["image_root"])
+        self.image_root: Path = _image_root(self.path, meta["image_root"])
         self.pixel_limit = int(meta["pixel_limit"])
         self.min_side = int(meta["min_side"])
         self.val_fraction = float(meta["val_fraction"])
@@ -196,8 +193,21 @@ class Manifest:
                 f"views={self.view_spec.num_views}, hash={self.hash[:12]})")
 
 
+def _image_root(manifest: location.Location, image_root: str) -> Path:
+    """The folder relative uris resolve against: image_root is absolute, or relative to a local manifest."""
+    if Path(image_root).is_absolute():
+        return Path(image_root)
+    if location.is_url(manifest):
+        raise ManifestError(f"{manifest}: image_root {image_root!r} is relative, which a manifest on object "
+                            "storage cannot resolve; rebuild it with `pipeline corpus` (writes absolute paths)")
+    return Path(manifest).parent / image_root
+
+
 def read_manifest(path: Path) -> Manifest:
-    """Read and validate manifest.parquet; the hash is the sha256 of the file bytes."""
-    path = Path(path)
-    digest = manifest_hash(path)
-    return Manifest(path, pq.read_table(path), digest)
+    """Read and validate manifest.parquet (a local file or an fsspec URL); the hash is the sha256 of the
+    file bytes."""
+    path = location.as_location(path)
+    if not location.is_file(path):
+        raise StoreNotFoundError(f"no manifest at {path}")
+    data = location.read_bytes(path)
+    return Manifest(path, pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest())

@@ -27,7 +27,7 @@ import zarr
 from stages.stats import Moments
 from stages.teachers.spec import TeacherSpec
 from store_schema import codecs as codecs_mod
-from store_schema import layout
+from store_schema import layout, location
 from store_schema.codecs import CodecSpec
 from store_schema.errors import (StoreCorruptionError, StoreMismatchError, StoreNotFoundError,
                                  StoreReadOnlyError)
@@ -62,7 +62,6 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     An existing store whose teacher spec, weights, manifest hash, view spec, codec, storage grid or
     shard size differs raises StoreMismatchError naming the expected and the found value.
     """
-    path = Path(path)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     grid = (int(storage_grid[0]), int(storage_grid[1]))
@@ -78,16 +77,26 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
         "num_views": manifest.view_spec.num_views,
     }
     attrs = _json_norm(attrs)
-    if (path / "zarr.json").exists():
+    path = location.as_location(path)
+    remote = location.is_url(path)
+    if remote and location.is_file(layout.store_file(path, layout.ZARR_JSON)) and not _created(path):
+        location.remove_tree(path)  # a creation killed before its marker: nothing in it can count
+    if location.is_file(layout.store_file(path, layout.ZARR_JSON)):
         store = open_teacher_store(path, expect_manifest_hash=manifest.hash,
                                    expect_view_spec=manifest.view_spec, mode="r+")
         for key in ("teacher", "weights", "codec", "storage_grid", "shard_size", "num_images", "num_views"):
             if store.attrs[key] != attrs[key]:
                 raise StoreMismatchError(path, key, expected=attrs[key], found=store.attrs[key])
         return store
-    if path.exists() and any(path.iterdir()):
+    if location.list_dir(path):
         raise StoreMismatchError(path, "store", expected="a zarr v3 group or nothing",
                                  found=f"a non-empty folder without zarr.json")
+    if remote:
+        # No atomic rename on object stores: build the group at its final path and write the creation
+        # marker last; a store without the marker is removed and rebuilt by the next create.
+        _create_arrays(path, attrs, spec=spec, codec=codec)
+        location.write_bytes(layout.store_file(path, layout.CREATED_MARKER), b"{}\n")
+        return open_teacher_store(path, mode="r+")
     # Build the whole group in a sibling folder and rename it into place, so a run killed while the
     # arrays are being created never leaves a half-made store that later runs refuse to open.
     for stale in path.parent.glob(f"{path.name}.creating-*"):
@@ -95,10 +104,15 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     tmp = path.parent / f"{path.name}.creating-{os.getpid()}"
     path.parent.mkdir(parents=True, exist_ok=True)
     _create_arrays(tmp, attrs, spec=spec, codec=codec)
+    location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
     if path.exists():
         path.rmdir()  # an empty folder (checked above)
     os.replace(tmp, path)
     return open_teacher_store(path, mode="r+")
+
+
+def _created(path) -> bool:
+    return location.is_file(layout.store_file(path, layout.CREATED_MARKER))
 
 
 def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSpec) -> None:
@@ -139,11 +153,14 @@ def open_teacher_store(path: Path, *, expect_manifest_hash: str | None = None,
     When given, the manifest hash and view spec must match; any mismatch raises StoreMismatchError
     naming the expected and the found value. mode: "r" (read-only) or "r+" (writers).
     """
-    path = Path(path)
+    path = location.as_location(path)
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(_MODES)}")
-    if not (path / "zarr.json").is_file():
+    if not location.is_file(layout.store_file(path, layout.ZARR_JSON)):
         raise StoreNotFoundError(f"no teacher store at {path} (expected a zarr v3 group with zarr.json)")
+    if location.is_url(path) and not _created(path):
+        raise StoreNotFoundError(f"the teacher store at {path} was never finished being created (no "
+                                 f"{layout.CREATED_MARKER} marker); re-run `pipeline extract` to rebuild it")
     group = zarr.open_group(path, mode=mode, zarr_format=3)
     attrs = dict(group.attrs)
     missing = [k for k in layout.REQUIRED_ATTRS if k not in attrs]
@@ -169,7 +186,7 @@ class TeacherStore:
     """Typed view of one <teacher>.zarr. Build it with create_teacher_store / open_teacher_store."""
 
     def __init__(self, path: Path, group: zarr.Group, attrs: dict, *, writable: bool) -> None:
-        self.path = Path(path)
+        self.path = location.as_location(path)
         self.group = group
         self.attrs = attrs
         self.writable = writable

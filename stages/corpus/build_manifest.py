@@ -19,6 +19,7 @@ from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SID
                                   inspect_image, is_image_name)
 from stages.corpus.views import draw_views
 from store_schema import layout
+from store_schema.location import as_location, is_url
 from store_schema.manifest import (STATUS_BAD, STATUS_OK, Manifest, ManifestRow, ViewSpec,
                                    read_manifest, write_manifest)
 
@@ -99,8 +100,9 @@ def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpe
             uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height,
             mode=rec.mode, split=split_of(key, val_fraction=val_fraction),
             status=STATUS_OK if rec.ok else STATUS_BAD, reason=rec.reason, boxes_V4=boxes_V4, flips_V=flips_V))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = as_location(out_dir)
+    if not is_url(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     path = layout.manifest_path(out_dir)
     write_manifest(path, rows, view_spec=view_spec, source=_portable(Path(source), out_dir),
                    image_root=_portable(base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
@@ -108,6 +110,9 @@ def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpe
     return read_manifest(path)
 
 
-def _portable(path: Path, out_dir: Path) -> str:
-    """path relative to out_dir (so a moved corpus + manifest pair keeps its hash), posix separators."""
+def _portable(path: Path, out_dir: Path | str) -> str:
+    """path relative to out_dir (so a moved corpus + manifest pair keeps its hash), posix separators;
+    absolute when the manifest goes to object storage (no common folder)."""
+    if is_url(out_dir):
+        return Path(os.path.abspath(path)).as_posix()
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()

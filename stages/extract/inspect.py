@@ -62,7 +62,9 @@ def storage_footprint(store: TeacherStore) -> tuple[int, float]:
 
     Bits per value counts the summary and patch arrays only (their stored bytes over the number of values
     in complete shards); NaN before any shard is complete."""
-    bytes_on_disk = sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+    from store_schema.location import size_of_tree
+
+    bytes_on_disk = size_of_tree(store.path)
     arrays = [a for a in (store.summary, store.patches) if a is not None]
     stored = sum(int(a.nbytes_stored()) for a in arrays)
     images = sum(store.shard_range(int(k))[1] - store.shard_range(int(k))[0] for k in store.completed_shards())

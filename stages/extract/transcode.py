@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from stages.stats import Moments
-from store_schema import layout
+from store_schema import layout, location
 from store_schema.codecs import CodecSpec
 from store_schema.errors import StoreMismatchError
 from store_schema.manifest import read_manifest
@@ -89,7 +89,9 @@ def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_gri
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     src_path, dst_path = layout.teacher_store_path(src_root, teacher), layout.teacher_store_path(dst_root, teacher)
-    if Path(src_path).resolve() == Path(dst_path).resolve():
+    same = (src_path == dst_path if location.is_url(src_path) or location.is_url(dst_path)
+            else Path(src_path).resolve() == Path(dst_path).resolve())
+    if same:
         raise ValueError(f"--to must be another store root than --root ({src_root}); a store is never "
                          "re-encoded in place")
     src = open_teacher_store(src_path, mode="r")
@@ -119,14 +121,9 @@ def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_gri
 
 def _copy_manifest(src_root: Path, dst_root: Path, expect_hash: str):
     """The source's manifest at dst_root (copied byte for byte when absent), checked against the store."""
-    import shutil
-
     src_m, dst_m = layout.manifest_path(src_root), layout.manifest_path(dst_root)
-    if not Path(dst_m).is_file():
-        Path(dst_m).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{dst_m}.partial")
-        shutil.copyfile(src_m, tmp)
-        tmp.replace(dst_m)
+    if not location.is_file(dst_m):
+        location.write_bytes(dst_m, location.read_bytes(src_m))  # byte for byte: the same hash
     manifest = read_manifest(dst_m)
     if manifest.hash != expect_hash:
         raise StoreMismatchError(dst_m, "manifest_hash", expected=expect_hash, found=manifest.hash)
@@ -177,7 +174,7 @@ def transcode_shard(dst_path: str, k: int, summary_SVC: np.ndarray | None, patch
 
     from stages.extract.pooling import pool_patches
 
-    dst = open_teacher_store(Path(dst_path), mode="r+")
+    dst = open_teacher_store(location.as_location(dst_path), mode="r+")
     S, V = valid_SV.shape
     if tuple(patches_SVhwC.shape[2:4]) != dst.grid:
         flat = torch.from_numpy(np.ascontiguousarray(patches_SVhwC, np.float32)).reshape(S * V, *patches_SVhwC.shape[2:])

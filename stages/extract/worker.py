@@ -37,6 +37,7 @@ from stages.teachers.registry import build_teacher
 from stages.teachers.spec import TeacherSpec
 from store_schema.codecs import round_as_stored
 from store_schema.manifest import read_manifest
+from store_schema.location import as_location
 from store_schema.teacher_store import open_teacher_store
 
 
@@ -97,9 +98,9 @@ class ShardWorker:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if decode_ahead < 0:
             raise ValueError(f"decode_ahead must be >= 0 (0 = decode inline), got {decode_ahead}")
-        self.manifest = read_manifest(Path(manifest_path))
+        self.manifest = read_manifest(as_location(manifest_path))
         self.store = open_teacher_store(
-            Path(store_path),
+            as_location(store_path),
             expect_manifest_hash=self.manifest.hash,
             expect_view_spec=self.manifest.view_spec,
             mode="r+",
