@@ -132,6 +132,15 @@ def test_write_report_files_ranks_and_cost(tmp_path):
     assert "ranked per metric" in text and "**Teacher MSE**" in text and "Segmentation" in text
     assert "Fidelity not available" in text and "pipeline store fidelity" in text
     assert "One seed per variant" in text
+    assert "grad_clip not recorded" in text and "phis not logged" in text  # hand-written run files
+
+
+def test_clipped_share_weights_records_by_their_steps():
+    from stages.evaluate.report import clipped_share
+
+    hist = [{"step": 10, "clip_frac": 1.0}, {"step": 20, "clip_frac": 0.5}, {"step": 40, "clip_frac": 0.0}]
+    assert clipped_share(hist) == pytest.approx((10 * 1.0 + 10 * 0.5) / 40)
+    assert clipped_share([{"step": 1, "loss": 1.0}]) is None
 
 
 def test_report_refuses_unevaluated_run(tmp_path):

@@ -216,6 +216,33 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
     return rows, ranking, variants
 
 
+def clipped_share(history: list[dict[str, Any]]) -> float | None:
+    """Share of a run's steps whose gradient norm the clip cut, from metrics.jsonl (each record's
+    clip_frac covers the steps since the previous record); None for runs logged without clip_frac."""
+    done, clipped, last = 0, 0.0, 0
+    for rec in history:
+        if "clip_frac" not in rec:
+            return None
+        steps = int(rec["step"]) - last
+        clipped += float(rec["clip_frac"]) * steps
+        done, last = done + steps, int(rec["step"])
+    return clipped / done if done else None
+
+
+def clip_lines(variants: list[Variant], configs: dict[str, dict[str, Any]],
+               histories: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line: the grad-clip setting(s) and the clipped share of steps per variant (mean over seeds)."""
+    clips = sorted({f"{float(configs[r]['grad_clip']):g}" if "grad_clip" in configs[r] else "not recorded"
+                    for v in variants for r in v.runs})
+    parts = []
+    for v in variants:
+        shares = [clipped_share(histories[r]) for r in v.runs]
+        known = [x for x in shares if x is not None]
+        parts.append(f"{v.name} {100 * float(np.mean(known)):.0f}%" if known else f"{v.name} not logged")
+    return [f"Gradient clipping: grad_clip {', '.join(clips)} (0 = off); clipped share of "
+            f"steps: {'; '.join(parts)}."]
+
+
 def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[Variant]) -> list[str]:
     """Markdown lines: per variant, teacher and token kind, the measured storage NMSE in the space that
     variant's loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``), a warning
@@ -312,11 +339,11 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
 
 
 def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant], cost: SweepCost,
-              plot_names: list[str], fidelity: list[str]) -> str:
+              plot_names: list[str], fidelity: list[str], clipping: list[str]) -> str:
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
-             *_ranking_lines(rows, ranking, variants), "", "## Storage fidelity", "", *fidelity]
+             *_ranking_lines(rows, ranking, variants), "", *clipping, "", "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
               f"Teacher forward passes done into the store (one per teacher per image·view): "
@@ -357,14 +384,16 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
               for run, ev in evals.items()}
     plots.plot_teacher_errors(errors, out_dir / PLOT_ERRORS)
     plots.plot_spectra(covs, out_dir / PLOT_SPECTRA)
-    plots.plot_loss_curves({r.name: read_history(r) for r in run_dirs}, out_dir / PLOT_LOSS)
+    histories = {r.name: read_history(r) for r in run_dirs}
+    plots.plot_loss_curves(histories, out_dir / PLOT_LOSS)
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     md_path = out_dir / REPORT_MD
-    md_path.write_text(_markdown(rows, ranking, variants, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS], fidelity))
+    md_path.write_text(_markdown(rows, ranking, variants, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS], fidelity,
+                                 clip_lines(variants, configs, histories)))
     (out_dir / "cost.json").write_text(json.dumps(
         {"store_passes": cost.store_passes, "online_passes": cost.online_passes,
          "store_total": cost.store_total, "online_total": cost.online_total, "ratio": cost.ratio}, indent=2))
