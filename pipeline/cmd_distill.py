@@ -56,7 +56,7 @@ def distill(
     teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr. Default: extract.teachers of ./params.yaml.")] = None,
     norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
     student: Annotated[str, typer.Option(help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")] = "vit_tiny_test",
-    root: Annotated[Path, typer.Option(help="Store root holding manifest.parquet and the teacher stores.")] = Path("store"),
+    root: Annotated[str, typer.Option(help="Store root holding manifest.parquet and the teacher stores: a folder or an fsspec URL (s3://bucket/prefix).")] = "store",
     out: Annotated[Path, typer.Option(help="Runs folder; the run goes to <out>/<run-name>.")] = Path("runs"),
     run_name: Annotated[str | None, typer.Option(help="Run directory name (default: the --norm name).")] = None,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 1000,
@@ -90,7 +90,7 @@ def distill(
     v = fill_from_params(ctx, locals(), DISTILL, required=("teachers",))
     try:
         config = resolve_config(norm=norm, student=v["student"], teachers=v["teachers"], root=v["root"],
-                                out=v["out"], run_name=run_name, steps=v["steps"], batch_size=v["batch_size"],
+                                out=Path(v["out"]), run_name=run_name, steps=v["steps"], batch_size=v["batch_size"],
                                 lr=v["lr"], weight_decay=weight_decay, warmup_steps=v["warmup_steps"],
                                 teacher_weights=teacher_weights, summary_weight=summary_weight,
                                 feature_weight=feature_weight, summary_loss=v["summary_loss"],

@@ -82,8 +82,8 @@ def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_has
     check_kind(kind)
     if len(stats_hash) < 16 or any(c not in "0123456789abcdef" for c in stats_hash):
         raise ValueError(f"stats_hash must be a hex sha256, got {stats_hash!r}")
-    return (Path(root) / "normalizers" / _check_name("teacher name", teacher) / kind
-            / f"{_check_name('variant', variant)}-{stats_hash[:16]}.safetensors")
+    return location.join(root, "normalizers", _check_name("teacher name", teacher), kind,
+                         f"{_check_name('variant', variant)}-{stats_hash[:16]}.safetensors")
 
 
 def fidelity_path(root: Path, teacher: str) -> Path:
@@ -93,7 +93,7 @@ def fidelity_path(root: Path, teacher: str) -> Path:
 
 def hadamard_cache_dir(root: Path) -> Path:
     """<root>/hadamard"""
-    return Path(root) / "hadamard"
+    return location.join(root, "hadamard")
 
 
 def check_kind(kind: str) -> str:

@@ -4,6 +4,7 @@ from a local store to S3. Configured the standard way (AWS_ENDPOINT_URL and dumm
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -143,6 +144,24 @@ def test_extraction_on_s3_killed_and_resumed_then_verified(s3, images, tmp_path)
     assert code == 0 and "12 ok, 0 damaged, 0 incomplete of 12 shards" in out, out
     code, out = _invoke(["store", "info", "--root", url])
     assert code == 0 and TEACHER in out, out
+
+    # stage two and evaluation read the stores (and keep their normalizers) on S3: same losses as from disk
+    runs = {}
+    for name, root in (("s3", url), ("local", local_root)):
+        code, out = _invoke(["distill", "--teachers", TEACHER, "--root", root, "--out", tmp_path / name,
+                             "--norm", "phis", "--steps", "3", "--img-size", "32", "--batch-size", "4",
+                             "--warmup-steps", "1", "--log-every", "1", "--workers", "0"])
+        assert code == 0, out
+        code, out = _invoke(["evaluate", tmp_path / name / "phis", "--batch-size", "8"])
+        assert code == 0, out
+        runs[name] = tmp_path / name / "phis"
+    fs, prefix = location.filesystem(f"{url}/normalizers")
+    assert any(p.endswith(".safetensors") for p in fs.find(prefix)), "normalizers not persisted on S3"
+    losses = {n: [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+              for n, r in runs.items()}
+    assert len(losses["s3"]) == 3 and losses["s3"] == losses["local"], losses
+    ev = {n: json.loads((r / "eval" / "metrics.json").read_text())["teachers"] for n, r in runs.items()}
+    assert ev["s3"] == ev["local"]
 
     # transcode the remote store into another prefix on the same server
     report = transcode_store(url, TEACHER, f"{s3}/pooled", storage_grid=(4, 4))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from store_schema.location import as_location
 from typing import Any
 
 from stages.normalize import NormVariant, parse_summary_loss
@@ -73,7 +75,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", as_location(self.root))  # a folder, or an fsspec URL (str)
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         object.__setattr__(self, "norm", NormVariant.parse(self.norm))
         parse_summary_loss(self.summary_loss)

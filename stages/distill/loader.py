@@ -43,6 +43,7 @@ from stages.corpus.samples import render_samples
 from stages.normalize import NormVariant, kind_variant, load_or_fit
 from stages.stats import Moments
 from store_schema.codecs import bulk_io
+from store_schema.location import as_location
 from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.teacher_store import TeacherStore, open_teacher_store
@@ -75,7 +76,7 @@ class StoreSet:
 
     def __init__(self, root: Path, teachers: tuple[str, ...] | list[str], *, norm: NormVariant,
                  summary_loss: str = "cosine") -> None:
-        self.root = Path(root)
+        self.root = as_location(root)
         self.teachers = tuple(teachers)
         self.norm = NormVariant(norm)
         self.summary_loss = summary_loss

@@ -19,6 +19,7 @@ from stages.distill.config import DistillConfig
 from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
 from stages.normalize import Normalizer, kind_variant
 from stages.students import HeadTarget, Student, TeacherHeads
+from store_schema import location
 from store_schema.layout import normalizer_path
 
 EXPORT_NAME = "export.safetensors"
@@ -65,7 +66,7 @@ def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[st
                 variant = kind_variant(config.norm, kind, config.summary_loss).value
                 stats_hash = resolved["stores"][h["name"]]["stats_hash"][kind]
             path = normalizer_path(config.root, h["name"], kind, variant, stats_hash)
-            if not path.is_file():
+            if not location.is_file(path):
                 raise FileNotFoundError(f"normalizer {path} of run {config.out_dir} is missing (store root moved?)")
             out[h["name"]][kind] = Normalizer.load(path)
     return out

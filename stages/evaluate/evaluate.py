@@ -33,6 +33,7 @@ from stages.distill.train import CONFIG_NAME as CONFIG_FILE
 from stages.distill.train import METRICS_NAME as HISTORY_FILE
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
+from store_schema.location import as_location
 from store_schema.layout import demo_probe_labels_path
 
 EVAL_DIR, EVAL_FILE = "eval", "metrics.json"
@@ -153,7 +154,7 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     config, student, heads, normalizers = load_run(run_dir)
     cfg = config.to_dict()
     student, heads = student.to(device).eval(), heads.to(device).eval()
-    stores = StoreSet(Path(cfg["root"]), cfg["teachers"], norm=cfg["norm"], summary_loss=cfg["summary_loss"])
+    stores = StoreSet(as_location(cfg["root"]), cfg["teachers"], norm=cfg["norm"], summary_loss=cfg["summary_loss"])
     pairs_M2 = stores.samples(split)
     if len(pairs_M2) == 0:
         raise ValueError(f"split {split!r} has no usable (image, view) samples in the stores at {cfg['root']}")

@@ -22,6 +22,7 @@ Shape legend: C width (matrix order).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from store_schema import location
 
 SYLVESTER = "sylvester"
 PALEY1 = "paley1"
@@ -196,33 +199,30 @@ def _no_construction_error(width: int) -> ValueError:
     )
 
 
-def _cache_paths(cache_dir: Path, width: int) -> tuple[Path, Path]:
-    return cache_dir / f"{width}.npy", cache_dir / f"{width}.json"
+def _cache_paths(cache_dir, width: int):
+    return location.join(cache_dir, f"{width}.npy"), location.join(cache_dir, f"{width}.json")
 
 
-def _load_cached(cache_dir: Path, width: int) -> tuple[np.ndarray, str] | None:
+def _load_cached(cache_dir, width: int) -> tuple[np.ndarray, str] | None:
     npy, meta = _cache_paths(cache_dir, width)
-    if not npy.exists():
+    if not location.exists(npy):
         return None
-    if not meta.exists():
+    if not location.exists(meta):
         raise ValueError(f"Hadamard cache {npy} has no construction record {meta}; delete both to rebuild")
-    h_CC = np.load(npy, allow_pickle=False)
-    name = json.loads(meta.read_text())["construction"]
+    h_CC = np.load(io.BytesIO(location.read_bytes(npy)), allow_pickle=False)
+    name = json.loads(location.read_bytes(meta))["construction"]
     if h_CC.dtype != np.int8 or h_CC.shape != (width, width) or not _is_hadamard(h_CC):
         raise ValueError(f"cached matrix {npy} is not an int8 Hadamard matrix of order {width}; delete it to rebuild")
     return h_CC, name
 
 
-def _save_cached(cache_dir: Path, width: int, h_CC: np.ndarray, name: str) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def _save_cached(cache_dir, width: int, h_CC: np.ndarray, name: str) -> None:
     npy, meta = _cache_paths(cache_dir, width)
-    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, h_CC)
-    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps({"width": width, "construction": name}))
-    os.replace(tmp_meta, meta)  # the record first: a matrix file never exists without its name
-    os.replace(tmp, npy)
+    buf = io.BytesIO()
+    np.save(buf, h_CC)
+    # the record first: a matrix file never exists without its name (each write is whole or nothing)
+    location.write_bytes(meta, json.dumps({"width": width, "construction": name}).encode())
+    location.write_bytes(npy, buf.getvalue())
 
 
 def hadamard_matrix(width: int, *, cache_dir: Path | None = None) -> tuple[np.ndarray, str]:
@@ -233,7 +233,7 @@ def hadamard_matrix(width: int, *, cache_dir: Path | None = None) -> tuple[np.nd
     """
     if width < 1:
         raise ValueError(f"Hadamard width must be positive, got {width}")
-    cached = _load_cached(Path(cache_dir), width) if cache_dir is not None else None
+    cached = _load_cached(location.as_location(cache_dir), width) if cache_dir is not None else None
     if cached is not None:
         h_CC, name = cached
     else:

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from safetensors import safe_open
+
+from store_schema import location
 from safetensors.numpy import save_file
 
 from stages.normalize.variants import (DEFAULT_EIG_FLOOR, NOISE_FLOOR_FACTOR, NormVariant, fit_affine,
@@ -124,20 +126,30 @@ class Normalizer:
 
     def save(self, path: Path) -> None:
         """Write the tensors and metadata to a safetensors file (atomically, parents created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from safetensors.numpy import save
+
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}
         if self.floor_D is not None:
             tensors["floor_D"] = np.ascontiguousarray(self.floor_D, np.float64)
-        save_file(tensors, str(tmp), metadata=self.meta)
-        os.replace(tmp, path)
+        location.write_bytes(location.as_location(path), save(tensors, metadata=self.meta))  # local or URL
 
     @classmethod
     def load(cls, path: Path) -> "Normalizer":
         """Read a normalizer written by ``save``; refuses other format versions."""
-        path = Path(path)
-        with safe_open(str(path), framework="np") as fh:
+        path = location.as_location(path)
+        if location.is_url(path):  # safetensors reads files: bring an object-store copy to a local one
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+                tmp.write(location.read_bytes(path))
+                tmp.flush()
+                return cls._load_local(Path(tmp.name), shown=path)
+        return cls._load_local(path, shown=path)
+
+    @classmethod
+    def _load_local(cls, local: Path, *, shown: object) -> "Normalizer":
+        path = shown
+        with safe_open(str(local), framework="np") as fh:
             meta = fh.metadata() or {}
             version = meta.get("normalizer_version")
             if version != str(NORMALIZER_VERSION):
@@ -195,9 +207,9 @@ def load_or_fit(
     eigenvalue floor, storage precision or split raises NormalizerMismatchError naming both values and
     the path.
     """
-    path = Path(path)
+    path = location.as_location(path)
     variant = NormVariant.parse(variant)
-    if not path.exists():
+    if not location.exists(path):
         norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor,
                               keepbits=keepbits, noise_floor_factor=noise_floor_factor, split=split)
         norm.save(path)
