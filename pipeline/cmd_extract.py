@@ -199,6 +199,17 @@ def _per_teacher(value: object, teachers: list[str], parse: Callable[[str], T]) 
     return {t: None if value is None else parse(str(value)) for t in teachers}
 
 
+def _complete(store_path) -> bool:
+    """True when a store exists there with every shard complete."""
+    from store_schema.errors import StoreError
+    from store_schema.teacher_store import open_teacher_store
+
+    try:
+        return len(open_teacher_store(store_path).pending_shards()) == 0
+    except StoreError:
+        return False
+
+
 def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None) -> None:
     """Start Ray if needed (never stopping one someone else started), check its resources, extract."""
     from pipeline.extract import run_extract
@@ -207,14 +218,17 @@ def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None)
     from store_schema.teacher_store import open_teacher_store
 
     config = next(iter(configs.values()))  # Ray settings are the same for every teacher
+    # Every store already complete (a re-run): nothing to schedule, so no Ray start-up (seconds) either;
+    # run_extract still checks each store against the config.
+    use_ray = config.workers > 0 and not all(_complete(teacher_store_path(root, t)) for t in configs)
     started_ray = False
-    if config.workers > 0:
+    if use_ray:
         from pipeline.ray_runtime import init_ray, ray_is_running
 
         started_ray = not ray_is_running()
         resources = init_ray(config.ray_address)
     try:
-        if config.workers > 0:
+        if use_ray:
             check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                 gpus_per_worker=config.gpus_per_worker, device=config.device)
         for name, teacher_config in configs.items():

@@ -73,6 +73,12 @@ def test_extract_and_distill_as_typed_take_the_rest_from_params_yaml(tmp_path, m
     code, out, err = _invoke(["extract", "--no-progress"])  # every teacher of extract.teachers; a no-op now
     assert code == 0, (out, err)
     assert f"--teacher {TEACHER} (extract.teachers)" in err and "skipped [0, 1, 2]" in out
+    import ray
+
+    ray_before = ray.is_initialized()
+    code, out, err = _invoke(["extract", "--no-progress", "--workers", "1"])  # complete: no Ray start-up
+    assert code == 0 and "skipped [0, 1, 2]" in out, (out, err)
+    assert ray.is_initialized() == ray_before
 
     code, out, err = _invoke(["distill", "--norm", "phis", "--run-name", "typed", "--steps", "2"])
     assert code == 0, (out, err)
