@@ -7,6 +7,8 @@ fixed function of the rendered view, at very different scales (0.03, 1, 5), so a
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,13 @@ from PIL import Image
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.images import load_rgb
 from stages.corpus.views import render_view
-from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader
+from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader, targets_on_device
+from stages.distill.train import normalize_targets
 from stages.normalize import NormVariant
 from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from store_schema.codecs import CodecSpec
+from store_schema.errors import StoreCorruptionError
 from store_schema.layout import teacher_store_path
 from store_schema.manifest import ViewSpec
 from store_schema.teacher_store import create_teacher_store
@@ -116,12 +120,16 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_stores(tmp_path_factory.mktemp("loader") / "store")
 
 
-def _collect(ds: StoreBatches, n: int, *, num_workers: int = 0) -> list[dict]:
+def _collect(ds: StoreBatches, n: int | None, *, num_workers: int = 0) -> list[dict]:
+    """n batches (None: until the loader ends), targets normalized as the training step does (CPU device)."""
     out = []
     for batch in make_loader(ds, num_workers=num_workers):
+        batch.update(normalize_targets(targets_on_device(batch, "cpu"), ds.stores.normalizers))
         out.append(batch)
         if len(out) == n:
             return out
+    if n is None:
+        return out
     raise AssertionError("loader ended")
 
 
@@ -187,20 +195,18 @@ def test_ranks_partition_the_global_batch(tiny_root: Path) -> None:
     assert len(seen) == len(set(seen))  # no sample twice in an epoch, across ranks
 
 
-def test_shuffle_reads_each_unit_once_per_block(tiny_root: Path) -> None:
-    stores = StoreSet(tiny_root, ("gamma",), norm=NormVariant.PHIS)
-    ds = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2)
-    reads: list[int] = []
-    original = ds._unit
-
-    def counting(teacher: str, u: int):
-        if u not in ds._cache or teacher not in ds._cache[u]:
-            reads.append(u)
-        return original(teacher, u)
-
-    ds._unit = counting  # type: ignore[method-assign]
-    _collect(ds, ds.batches_per_epoch)
-    assert sorted(reads) == sorted(set(reads))  # every shard read exactly once in the epoch
+def test_loader_ships_compact_bf16_bits_and_never_normalizes(tiny_root: Path) -> None:
+    stores = StoreSet(tiny_root, ("alpha", "beta"), norm=NormVariant.PHIS)
+    ds = StoreBatches(stores, split="train", batch_size=4, img_size=32, seed=0)
+    batch = next(iter(make_loader(ds, num_workers=0)))
+    for key in ("alpha/summary", "alpha/patches", "beta/patches"):
+        (piece,) = batch["targets"][key]
+        assert piece.dtype == torch.uint16  # float32 BitRound(7) values are exact bf16: their high halves
+    raw = targets_on_device(batch, "cpu")
+    for b, (i, v) in enumerate(zip(batch["image_B"].tolist(), batch["view_B"].tolist())):
+        s, p, _ = stores.stores["alpha"].read_images(np.array([i]))
+        assert torch.equal(raw["alpha/patches"][b], torch.from_numpy(p[0, v]))  # bit-exact after widening
+        assert torch.equal(raw["alpha/summary"][b], torch.from_numpy(s[0, v]))
 
 
 def test_refuses_stores_from_different_manifests(tmp_path: Path) -> None:
@@ -220,4 +226,76 @@ def test_refuses_an_image_changed_since_the_manifest(tmp_path: Path) -> None:
     Image.new("RGB", (40, 40), (9, 9, 9)).save(stores.manifest.image_path(i))
     ds = StoreBatches(stores, split="train", batch_size=len(stores.samples("train")), img_size=32, seed=0)
     with pytest.raises(ValueError, match="changed since the manifest"):
+        _collect(ds, 1)
+
+
+# ---- one read per shard per rank per epoch, counted at the file system --------------------------------
+_OPENED: list[str] = []
+_WATCH: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:  # runs in forked loader workers too
+    if event == "open" and _WATCH and isinstance(args[0], (str, bytes, Path)):
+        path = os.fsdecode(args[0])
+        if path.startswith(_WATCH[0]) and "/c/" in path:
+            with open(_WATCH[1], "a") as f:  # one line per shard-file open, appended by whichever process
+                f.write(path + "\n")
+
+
+def _shard_opens(root: Path, log: Path, run) -> list[str]:
+    if _audit not in _OPENED:
+        sys.addaudithook(_audit)
+        _OPENED.append(_audit)  # type: ignore[arg-type]
+    _WATCH[:] = [str(root), str(log)]
+    try:
+        run()
+    finally:
+        _WATCH.clear()
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_two_workers_read_each_shard_once_per_rank_per_epoch(tmp_path: Path, world_size: int) -> None:
+    root = make_tiny_stores(tmp_path / "s", teachers=("alpha", "gamma"), n_images=24, shard_size=4)
+    stores = StoreSet(root, ("alpha", "gamma"), norm=NormVariant.PHIS)
+    kw = dict(split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2, world_size=world_size)
+    single = _collect(StoreBatches(stores, **kw), StoreBatches(stores, **kw).batches_per_epoch)
+    for rank in range(world_size):
+        ds = StoreBatches(stores, **kw, rank=rank, epochs=1)  # one epoch, so prefetching stops at its end
+        got: list[dict] = []
+        log = tmp_path / f"opens_{world_size}_{rank}.txt"
+        opens = _shard_opens(root, log, lambda: got.extend(_collect(ds, None, num_workers=2)))
+        assert len(got) == ds.batches_per_epoch
+        # every shard file this rank's epoch needs was opened exactly once, across both worker processes
+        used_units = {int(i) // 4 for b in got for i in b["image_B"].tolist()}
+        want = sorted(f"{teacher_store_path(root, t)}/{kind}/c/{u}/" for t in ("alpha", "gamma")
+                      for kind in ("summary", "patches") for u in used_units)
+        assert sorted(p[: p.index("/c/") + 3] + p[p.index("/c/") + 3:].split("/")[0] + "/" for p in opens) == want
+        if world_size == 1:  # and the batches are exactly those of the in-process loader
+            assert [b["image_B"].tolist() for b in got] == [b["image_B"].tolist() for b in single]
+            torch.testing.assert_close(got[-1]["gamma/patches"], single[-1]["gamma/patches"])
+
+
+def test_loader_memory_budget_names_what_one_shuffle_block_needs(tiny_root: Path) -> None:
+    stores = StoreSet(tiny_root, ("alpha", "beta"), norm=NormVariant.PHIS)
+    unit = stores.unit_nbytes
+    ds = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2,
+                      loader_memory=unit)  # one unit: less than a block of two
+    with pytest.raises(ValueError, match=r"needs .* more than the loader memory budget .* --loader-memory"):
+        make_loader(ds, num_workers=0)
+    roomy = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2)
+    need = roomy.plan(0, start=0, n_workers=1).peak_bytes
+    assert unit < need <= 3 * unit  # about one block (2 units), plus the next block's first unit at the seam
+    ok = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2, loader_memory=need)
+    assert len(_collect(ok, ok.batches_per_epoch)) == ok.batches_per_epoch
+
+
+def test_refuses_a_lost_chunk_of_a_complete_shard(tmp_path: Path) -> None:
+    root = make_tiny_stores(tmp_path / "s", teachers=("gamma",))
+    stores = StoreSet(root, ("gamma",), norm=NormVariant.PHIS)
+    shard = teacher_store_path(root, "gamma") / "patches" / "c" / "1" / "0" / "0" / "0" / "0"
+    assert shard.is_file()
+    shard.unlink()  # the shard of images 4..7 is gone although shards/complete says 1
+    ds = StoreBatches(stores, split="train", batch_size=len(stores.samples("train")), img_size=32, seed=0)
+    with pytest.raises(StoreCorruptionError, match=r"gamma.zarr.*patches of images \[4, 5, 6, 7\].*shard \[1\]"):
         _collect(ds, 1)

@@ -66,10 +66,11 @@ def test_resume_refuses_a_different_config_naming_the_fields(tiny_root: Path, tm
 def test_resume_conflicts_ignores_only_the_resumable_fields(tiny_root: Path, tmp_path: Path) -> None:
     saved = _config(tiny_root, tmp_path / "a", 0)
     cadence = dataclasses.replace(saved, steps=99, log_every=7, ckpt_every=3, num_workers=2, prefetch_factor=4,
-                                  device="cuda", out_dir=tmp_path / "moved", root=tmp_path / "respelled")
+                                  device="cuda", out_dir=tmp_path / "moved", root=tmp_path / "respelled",
+                                  loader_memory="1GiB")
     assert saved.resume_conflicts(cadence) == []
     assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device",
-                                     "out_dir", "root"}  # what the stores hold is checked by fingerprint
+                                     "out_dir", "root", "loader_memory"}  # stores: checked by fingerprint
     changed = dataclasses.replace(saved, seed=1, teachers=("beta", "alpha"), num_summary_tokens=2, batch_size=4)
     assert saved.resume_conflicts(changed) == ["batch_size", "num_summary_tokens", "seed", "teachers"]
 

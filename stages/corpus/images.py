@@ -76,8 +76,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     raise BadImage(f"unsupported mode {mode}", width=im.width, height=im.height, mode=mode)
 
 
-def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE) -> tuple[Image.Image, str]:
-    """Decode image bytes to (RGB image, original mode), or raise BadImage(reason)."""
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE,
+               draft: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
+    """Decode image bytes to (RGB image, original mode), or raise BadImage(reason).
+
+    draft=(w, h): JPEGs may be decoded at a reduced scale (1/2, 1/4, 1/8, in the DCT, PIL's `draft`) as
+    long as the upright result is still at least w x h; other formats decode in full. The checks on the
+    pixel limit and the minimum side always use the full size."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -95,6 +103,11 @@ def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE) -> tu
     if min(w, h) < min_side:
         raise BadImage(f"too small: {w}x{h}, a side is below {min_side} px", width=w, height=h, mode=mode)
     try:
+        if draft is not None and im.format == "JPEG":
+            want = draft
+            if im.getexif().get(0x0112, 1) in _TRANSPOSED_ORIENTATIONS:
+                want = (draft[1], draft[0])  # the stored pixels are rotated against the upright image
+            im.draft("RGB", (max(1, int(want[0])), max(1, int(want[1]))))
         im.load()  # first frame of multi-frame files (GIF, TIFF)
         ImageOps.exif_transpose(im, in_place=True)  # no copy of the whole image when already upright
         rgb = to_rgb(im)

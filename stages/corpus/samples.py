@@ -9,12 +9,15 @@ Shape legend: B samples, H/W pixel sides.
 
 from __future__ import annotations
 
+import hashlib
+import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from stages.corpus.images import inspect_image
+from stages.corpus.images import BadImage, decode_rgb, inspect_image
 from stages.corpus.views import render_view
 
 
@@ -50,3 +53,52 @@ def render_samples(manifest: Any, pairs_B2: np.ndarray, size: int) -> np.ndarray
     views = [render_view(decoded[int(i)], manifest.view_boxes_NV4[i, v], bool(manifest.view_flips_NV[i, v]), size)
              for i, v in pairs_B2]
     return np.stack(views)
+
+
+def draft_size(boxes_K4: np.ndarray, size: int) -> tuple[int, int]:
+    """The smallest upright image size at which every box (normalized x0, y0, x1, y1) still spans at least
+    `size` pixels each way (what a reduced-scale JPEG decode may go down to; never above the full size)."""
+    boxes_K4 = np.asarray(boxes_K4, np.float64).reshape(-1, 4)
+    bw = float(np.min(boxes_K4[:, 2] - boxes_K4[:, 0]))
+    bh = float(np.min(boxes_K4[:, 3] - boxes_K4[:, 1]))
+    return math.ceil(size / bw), math.ceil(size / bh)
+
+
+def load_checked_for_views(manifest: Any, image_id: int, boxes_K4: np.ndarray, size: int) -> Image.Image:
+    """The RGB image for rendering the given view boxes at `size`, decoded at reduced scale when it is a JPEG
+    much larger than the views need (PIL draft, DCT-domain scaling); ImageChangedError when the file no
+    longer decodes or its bytes no longer hash to the manifest's sha256.
+
+    The crop box and flip of a view are applied to the image exactly as for the teachers (normalized
+    coordinates, so the same region of the scene); only the resampling of the student-size pixels differs
+    slightly from a full decode (measured in tests/test_student_views.py)."""
+    path = Path(manifest.image_path(image_id))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageChangedError(f"image {path} (id {image_id}) cannot be read: {e}") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != manifest.sha256[image_id]:
+        raise ImageChangedError(f"image {path} (id {image_id}) cannot be used: content changed since the manifest "
+                                f"(sha256 {sha[:12]} != {manifest.sha256[image_id][:12]}); its stored targets no "
+                                "longer match it: rebuild the manifest and stores")
+    try:
+        img, _ = decode_rgb(data, pixel_limit=manifest.pixel_limit, min_side=manifest.min_side,
+                            draft=draft_size(boxes_K4, size))
+    except BadImage as bad:
+        raise ImageChangedError(f"image {path} (id {image_id}) cannot be used: {bad.reason}") from None
+    return img
+
+
+def render_student_views(manifest: Any, pairs_B2: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [B, size, size, 3]: the (image, view) pairs at the student's size, each image decoded once and
+    no larger than its views need (`load_checked_for_views`); same crop boxes and flips as the teachers'."""
+    out = np.empty((len(pairs_B2), size, size, 3), np.uint8)
+    images = np.unique(pairs_B2[:, 0]) if len(pairs_B2) else []
+    for i in images:
+        rows = np.flatnonzero(pairs_B2[:, 0] == i)
+        views = pairs_B2[rows, 1]
+        img = load_checked_for_views(manifest, int(i), manifest.view_boxes_NV4[i, views], size)
+        for r, v in zip(rows, views):
+            out[r] = render_view(img, manifest.view_boxes_NV4[i, v], bool(manifest.view_flips_NV[i, v]), size)
+    return out

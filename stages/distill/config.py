@@ -19,6 +19,7 @@ experiments in one checkpoint and is refused by `check_resumable`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,27 @@ from typing import Any
 from stages.normalize import NormVariant, parse_summary_loss
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir", "root"})
+    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir", "root",
+     "loader_memory"})
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'8GiB', '512 MiB', '2GB', '1000000' -> bytes; ValueError naming the accepted units otherwise."""
+    if isinstance(text, int):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+        if m is None or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"cannot read {text!r} as a size in bytes; write e.g. 8GiB, 512MiB, 2GB or a plain "
+                             f"number of bytes (units: {', '.join(u for u in _BYTE_UNITS if u)}, case-insensitive)")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    n = int(value * _BYTE_UNITS[unit])
+    if n < 1:
+        raise ValueError(f"a size in bytes must be positive, got {text!r}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -38,7 +59,8 @@ class DistillConfig:
     batch_size is per data-parallel rank: the global batch is batch_size × world size.
     teacher_weights maps a teacher name to its loss weight (missing teachers weigh 1.0).
     ckpt_every = 0 writes a checkpoint only at the end. shuffle_block is the number of shards whose
-    samples are shuffled together (see stages/distill/loader.py). num_summary_tokens: the student's K
+    samples are shuffled together (see stages/distill/loader.py); loader_memory bounds the decoded
+    units one rank's loader holds ("8GiB", "512MiB", ...; resumable). num_summary_tokens: the student's K
     (None: automatic, `train.summary_tokens_for`: one per teacher with a summary, as AM-RADIO gives a ViT
     one CLS token per summary teacher, capped by the student family, i.e. 1 for E-RADIO).
     summary_loss: "cosine" (default: 1 − cos on raw summaries for every variant, AM-RADIO; the PHI-S
@@ -70,6 +92,7 @@ class DistillConfig:
     num_workers: int = 0
     prefetch_factor: int = 2
     shuffle_block: int = 4
+    loader_memory: str = "8GiB"
     log_every: int = 10
     ckpt_every: int = 0
 
@@ -96,6 +119,7 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_summary_tokens is not None and self.num_summary_tokens < 1:
             raise ValueError(f"num_summary_tokens must be >= 1 (or None: automatic), got {self.num_summary_tokens}")
+        parse_bytes(self.loader_memory)
         if self.lr <= 0 or self.grad_clip < 0:
             raise ValueError(f"lr must be > 0 and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
 

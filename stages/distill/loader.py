@@ -12,19 +12,26 @@ teacher's fitted normalizer.
 Shuffling without one shard read per sample. Images are grouped into *units* of U consecutive images
 (U = the largest shard size among the stores, so a unit is one shard when the stores agree). Each epoch,
 with a generator seeded by (seed, epoch): permute the unit order; cut it into blocks of `shuffle_block`
-units; permute the samples inside each block; concatenate. A loader process reads a unit's targets once
-(one contiguous read per store) the first time a batch needs it and keeps the decoded arrays until the
-batches have moved past its block, so each process reads every shard once per epoch and holds at most the
-blocks one batch spans. Samples are thus mixed across `shuffle_block` shards at a time, and across the
-whole corpus at block granularity.
+units; permute the samples inside each block; concatenate. Samples are thus mixed across
+`shuffle_block` shards at a time, and across the whole corpus at block granularity.
 
 Global batches and ranks. Global batch b of an epoch is order[b·G : (b+1)·G], G = batch_size × world_size
 (the remainder of an epoch is dropped, so every rank sees the same number of batches); rank r takes the
 r-th slice of B. Ranks therefore never overlap, and the union of the ranks' batches is exactly the batch
-one process would draw with batch size G. Data-loader worker w of n produces the batches k with
-(k − k₀) mod n = w, counted from the start batch k₀; torch's DataLoader collects workers round-robin, so
-batches arrive in order. The order depends only on (seed, epoch), never on the worker count, and a
-`LoaderState(epoch, position)` (global batches consumed in the epoch) resumes it exactly.
+one process would draw with batch size G. The order depends only on (seed, epoch), never on the worker
+count, and a `LoaderState(epoch, position)` (global batches consumed in the epoch) resumes it exactly.
+
+Workers own units (stages/distill/unit_cache.py). Each unit used by a rank in an epoch is owned by one of
+its n loader workers (units dealt round-robin in order of first use), which reads it once (one read per
+shard per rank per epoch, whatever n), keeps it decoded in the compact dtype under the `loader_memory`
+budget and drops it after the last batch that needs it. For every batch each worker yields a *piece*:
+the batch's samples from its own units (views rendered, targets gathered); torch's DataLoader collects
+workers round-robin, so the n pieces of a batch arrive together and `make_loader` joins them.
+
+Targets leave the loader as stored, in the compact dtype: bf16 bit patterns (uint16) when the store's
+values are bf16-exact, else float32, about 2x fewer bytes than float32 through shared memory, pinning and
+the host-to-device copy. The training step widens them and applies each teacher's fitted normalizer on
+its device (one batched matmul per teacher and token kind); loader workers never run a normalizer.
 
 Shape legend: B batch, H/W pixel sides, h/w teacher grid, C channels, M samples, N images, V views.
 """
@@ -39,14 +46,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from stages.corpus.samples import render_samples
+from stages.corpus.samples import render_student_views
+from stages.distill.unit_cache import EpochPlan, UnitCache, format_bytes, plan_epoch
 from stages.normalize import NormVariant, kind_variant, load_or_fit
 from stages.stats import Moments
-from store_schema.codecs import bulk_io
 from store_schema.location import as_location
 from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
 from store_schema.manifest import Manifest, read_manifest
+from store_schema.shard_reader import compact_dtype_of
 from store_schema.teacher_store import TeacherStore, open_teacher_store
+
+DEFAULT_LOADER_MEMORY = 8 * 2**30  # bytes of decoded units one rank's loader may hold (all workers)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class StoreSet:
         self.manifest: Manifest = read_manifest(manifest_path(self.root))
         self._check_agreement()
         self.normalizers = {t: self._fit(t) for t in self.teachers}
+        self.valid_NV: dict[str, np.ndarray] = {t: np.asarray(s.valid[:], bool) for t, s in self.stores.items()}
 
     def _check_agreement(self) -> None:
         for t, s in self.stores.items():
@@ -133,9 +144,18 @@ class StoreSet:
         V = self.manifest.view_spec.num_views
         ok_NV = np.zeros((self.manifest.num_images, V), bool)
         ok_NV[ids] = True
-        for store in self.stores.values():  # every shard is complete (checked when the set was opened)
-            ok_NV &= np.asarray(store.valid[:], bool)
+        for valid_NV in self.valid_NV.values():  # every shard is complete (checked when the set was opened)
+            ok_NV &= valid_NV
         return np.argwhere(ok_NV).astype(np.int64)
+
+    @property
+    def unit_nbytes(self) -> int:
+        """Bytes of one decoded unit, every teacher and token kind, in the compact dtype the loader holds."""
+        total = 0
+        for store in self.stores.values():
+            for array in ([store.summary] if store.summary is not None else []) + [store.patches]:
+                total += int(np.prod(array.shape[1:])) * compact_dtype_of(array).itemsize
+        return total * self.unit_size
 
 
 def normalizer_moments(store: TeacherStore, kind: str) -> tuple[Moments, str]:
@@ -173,22 +193,29 @@ def epoch_order(samples_M2: np.ndarray, *, unit_size: int, shuffle_block: int, s
 
 
 class StoreBatches(IterableDataset):
-    """Endless stream of this rank's batches (dicts of tensors), from a LoaderState onwards.
+    """Stream of this rank's batch *pieces* from a LoaderState on, endless unless `epochs` is given (see the
+    module docstring).
 
-    Each batch: image_BHW3 uint8, image_B / view_B int64, epoch / position ints (the global batch it is),
-    and per teacher t: "<t>/patches" float32 [B, h, w, Cp] and "<t>/summary" float32 [B, Cs] (if any),
-    normalized with the teacher's fitted normalizer.
+    Loader worker w of n yields, for every global batch from the start on, one piece: the rank's samples
+    of that batch whose unit w owns (possibly none). `make_loader` joins the n pieces of a batch. A piece
+    holds rows_R (int64: the samples' rows in the rank's batch), image_RHW3 uint8 (the student's views),
+    image_R / view_R int64, epoch / position ints, and per teacher t and token kind k a tensor "<t>/<k>" of
+    the stored values in the compact dtype (torch.uint16 bf16 bit patterns, or float32), [R, h, w, C] or
+    [R, C]: never normalized here (the training step does that on its device).
     """
 
     def __init__(self, stores: StoreSet, *, split: str, batch_size: int, img_size: int, seed: int,
                  shuffle_block: int = 4, rank: int = 0, world_size: int = 1,
-                 start: LoaderState = LoaderState()) -> None:
+                 start: LoaderState = LoaderState(), loader_memory: int = DEFAULT_LOADER_MEMORY,
+                 epochs: int | None = None) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.stores, self.split = stores, split
         self.batch_size, self.img_size, self.seed = batch_size, img_size, seed
         self.shuffle_block, self.rank, self.world_size, self.start = shuffle_block, rank, world_size, start
+        self.loader_memory = int(loader_memory)
+        self.epochs = epochs  # stop after this many epochs (counted from start.epoch); None: endless
         self.samples_M2 = stores.samples(split)
         G = batch_size * world_size
         self.batches_per_epoch = len(self.samples_M2) // G
@@ -197,7 +224,8 @@ class StoreBatches(IterableDataset):
                              f"than one global batch of {G} (batch_size {batch_size} x world size {world_size})")
         if not 0 <= start.position < self.batches_per_epoch:
             raise ValueError(f"loader position {start.position} outside an epoch of {self.batches_per_epoch}")
-        self._cache: dict[int, dict[str, tuple[np.ndarray | None, np.ndarray]]] = {}
+        self.num_units = -(-stores.manifest.num_images // stores.unit_size)
+        self.unit_reads = 0  # units read by this process (all teachers), for tests and benchmarks
 
     def epoch_samples(self, epoch: int) -> np.ndarray:
         """The global sample order of one epoch (int64 [M, 2]), before dropping the remainder."""
@@ -209,74 +237,133 @@ class StoreBatches(IterableDataset):
         g0 = position * self.batch_size * self.world_size + self.rank * self.batch_size
         return slice(g0, g0 + self.batch_size)
 
+    def plan(self, epoch: int, *, start: int, n_workers: int) -> EpochPlan:
+        """This rank's reading plan of an epoch from batch `start` on, checked against the memory budget."""
+        plan = plan_epoch(self.epoch_samples(epoch), unit_size=self.stores.unit_size, num_units=self.num_units,
+                          batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
+                          batches=self.batches_per_epoch, start=start, n_workers=n_workers,
+                          unit_nbytes=self.stores.unit_nbytes)
+        if plan.peak_bytes > self.loader_memory:
+            s = self.stores
+            raise ValueError(
+                f"the loader's decoded-unit cache needs {format_bytes(plan.peak_bytes)} (rank {self.rank}, epoch "
+                f"{epoch}: up to {int(plan.peak_units_W.sum())} units live at once over {n_workers} worker(s), about "
+                f"one shuffle block of {self.shuffle_block} units; a unit is {s.unit_size} images x "
+                f"{s.manifest.view_spec.num_views} views of {', '.join(s.teachers)} = "
+                f"{format_bytes(s.unit_nbytes)} in the compact dtype), more than the loader memory budget "
+                f"{format_bytes(self.loader_memory)}. Raise --loader-memory (distill.loader_memory) to at least "
+                f"{format_bytes(plan.peak_bytes)}, or lower --shuffle-block")
+        return plan
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        epoch, position, k = self.start.epoch, self.start.position, 0
+        epoch, position = self.start.epoch, self.start.position
         U = self.stores.unit_size
-        while True:
-            order_M2, block_M = epoch_order(self.samples_M2, unit_size=U, shuffle_block=self.shuffle_block,
-                                            seed=self.seed, epoch=epoch)
-            self._cache.clear()
-            unit_block = dict(zip((order_M2[:, 0] // U).tolist(), block_M.tolist()))
+        cache = UnitCache(self.stores, unit_size=U)
+        while self.epochs is None or epoch < self.start.epoch + self.epochs:
+            plan = self.plan(epoch, start=position, n_workers=n_workers)
+            for u in list(cache.units):
+                cache.drop(u)
             for b in range(position, self.batches_per_epoch):
-                if k % n_workers == worker:
-                    sl = self.rank_slice(b)
-                    low_block = int(block_M[sl].min())
-                    # Units of earlier blocks are not needed again this epoch: drop their arrays.
-                    for u in [u for u in self._cache if unit_block[u] < low_block]:
-                        del self._cache[u]
-                    yield self._make_batch(order_M2[sl], epoch, b)
-                k += 1
+                pairs_B2 = plan.order_M2[self.rank_slice(b)]
+                unit_B = pairs_B2[:, 0] // U
+                for u in [u for u in cache.units if plan.last[u] < b]:
+                    cache.drop(u)  # not needed again this epoch
+                rows_R = np.flatnonzero(plan.owner[unit_B] == worker)
+                yield self._piece(cache, pairs_B2[rows_R], rows_R, epoch, b)
+                self.unit_reads = cache.reads
             epoch, position = epoch + 1, 0
 
-    def _make_batch(self, pairs_B2: np.ndarray, epoch: int, position: int) -> dict[str, Any]:
-        m = self.stores.manifest
-        image_BHW3 = render_samples(m, pairs_B2, self.img_size)
-        batch: dict[str, Any] = {
-            "image_BHW3": torch.from_numpy(image_BHW3),
-            "image_B": torch.from_numpy(pairs_B2[:, 0].copy()),
-            "view_B": torch.from_numpy(pairs_B2[:, 1].copy()),
+    def _piece(self, cache: UnitCache, pairs_R2: np.ndarray, rows_R: np.ndarray, epoch: int,
+               position: int) -> dict[str, Any]:
+        U = self.stores.unit_size
+        piece: dict[str, Any] = {
+            "rows_R": torch.from_numpy(rows_R.astype(np.int64)),
+            "image_RHW3": torch.from_numpy(render_student_views(self.stores.manifest, pairs_R2, self.img_size)),
+            "image_R": torch.from_numpy(pairs_R2[:, 0].copy()),
+            "view_R": torch.from_numpy(pairs_R2[:, 1].copy()),
             "epoch": epoch, "position": position,
         }
-        U = self.stores.unit_size
-        for t in self.stores.teachers:
-            summary, patches = [], []
-            for i, v in pairs_B2:
-                s_UVC, p_UVhwC = self._unit(t, int(i) // U)
-                patches.append(p_UVhwC[i % U, v])
-                if s_UVC is not None:
-                    summary.append(s_UVC[i % U, v])
-            norms = self.stores.normalizers[t]
-            batch[f"{t}/patches"] = _normalize(norms["patches"], np.stack(patches))
-            if summary:
-                batch[f"{t}/summary"] = _normalize(norms["summary"], np.stack(summary))
-        return batch
-
-    def _unit(self, teacher: str, u: int) -> tuple[np.ndarray | None, np.ndarray]:
-        entry = self._cache.setdefault(u, {})
-        if teacher not in entry:
-            store = self.stores.stores[teacher]
-            a, b = u * self.stores.unit_size, min((u + 1) * self.stores.unit_size, store.num_images)
-            with bulk_io():  # a unit is many one-image inner chunks: decode them in one batch
-                summary = np.asarray(store.summary[a:b], np.float32) if store.summary_dim > 0 else None
-                entry[teacher] = (summary, np.asarray(store.patches[a:b], np.float32))
-        return entry[teacher]
+        for key, reader in cache.readers.items():
+            out = np.empty((len(pairs_R2), *reader.item_shape[1:]), reader.compact)
+            for r, (i, v) in enumerate(pairs_R2.tolist()):
+                out[r] = cache.get(i // U)[key][i % U, v]
+            piece[f"{key[0]}/{key[1]}"] = torch.from_numpy(out)
+        return piece
 
 
-def _normalize(normalizer: Any, y_BD: np.ndarray) -> torch.Tensor:
-    """Apply a fitted normalizer along the last dim, in float32."""
-    out = normalizer.apply(torch.from_numpy(np.ascontiguousarray(y_BD, np.float32)))
-    return out.to(torch.float32)
+def join_pieces(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rank batch from its n pieces (one per loader worker).
+
+    image_BHW3 / image_B / view_B are in batch order. Targets stay in pieces, "targets": {"<t>/<k>":
+    [tensors]}, concatenated and put in batch order on the training device by `targets_on_device`
+    (order_B: batch row i is row order_B[i] of the concatenated pieces; None when already in order), so
+    the host never copies the large target arrays again."""
+    epochs = {(p["epoch"], p["position"]) for p in pieces}
+    if len(epochs) != 1:
+        raise RuntimeError(f"loader pieces of different batches were joined: {sorted(epochs)}")
+    pieces = [p for p in pieces if len(p["rows_R"])] or pieces[:1]
+    rows = torch.cat([p["rows_R"] for p in pieces]) if len(pieces) > 1 else pieces[0]["rows_R"]
+    in_order = bool(torch.equal(rows, torch.arange(len(rows))))
+    order_B = None if in_order else torch.argsort(rows)
+
+    def host(name: str) -> torch.Tensor:
+        x = torch.cat([p[name] for p in pieces]) if len(pieces) > 1 else pieces[0][name]
+        return x if order_B is None else x.index_select(0, order_B)
+
+    keys = [k for k in pieces[0] if "/" in k]
+    return {"image_BHW3": host("image_RHW3"), "image_B": host("image_R"), "view_B": host("view_R"),
+            "epoch": pieces[0]["epoch"], "position": pieces[0]["position"], "order_B": order_B,
+            "targets": {k: [p[k] for p in pieces] for k in keys}}
+
+
+def targets_on_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The batch's stored targets on `device`, in batch order, widened to float32 there (bf16 bits are
+    exact in float32): {"<t>/patches": [B, h, w, C], "<t>/summary": [B, C]}. Copies are non-blocking
+    (from pinned memory when the loader pins)."""
+    device = torch.device(device)
+    order = None if batch["order_B"] is None else batch["order_B"].to(device, non_blocking=True)
+    out = {}
+    for key, parts in batch["targets"].items():
+        on = [p.to(device, non_blocking=True) for p in parts]
+        x = on[0] if len(on) == 1 else torch.cat(on)
+        if order is not None:
+            x = x.index_select(0, order)
+        out[key] = x.view(torch.bfloat16).float() if x.dtype == torch.uint16 else x.float()
+    return out
+
+
+class StoreLoader:
+    """Iterates whole rank batches: a DataLoader over the pieces of `dataset`, joined per batch."""
+
+    def __init__(self, dataset: StoreBatches, loader: DataLoader, n_workers: int) -> None:
+        self.dataset, self.loader, self.n_workers = dataset, loader, n_workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.loader)
+        while True:
+            pieces = []
+            for _ in range(self.n_workers):
+                try:
+                    pieces.append(next(it))
+                except StopIteration:
+                    return
+            yield join_pieces(pieces)
 
 
 def make_loader(dataset: StoreBatches, *, num_workers: int, prefetch_factor: int = 2,
-                pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over whole batches (batch_size=None) with `num_workers` prefetching processes."""
+                pin_memory: bool = False) -> StoreLoader:
+    """Whole batches from `num_workers` prefetching processes (0: in this process), pinned when asked.
+
+    The memory budget of the starting epoch is checked here, before any worker starts."""
+    n = max(1, num_workers)
+    dataset.plan(dataset.start.epoch, start=dataset.start.position, n_workers=n)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    return StoreLoader(dataset, loader, n)
 
 
 # Student input normalization (ImageNet mean / std, the convention of timm's ViTs and of RADIO).

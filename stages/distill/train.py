@@ -36,9 +36,10 @@ from tqdm import tqdm
 
 from stages.distill.checkpoint import (TrainState, checkpoint_path, load_checkpoint, restore_rng_states,
                                        save_checkpoint)
-from stages.distill.config import DistillConfig, check_resumable
+from stages.distill.config import DistillConfig, check_resumable, parse_bytes
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
-from stages.distill.loader import LoaderState, StoreBatches, StoreSet, make_loader, student_pixels
+from stages.distill.loader import (LoaderState, StoreBatches, StoreSet, make_loader, student_pixels,
+                                   targets_on_device)
 from stages.normalize import kind_variant, target_loss
 from stages.students import HeadTarget, Student, TeacherHeads, build_student
 from stages.students.registry import student_max_summary_tokens
@@ -122,20 +123,31 @@ def make_optimizer(config: DistillConfig, model: nn.Module) -> tuple[torch.optim
     return optimizer, scheduler
 
 
+def normalize_targets(raw: dict[str, torch.Tensor], normalizers: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Each teacher's fitted normalizer applied to its float32 targets where they are (the training
+    device): one batched matmul (y − μ) Wᵀ per teacher and token kind. Keys "<t>/<kind>"."""
+    out = {}
+    for key, y in raw.items():
+        teacher, kind = key.split("/")
+        out[key] = normalizers[teacher][kind].apply(y).to(torch.float32)
+    return out
+
+
 def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
-                 batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"})."""
+                 targets: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"}) against
+    normalized targets on `device` ({"<t>/patches", "<t>/summary"})."""
     kind = config.norm.loss
     summary_kind = kind_variant(config.norm, "summary", config.summary_loss).loss
     total = torch.zeros((), device=device)
     parts: dict[str, torch.Tensor] = {}
     for t in config.teachers:
         summary_BC, patches_BhwC = preds[t]
-        lp = target_loss(kind, patches_BhwC.float(), batch[f"{t}/patches"].to(device, non_blocking=True))
+        lp = target_loss(kind, patches_BhwC.float(), targets[f"{t}/patches"])
         parts[f"loss/{t}/patches"] = lp.detach()
         teacher_loss = config.feature_weight * lp
         if summary_BC is not None:
-            ls = target_loss(summary_kind, summary_BC.float(), batch[f"{t}/summary"].to(device, non_blocking=True))
+            ls = target_loss(summary_kind, summary_BC.float(), targets[f"{t}/summary"])
             parts[f"loss/{t}/summary"] = ls.detach()
             teacher_loss = teacher_loss + config.summary_weight * ls
         total = total + config.teacher_weight(t) * teacher_loss
@@ -259,7 +271,7 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
         dataset = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
                                seed=config.seed, shuffle_block=config.shuffle_block,
                                rank=0 if dist_ctx is None else dist_ctx.rank, world_size=world,
-                               start=state.loader)
+                               start=state.loader, loader_memory=parse_bytes(config.loader_memory))
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
         _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx), loader, state,
@@ -276,15 +288,17 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
 
 def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
-               device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+               device: torch.device, normalizers: dict[str, dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """One optimization step on one batch: (loss, per-teacher parts, the lr it used).
 
-    parts also holds "grad_norm" (total gradient norm before any clip) and "clipped" (1.0 when the clip
-    bound this step, else 0.0)."""
+    The batch's stored targets (compact dtype, from the loader) are copied to `device`, widened and
+    normalized there (`normalize_targets`). parts also holds "grad_norm" (total gradient norm before any
+    clip) and "clipped" (1.0 when the clip bound this step, else 0.0)."""
     x_BCHW = student_pixels(batch["image_BHW3"], device=device)
+    targets = normalize_targets(targets_on_device(batch, device), normalizers)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         preds = wrapped(x_BCHW)
-    loss, parts = distill_loss(config, preds, batch, device)
+    loss, parts = distill_loss(config, preds, targets, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")  # inf: measure, never clip
@@ -332,7 +346,7 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
-                                     device=run.device)
+                                     device=run.device, normalizers=run.dataset.stores.normalizers)
         state.step += 1
         position = batch["position"] + 1
         state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch
