@@ -110,7 +110,8 @@ def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
                          out_dir=p.run_dir(norm, seed), norm=norm, summary_loss=d.summary_loss,
                          img_size=d.img_size, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                          warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, seed=seed, device=d.device,
-                         log_every=d.log_every, ckpt_every=d.ckpt_every, num_workers=d.num_workers, num_summary_tokens=d.num_summary_tokens)
+                         log_every=d.log_every, ckpt_every=d.ckpt_every, num_workers=d.num_workers,
+                         loader_memory=d.loader_memory, num_summary_tokens=d.num_summary_tokens)
 
 
 def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:

@@ -76,6 +76,11 @@ def distill(
     seed: Annotated[int, typer.Option(help="Seed of initialization and of the sample order.")] = 0,
     device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1); bf16 autocast on CUDA.")] = "cpu",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes (0: load in the main process).")] = 2,
+    shuffle_block: Annotated[int, typer.Option(
+        help="Shards whose samples are shuffled together each epoch (the loader holds about this many).")] = 4,
+    loader_memory: Annotated[str, typer.Option(
+        help="Memory the loader may hold for decoded store units, all its workers together (8GiB, 512MiB, ...); "
+             "about one --shuffle-block of units must fit, the error says how much.")] = "8GiB",
     log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every this many steps.")] = 10,
     ckpt_every: Annotated[int, typer.Option(help="Checkpoint every this many steps (0: only at the end).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt.")] = False,
@@ -95,7 +100,8 @@ def distill(
                                 teacher_weights=teacher_weights, summary_weight=summary_weight,
                                 feature_weight=feature_weight, summary_loss=v["summary_loss"],
                                 grad_clip=v["grad_clip"], img_size=v["img_size"], seed=v["seed"], device=v["device"],
-                                num_workers=v["workers"], log_every=v["log_every"], ckpt_every=v["ckpt_every"],
+                                num_workers=v["workers"], loader_memory=v["loader_memory"],
+                                shuffle_block=shuffle_block, log_every=v["log_every"], ckpt_every=v["ckpt_every"],
                                 num_summary_tokens=v["num_summary_tokens"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

@@ -68,6 +68,7 @@ DISTILL: Table = {
     "grad_clip": ("distill.grad_clip", lambda p: p.distill.grad_clip),
     "device": ("distill.device", lambda p: p.distill.device),
     "workers": ("distill.num_workers", lambda p: p.distill.num_workers),
+    "loader_memory": ("distill.loader_memory", lambda p: p.distill.loader_memory),
     "log_every": ("distill.log_every", lambda p: p.distill.log_every),
     "ckpt_every": ("distill.ckpt_every", lambda p: p.distill.ckpt_every),
 }
