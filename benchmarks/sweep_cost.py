@@ -75,8 +75,9 @@ def _online_targets(batch: dict[str, Any], stores: Any, teachers: dict[str, torc
 
 def _train(config: Any, *, online: bool) -> float:
     """`config.steps` optimization steps of one variant; seconds. Same loop body as stages.distill.train."""
-    from stages.distill.loader import StoreBatches, StoreSet, student_pixels
-    from stages.distill.train import Distiller, build_models, distill_loss, head_targets, make_optimizer
+    from stages.distill.loader import StoreBatches, StoreSet, make_loader, student_pixels, targets_on_device
+    from stages.distill.train import (Distiller, build_models, distill_loss, head_targets, make_optimizer,
+                                      normalize_targets)
     from stages.teachers.registry import build_teacher
 
     t0 = time.perf_counter()
@@ -87,12 +88,15 @@ def _train(config: Any, *, online: bool) -> float:
     optimizer, scheduler = make_optimizer(config, model)
     data = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
                         seed=config.seed)
-    for step, batch in enumerate(data):
+    for step, batch in enumerate(make_loader(data, num_workers=0)):
         if step == config.steps:
             break
         if online:
             _online_targets(batch, stores, teachers)
-        loss, _ = distill_loss(config, model(student_pixels(batch["image_BHW3"], device="cpu")), batch,
+            targets = batch
+        else:  # the training step's device-side widening + normalization (here the device is the CPU)
+            targets = normalize_targets(targets_on_device(batch, "cpu"), stores.normalizers)
+        loss, _ = distill_loss(config, model(student_pixels(batch["image_BHW3"], device="cpu")), targets,
                                torch.device("cpu"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -168,8 +168,8 @@ def test_summary_loss_is_cosine_on_raw_summaries_by_default(tiny_root: Path, tmp
     whatever the feature variant; "variant" applies the variant's normalizer and loss. The run records it."""
     import numpy as np
 
-    from stages.distill.loader import StoreBatches, StoreSet
-    from stages.distill.train import distill_loss
+    from stages.distill.loader import StoreBatches, StoreSet, make_loader, targets_on_device
+    from stages.distill.train import distill_loss, normalize_targets
     from stages.normalize import target_loss
 
     raw = StoreSet(tiny_root, TEACHERS, norm=NormVariant.PHIS)
@@ -177,8 +177,12 @@ def test_summary_loss_is_cosine_on_raw_summaries_by_default(tiny_root: Path, tmp
     t = next(t for t in TEACHERS if "summary" in raw.normalizers[t])
     assert raw.normalizers[t]["summary"].variant is NormVariant.COSINE  # identity: raw summaries
     assert own.normalizers[t]["summary"].variant is NormVariant.PHIS
-    b_raw = next(iter(StoreBatches(raw, split="train", batch_size=4, img_size=64, seed=0)))
-    b_own = next(iter(StoreBatches(own, split="train", batch_size=4, img_size=64, seed=0)))
+    def first_batch(stores: StoreSet) -> dict:  # targets normalized as the training step does
+        b = next(iter(make_loader(StoreBatches(stores, split="train", batch_size=4, img_size=64, seed=0),
+                                  num_workers=0)))
+        return {**b, **normalize_targets(targets_on_device(b, "cpu"), stores.normalizers)}
+
+    b_raw, b_own = first_batch(raw), first_batch(own)
     s_BC, _, _ = raw.stores[t].read_images(b_raw["image_B"].numpy())
     stored = np.asarray(s_BC[np.arange(4), b_raw["view_B"].numpy()], np.float32)
     torch.testing.assert_close(b_raw[f"{t}/summary"], torch.from_numpy(stored))
