@@ -140,8 +140,8 @@ class ShardReader:
     Local-filesystem stores with the store's codec chain take the fast path; anything else reads
     through zarr (`fast` says which). Not thread-safe (one reader per loader worker)."""
 
-    def __init__(self, array: zarr.Array, *, store_path: Path, name: str) -> None:
-        self.array, self.store_path, self.name = array, Path(store_path), name
+    def __init__(self, array: zarr.Array, *, store_path: Path | str, name: str) -> None:
+        self.array, self.store_path, self.name = array, store_path, name  # a path or a URL (messages only)
         self.compact = compact_dtype_of(array)
         self.item_shape = tuple(int(s) for s in array.shape[1:])
         self.plan = _fast_plan(array)
