@@ -70,6 +70,14 @@ def save_checkpoint(path: Path, *, student: torch.nn.Module, heads: torch.nn.Mod
     os.replace(tmp, path)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was written at, without reading its tensors (memory-mapped load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint (weights_only=True, onto the CPU); raises FileNotFoundError if absent."""
     path = Path(path)

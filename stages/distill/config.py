@@ -6,9 +6,11 @@ into one, and everything in `stages/distill` reads only the fields it needs. It 
 JSON (`to_dict` / `from_dict`) so a run directory's `config.json` rebuilds the exact run.
 
 Resuming a run (`train(resume=True)`, `pipeline demo`, `pipeline distill-variant`) accepts a config that
-differs from the saved one only in RESUMABLE_FIELDS: fields that change how long, how often or where a
-run is computed, never what it computes. `steps` may grow (extending a run: the cosine schedule is then
-stretched to the new total from the resumed step on); the others are logging / checkpoint cadence,
+differs from the saved one only in RESUMABLE_FIELDS: fields that change how often or where a run is
+computed, never what it computes. `steps` is listed there but guarded separately (stages/distill/train.py):
+a run of N steps is trained on an N-step schedule, so a resume with other steps is refused unless the user
+asks to extend the run explicitly (`extend=True`, `pipeline distill --extend`), which records the
+extension and the schedule's shape in config.json. The others are logging / checkpoint cadence,
 loader parallelism, the device (bf16 autocast on CUDA, so bit-exactness across devices is not promised)
 the run directory's own path (a moved run) and the store root's spelling (what the stores hold is
 checked separately: the run's config.json records each store's fingerprint, and a resume refuses stores
@@ -29,7 +31,7 @@ from typing import Any
 from stages.normalize import NormVariant, parse_summary_loss
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device", "out_dir", "root",
+    {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers", "prefetch_factor", "device", "out_dir", "root",
      "loader_memory"})
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -58,7 +60,9 @@ class DistillConfig:
 
     batch_size is per data-parallel rank: the global batch is batch_size × world size.
     teacher_weights maps a teacher name to its loss weight (missing teachers weigh 1.0).
-    ckpt_every = 0 writes a checkpoint only at the end. shuffle_block is the number of shards whose
+    ckpt_every = 0 writes no step-cadence checkpoints; ckpt_minutes (0: off) writes one whenever that much
+    wall time passed since the last, and an interrupted run (SIGINT / SIGTERM) writes one before it stops.
+    shuffle_block is the number of shards whose
     samples are shuffled together (see stages/distill/loader.py); loader_memory bounds the decoded
     units one rank's loader holds ("8GiB", "512MiB", ...; resumable). num_summary_tokens: the student's K
     (None: automatic, `train.summary_tokens_for`: one per teacher with a summary, as AM-RADIO gives a ViT
@@ -95,6 +99,7 @@ class DistillConfig:
     loader_memory: str = "8GiB"
     log_every: int = 10
     ckpt_every: int = 0
+    ckpt_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -117,6 +122,8 @@ class DistillConfig:
         for name in ("warmup_steps", "num_workers", "ckpt_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.ckpt_minutes < 0:
+            raise ValueError(f"ckpt_minutes must be >= 0 (0: off), got {self.ckpt_minutes}")
         if self.num_summary_tokens is not None and self.num_summary_tokens < 1:
             raise ValueError(f"num_summary_tokens must be >= 1 (or None: automatic), got {self.num_summary_tokens}")
         parse_bytes(self.loader_memory)

@@ -8,14 +8,15 @@ targets, and the returned normalizers (loaded from the store root, never refitte
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
-from stages.distill.checkpoint import checkpoint_path, load_checkpoint
-from stages.distill.config import DistillConfig
+from stages.distill.checkpoint import checkpoint_path, checkpoint_step, load_checkpoint
+from stages.distill.config import RESUMABLE_FIELDS, DistillConfig
 from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
 from stages.normalize import Normalizer, kind_variant
 from stages.students import HeadTarget, Student, TeacherHeads
@@ -32,6 +33,23 @@ def read_run_config(run_dir: Path) -> tuple[DistillConfig, dict[str, Any]]:
         raise FileNotFoundError(f"{run_dir} is not a distill run directory: no {CONFIG_NAME}")
     resolved = json.loads(path.read_text())
     return DistillConfig.from_dict(resolved), resolved
+
+
+def run_fingerprint(resolved: dict[str, Any]) -> str:
+    """sha256 of what a run computes: its config.json dict without the cadence / location fields (log and
+    checkpoint cadence, loader parallelism, device, paths), steps and schedule extensions included, plus the
+    run_id drawn when the run started (a new run in the same folder has another fingerprint)."""
+    ignored = RESUMABLE_FIELDS - {"steps"}
+    kept = {k: v for k, v in resolved.items() if k not in ignored}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_progress(run_dir: Path) -> dict[str, Any]:
+    """{"fingerprint", "steps" (the run's target), "checkpoint_step", "finished"} of a run directory."""
+    _, resolved = read_run_config(run_dir)
+    step = checkpoint_step(checkpoint_path(run_dir))
+    return {"fingerprint": run_fingerprint(resolved), "steps": int(resolved["steps"]), "checkpoint_step": step,
+            "finished": step >= int(resolved["steps"])}
 
 
 def discard_run(run_dir: Path) -> None:

@@ -13,9 +13,15 @@ config.json, checkpoint.pt (every ckpt_every steps and at the end), metrics.json
 finishes, export.safetensors. Stage two never touches a teacher model: everything comes from the stores.
 
 Resume (`train(resume=True)`) continues from checkpoint.pt and refuses a config that differs from the
-saved config.json outside config.RESUMABLE_FIELDS (the error names each field, saved vs requested); steps
-may grow (the cosine schedule then follows the new total). metrics.jsonl is cut back to the checkpoint's
-step; a torn final line (a process killed mid-write) is dropped, a corrupt earlier line is an error.
+saved config.json outside config.RESUMABLE_FIELDS (the error names each field, saved vs requested). A run
+of N steps is trained on an N-step schedule: a resume with other steps is refused, unless the caller asks
+to extend the run (`extend=True`): the warmup-cosine schedule is then recomputed for the new total from
+the resumed step on (the LR jumps there), and config.json's "extensions" records it. metrics.jsonl is cut
+back to the checkpoint's step; a torn final line (a process killed mid-write) is dropped, a corrupt earlier
+line is an error.
+
+Checkpoints: every ckpt_every steps, every ckpt_minutes of wall time, at the end, and when SIGINT / SIGTERM
+stops the run (train then raises TrainingInterrupted after writing it, so `--resume` continues).
 
 Shape legend: B batch, h/w teacher grid, C channels, H/W pixel sides.
 """
@@ -24,7 +30,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +56,38 @@ from stages.students.registry import student_max_summary_tokens
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped a run after it wrote a checkpoint at `step` (resume with --resume)."""
+
+    def __init__(self, run_dir: Path, step: int, steps: int, signum: int) -> None:
+        self.run_dir, self.step, self.steps, self.signum = run_dir, step, steps, signum
+        super().__init__(f"{signal.Signals(signum).name} at step {step} of {steps}: checkpoint written to "
+                         f"{checkpoint_path(run_dir)}; continue with `pipeline distill ... --resume` (same flags)")
+
+
+class _StopFlag:
+    """Set by SIGINT / SIGTERM while the loop runs (the loop checkpoints and stops at the next step)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now, as without the handler
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class WarmupCosine:
@@ -160,12 +202,37 @@ def changed_stores(resolved: dict[str, Any], stores: StoreSet) -> list[str]:
     return sorted(t for t, s in stores.stores.items() if saved.get(t) != s.fingerprint())
 
 
-def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool) -> None:
+def _schedule_change(saved: dict[str, Any], config: DistillConfig, *, extend: bool, run_dir: Path) -> list[dict]:
+    """The run's recorded extensions, with a new one when `config` extends the saved run (steps grew and
+    `extend`); raises ValueError for other steps without `extend`, or fewer steps."""
+    extensions = list(saved.get("extensions", []))
+    old = int(saved["steps"])
+    if config.steps == old:
+        return extensions
+    if not extend:
+        raise ValueError(
+            f"cannot resume {run_dir} with steps={config.steps}: it is a {old}-step run (trained on a {old}-step "
+            f"schedule), and a run of N steps is trained on an N-step schedule. Train a new run (another "
+            f"--run-name / --out, or delete {run_dir}), or pass --extend to continue its weights on a schedule "
+            f"recomputed for {config.steps} steps (the learning rate jumps where it resumes)")
+    if config.steps < old:
+        raise ValueError(f"cannot extend {run_dir} from {old} to {config.steps} steps: steps may only grow")
+    extensions.append({"from_steps": old, "to_steps": config.steps,
+                       "schedule": f"warmup-cosine of {old} steps up to the resumed step, then the warmup-cosine "
+                                   f"of {config.steps} steps from there on (the learning rate jumps at the "
+                                   f"resumed step)"})
+    return extensions
+
+
+def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool,
+                     extend: bool = False) -> None:
     """Refuse a resume whose saved config or manifest differs; (re)write config.json on rank 0."""
     out = config.out_dir
     ckpt = checkpoint_path(out)
     if resume and not ckpt.is_file():
         raise ValueError(f"--resume given but {ckpt} does not exist")
+    extensions: list[dict] = []
+    run_id = uuid.uuid4().hex  # a fresh run: evaluations of an earlier run in this folder are stale
     if not resume and ckpt.is_file():
         raise ValueError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
                          f"another output directory / run name")
@@ -177,6 +244,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
             raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
                              f"the stores now have {stores.manifest.hash}")
         check_resumable(DistillConfig.from_dict(saved), config, run_dir=out)
+        extensions = _schedule_change(saved, config, extend=extend, run_dir=out)
+        run_id = saved.get("run_id", run_id)
         changed = changed_stores(saved, stores)
         if changed:
             raise ValueError(f"cannot resume {out}: the stored targets of {changed} changed since it was trained "
@@ -185,7 +254,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
             (out / METRICS_NAME).unlink(missing_ok=True)
-        resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash,
+        resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash, "run_id": run_id,
+                    "extensions": extensions,
                     "stores": {t: s.fingerprint() for t, s in stores.stores.items()},
                     "normalizers": {t: {k: {"variant": n.variant.value, "stats_hash": n.stats_hash, "split": n.split}
                                         for k, n in kinds.items()} for t, kinds in stores.normalizers.items()},
@@ -238,14 +308,19 @@ def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Opt
     return TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
 
 
-def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = None,
+def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, stop_at: int | None = None,
           dist_ctx: DistContext | None = None) -> Path:
     """Run (or, with resume, continue) distillation; returns the run directory.
 
+    extend: with resume, allow more steps than the saved run's (see the module docstring).
     stop_at: stop after this step as if interrupted (the schedule still follows config.steps; a
     checkpoint is written there). dist_ctx: this rank's place in an initialized process group.
+    Raises TrainingInterrupted after checkpointing when SIGINT / SIGTERM arrives.
     """
     is_main = dist_ctx is None or dist_ctx.is_main
+    if is_main and config.warmup_steps >= config.steps:
+        print(f"warning: warmup_steps={config.warmup_steps} >= steps={config.steps}: the learning rate never "
+              f"reaches its peak {config.lr:g} and the cosine decay never starts", file=sys.stderr)
     device = device_for(config, dist_ctx)
     torch.manual_seed(config.seed)
     if is_main:  # rank 0 fits and persists the normalizers first; the others then load them
@@ -253,7 +328,7 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
     barrier(dist_ctx)
     if not is_main:
         stores = StoreSet(config.root, config.teachers, norm=config.norm, summary_loss=config.summary_loss)
-    _prepare_run_dir(config, stores, resume=resume, is_main=is_main)
+    _prepare_run_dir(config, stores, resume=resume, is_main=is_main, extend=extend)
     student, heads = build_models(config, head_targets(stores))
     model = Distiller(student, heads).to(device)
     optimizer, scheduler = make_optimizer(config, model)
@@ -267,6 +342,7 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
     if world > 1:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
+    stop = _StopFlag()
     if state.step < end:
         dataset = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
                                seed=config.seed, shuffle_block=config.shuffle_block,
@@ -274,14 +350,17 @@ def train(config: DistillConfig, *, resume: bool = False, stop_at: int | None = 
                                start=state.loader, loader_memory=parse_bytes(config.loader_memory))
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
-        _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx), loader, state,
-              end=end)
+        with stop:
+            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx), loader, state,
+                  end=end, stop=stop)
     if is_main:
         save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
                         scheduler=scheduler, state=state, config=config.to_dict(), device=device)
         if state.step >= config.steps:
             from stages.distill.export import export_run
             export_run(config.out_dir)
+    if stop.signum is not None:
+        raise TrainingInterrupted(config.out_dir, state.step, config.steps, stop.signum)
     barrier(dist_ctx)
     return config.out_dir
 
@@ -334,7 +413,7 @@ class _Loop:
                         config=self.config.to_dict(), device=self.device)
 
 
-def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
+def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFlag | None = None) -> None:
     """Optimization steps state.step+1 .. end; mutates `state`; logs and checkpoints on rank 0."""
     config, dist_ctx = run.config, run.dist_ctx
     world = 1 if dist_ctx is None else dist_ctx.world_size
@@ -343,6 +422,7 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
     bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=None if run.is_main else True,
                dynamic_ncols=True)
     t_last, images_since, clipped_since, steps_since = time.perf_counter(), 0, 0.0, 0
+    t_ckpt = time.monotonic()
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
@@ -367,8 +447,11 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int) -> None:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
         bar.update(1)
-        if run.is_main and config.ckpt_every and state.step % config.ckpt_every == 0 and state.step < end:
+        due = bool(config.ckpt_every) and state.step % config.ckpt_every == 0
+        due = due or (config.ckpt_minutes > 0 and time.monotonic() - t_ckpt >= 60.0 * config.ckpt_minutes)
+        if run.is_main and due and state.step < end:
             run.checkpoint(state)
-        if state.step >= end:
-            break
+            t_ckpt = time.monotonic()
+        if state.step >= end or (stop is not None and stop.signum is not None):
+            break  # train() writes the final (or interrupted) checkpoint
     bar.close()

@@ -28,7 +28,7 @@ import torch
 
 from stages.corpus.samples import render_samples
 from stages.distill.loader import StoreSet, student_pixels
-from stages.distill.run import load_run
+from stages.distill.run import load_run, run_progress
 from stages.distill.train import CONFIG_NAME as CONFIG_FILE
 from stages.distill.train import METRICS_NAME as HISTORY_FILE
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
@@ -147,10 +147,19 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
     ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
-    probe_labels.csv beside the manifest's image folder. Without that file the probe is skipped and
-    ``probe_skipped`` records why; a file that exists but is malformed is an error.
+    probe_labels.csv beside the manifest's image folder. Without that default file the probe is skipped and
+    ``probe_skipped`` records why; an explicit ``labels_path`` that does not exist, or a file that is
+    malformed, is an error.
+
+    metrics.json records which training state it measured: ``checkpoint_step``, ``run_steps``,
+    ``finished`` and ``run_fingerprint`` (stages.distill.run.run_fingerprint), so a report can tell an
+    evaluation of an older or unfinished state of the run from a current one.
     """
     run_dir = Path(run_dir)
+    if labels_path is not None and not Path(labels_path).is_file():
+        raise FileNotFoundError(f"probe labels file {labels_path} does not exist (a CSV with columns uri,label); "
+                                "fix the path, or leave the option out to skip the probe")
+    progress = run_progress(run_dir)
     config, student, heads, normalizers = load_run(run_dir)
     cfg = config.to_dict()
     student, heads = student.to(device).eval(), heads.to(device).eval()
@@ -161,7 +170,10 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     result: dict[str, Any] = {
         "run": run_dir.name, "split": split, "norm": cfg["norm"], "summary_loss": cfg["summary_loss"],
         "seed": cfg["seed"], "student": cfg["student"],
-        "num_samples": int(len(pairs_M2)),
+        "num_samples": int(len(pairs_M2)), "teacher_set": sorted(cfg["teachers"]),
+        "manifest_hash": stores.manifest.hash, "checkpoint_step": progress["checkpoint_step"],
+        "run_steps": progress["steps"], "finished": progress["finished"],
+        "run_fingerprint": progress["fingerprint"],
         "teachers": _teacher_errors(student, heads, stores, normalizers, pairs_M2, img_size=cfg["img_size"],
                                     batch_size=batch_size),
     }
