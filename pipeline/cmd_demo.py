@@ -6,7 +6,7 @@ normalization variant, PHI-S arXiv 2410.01680) → evaluate → report, all from
 same importable functions the DVC stages' commands run (dvc.yaml), writes to the same paths, and is
 resumable: complete shards are skipped, finished runs with the same config are reused, interrupted runs
 resume from their checkpoint (written every ``distill.ckpt_every`` steps). A run that cannot be resumed
-with params.yaml's config (a field a resume may not change, fewer steps, another manifest, or stores whose
+with params.yaml's config (a field a resume may not change, other steps, another manifest, or stores whose
 targets changed) is never silently reused or mixed: `pipeline demo` refuses it (delete it or change
 ``distill.runs_dir``), `pipeline distill-variant` (DVC, which ran it because a declared dependency
 changed) replaces it with a new run.
@@ -118,9 +118,9 @@ def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
     """Train one sweep variant into config.out_dir, reusing or resuming what is there; returns what it did.
 
     No checkpoint: a fresh run ("trained"). A finished run (export present) with the same config and
-    steps: "reused". Same config otherwise: resumed ("resumed"; also extends a finished run when
-    distill.steps grew). A run that cannot be resumed with `config` (a field a resume may not change,
-    fewer steps, another manifest, or stores whose targets changed since it was trained) is replaced by
+    steps: "reused". Same config otherwise: resumed ("resumed", an interrupted run). A run that cannot be
+    resumed with `config` (a field a resume may not change, other steps, another manifest, or stores whose
+    targets changed since it was trained) is replaced by
     a new run ("retrained") when `replace_conflicting`, else refused with ValueError naming what differs.
     """
     from stages.distill.checkpoint import checkpoint_path
@@ -156,8 +156,9 @@ def _resume_conflicts(config: "DistillConfig", saved: "DistillConfig", resolved:
 
     mine, theirs = saved.to_dict(), config.to_dict()
     why = [f"{k} {mine[k]!r} -> {theirs[k]!r}" for k in saved.resume_conflicts(config)]
-    if config.steps < saved.steps:
-        why.append(f"steps lowered {saved.steps} -> {config.steps}")
+    if config.steps != saved.steps:  # a run of N steps is trained on an N-step schedule: never extended here
+        why.append(f"steps {saved.steps} -> {config.steps} (a {config.steps}-step run needs a {config.steps}-step "
+                   "schedule)")
     if resolved.get("manifest_hash") != manifest_hash(manifest_path(config.root)):
         why.append("the manifest changed")
     else:

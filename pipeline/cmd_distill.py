@@ -82,8 +82,13 @@ def distill(
         help="Memory the loader may hold for decoded store units, all its workers together (8GiB, 512MiB, ...); "
              "about one --shuffle-block of units must fit, the error says how much.")] = "8GiB",
     log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every this many steps.")] = 10,
-    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every this many steps (0: only at the end).")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt.")] = False,
+    ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every this many steps (0: off).")] = 0,
+    ckpt_minutes: Annotated[float, typer.Option(help="Checkpoint whenever this many minutes passed since the last "
+                                                     "(0: off). Ctrl-C / SIGTERM always checkpoints first.")] = 10.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt (same --steps).")] = False,
+    extend: Annotated[bool, typer.Option("--extend", help="With --resume and more --steps: continue a run on a "
+                                                          "schedule recomputed for the new total (recorded in "
+                                                          "config.json); without it other steps are refused.")] = False,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher).
 
@@ -102,14 +107,22 @@ def distill(
                                 grad_clip=v["grad_clip"], img_size=v["img_size"], seed=v["seed"], device=v["device"],
                                 num_workers=v["workers"], loader_memory=v["loader_memory"],
                                 shuffle_block=shuffle_block, log_every=v["log_every"], ckpt_every=v["ckpt_every"],
+                                ckpt_minutes=ckpt_minutes,
                                 num_summary_tokens=v["num_summary_tokens"])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ctx = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         ctx = init_from_env(os.environ, device=config.device)
+    if extend and not resume:
+        raise typer.BadParameter("--extend continues an existing run: give --resume too")
+    from stages.distill.train import TrainingInterrupted
+
     try:
-        run_dir = train(config, resume=resume, dist_ctx=ctx)
+        run_dir = train(config, resume=resume, extend=extend, dist_ctx=ctx)
+    except TrainingInterrupted as e:
+        typer.echo(f"interrupted: {e}", err=True)
+        raise typer.Exit(130) from e
     except (ValueError, FileNotFoundError) as e:  # user mistakes: unknown student, mismatched stores, ...
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

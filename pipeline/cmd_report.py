@@ -22,6 +22,11 @@ def report_cmd(
                                                       "root recorded in the runs' config.json.")] = None,
     params: Annotated[Optional[Path], typer.Option(help="Take runs, --out and --root from this params.yaml "
                                                         "instead (the sweep of distill.norms × distill.seeds).")] = None,
+    allow_stale: Annotated[bool, typer.Option("--allow-stale", help="Report evaluations that do not match their "
+                                              "run's last checkpoint (marked) instead of refusing.")] = False,
+    allow_incomparable: Annotated[bool, typer.Option("--allow-incomparable", help="Rank runs with different teacher "
+                                                     "sets, manifests or eval splits together (noted) instead of "
+                                                     "refusing.")] = False,
 ) -> None:
     """Write one table across RUNS (mean ± std over seeds, ranks by category as in PHI-S, storage
     fidelity per variant, cost) with plots."""
@@ -38,7 +43,7 @@ def report_cmd(
 
             v = fill_from_params(ctx, {"runs": runs, "out": out, "root": root}, REPORT, required=("runs", "out"))
             runs, out, root = v["runs"], v["out"], v["root"]
-        md = write_report(runs, out, store_root=root)
+        md = write_report(runs, out, store_root=root, allow_stale=allow_stale, allow_incomparable=allow_incomparable)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
     typer.echo(f"report: {md}")

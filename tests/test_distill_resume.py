@@ -59,32 +59,46 @@ def test_resume_refuses_a_different_config_naming_the_fields(tiny_root: Path, tm
     with pytest.raises(ValueError, match=r"lr: saved 0\.002, requested 0\.01; norm: saved 'phis', requested 'mse'"):
         train(other, resume=True)
     assert json.loads((run / "config.json").read_text())["norm"] == "phis"  # config.json not overwritten
-    with pytest.raises(ValueError, match="steps may only grow"):
+    with pytest.raises(ValueError, match="9-step run .* pass --extend"):
         train(dataclasses.replace(_config(tiny_root, run, 0), steps=1), resume=True)
+    with pytest.raises(ValueError, match="steps may only grow"):
+        train(dataclasses.replace(_config(tiny_root, run, 0), steps=1), resume=True, extend=True)
 
 
 def test_resume_conflicts_ignores_only_the_resumable_fields(tiny_root: Path, tmp_path: Path) -> None:
     saved = _config(tiny_root, tmp_path / "a", 0)
-    cadence = dataclasses.replace(saved, steps=99, log_every=7, ckpt_every=3, num_workers=2, prefetch_factor=4,
-                                  device="cuda", out_dir=tmp_path / "moved", root=tmp_path / "respelled",
-                                  loader_memory="1GiB")
+    cadence = dataclasses.replace(saved, steps=99, log_every=7, ckpt_every=3, ckpt_minutes=1.0, num_workers=2,
+                                  prefetch_factor=4, device="cuda", out_dir=tmp_path / "moved",
+                                  root=tmp_path / "respelled", loader_memory="1GiB")
     assert saved.resume_conflicts(cadence) == []
-    assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "num_workers", "prefetch_factor", "device",
-                                     "out_dir", "root", "loader_memory"}  # stores: checked by fingerprint
+    assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers",
+                                     "prefetch_factor", "device", "out_dir", "root",
+                                     "loader_memory"}  # stores: checked by fingerprint
     changed = dataclasses.replace(saved, seed=1, teachers=("beta", "alpha"), num_summary_tokens=2, batch_size=4)
     assert saved.resume_conflicts(changed) == ["batch_size", "num_summary_tokens", "seed", "teachers"]
+
+
+def test_more_steps_on_resume_is_refused_without_extend(tiny_root: Path, tmp_path: Path) -> None:
+    run = train(dataclasses.replace(_config(tiny_root, tmp_path / "run", 0), steps=4))
+    with pytest.raises(ValueError, match=r"steps=7: it is a 4-step run \(trained on a 4-step schedule\)"):
+        train(dataclasses.replace(_config(tiny_root, run, 0), steps=7), resume=True)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
 
 
 def test_extending_a_finished_run_follows_the_new_schedule(tiny_root: Path, tmp_path: Path) -> None:
     run = train(dataclasses.replace(_config(tiny_root, tmp_path / "run", 0), steps=4))
     extended = dataclasses.replace(_config(tiny_root, run, 0), steps=7, log_every=2, ckpt_every=5)
-    train(extended, resume=True)
+    train(extended, resume=True, extend=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 6, 7]
     # the old schedule (total 4) would give lr 0 after step 4; the new one (total 7) is still decaying
     assert rows[-2]["lr"] > rows[-1]["lr"] > 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 7
-    assert json.loads((run / "config.json").read_text())["steps"] == 7
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["steps"] == 7
+    assert [(e["from_steps"], e["to_steps"]) for e in resolved["extensions"]] == [(4, 7)]
+    assert "learning rate jumps" in resolved["extensions"][0]["schedule"]
 
 
 def test_torn_last_metrics_line_is_dropped_on_resume(tiny_root: Path, tmp_path: Path) -> None:
@@ -113,3 +127,38 @@ def test_fresh_run_starts_a_fresh_metrics_file(tiny_root: Path, tmp_path: Path) 
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 123.0}\n')  # killed before its first checkpoint
     train(dataclasses.replace(_config(tiny_root, run, 0), steps=2))
     assert [json.loads(x)["loss"] != 123.0 for x in (run / "metrics.jsonl").read_text().splitlines()] == [True] * 2
+
+
+def test_sigint_checkpoints_then_resume_finishes(tiny_root: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from stages.distill.train import TrainingInterrupted
+
+    config = dataclasses.replace(_config(tiny_root, tmp_path / "run", 0), steps=400, ckpt_minutes=0.0)
+    metrics = config.out_dir / "metrics.jsonl"
+
+    def interrupt_after_first_steps() -> None:  # Ctrl-C once the run logged a few steps
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_after_first_steps, daemon=True).start()
+    with pytest.raises(TrainingInterrupted, match=r"SIGINT at step \d+ of 400: checkpoint written"):
+        train(config)
+    step = torch.load(config.out_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert 3 <= step < 400
+    assert not (config.out_dir / "export.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(dataclasses.replace(config, steps=400, log_every=100), resume=True, stop_at=step + 2)
+    assert torch.load(config.out_dir / "checkpoint.pt", weights_only=True)["step"] == step + 2
+
+
+def test_warmup_not_shorter_than_steps_warns(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(dataclasses.replace(_config(tiny_root, tmp_path / "run", 0), steps=2, warmup_steps=2))
+    assert "warning: warmup_steps=2 >= steps=2" in capsys.readouterr().err

@@ -70,12 +70,13 @@ def _write_params(path: Path, root: Path, runs: Path, **distill: object) -> Path
     return path
 
 
-def test_distill_variant_resumes_extends_and_retrains_on_other_configs(teacher_root: Path, tmp_path: Path) -> None:
+def test_distill_variant_resumes_and_retrains_on_other_configs_and_steps(teacher_root: Path, tmp_path: Path) -> None:
     from pipeline import cmd_demo
 
     app = typer.Typer()
     cmd_demo.register(app)
     runs, params = tmp_path / "runs", tmp_path / "params.yaml"
+    run = runs / "phis-seed0"
 
     def variant() -> str:
         res = CliRunner().invoke(app, ["distill-variant", "--norm", "phis", "--params", str(params)])
@@ -84,22 +85,28 @@ def test_distill_variant_resumes_extends_and_retrains_on_other_configs(teacher_r
     _write_params(params, teacher_root, runs, steps=3)
     assert variant().endswith("(trained)")
     assert variant().endswith("(reused)")
+    first_id = json.loads((run / "config.json").read_text())["run_id"]
     _write_params(params, teacher_root, runs, steps=5)  # what a `dvc repro` after raising distill.steps runs
-    assert variant().endswith("(resumed)")
-    assert torch.load(runs / "phis" / "checkpoint.pt", weights_only=True)["step"] == 5
-    assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]
-    _write_params(params, teacher_root, runs, steps=5, lr=0.01, seed=3)  # a changed distill.* param under DVC
+    out = variant()  # a 5-step run is trained on a 5-step schedule: a new run, not a 3-step one extended
+    assert "steps 3 -> 5" in out and out.endswith("(retrained)"), out
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5]
+    lrs = [r["lr"] for r in _metrics(run)]
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])), lrs  # one warmup-cosine: no jump at step 4
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["run_id"] != first_id and resolved["extensions"] == []
+    _write_params(params, teacher_root, runs, steps=5, lr=0.01)  # a changed distill.* param under DVC
     out = variant()
-    assert out.startswith("0 ") and "lr 0.001 -> 0.01; seed 0 -> 3" in out and out.endswith("(retrained)"), out
-    assert json.loads((runs / "phis" / "config.json").read_text())["lr"] == 0.01
-    assert [r["step"] for r in _metrics(runs / "phis")] == [1, 2, 3, 4, 5]  # a new run, not appended
-    _write_params(params, teacher_root, runs, steps=4, lr=0.01, seed=3)  # fewer steps cannot be resumed
+    assert out.startswith("0 ") and "lr 0.001 -> 0.01" in out and out.endswith("(retrained)"), out
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.01
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4, 5]  # a new run, not appended
+    _write_params(params, teacher_root, runs, steps=4, lr=0.01)  # fewer steps cannot be resumed
     out = variant()
-    assert "steps lowered 5 -> 4" in out and out.endswith("(retrained)"), out
+    assert "steps 5 -> 4" in out and out.endswith("(retrained)"), out
     # `pipeline demo` (no DVC cache behind it) refuses instead of replacing
-    p = cmd_demo.read_params(_write_params(params, teacher_root, runs, steps=4, lr=0.02, seed=3))
+    p = cmd_demo.read_params(_write_params(params, teacher_root, runs, steps=4, lr=0.02))
     with pytest.raises(ValueError, match=r"cannot be resumed with this config: lr 0.01 -> 0.02"):
-        cmd_demo.train_variant(cmd_demo.distill_config(p, "phis"), replace_conflicting=False)
+        cmd_demo.train_variant(cmd_demo.distill_config(p, "phis", 0), replace_conflicting=False)
 
 
 def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path, tmp_path: Path) -> None:
@@ -112,7 +119,7 @@ def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path
     shutil.copytree(teacher_root.parent, base)  # images + store root, as build_corpus laid them out
     root, runs = base / teacher_root.name, tmp_path / "runs"
     params = _write_params(tmp_path / "params.yaml", root, runs, steps=3)
-    config = cmd_demo.distill_config(cmd_demo.read_params(params), "phis")
+    config = cmd_demo.distill_config(cmd_demo.read_params(params), "phis", 0)
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "trained"
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "reused"
     store = open_teacher_store(teacher_store_path(root, "tiny_sam"), mode="r+")  # as if re-extracted differently

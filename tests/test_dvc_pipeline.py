@@ -3,7 +3,8 @@
 Checks what issue 6 asks of the DVC wiring: the pipeline runs end to end, a second `dvc repro` does
 nothing, and changing a `distill.*` parameter re-runs only stage two (distill, evaluate, report), never
 the corpus or a teacher's extract stage (the store stays outside DVC's outputs): more steps extend the
-persisted runs, a change a resume cannot honour (lr) trains new runs in their place.
+persisted runs are replaced by new runs of the new length (a run of N steps is trained on an N-step
+schedule), as is a change a resume cannot honour (lr).
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     changed = set(status)
     assert {"distill@phis-0", "distill@mse-0"} <= changed, status
     assert not changed & stage_one, status
-    out = run(["dvc", "repro"], work)  # more steps: the persisted checkpoints are extended, not retrained
+    out = run(["dvc", "repro"], work)  # more steps: a new run on a 4-step schedule, never a 3-step one extended
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"distill@phis-0", "distill@mse-0", "evaluate@phis-0", "evaluate@mse-0", "report"}, out
-    assert out.count("(resumed)") == 2, out
+    assert out.count("(retrained)") == 2 and "(resumed)" not in out, out
     assert [json.loads(ln)["step"] for ln in (work / "runs" / "phis-seed0" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 3, 4]
 

@@ -92,13 +92,24 @@ def _tiny_store(root, name, *, summary_dim, patch_dim, n_images=6, num_views=2, 
     return store
 
 
-def _run_dir(tmp_path, root, name, ev, *, steps=10, batch=4):
+def _run_dir(tmp_path, root, name, ev, *, steps=10, batch=4, done=None, teachers=("ta", "tb")):
+    """A hand-built run folder: config.json, a checkpoint at step `done` (default: finished), metrics.jsonl
+    and an eval/metrics.json of that checkpoint (as evaluate_run records it)."""
+    import torch
+
+    from stages.distill.run import run_fingerprint
+
     d = tmp_path / "runs" / name
     (d / "eval").mkdir(parents=True)
-    cfg = {"student": "tiny", "teachers": ["ta", "tb"], "root": str(root), "norm": ev["norm"],
-           "steps": steps, "batch_size": batch, "img_size": 32}
+    cfg = {"student": "tiny", "teachers": list(teachers), "root": str(root), "norm": ev["norm"],
+           "steps": steps, "batch_size": batch, "img_size": 32, "out_dir": str(d), "seed": 0,
+           "manifest_hash": "m" * 64, "run_id": name}
     (d / "config.json").write_text(json.dumps(cfg))
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))
+    torch.save({"version": 1, "step": steps if done is None else done}, d / "checkpoint.pt")
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "elapsed_s": 1.5 * s}) + "\n"
+                                             for s in range(1, 6)))
+    ev = {"num_samples": 4, "checkpoint_step": steps if done is None else done,
+          "run_fingerprint": run_fingerprint(cfg), **ev}
     (d / "eval" / "metrics.json").write_text(json.dumps(ev))
     return d
 
@@ -133,6 +144,17 @@ def test_write_report_files_ranks_and_cost(tmp_path):
     assert "Fidelity not available" in text and "pipeline store fidelity" in text
     assert "One seed per variant" in text
     assert "grad_clip not recorded" in text and "phis not logged" in text  # hand-written run files
+    # what a reader needs beside the scores (issue 15 item 11): golden lines of the report's content
+    assert "| run | norm | student | steps | seed | eval split (samples) | teachers | training time | status |" in text
+    assert "| r_phis | phis | tiny | 20 | 0 | val (4) | ta, tb | 8 s | ok |" in text
+    assert "Lower is better: `ta/patches/mse`, `ta/summary/mse`, `tb/patches/mse`" in text
+    assert "Higher is better: `probe/knn_acc`." in text
+    assert "Probe: the student's raw summary token 0" in text and "τ = 0.07" in text
+    assert "| run | teacher/kind | MSE | normalized error | err. var. range (teacher) | err. var. range (normalized) |" in text
+    nerr = [ln for ln in text.splitlines() if ln.startswith("| r_phis | tb/patches |")]
+    assert len(nerr) == 1 and nerr[0].split(" | ")[3] not in ("n/a", "0")  # MSE / teacher variance
+    assert "Training time (wall clock, student only, from metrics.jsonl): **22 s** over 3 runs" in text
+    assert "![probe_accuracy.png](probe_accuracy.png)" in text and (out / "probe_accuracy.png").stat().st_size > 0
 
 
 def test_clipped_share_weights_records_by_their_steps():
@@ -141,6 +163,36 @@ def test_clipped_share_weights_records_by_their_steps():
     hist = [{"step": 10, "clip_frac": 1.0}, {"step": 20, "clip_frac": 0.5}, {"step": 40, "clip_frac": 0.0}]
     assert clipped_share(hist) == pytest.approx((10 * 1.0 + 10 * 0.5) / 40)
     assert clipped_share([{"step": 1, "loss": 1.0}]) is None
+
+
+def test_report_refuses_stale_evals_and_incomparable_runs_and_marks_unfinished(tmp_path):
+    import torch
+
+    root = tmp_path / "store"
+    _tiny_store(root, "ta", summary_dim=4, patch_dim=8, scale=0.01)
+    _tiny_store(root, "tb", summary_dim=0, patch_dim=4, scale=5.0)
+    a = _run_dir(tmp_path, root, "r_phis", _eval("phis", 1.0, 2.0, 0.9), steps=20)
+    b = _run_dir(tmp_path, root, "r_mse", _eval("mse", 3.0, 3.0, 0.5), steps=20, done=6)  # stopped at 6 of 20
+    text = write_report([a, b], tmp_path / "rep").read_text()
+    assert "| r_mse | mse | tiny | 6 of 20 | 0 | val (4) | ta, tb | 8 s | **unfinished (6/20 steps)** |" in text
+    assert json.loads((tmp_path / "rep" / "cost.json").read_text())["online_passes"]["ta"] == (20 + 6) * 4
+    with pytest.raises(ValueError, match=r"did not finish training"):
+        write_report([a, b], tmp_path / "rep", allow_unfinished=False)
+    # the run was trained further after its evaluation: the eval is stale
+    torch.save({"version": 1, "step": 8}, b / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"evaluations of \['r_mse'\] do not match .* run `pipeline evaluate`"):
+        write_report([a, b], tmp_path / "rep")
+    text = write_report([a, b], tmp_path / "rep", allow_stale=True).read_text()
+    assert "stale eval (not of the last checkpoint)" in text
+    # a 1-teacher run on another split size is not ranked against a 2-teacher run
+    ev = _eval("zca", 2.0, 1.0, 0.5)
+    del ev["teachers"]["tb"]
+    c = _run_dir(tmp_path, root, "r_zca", {**ev, "num_samples": 9}, steps=20, teachers=("ta",))
+    with pytest.raises(ValueError, match=r"not comparable \(teacher sets differ: ta -> \['r_zca'\]; ta, tb -> "
+                                         r"\['r_phis'\].*evaluation splits differ"):
+        write_report([a, c], tmp_path / "rep2")
+    text = write_report([a, c], tmp_path / "rep2", allow_incomparable=True).read_text()
+    assert "**Reported although**:" in text and "the runs are not comparable" in text
 
 
 def test_report_refuses_unevaluated_run(tmp_path):
@@ -212,6 +264,12 @@ def test_evaluate_known_answer_when_heads_predict_zero(tmp_path):
 
     res = evaluate_run(run, batch_size=5)
     assert read_eval(run) == json.loads(json.dumps(res))
+    from stages.distill.run import run_progress
+
+    assert res["checkpoint_step"] == res["run_steps"] == 3 and res["finished"] is True  # what it measured
+    assert res["run_fingerprint"] == run_progress(run)["fingerprint"] and res["teacher_set"] == ["ta", "tb"]
+    with pytest.raises(FileNotFoundError, match="probe labels file .*MISSING.csv does not exist"):
+        evaluate_run(run, labels_path=tmp_path / "MISSING.csv")
     stores = StoreSet(root, ("ta", "tb"), norm="phis")
     pairs = stores.samples("val")
     assert res["num_samples"] == len(pairs) > 0

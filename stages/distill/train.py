@@ -413,6 +413,15 @@ class _Loop:
                         config=self.config.to_dict(), device=self.device)
 
 
+def _logged_elapsed(path: Path) -> float:
+    """Training wall time (s) of the last record of a run's metrics.jsonl (0 when none): a resumed run
+    keeps counting from there, so elapsed_s is the run's whole training time."""
+    if not path.is_file():
+        return 0.0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+
+
 def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFlag | None = None) -> None:
     """Optimization steps state.step+1 .. end; mutates `state`; logs and checkpoints on rank 0."""
     config, dist_ctx = run.config, run.dist_ctx
@@ -423,6 +432,7 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
                dynamic_ncols=True)
     t_last, images_since, clipped_since, steps_since = time.perf_counter(), 0, 0.0, 0
     t_ckpt = time.monotonic()
+    elapsed = _logged_elapsed(metrics_path) if run.is_main else 0.0  # training time before this resume
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
@@ -438,9 +448,10 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
             names = ["loss", *parts]
             values = all_reduce_mean(torch.stack([loss.detach(), *parts.values()]).float(), dist_ctx).tolist()
             now = time.perf_counter()
+            elapsed += now - t_last
             record = {"step": state.step, "lr": lr, **dict(zip(names, values)),
                       "clip_frac": clipped_since / steps_since,
-                      "images_per_s": images_since / max(now - t_last, 1e-9)}
+                      "images_per_s": images_since / max(now - t_last, 1e-9), "elapsed_s": elapsed}
             t_last, images_since, clipped_since, steps_since = now, 0, 0.0, 0
             if run.is_main:
                 with metrics_path.open("a") as f:

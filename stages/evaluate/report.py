@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stages.evaluate import plots
+from stages.evaluate import plots, report_context
+from stages.evaluate.comparability import RunFacts, check_runs, run_facts
 from stages.evaluate.categories import CATEGORIES, categorize, higher_is_better
 from stages.evaluate.ranking import AVG, rank_runs
 from stages.evaluate.evaluate import config_field, read_config, read_eval, read_history
@@ -34,6 +35,7 @@ REPORT_MD, REPORT_CSV = "report.md", "report.csv"
 # eval/metrics.json sections of downstream benchmarks whose numbers are flattened into metrics
 DOWNSTREAM_SECTIONS = ("zeroshot", "seg")
 PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS = "teacher_errors.png", "teacher_spectra.png", "loss_curves.png"
+PLOT_PROBE = "probe_accuracy.png"
 
 
 def _flatten_numbers(prefix: str, tree: Any, out: dict[str, float]) -> None:
@@ -83,11 +85,14 @@ class SweepCost:
         return self.online_total / max(self.store_total, 1)
 
 
-def sweep_cost(configs: dict[str, dict[str, Any]], store_passes: dict[str, int]) -> SweepCost:
-    """Online cost of the sweep: each run's ``steps × batch_size`` teacher forwards, per teacher it used."""
+def sweep_cost(configs: dict[str, dict[str, Any]], store_passes: dict[str, int],
+               steps_done: dict[str, int] | None = None) -> SweepCost:
+    """Online cost of the sweep: each run's ``steps × batch_size`` teacher forwards, per teacher it used
+    (steps: the steps a run trained, ``steps_done[run]``, when given, else its configured steps)."""
     online = {t: 0 for t in store_passes}
     for run, cfg in configs.items():
-        per_run = int(config_field(cfg, "steps", run)) * int(config_field(cfg, "batch_size", run))
+        steps = (steps_done or {}).get(run, config_field(cfg, "steps", run))
+        per_run = int(steps) * int(config_field(cfg, "batch_size", run))
         for teacher in config_field(cfg, "teachers", run):
             if teacher not in online:
                 raise ValueError(f"run {run!r} used teacher {teacher!r} with no store; stores: {sorted(online)}")
@@ -95,22 +100,26 @@ def sweep_cost(configs: dict[str, dict[str, Any]], store_passes: dict[str, int])
     return SweepCost(store_passes=store_passes, online_passes=online)
 
 
-def _store_facts(store_root: Path, teachers: list[str]) -> tuple[dict[str, int], dict[str, Any]]:
-    """(valid image·views per teacher, patch covariance per teacher) from the stores' merged stats."""
+def _store_facts(store_root: Path, teachers: list[str]
+                 ) -> tuple[dict[str, int], dict[str, Any], dict[str, dict[str, float]]]:
+    """(valid image·views per teacher, patch covariance per teacher, mean per-channel variance per teacher
+    and token kind) from the stores' merged stats."""
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
-    passes, covs = {}, {}
+    passes, covs, var = {}, {}, {}
     for t in teachers:
         store = open_teacher_store(teacher_store_path(store_root, t))
         passes[t] = int(store.valid[...].sum())
         covs[t] = store.stats("patches").covariance()
-    return passes, covs
+        var[t] = {k: float(np.mean(np.diag(store.stats(k).covariance()))) for k in store.kinds}
+    return passes, covs, var
 
 
 # Config fields that do not make two runs different experiments: the seed (runs of one variant over
 # seeds are averaged) and where / how fast a run was computed.
-_NOT_EXPERIMENT = frozenset({"seed", "out_dir", "root", "steps_done", "log_every", "ckpt_every", "num_workers",
+_NOT_EXPERIMENT = frozenset({"seed", "out_dir", "root", "steps_done", "log_every", "ckpt_every", "ckpt_minutes",
+                             "run_id", "num_workers",
                              "prefetch_factor", "device"})
 
 
@@ -339,27 +348,32 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
 
 
 def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant], cost: SweepCost,
-              plot_names: list[str], fidelity: list[str], clipping: list[str]) -> str:
+              plot_names: list[str], fidelity: list[str], clipping: list[str], context: dict[str, list[str]]) -> str:
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
-             *_ranking_lines(rows, ranking, variants), "", *clipping, "", "## Storage fidelity", "", *fidelity]
+             *context["runs"], "", *context["reading"], "",
+             *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
+             "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
               f"Teacher forward passes done into the store (one per teacher per image·view): "
               f"**{cost.store_total:,}** ({', '.join(f'{t}: {n:,}' for t, n in cost.store_passes.items())}).",
               f"The same {runs}-run sweep online (runs × steps × batch per teacher): "
               f"**{cost.online_total:,}** ({', '.join(f'{t}: {n:,}' for t, n in cost.online_passes.items())}); "
-              f"ratio online / store = **{cost.ratio:.1f}×**.", "", "## Figures", ""]
+              f"ratio online / store = **{cost.ratio:.1f}×**.", *context["time"], "", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in plot_names]
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | None = None) -> Path:
+def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | None = None,
+                 allow_stale: bool = False, allow_unfinished: bool = True, allow_incomparable: bool = False) -> Path:
     """Write report.md, report.csv and PNG plots for the given evaluated runs; returns report.md's path.
 
     Runs that differ only in their seed are one variant (mean ± std over seeds). ``store_root``
-    defaults to the store root recorded in the runs' config.json (which must agree).
+    defaults to the store root recorded in the runs' config.json (which must agree). Stale evaluations
+    and incomparable runs (``stages.evaluate.comparability``) are refused with ValueError unless allowed;
+    unfinished runs are marked (refused when ``allow_unfinished`` is False).
     """
     run_dirs = [Path(r) for r in run_dirs]
     names = [r.name for r in run_dirs]
@@ -367,14 +381,17 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         raise ValueError(f"need one or more run directories with distinct names, got {names}")
     evals = {r.name: read_eval(r) for r in run_dirs}
     configs = {r.name: read_config(r) for r in run_dirs}
+    facts: list[RunFacts] = [run_facts(r, evals[r.name], configs[r.name]) for r in run_dirs]
+    notes = check_runs(facts, allow_stale=allow_stale, allow_unfinished=allow_unfinished,
+                       allow_incomparable=allow_incomparable)
     if store_root is None:
         roots = {str(config_field(c, "root", n)) for n, c in configs.items()}
         if len(roots) != 1:
             raise ValueError(f"runs come from different stores {sorted(roots)}; pass store_root explicitly")
         store_root = Path(roots.pop())
     teachers = sorted({t for n, c in configs.items() for t in config_field(c, "teachers", n)})
-    passes, covs = _store_facts(Path(store_root), teachers)
-    cost = sweep_cost(configs, passes)
+    passes, covs, teacher_var = _store_facts(Path(store_root), teachers)
+    cost = sweep_cost(configs, passes, steps_done={f.run: f.steps_done for f in facts})
     rows, ranking, variants = report_rows(evals, configs)
     fidelity = fidelity_report_lines(Path(store_root), teachers, variants)
 
@@ -386,14 +403,25 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     plots.plot_spectra(covs, out_dir / PLOT_SPECTRA)
     histories = {r.name: read_history(r) for r in run_dirs}
     plots.plot_loss_curves(histories, out_dir / PLOT_LOSS)
+    plot_names = [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS]
+    probe = {run: {k: float(ev["probe"][k]) for k in ("knn_acc", "linear_acc") if ev["probe"].get(k) is not None}
+             for run, ev in evals.items() if ev.get("probe")}
+    if any(probe.values()):
+        plots.plot_probe_accuracy(probe, out_dir / PLOT_PROBE)
+        plot_names.append(PLOT_PROBE)
+    ranked = sorted({m for ms in ranking.categories.values() for m in ms} | set(ranking.reported))
+    context = {"runs": report_context.runs_lines(facts, notes, histories),
+               "reading": report_context.reading_lines(ranked, higher_is_better(ranked)),
+               "normalized": report_context.normalized_error_lines(evals, teacher_var),
+               "time": report_context.time_cost_lines(facts, histories)}
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     md_path = out_dir / REPORT_MD
-    md_path.write_text(_markdown(rows, ranking, variants, cost, [PLOT_ERRORS, PLOT_SPECTRA, PLOT_LOSS], fidelity,
-                                 clip_lines(variants, configs, histories)))
+    md_path.write_text(_markdown(rows, ranking, variants, cost, plot_names, fidelity,
+                                 clip_lines(variants, configs, histories), context))
     (out_dir / "cost.json").write_text(json.dumps(
         {"store_passes": cost.store_passes, "online_passes": cost.online_passes,
          "store_total": cost.store_total, "online_total": cost.online_total, "ratio": cost.ratio}, indent=2))

@@ -1,0 +1,108 @@
+"""The parts of the sweep report that say what was compared and how to read it (PHI-S arXiv 2410.01680,
+AM-RADIO arXiv 2312.06709): per run its student, steps, seed, evaluation split and teacher set; which way
+each column is better; what the probe is; teacher-matching errors also as a *normalized* error (MSE divided
+by the teacher's mean per-channel variance, so teachers whose raw MSEs span 1e-9 to 10 read on one scale);
+the per-channel error-variance ranges of PHI-S Table 5; and the sweep's cost in time.
+
+Plain functions from already-read data to Markdown lines (report.py does the reading).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from stages.evaluate.comparability import RunFacts
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def train_seconds(history: Sequence[Mapping[str, Any]]) -> float | None:
+    """Training wall time of a run from its metrics.jsonl records (elapsed_s of the last), None if absent."""
+    for record in reversed(history):
+        if "elapsed_s" in record:
+            return float(record["elapsed_s"])
+    return None
+
+
+def runs_lines(facts: Sequence[RunFacts], notes: Sequence[str],
+               histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """The "Runs" section: one row per run with what it is, and any allowed exception."""
+    lines = ["## Runs", "",
+             "| run | norm | student | steps | seed | eval split (samples) | teachers | training time | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f in facts:
+        secs = train_seconds(histories.get(f.run, []))
+        steps = f"{f.steps}" if f.finished else f"{f.steps_done} of {f.steps}"
+        lines.append(f"| {f.run} | {f.norm} | {f.student} | {steps} | {f.seed} | {f.split} ({f.num_samples}) | "
+                     f"{', '.join(f.teachers)} | {_duration(secs) if secs is not None else 'n/a'} | "
+                     f"{f.status if f.status == 'ok' else '**' + f.status + '**'} |")
+    if notes:
+        lines += ["", "**Reported although**:"] + [f"- {n}" for n in notes]
+    return lines
+
+
+def reading_lines(metric_names: Sequence[str], higher_is_better: set[str]) -> list[str]:
+    """How to read the columns: direction of each metric and what the probe is."""
+    lower = sorted(m for m in metric_names if m not in higher_is_better)
+    higher = sorted(m for m in metric_names if m in higher_is_better)
+    lines = ["## How to read the columns", ""]
+    if lower:
+        lines.append("Lower is better: " + ", ".join(f"`{m}`" for m in lower) + " (`mse`: mean squared error "
+                     "between the student's prediction, mapped back to the teacher's own space, and the stored "
+                     "teacher output, over every token and channel of the held-out split).")
+    if higher:
+        lines.append("Higher is better: " + ", ".join(f"`{m}`" for m in higher) + ".")
+    lines += ["",
+              "Probe: the student's raw summary token 0 (before any head) of the full image is the feature. "
+              "`probe/knn_acc` is a k-nearest-neighbour classifier (cosine similarity, votes weighted by "
+              "exp(sim / τ), τ = 0.07) fitted on the labeled train-split images and scored on the val split; "
+              "`probe/linear_acc` is an L2-regularized logistic-regression classifier on the same features. Both are "
+              "accuracies in [0, 1]; with a few labeled images they move in coarse steps."]
+    return lines
+
+
+def normalized_error_lines(evals: Mapping[str, Mapping[str, Any]],
+                           teacher_var: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Per run, teacher and token kind: raw MSE, normalized error (MSE / mean per-channel teacher variance),
+    and the range (max - min) of the per-channel error variance in teacher and in normalized space (PHI-S
+    Table 5: a wide range means some channels are matched far worse than others)."""
+    lines = ["## Normalized error and error-variance ranges", "",
+             "normalized error = MSE / (mean per-channel variance of the teacher's stored outputs): 1.0 is as bad "
+             "as predicting the teacher's mean, so teachers of very different scales read on one scale. "
+             "Error-variance range = max - min over channels of the variance of the prediction error, in the "
+             "teacher's space and in the variant's normalized (loss) space (PHI-S Table 5). Lower is better "
+             "everywhere in this table.", "",
+             "| run | teacher/kind | MSE | normalized error | err. var. range (teacher) | err. var. range (normalized) |",
+             "|---|---|---|---|---|---|"]
+    for run, ev in evals.items():
+        for teacher, kinds in ev["teachers"].items():
+            for kind, vals in kinds.items():
+                var = teacher_var.get(teacher, {}).get(kind)
+                nerr = _fmt(float(vals["mse"]) / var) if var else "n/a"
+                norm_range = vals.get("norm_err_var_range")
+                lines.append(f"| {run} | {teacher}/{kind} | {_fmt(float(vals['mse']))} | {nerr} | "
+                             f"{_fmt(float(vals.get('err_var_range', float('nan'))))} | "
+                             f"{_fmt(float(norm_range)) if norm_range is not None else 'n/a'} |")
+    return lines
+
+
+def time_cost_lines(facts: Sequence[RunFacts], histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Training wall time of the sweep (sum over runs), beside the teacher-forward count."""
+    secs = {f.run: train_seconds(histories.get(f.run, [])) for f in facts}
+    known = {r: s for r, s in secs.items() if s is not None}
+    if not known:
+        return ["Training time: not recorded (runs from an older version log no elapsed_s)."]
+    line = (f"Training time (wall clock, student only, from metrics.jsonl): **{_duration(sum(known.values()))}** "
+            f"over {len(known)} runs ({', '.join(f'{r}: {_duration(s)}' for r, s in known.items())}).")
+    missing = sorted(set(secs) - set(known))
+    return [line + (f" Not recorded for {missing}." if missing else "")]
