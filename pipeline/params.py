@@ -24,7 +24,7 @@ import yaml
 
 @dataclass(frozen=True)
 class StoreParams:
-    """Where the feature store lives (outside DVC outputs; DESIGN.md §6)."""
+    """Where the feature store lives (outside DVC outputs; see docs/SCIENCE.md, toolchain notes)."""
 
     root: Path = Path("data/store")
 

@@ -65,6 +65,8 @@ def test_every_norm_variant_trains_with_finite_losses(tiny_root: Path, tmp_path:
 
 def test_export_folds_denormalization_into_teacher_space(tiny_root: Path, tmp_path: Path) -> None:
     run = train(_config(tiny_root, tmp_path / "exp", norm="pca_w", steps=2))
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(run / "export.safetensors") == mode(run / "config.json")  # not 0600 while the rest is 0644
     config, student, heads, normalizers = load_run(run)
     _, student_x, heads_x = load_export(run)
     x_BCHW = student_pixels(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8), device="cpu")

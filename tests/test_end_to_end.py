@@ -1,5 +1,5 @@
 """End to end through the CLI on a tiny corpus: corpus -> extract (real local Ray, real Zarr) -> verify ->
-distill --norm phis -> evaluate -> report. The layer-4 test of STYLE.md: every stage really started."""
+distill --norm phis -> evaluate -> report. The end-to-end layer of the tests: every stage really started."""
 
 from __future__ import annotations
 

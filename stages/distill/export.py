@@ -10,6 +10,7 @@ The file is safetensors: "student.*" and "heads.*" tensors, config JSON in the m
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -42,5 +43,12 @@ def export_run(run_dir: Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"config": json.dumps(resolved, sort_keys=True),
                                             "outputs": "teacher_space"})
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a run's files are all created alike
     tmp.replace(path)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

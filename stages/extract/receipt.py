@@ -1,6 +1,6 @@
 """Extraction receipts: a small JSON file that stands for a teacher's feature store in DVC.
 
-The store itself stays outside DVC's outputs (DESIGN.md §6: uncached outputs are hashed file by file and
+The store itself stays outside DVC's outputs (docs/SCIENCE.md, toolchain notes: uncached outputs are hashed file by file and
 queued experiments re-run stages whose outputs are missing). A receipt names what the store holds: the
 manifest, the teacher spec and weights, the codec and grid, the complete shards, and the hash of every
 token kind's merged statistics (`Moments.content_hash`, computed from the values as stored). Stage two
