@@ -284,9 +284,9 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
                              f"{c.ratio:.3g} | {c.storage_min_cos:.6f} | {'ok' if c.passed else '**FAIL**'} |")
                 if not c.passed:
                     failed.setdefault(v.name, []).append(f"{t}/{kind}")
-    lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: its targets "
-                     "are partly storage noise, so its rank says little about the normalization itself."
-                     for name, where in failed.items()]
+    lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: storage noise "
+                     "there is not negligible against the teacher's own bf16 noise, so part of what its rank "
+                     "measures is the storage, not the normalization." for name, where in failed.items()]
     if missing:
         lines += ["Fidelity not available for:", *missing]
     lines += ["", "Normalizers fitted on split: " + "; ".join(sorted(splits)) + "."]

@@ -108,6 +108,6 @@ def format_checks(checks: list[FidelityCheck]) -> list[str]:
                      f"min cos {c.storage_min_cos:.6f} (gate ≥ {MIN_COSINE}): {verdict}")
     failed = sorted({c.variant for c in checks if not c.passed})
     if failed:
-        lines.append(f"WARNING: storage noise is not negligible in the loss space of {', '.join(failed)}: their "
-                     "targets are partly storage noise (store with more mantissa bits, or prefer another variant)")
+        lines.append(f"WARNING: storage noise is not negligible against the teacher's bf16 noise in the loss space "
+                     f"of {', '.join(failed)} (store with more mantissa bits, or read their results with care)")
     return lines
