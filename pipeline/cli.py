@@ -18,6 +18,7 @@ from pipeline import (
     cmd_report,
     cmd_store,
     cmd_teachers,
+    cmd_text,
 )
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ COMMAND_GROUPS = (
     cmd_corpus,
     cmd_teachers,
     cmd_extract,
+    cmd_text,
     cmd_store,
     cmd_distill,
     cmd_evaluate,

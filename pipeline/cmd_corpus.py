@@ -70,7 +70,7 @@ def demo_corpus(
         demo = export_demo_corpus(out_dir)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}")
+    typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}  shapes: {demo.num_shapes} (masks in {demo.seg_masks})")
     typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
     typer.echo(f"probe labels: {demo.probe_labels}")
 

@@ -1,7 +1,8 @@
 """`pipeline demo [--params params.yaml]`: the whole offline sweep in one process; and
 `pipeline distill-variant --norm N --params params.yaml`: one variant of it (dvc.yaml's distill stage).
 
-demo-corpus → corpus → extract (each teacher once into the store) → distill (one run per
+demo-corpus → corpus → extract (each teacher once into the store; text embeddings of the CLIP teachers
+in extract.text_teachers) → distill (one run per
 normalization variant, PHI-S arXiv 2410.01680) → evaluate → report, all from params.yaml. It runs the
 same importable functions the DVC stages' commands run (dvc.yaml), writes to the same paths, and is
 resumable: complete shards are skipped, finished runs with the same config are reused, interrupted runs
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # stage imports stay lazy: `pipeline --help` should not impor
     from pipeline.extract import ExtractConfig
     from stages.distill.config import DistillConfig
     from store_schema.teacher_store import TeacherStore
+    from stages.evaluate.downstream import DownstreamConfig
 
 
 def _corpus(p: Params) -> None:
@@ -33,7 +35,7 @@ def _corpus(p: Params) -> None:
     from store_schema.manifest import ViewSpec
 
     demo = export_demo_corpus(p.demo.dir)
-    typer.echo(f"demo corpus: {demo.num_photos} photos, {demo.num_lfw} LFW crops in {demo.images_dir}")
+    typer.echo(f"demo corpus: {demo.num_photos} photos, {demo.num_lfw} LFW crops, {demo.num_shapes} shapes scenes in {demo.images_dir}")
     m = build_manifest(p.corpus.source, out_dir=p.store.root,
                        view_spec=ViewSpec(num_views=p.corpus.views, seed=p.corpus.view_seed),
                        min_side=p.corpus.min_side, val_fraction=p.corpus.val_fraction)
@@ -99,6 +101,28 @@ def _fidelity(p: Params, store: "TeacherStore") -> None:
     failed = sorted({c.variant for c in checks if not c.passed})
     typer.echo(f"fidelity {store.spec.name}: {len(checks) - sum(not c.passed for c in checks)}/{len(checks)} "
                f"variant·kind checks pass" + (f"; WARNING: {', '.join(failed)} fail the gate" if failed else ""))
+
+
+def _extract_text(p: Params) -> None:
+    from stages.extract.text import extract_text
+    from stages.prompts import prompt_set
+
+    from pipeline.cmd_text import text_class_sets
+
+    sets = [prompt_set(c, t) for c, t in text_class_sets(p)]
+    for teacher in p.extract.text_teachers:
+        typer.echo(extract_text(p.store.root, teacher, sets, checkpoint=p.extract.checkpoints.get(teacher),
+                                device=p.extract.device).summary_line())
+
+
+def downstream_config(p: Params) -> "DownstreamConfig":
+    """The downstream evaluation params.yaml asks for (what dvc.yaml's evaluate stage passes)."""
+    from stages.evaluate.downstream import DownstreamConfig
+
+    e = p.evaluate
+    return DownstreamConfig(zeroshot_classes=e.zeroshot_classes, zeroshot_templates=e.zeroshot_templates,
+                            seg_masks=e.seg_masks, seg_classes=e.seg_classes, seg_templates=e.seg_templates,
+                            seg_probe_steps=e.seg_probe_steps)
 
 
 def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
@@ -181,20 +205,24 @@ def _distill(p: Params) -> list[Path]:
 
 def run_demo(p: Params) -> Path:
     """Run every stage of the sweep from params; returns the report's path (report.md)."""
+    from stages.evaluate.downstream import flatten_downstream
     from stages.evaluate.evaluate import evaluate_run
     from stages.evaluate.report import write_report
 
     _corpus(p)
     _extract(p, p.extract.teachers)
+    _extract_text(p)
     runs = _distill(p)
     e = p.evaluate
     if not e.probe_labels.is_file():
         raise FileNotFoundError(f"evaluate.probe_labels {e.probe_labels} does not exist")
     for run in runs:
         res = evaluate_run(run, split=e.split, batch_size=e.batch_size, labels_path=e.probe_labels, knn_k=e.knn_k,
-                           knn_temperature=e.knn_temperature, device=p.distill.device)
+                           knn_temperature=e.knn_temperature, device=p.distill.device,
+                           downstream=downstream_config(p))
         typer.echo(f"evaluate {run.name}: teacher-space MSE " + ", ".join(
             f"{t}/{k} {v['mse']:.4g}" for t, kinds in res["teachers"].items() for k, v in kinds.items()))
+        typer.echo(f"evaluate {run.name}: " + ", ".join(f"{m} {v:.3f}" for m, v in flatten_downstream(res).items()))
     return write_report(runs, p.report.out, store_root=p.store.root)
 
 

@@ -22,24 +22,42 @@ def evaluate_cmd(
     knn_k: Annotated[int, typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = 20,
     knn_temperature: Annotated[float, typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = 0.07,
     device: Annotated[str, typer.Option(help="Torch device for the student (cpu, cuda).")] = "cpu",
+    zeroshot_classes: Annotated[Optional[Path], typer.Option(help="Class file of the probe labels: zero-shot "
+                                                                  "classification per CLIP teacher (needs extract-text).")] = None,
+    zeroshot_templates: Annotated[str, typer.Option(help="Templates the zero-shot prompt set was extracted with.")] = "imagenet",
+    seg_masks: Annotated[Optional[Path], typer.Option(help="Folder of PNG label masks named <image uri without "
+                                                           "suffix>.png: linear-probe and open-vocabulary mIoU.")] = None,
+    seg_classes: Annotated[Optional[Path], typer.Option(help="Segmentation class file (line k = mask value k).")] = None,
+    seg_templates: Annotated[str, typer.Option(help="Templates the segmentation prompt set was extracted with.")] = "segmentation",
+    seg_probe_steps: Annotated[int, typer.Option(help="Training steps of the linear segmentation probe.")] = 100,
 ) -> None:
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
 
     Options not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import EVALUATE, fill_from_params
+    from stages.evaluate.downstream import DownstreamConfig
     from stages.evaluate.evaluate import eval_path, evaluate_run
+    from store_schema.errors import StoreError
 
     v = fill_from_params(ctx, locals(), EVALUATE)
     split, batch_size, probe_labels, device = v["split"], v["batch_size"], v["probe_labels"], v["device"]
     knn_k, knn_temperature = v["knn_k"], v["knn_temperature"]
+    zeroshot_classes, zeroshot_templates = v["zeroshot_classes"], v["zeroshot_templates"]
+    seg_masks, seg_classes, seg_templates = v["seg_masks"], v["seg_classes"], v["seg_templates"]
+    seg_probe_steps = v["seg_probe_steps"]
 
     if split not in ("train", "val"):
         raise typer.BadParameter(f"unknown split {split!r}; valid splits: train, val")
+    if (seg_masks is None) != (seg_classes is None):
+        raise typer.BadParameter("--seg-masks and --seg-classes go together")
+    downstream = DownstreamConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
+                                  seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
+                                  seg_probe_steps=seg_probe_steps)
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
-                               knn_temperature=knn_temperature, device=device)
-        except (ValueError, FileNotFoundError) as e:
+                               knn_temperature=knn_temperature, device=device, downstream=downstream)
+        except (ValueError, FileNotFoundError, StoreError) as e:
             raise typer.BadParameter(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
         for teacher, kinds in res["teachers"].items():
@@ -48,6 +66,15 @@ def evaluate_cmd(
         probe = res["probe"]
         typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val)"
                    if probe else f"  probe: skipped ({res['probe_skipped']})")
+        for t, z in (res.get("zeroshot") or {}).items():
+            typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
+                       f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
+        seg = res.get("seg")
+        if seg:
+            typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "
+                       + ", ".join(f"{t} {v:.3f}" for t, v in seg["teacher_linear_miou"].items()) + ")")
+            for t, v in seg["openvocab_miou"].items():
+                typer.echo(f"  open-vocabulary {t}: mIoU {v:.3f} (teacher {seg['teacher_openvocab_miou'][t]:.3f})")
 
 
 def register(app: typer.Typer) -> None:

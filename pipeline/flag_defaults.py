@@ -79,11 +79,24 @@ EVALUATE: Table = {
     "knn_k": ("evaluate.knn_k", lambda p: p.evaluate.knn_k),
     "knn_temperature": ("evaluate.knn_temperature", lambda p: p.evaluate.knn_temperature),
     "device": ("distill.device", lambda p: p.distill.device),
+    "zeroshot_classes": ("evaluate.zeroshot_classes", lambda p: p.evaluate.zeroshot_classes),
+    "zeroshot_templates": ("evaluate.zeroshot_templates", lambda p: p.evaluate.zeroshot_templates),
+    "seg_masks": ("evaluate.seg_masks", lambda p: p.evaluate.seg_masks),
+    "seg_classes": ("evaluate.seg_classes", lambda p: p.evaluate.seg_classes),
+    "seg_templates": ("evaluate.seg_templates", lambda p: p.evaluate.seg_templates),
+    "seg_probe_steps": ("evaluate.seg_probe_steps", lambda p: p.evaluate.seg_probe_steps),
 }
 REPORT: Table = {
     "runs": ("distill.runs_dir + distill.norms x distill.seeds",
              lambda p: [p.run_dir(n, s) for n, s in p.sweep_runs()]),
     "out": ("report.out", lambda p: p.report.out),
+    "root": ("store.root", lambda p: p.store.root),
+}
+TEXT: Table = {
+    "root": ("store.root", lambda p: p.store.root),
+    "device": ("extract.device", lambda p: p.extract.device),
+}
+TRANSCODE: Table = {
     "root": ("store.root", lambda p: p.store.root),
 }
 # -------------------------------------------------------------------------------------------------------

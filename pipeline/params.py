@@ -62,6 +62,9 @@ class ExtractParams:
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
     decode_ahead: int = 0  # images a worker decodes ahead in a background thread (overlaps a GPU forward)
     fidelity_images: int = 16  # train images the storage-fidelity check runs the teacher on (0: skip it)
+    # open_clip teachers whose text embeddings (evaluate.*_classes prompt sets) and image-side projection
+    # `pipeline extract-text-stage` writes into their stores (zero-shot / open-vocabulary evaluation)
+    text_teachers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class EvaluateParams:
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_labels: Path = Path("data/demo_corpus/probe_labels.csv")
+    # Downstream evaluation (null: skipped). Class files: one class per line (label<TAB>prompt name allowed).
+    zeroshot_classes: Path | None = None  # classes of probe_labels for zero-shot through the text tower
+    zeroshot_templates: str = "imagenet"  # shipped template set (imagenet, segmentation, simple) or a file
+    seg_masks: Path | None = None  # PNG label masks named <image uri without suffix>.png
+    seg_classes: Path | None = None  # line k = mask value k; 255 = ignore
+    seg_templates: str = "segmentation"
+    seg_probe_steps: int = 100  # full-batch AdamW steps of the linear segmentation probe
 
 
 @dataclass(frozen=True)
@@ -201,7 +211,8 @@ def _validate(p: Params, source: str) -> None:
     """Cross-field checks that need no imports of the heavy stages."""
     for where, value in (("corpus.views", p.corpus.views), ("extract.batch_size", p.extract.batch_size),
                          ("extract.shard_size", p.extract.shard_size), ("distill.steps", p.distill.steps),
-                         ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k)):
+                         ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k),
+                         ("evaluate.seg_probe_steps", p.evaluate.seg_probe_steps)):
         if value < 1:
             raise ValueError(f"{source}: {where} must be >= 1, got {value}")
     for where, value in (("distill.ckpt_every", p.distill.ckpt_every), ("distill.num_workers", p.distill.num_workers)):
@@ -221,6 +232,10 @@ def _validate(p: Params, source: str) -> None:
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
     if unknown_teachers:
         raise ValueError(f"{source}: unknown extract.teachers {unknown_teachers}; valid teachers: {teacher_names()}")
+    stray_text = sorted(set(p.extract.text_teachers) - set(p.extract.teachers))
+    if stray_text:
+        raise ValueError(f"{source}: extract.text_teachers names {stray_text}, which are not in extract.teachers "
+                         f"{p.extract.teachers}")
     for where, mapping in (("extract.storage_grids", p.extract.storage_grids),
                            ("extract.checkpoints", p.extract.checkpoints)):
         stray = sorted(set(mapping) - set(p.extract.teachers))

@@ -116,6 +116,21 @@ def token_array(kind: str) -> str:
     return {"summary": SUMMARY, "patches": PATCHES}[check_kind(kind)]
 
 
+# Text side of CLIP-family teachers, inside <teacher>.zarr (store_schema/text_store.py): one group per
+# prompt set, keyed by the first 16 hex digits of the prompt set's sha256, and the image-side projection.
+TEXT_GROUP = "text"
+TEXT_EMBEDDINGS = "embeddings"  # float32 (class, channel) [L, Cs], L2-normalized rows
+PROJECTION_GROUP = "projection"
+PROJECTION_ARRAYS: tuple[str, ...] = ("ln_post_weight", "ln_post_bias", "proj")  # [Cp], [Cp], [Cp, Cs]
+
+
+def text_group(prompt_hash: str) -> str:
+    """Group of one prompt set's text embeddings inside a teacher store: text/<hash, 16 hex>."""
+    if len(prompt_hash) < 16 or any(c not in "0123456789abcdef" for c in prompt_hash):
+        raise ValueError(f"prompt_hash must be a hex sha256, got {prompt_hash!r}")
+    return f"{TEXT_GROUP}/{prompt_hash[:16]}"
+
+
 # Demo corpus layout (stages/corpus/demo.py), under the demo directory given on the command line.
 def demo_images_dir(demo_dir: Path) -> Path:
     """<demo>/images: the folder SOURCE of the demo corpus."""
@@ -125,3 +140,18 @@ def demo_images_dir(demo_dir: Path) -> Path:
 def demo_probe_labels_path(demo_dir: Path) -> Path:
     """<demo>/probe_labels.csv: columns uri,label (uri relative to demo_images_dir)."""
     return Path(demo_dir) / "probe_labels.csv"
+
+
+def demo_zeroshot_classes_path(demo_dir: Path) -> Path:
+    """<demo>/zeroshot_classes.txt: class names of the probe labels, for zero-shot classification."""
+    return Path(demo_dir) / "zeroshot_classes.txt"
+
+
+def demo_seg_masks_dir(demo_dir: Path) -> Path:
+    """<demo>/seg_masks: PNG label masks named like the segmentation images (uri stem + .png)."""
+    return Path(demo_dir) / "seg_masks"
+
+
+def demo_seg_classes_path(demo_dir: Path) -> Path:
+    """<demo>/seg_classes.txt: one class per line, line k = mask value k."""
+    return Path(demo_dir) / "seg_classes.txt"

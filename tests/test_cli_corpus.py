@@ -90,7 +90,23 @@ def test_demo_corpus_exports_deterministic_labeled_corpus(tmp_path):
     m = read_manifest(layout.manifest_path(out))
     assert {r["uri"] for r in labels} <= set(m.uris)
     assert all(m.ok_N[m.uris.index(r["uri"])] for r in labels)
-    assert m.num_images == len(photos) + 200 and m.ok_N.sum() >= m.num_images - 2
+    assert m.num_images == len(photos) + 200 + 48 and m.ok_N.sum() >= m.num_images - 2
+
+    # the random-shapes segmentation set: masks exact by construction (shape pixels = non-white pixels)
+    from stages.corpus.demo import SHAPE_CLASSES
+    from stages.prompts import read_classes
+
+    assert read_classes(layout.demo_seg_classes_path(demo))[0] == SHAPE_CLASSES
+    assert read_classes(layout.demo_zeroshot_classes_path(demo))[0] == ("face", "nonface")
+    masks = sorted((layout.demo_seg_masks_dir(demo) / "shapes").iterdir())
+    assert len(masks) == 48
+    seen = set()
+    for mask_path in masks:
+        mask = np.asarray(Image.open(mask_path))
+        rgb = np.asarray(Image.open(images / "shapes" / mask_path.name))
+        assert mask.shape == rgb.shape[:2] and ((mask > 0) == (rgb != 255).any(-1)).all()
+        seen |= set(np.unique(mask).tolist())
+    assert seen == set(range(len(SHAPE_CLASSES)))
 
     (demo / "stranger.txt").write_text("not mine")
     bad = runner.invoke(app, ["demo-corpus", str(demo)])

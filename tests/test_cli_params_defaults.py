@@ -31,7 +31,7 @@ def _invoke(args: list[str]) -> tuple[int, str, str]:
 def _write_params(folder: Path, root: Path, **sections: dict) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["store"]["root"] = str(root)
-    raw["extract"].update(teachers=[TEACHER], shard_size=3, batch_size=4, workers=0)
+    raw["extract"].update(teachers=[TEACHER], shard_size=3, batch_size=4, workers=0, text_teachers=[])
     raw["distill"].update(img_size=32, batch_size=4, warmup_steps=1, log_every=1, ckpt_every=0, num_workers=0,
                           runs_dir="runs")
     for name, values in sections.items():

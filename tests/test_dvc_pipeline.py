@@ -49,7 +49,8 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     run(["dvc", "config", "core.analytics", "false"], work)
 
     out = run(["dvc", "repro"], work)
-    for stage in ("demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "distill@phis-0", "distill@mse-0",
+    for stage in ("demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "extract_text@tiny_clip",
+                  "distill@phis-0", "distill@mse-0",
                   "evaluate@phis-0", "evaluate@mse-0", "report"):
         assert f"Running stage '{stage}'" in out, stage
     assert (work / "reports" / "sweep" / "report.md").is_file()
@@ -59,7 +60,7 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
     again = run(["dvc", "repro"], work)
     assert "Running stage" not in again, again
 
-    stage_one = {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam"}
+    stage_one = {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "extract_text@tiny_clip"}
     write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4}})
     status = json.loads(run(["dvc", "status", "--json"], work) or "{}")
     changed = set(status)

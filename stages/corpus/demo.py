@@ -5,6 +5,12 @@ mixed sizes and modes, one TIFF PIL cannot read) are copied byte for byte into <
 (b) scikit-image's `lfw_subset.npy` (100 Labeled Faces in the Wild crops, then 100 non-face crops,
 25x25 gray; Huang et al. 2007) becomes PNGs in <dir>/images/lfw/ with <dir>/probe_labels.csv (uri,label)
 for the kNN probe, uris as the manifest of the folder SOURCE <dir>/images spells them.
+(c) A segmentation set with exact labels, drawn by scikit-image's ``skimage.draw.random_shapes``: SHAPES_COUNT
+64x64 RGB images in <dir>/images/shapes/ with 1-3 shapes each, and their PNG label masks (same names)
+in <dir>/seg_masks/shapes/; class = shape kind, background its own class (seg_classes.txt, line k =
+mask value k). Each shape is drawn alone on a white canvas (its pixels are exactly the non-white ones)
+and pasted in order, the label map updated with it, so masks are exact by construction.
+(d) zeroshot_classes.txt: the probe labels (face, nonface) as classes for zero-shot classification.
 Only files present on disk are used, and the output is byte-identical on every run.
 """
 
@@ -24,7 +30,11 @@ from store_schema import layout
 
 LFW_FILE = "lfw_subset.npy"
 LFW_CLASSES = ("face", "nonface")  # first 100 rows are faces, the last 100 are not (skimage docs)
-PHOTOS_SUBDIR, LFW_SUBDIR = "photos", "lfw"
+PHOTOS_SUBDIR, LFW_SUBDIR, SHAPES_SUBDIR = "photos", "lfw", "shapes"
+# zero-shot class file lines: label<TAB>prompt name
+ZEROSHOT_CLASS_LINES = ("face\tface", "nonface\tnon-face object")
+SHAPE_CLASSES = ("background", "rectangle", "circle", "triangle", "ellipse")  # mask value = index
+SHAPES_COUNT, SHAPES_SIDE, SHAPES_SEED = 48, 64, 0
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,50 @@ class DemoCorpus:
     probe_labels: Path
     num_photos: int
     num_lfw: int
+    num_shapes: int = 0
+    seg_masks: Path | None = None
+    seg_classes: Path | None = None
+    zeroshot_classes: Path | None = None
 
 
 def skimage_data_dir() -> Path:
     """Folder of the data files inside the installed scikit-image package."""
     return Path(str(resources.files("skimage.data")))
+
+
+def _png(arr: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def shapes_image(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB image [S, S, 3], uint8 label mask [S, S]) of one random-shapes scene, exact labels."""
+    from skimage.draw import random_shapes
+
+    rng = np.random.default_rng(seed)
+    image_SS3 = np.full((SHAPES_SIDE, SHAPES_SIDE, 3), 255, np.uint8)
+    mask_SS = np.zeros((SHAPES_SIDE, SHAPES_SIDE), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        kind = int(rng.integers(1, len(SHAPE_CLASSES)))
+        layer, _ = random_shapes((SHAPES_SIDE, SHAPES_SIDE), max_shapes=1, min_shapes=1, min_size=12,
+                                 max_size=40, shape=SHAPE_CLASSES[kind], rng=int(rng.integers(2**31)))
+        pixels = (layer != 255).any(-1)  # shape colours lie in [0, 254] per channel: never pure white
+        image_SS3[pixels] = layer[pixels]
+        mask_SS[pixels] = kind
+    return image_SS3, mask_SS
+
+
+def _shapes_files(images: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    masks = layout.demo_seg_masks_dir(Path("."))
+    for i in range(SHAPES_COUNT):
+        image_SS3, mask_SS = shapes_image(SHAPES_SEED + i)
+        out[(images / SHAPES_SUBDIR / f"shapes_{i:03d}.png").as_posix()] = _png(image_SS3, "RGB")
+        out[(masks / SHAPES_SUBDIR / f"shapes_{i:03d}.png").as_posix()] = _png(mask_SS, "L")
+    out[layout.demo_seg_classes_path(Path(".")).as_posix()] = ("\n".join(SHAPE_CLASSES) + "\n").encode()
+    out[layout.demo_zeroshot_classes_path(Path(".")).as_posix()] = ("\n".join(ZEROSHOT_CLASS_LINES) + "\n").encode()
+    return out
 
 
 def _planned_files(data_dir: Path) -> dict[str, bytes]:
@@ -67,6 +116,7 @@ def _planned_files(data_dir: Path) -> dict[str, bytes]:
     writer.writerow(["uri", "label"])
     writer.writerows(rows)
     out[layout.demo_probe_labels_path(Path(".")).as_posix()] = text.getvalue().encode()
+    out.update(_shapes_files(images))
     return out
 
 
@@ -89,4 +139,8 @@ def export_demo_corpus(out_dir: Path) -> DemoCorpus:
         dst.write_bytes(data)
     n_lfw = sum(1 for rel in files if f"/{LFW_SUBDIR}/" in rel)
     n_photos = sum(1 for rel in files if f"/{PHOTOS_SUBDIR}/" in rel)
-    return DemoCorpus(layout.demo_images_dir(out_dir), layout.demo_probe_labels_path(out_dir), n_photos, n_lfw)
+    images = layout.demo_images_dir(Path(".")).as_posix()
+    n_shapes = sum(1 for rel in files if rel.startswith(f"{images}/{SHAPES_SUBDIR}/"))
+    return DemoCorpus(layout.demo_images_dir(out_dir), layout.demo_probe_labels_path(out_dir), n_photos, n_lfw,
+                      n_shapes, layout.demo_seg_masks_dir(out_dir), layout.demo_seg_classes_path(out_dir),
+                      layout.demo_zeroshot_classes_path(out_dir))

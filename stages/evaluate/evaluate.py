@@ -13,6 +13,12 @@ labeled ok image is the feature; the kNN classifier (cosine, τ = 0.07, k = 20) 
 train split and scored on the val split. kNN accuracy is also reported per teacher summary head
 (its teacher-space output) under ``probe.heads``.
 
+Downstream (``stages.evaluate.downstream``, with a ``DownstreamConfig``): zero-shot classification,
+linear-probe and open-vocabulary segmentation of the exported student (``export.safetensors`` through
+``stages.distill.exported.load_exported``) with its teachers' stored outputs as references, under the
+keys ``zeroshot`` and ``seg`` (metrics only; what they were measured on is under ``downstream_info``;
+``zeroshot_skipped`` / ``seg_skipped`` say why one was not run).
+
 Writes ``<run>/eval/metrics.json``. Shape legend: B batch, K summary tokens, C channels, h/w grid.
 """
 
@@ -31,6 +37,8 @@ from stages.distill.loader import StoreSet, student_pixels
 from stages.distill.run import load_run, run_progress
 from stages.distill.train import CONFIG_NAME as CONFIG_FILE
 from stages.distill.train import METRICS_NAME as HISTORY_FILE
+from stages.distill.exported import load_exported
+from stages.evaluate.downstream import DownstreamConfig, clip_teachers, seg_eval, zeroshot_eval
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
 from store_schema.location import as_location
@@ -142,14 +150,43 @@ def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, s
             "num_train": int(tr.sum()), "num_val": int(va.sum()), "num_classes": int(len(np.unique(y_N)))}
 
 
+def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: Path, *, split: str,
+                batch_size: int, device: str) -> dict[str, Any]:
+    """zeroshot / seg results of the exported student, or *_skipped reasons."""
+    out: dict[str, Any] = {}
+    if cfg.zeroshot_classes is None:
+        out["zeroshot_skipped"] = "no zero-shot class file given"
+    elif not labels_path.is_file():
+        out["zeroshot_skipped"] = f"no labels file at {labels_path}"
+    elif not clip_teachers(stores.stores):
+        out["zeroshot_skipped"] = "the run has no CLIP-family (open_clip) teacher"
+    if cfg.seg_masks is None or cfg.seg_classes is None:
+        out["seg_skipped"] = "no segmentation masks folder / class file given"
+    if len(out) == 2:
+        return out
+    model = load_exported(run_dir, device=device)
+    info: dict[str, Any] = {}
+    if "zeroshot_skipped" not in out:
+        out["zeroshot"], info["zeroshot"] = zeroshot_eval(model, stores.manifest, stores.stores,
+                                                          read_probe_labels(labels_path), cfg, split=split,
+                                                          batch_size=batch_size)
+    if "seg_skipped" not in out:
+        out["seg"], info["seg"] = seg_eval(model, stores.manifest, stores.stores, cfg, split=split,
+                                           batch_size=batch_size)
+    out["downstream_info"] = info
+    return out
+
+
 def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, labels_path: Path | None = None,
-                 knn_k: int = 20, knn_temperature: float = 0.07, device: str = "cpu") -> dict[str, Any]:
+                 knn_k: int = 20, knn_temperature: float = 0.07, device: str = "cpu",
+                 downstream: DownstreamConfig | None = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
     ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
     probe_labels.csv beside the manifest's image folder. Without that default file the probe is skipped and
     ``probe_skipped`` records why; an explicit ``labels_path`` that does not exist, or a file that is
-    malformed, is an error.
+    malformed, is an error. ``downstream`` adds zero-shot (needs the probe labels) and segmentation
+    results (see the module docstring).
 
     metrics.json records which training state it measured: ``checkpoint_step``, ``run_steps``,
     ``finished`` and ``run_fingerprint`` (stages.distill.run.run_fingerprint), so a report can tell an
@@ -187,6 +224,8 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     else:
         result["probe"] = None
         result["probe_skipped"] = f"no labels file at {labels_path}"
+    result.update(_downstream(run_dir, stores, downstream or DownstreamConfig(), labels_path, split=split,
+                              batch_size=batch_size, device=device))
     out = eval_path(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")  # written whole, then renamed: never a torn metrics.json

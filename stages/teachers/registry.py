@@ -102,7 +102,8 @@ TEACHERS: dict[str, TeacherSpec] = {spec.name: spec for spec in (
                arch_kwargs=dict(
                    embed_dim=48, quick_gelu=True,
                    vision_cfg=dict(image_size=64, patch_size=8, width=96, layers=3, head_width=32),
-                   text_cfg=dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)),
+                   # the real BPE vocabulary, so open_clip's offline tokenizer drives the tiny text tower
+                   text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=1)),
                activation_scale=0.03, license="n/a (random weights)",
                description=TINY_NOTE + " open_clip CLIP ViT/8 tower, 64 px, grid 8×8, activation_scale 0.03."),
     _sam("tiny_sam", "samvit_base_patch16", 96, weights_id="", weights=WeightsSource.RANDOM, resolution=128,

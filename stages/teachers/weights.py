@@ -202,20 +202,34 @@ def create_timm_model(spec: TeacherSpec, weights: ResolvedWeights) -> nn.Module:
                              pretrained_cfg_overlay={"file": str(weights.path)}, **kwargs)
 
 
-def create_open_clip_visual(spec: TeacherSpec, weights: ResolvedWeights) -> nn.Module:
-    """Build an open_clip vision tower. arch_kwargs override top-level model-config keys (tiny teachers)
-    through `create_model(**model_kwargs)`, never by editing open_clip's config registry."""
+def create_open_clip_model(spec: TeacherSpec, weights: ResolvedWeights, *, need_text: bool = False) -> nn.Module:
+    """Build a whole open_clip model (image and text towers). arch_kwargs override top-level model-config
+    keys (tiny teachers) through `create_model(**model_kwargs)`, never by editing open_clip's config registry.
+
+    need_text: a local checkpoint must then hold the text tower too (a bare vision-tower file is refused)."""
     import open_clip
 
     device = torch.get_default_device()  # "meta" inside a `torch.device("meta")` context
     if weights.source == "hub":
-        model = open_clip.create_model(spec.arch, pretrained=str(weights.path), require_pretrained=True,
-                                       device=device, **spec.arch_kwargs)
-        return model.visual
-    visual = open_clip.create_model(spec.arch, pretrained=None, device=device, **spec.arch_kwargs).visual
+        return open_clip.create_model(spec.arch, pretrained=str(weights.path), require_pretrained=True,
+                                      device=device, **spec.arch_kwargs)
+    model = open_clip.create_model(spec.arch, pretrained=None, device=device, **spec.arch_kwargs)
     if weights.source == "local":
         sd = load_state_dict_file(weights.path)
         if any(k.startswith("visual.") for k in sd):  # a whole open_clip CLIP checkpoint
-            sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
-        visual.load_state_dict(sd, strict=True)
-    return visual
+            if need_text:
+                model.load_state_dict(sd, strict=True)
+            else:
+                model.visual.load_state_dict(
+                    {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}, strict=True)
+        elif need_text:
+            raise ValueError(f"checkpoint {weights.path} of teacher {spec.name!r} holds only a vision tower; the "
+                             "text embeddings need the whole open_clip CLIP state dict (visual.* and text keys)")
+        else:
+            model.visual.load_state_dict(sd, strict=True)
+    return model
+
+
+def create_open_clip_visual(spec: TeacherSpec, weights: ResolvedWeights) -> nn.Module:
+    """Build an open_clip vision tower (see create_open_clip_model)."""
+    return create_open_clip_model(spec, weights).visual
