@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 
 from stages.prompts import PromptSet
-from store_schema import layout
+from store_schema import layout, location
 from store_schema.errors import StoreError, StoreMismatchError, StoreNotFoundError
 
 
@@ -41,14 +41,15 @@ class MissingProjectionError(StoreError, LookupError):
 
 
 def _extract_hint(store_path: Path, what: str) -> str:
-    teacher = Path(store_path).name.removesuffix(".zarr")
-    return (f"write it with `pipeline extract-text --teacher {teacher} --root {Path(store_path).parent} "
+    text = str(store_path).rstrip("/")
+    root, _, name = text.rpartition("/")
+    return (f"write it with `pipeline extract-text --teacher {name.removesuffix('.zarr')} --root {root} "
             f"--classes CLASSES_FILE --templates TEMPLATES` ({what})")
 
 
 def _group(store_path: Path, mode: str) -> zarr.Group:
-    store_path = Path(store_path)
-    if not (store_path / "zarr.json").is_file():
+    store_path = location.as_location(store_path)  # a local path or an fsspec URL (s3://...)
+    if not location.is_file(layout.store_file(store_path, layout.ZARR_JSON)):
         raise StoreNotFoundError(f"no teacher store at {store_path}; run `pipeline extract` for it first")
     return zarr.open_group(store_path, mode=mode, zarr_format=3)
 
