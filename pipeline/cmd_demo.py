@@ -230,9 +230,14 @@ def distill_variant_cmd(
     norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
     seed: Annotated[Optional[int], typer.Option(help="Its seed (one of distill.seeds; default: the first).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
+    receipts: Annotated[Optional[Path], typer.Option(help="Folder of the extract stages' receipts (dvc.yaml: receipts); each selected teacher's receipt must describe its store as it is now.")] = None,
 ) -> None:
     """Train one variant of the sweep as `pipeline demo` does (dvc.yaml's distill stage): resumes the run
-    from its checkpoint when its config and stores match, replaces one that cannot be resumed."""
+    from its checkpoint when its config and stores match, replaces one that cannot be resumed. Damaged
+    files (config.json, checkpoint, receipts, normalizers, manifest) stop it with an error naming the file;
+    they are never a reason to retrain."""
+    from store_schema.errors import StoreError
+
     try:
         p = read_params(params)
         if norm not in p.distill.norms:
@@ -244,11 +249,26 @@ def distill_variant_cmd(
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
     try:
+        if receipts is not None:
+            _check_receipts(receipts, config)
         done = train_variant(config, replace_conflicting=True)  # DVC re-ran it: a dependency changed
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"run: {config.out_dir} ({done})")
+
+
+def _check_receipts(receipts: Path, config: "DistillConfig") -> None:
+    from stages.extract.receipt import check_receipt, receipt_path
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    for teacher in config.teachers:
+        path = receipt_path(receipts, teacher)
+        if not path.is_file():
+            raise FileNotFoundError(f"no receipt {path} for teacher {teacher}; run its extract stage "
+                                    f"(`pipeline extract-stage --teacher {teacher} --receipt {path}`)")
+        check_receipt(path, open_teacher_store(teacher_store_path(config.root, teacher)))
 
 
 def extract_stage_cmd(
@@ -277,11 +297,18 @@ def demo_cmd(
     params: Annotated[Path, typer.Option(help="params.yaml to run (see configs/ for presets).")] = Path("params.yaml"),
 ) -> None:
     """Run the whole offline demo (corpus, extract, distill sweep, evaluate, report) from PARAMS."""
+    from stages.teachers.errors import MissingWeightsError
+    from store_schema.errors import StoreError
+
     try:
         p = read_params(params)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
-    md = run_demo(p)
+    try:
+        md = run_demo(p)
+    except (ValueError, FileNotFoundError, StoreError, MissingWeightsError) as e:  # damaged files, no space, ...
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
     typer.echo(f"report: {md}")
 
 

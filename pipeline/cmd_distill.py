@@ -89,13 +89,18 @@ def distill(
     extend: Annotated[bool, typer.Option("--extend", help="With --resume and more --steps: continue a run on a "
                                                           "schedule recomputed for the new total (recorded in "
                                                           "config.json); without it other steps are refused.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If another run is training into the same run directory (it holds the directory's lease), wait for it instead of failing at once.")] = False,
+    wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher).
 
     Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import DISTILL, fill_from_params
+    from stages.distill.checkpoint import checkpoint_path
     from stages.distill.ddp import init_from_env
     from stages.distill.train import train
+    from store_schema.errors import StoreError
+    from store_schema.lease import LeaseOptions
 
     v = fill_from_params(ctx, locals(), DISTILL, required=("teachers",))
     try:
@@ -109,6 +114,7 @@ def distill(
                                 shuffle_block=shuffle_block, log_every=v["log_every"], ckpt_every=v["ckpt_every"],
                                 ckpt_minutes=ckpt_minutes,
                                 num_summary_tokens=v["num_summary_tokens"])
+        lease = LeaseOptions(wait=wait, timeout_s=wait_timeout)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ctx = None
@@ -118,12 +124,19 @@ def distill(
         raise typer.BadParameter("--extend continues an existing run: give --resume too")
     from stages.distill.train import TrainingInterrupted
 
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun --max-restarts
+    if restarts > 0 and not resume and checkpoint_path(config.out_dir).is_file():
+        # torchrun restarted the group after a rank died: the same command continues the same run
+        resume = True
+        if ctx is None or ctx.is_main:
+            typer.echo(f"restart {restarts} of the torchrun group: resuming {config.out_dir} from its "
+                       "last checkpoint", err=True)
     try:
-        run_dir = train(config, resume=resume, extend=extend, dist_ctx=ctx)
+        run_dir = train(config, resume=resume, extend=extend, dist_ctx=ctx, lease=lease)
     except TrainingInterrupted as e:
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from e
-    except (ValueError, FileNotFoundError) as e:  # user mistakes: unknown student, mismatched stores, ...
+    except (ValueError, FileNotFoundError, StoreError) as e:  # user mistakes, mismatched stores, no space, ...
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     if ctx is None or ctx.is_main:
@@ -135,10 +148,11 @@ def export(
 ) -> None:
     """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
     from stages.distill.export import export_run
+    from store_schema.errors import StoreError
 
     try:
         typer.echo(f"export: {export_run(run)}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
 

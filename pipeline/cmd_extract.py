@@ -10,6 +10,7 @@ the checks that can be made up front run before any store is created.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
@@ -17,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from pipeline.extract import ExtractConfig, ExtractReport
+    from store_schema.lease import LeaseOptions
 
 DEVICE_TYPES = ("cpu", "cuda")
 T = TypeVar("T")
@@ -145,6 +147,8 @@ def extract_cmd(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead in a background thread, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")] = False,
+    wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
 
@@ -156,6 +160,7 @@ def extract_cmd(
     from stages.teachers.errors import MissingWeightsError
     from store_schema.codecs import CodecSpec
     from store_schema.errors import StoreError
+    from store_schema.lease import LeaseOptions
 
     from store_schema.location import as_location
 
@@ -172,6 +177,7 @@ def extract_cmd(
             raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
         device = v["device"]
         gpus = resolve_gpus_per_worker(gpus_per_worker, device)
+        lease_options = LeaseOptions(wait=wait, timeout_s=wait_timeout)
         base = ExtractConfig(batch_size=v["batch_size"], shard_size=v["shard_size"],
                              codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
                              workers=0 if no_ray else v["workers"], cpus_per_worker=cpus_per_worker,
@@ -186,7 +192,7 @@ def extract_cmd(
     except (ValueError, MissingWeightsError) as e:
         raise typer.BadParameter(str(e)) from e
     try:
-        _run(root, configs, receipt=receipt)
+        _run(root, configs, receipt=receipt, lease_options=lease_options)
     except (ValueError, StoreError, MissingWeightsError) as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from e
@@ -210,8 +216,33 @@ def _complete(store_path) -> bool:
         return False
 
 
-def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None) -> None:
-    """Start Ray if needed (never stopping one someone else started), check its resources, extract."""
+def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None,
+         lease_options: "LeaseOptions") -> None:
+    """Take every store's lease (a second run on a store fails within seconds, naming the holder), start
+    Ray if needed (never stopping one someone else started), check its resources, extract."""
+    with ExitStack() as held:
+        leases = _take_leases(root, list(configs), lease_options, held)
+        _run_leased(root, configs, receipt=receipt, leases=leases)
+
+
+def _take_leases(root: Path, teachers: list[str], options: "LeaseOptions", stack: ExitStack) -> dict:
+    """{teacher: Lease} taken in sorted order (two multi-teacher runs cannot deadlock waiting on each other)."""
+    from store_schema.layout import teacher_store_path
+    from store_schema.lease import Lease
+
+    leases = {}
+    for name in sorted(teachers):
+        lease = Lease(teacher_store_path(root, name), purpose=f"extract {name}", options=options)
+        if options.wait:
+            typer.echo(f"taking the lease on {lease.target} (waiting while another run holds it)", err=True)
+        leases[name] = stack.enter_context(lease)
+        if lease.took_over:
+            typer.echo(f"took over a stale lease on {lease.target}: its holder is gone "
+                       f"({lease.took_over['reason']})", err=True)
+    return leases
+
+
+def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None, leases: dict) -> None:
     from pipeline.extract import run_extract
     from stages.extract.receipt import write_receipt
     from store_schema.layout import teacher_store_path
@@ -232,7 +263,7 @@ def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None)
             check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                 gpus_per_worker=config.gpus_per_worker, device=config.device)
         for name, teacher_config in configs.items():
-            _echo_report(run_extract(root, name, teacher_config))
+            _echo_report(run_extract(root, name, teacher_config, lease=leases[name]))
             if receipt is not None:
                 store = open_teacher_store(teacher_store_path(root, name))
                 typer.echo(f"  receipt: {write_receipt(store, receipt)}")

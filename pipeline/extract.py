@@ -30,8 +30,10 @@ from stages.extract.pooling import check_storage_grid
 from stages.extract.worker import MaskedView, ShardResult, ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.codecs import CodecSpec
+from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.location import as_location
+from store_schema.lease import Lease, LeaseOptions
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import TeacherStore, create_teacher_store
 
@@ -112,10 +114,22 @@ def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
     store.mark_complete(result.shard)
 
 
-def run_extract(root: Path, teacher: str, config: ExtractConfig) -> ExtractReport:
-    """Extract `teacher` over `<root>/manifest.parquet` into `<root>/<teacher>.zarr`, skipping complete shards."""
-    t0 = time.perf_counter()
+def run_extract(root: Path, teacher: str, config: ExtractConfig, *,
+                lease: Lease | LeaseOptions | None = None) -> ExtractReport:
+    """Extract `teacher` over `<root>/manifest.parquet` into `<root>/<teacher>.zarr`, skipping complete shards.
+
+    The store is written under a lease (store_schema/lease.py): pass a Lease this caller already holds on
+    the store, or LeaseOptions (None: defaults, fail at once) to take one here. A second run on the same
+    store then raises LeaseHeldError naming the holder (or waits, with LeaseOptions(wait=True))."""
     root = as_location(root)
+    if isinstance(lease, Lease):
+        return _extract(root, teacher, config, lease)
+    with Lease(teacher_store_path(root, teacher), purpose=f"extract {teacher}", options=lease) as held:
+        return _extract(root, teacher, config, held)
+
+
+def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> ExtractReport:
+    t0 = time.perf_counter()
     manifest = read_manifest(manifest_path(root))
     spec = get_teacher_spec(teacher)
     grid = tuple(config.storage_grid) if config.storage_grid is not None else spec.grid
@@ -132,6 +146,7 @@ def run_extract(root: Path, teacher: str, config: ExtractConfig) -> ExtractRepor
     bar = tqdm(total=total, unit="img", desc=f"extract {teacher}", disable=not config.progress)
 
     def on_result(result: ShardResult) -> None:
+        lease.check()  # never mark a shard complete in a store another run has taken over
         finalize_shard(store, result)
         report.computed_shards.append(result.shard)
         report.shard_workers[result.shard] = result.worker
@@ -205,6 +220,9 @@ def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractCo
             ray.kill(actor)
     if errors:
         k, e = errors[0]
+        cause = getattr(e, "cause", e)  # a RayTaskError carries the worker's own exception as .cause
+        if isinstance(cause, StoreError):  # no space, lost lease, ...: the clear message, not a traceback
+            raise cause from None
         raise RuntimeError(f"shard {k} failed ({len(errors)} shard(s) failed); complete shards are kept, "
                            f"re-run to resume") from e
     return ready_at

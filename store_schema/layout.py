@@ -91,6 +91,14 @@ def fidelity_path(root: Path, teacher: str) -> Path:
     return Path(root) / "fidelity" / f"{_check_name('teacher name', teacher)}.json"
 
 
+def lease_path(target: Path) -> Path:
+    """<target>.lease: the lease file guarding a store, a run directory or a transcode destination
+    (store_schema/lease.py). Beside the target, never inside it, so it exists before the target does.
+    Local / shared filesystems only (a lease needs an atomic create; object-store URLs have none here)."""
+    target = Path(target)
+    return target.with_name(target.name + ".lease")
+
+
 def hadamard_cache_dir(root: Path) -> Path:
     """<root>/hadamard"""
     return location.join(root, "hadamard")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from store_schema import location
 
-from store_schema.errors import ManifestError, StoreNotFoundError
+from store_schema.errors import DamagedManifestError, ManifestError, StoreNotFoundError
 
 STATUS_OK, STATUS_BAD = "ok", "bad"
 SPLITS = ("train", "val")
@@ -126,6 +126,11 @@ def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, 
     return manifest_hash(path)
 
 
+MANIFEST_RECOVERY = ("Rebuild it with `pipeline corpus SOURCE --out ROOT` and the options it was built with (a "
+                     "manifest is written deterministically: the same corpus and options give the same bytes, "
+                     "so the stores built from it stay valid), or restore it from a backup")
+
+
 def manifest_hash(path: Path) -> str:
     """sha256 (hex) of the manifest file's bytes."""
     path = location.as_location(path)
@@ -205,9 +210,20 @@ def _image_root(manifest: location.Location, image_root: str) -> Path:
 
 def read_manifest(path: Path) -> Manifest:
     """Read and validate manifest.parquet (a local file or an fsspec URL); the hash is the sha256 of the
-    file bytes."""
+    file bytes. Truncated or altered bytes raise DamagedManifestError naming the file and how to rebuild it."""
     path = location.as_location(path)
     if not location.is_file(path):
         raise StoreNotFoundError(f"no manifest at {path}")
     data = location.read_bytes(path)
-    return Manifest(path, pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:  # truncated or altered bytes: parquet cannot decode it
+        raise DamagedManifestError(path, f"parquet cannot read it ({str(e).splitlines()[0][:160]})",
+                                   MANIFEST_RECOVERY) from e
+    try:
+        return Manifest(path, table, digest)
+    except ManifestError as e:
+        raise DamagedManifestError(path, str(e).removeprefix(f"{path}: "), MANIFEST_RECOVERY) from e
+    except (KeyError, ValueError, TypeError) as e:  # metadata that parses but holds nonsense
+        raise DamagedManifestError(path, f"its metadata does not parse ({e})", MANIFEST_RECOVERY) from e

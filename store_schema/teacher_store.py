@@ -12,6 +12,7 @@ I requested images.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -31,9 +32,23 @@ from store_schema import layout, location
 from store_schema.codecs import CodecSpec
 from store_schema.errors import (StoreCorruptionError, StoreMismatchError, StoreNotFoundError,
                                  StoreReadOnlyError)
+from store_schema.io_errors import write_guard
 from store_schema.manifest import Manifest, ViewSpec
 
 _MODES = ("r", "r+")
+_NOT_COMPLETE = "the shard is not marked complete (complete shards are kept)"
+
+
+def _guarded(what: str):
+    """Run a shard write inside write_guard: an OSError (no space, I/O error) becomes a StorageWriteError
+    naming `what` (formatted with the shard index k), the store and the free space."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(self: "TeacherStore", k: int, *args, **kwargs):
+            with write_guard(self.path, f"{what.format(k=k)} of {self.path}", kept=_NOT_COMPLETE):
+                return fn(self, k, *args, **kwargs)
+        return guarded
+    return wrap
 
 
 def code_version() -> str:
@@ -102,12 +117,17 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     for stale in path.parent.glob(f"{path.name}.creating-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f"{path.name}.creating-{os.getpid()}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _create_arrays(tmp, attrs, spec=spec, codec=codec)
-    location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
-    if path.exists():
-        path.rmdir()  # an empty folder (checked above)
-    os.replace(tmp, path)
+    with write_guard(path, f"the new store {path}", kept="no store was created"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_arrays(tmp, attrs, spec=spec, codec=codec)
+            location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
+            if path.exists():
+                path.rmdir()  # an empty folder (checked above)
+            os.replace(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return open_teacher_store(path, mode="r+")
 
 
@@ -172,7 +192,10 @@ def open_teacher_store(path: Path, *, expect_manifest_hash: str | None = None,
                                  found=attrs["schema_version"])
     if expect_manifest_hash is not None and attrs["manifest_hash"] != expect_manifest_hash:
         raise StoreMismatchError(path, "manifest_hash", expected=expect_manifest_hash,
-                                 found=attrs["manifest_hash"])
+                                 found=attrs["manifest_hash"],
+                                 hint="The manifest is not the one this store was built from (it was altered "
+                                      "or rebuilt with other options): restore that manifest, or rebuild it "
+                                      "with the same `pipeline corpus` options, or extract into a new root")
     if expect_view_spec is not None and attrs["view_spec"] != _json_norm(expect_view_spec.to_dict()):
         raise StoreMismatchError(path, "view_spec", expected=expect_view_spec.to_dict(),
                                  found=attrs["view_spec"])
@@ -269,6 +292,7 @@ class TeacherStore:
             raise StoreReadOnlyError(f"{self.path} was opened read-only; open it with mode='r+' to write")
 
     # ---- data -------------------------------------------------------------------------------------
+    @_guarded("shard {k}")
     def write_shard(self, k: int, *, summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
                     valid_SV: np.ndarray) -> None:
         """Write all images of shard k at once (idempotent). Clears shard k's complete flag first."""
@@ -312,6 +336,7 @@ class TeacherStore:
             raise StoreCorruptionError(f"{self.path}: reading {what} failed: {e}") from e
 
     # ---- statistics and completion ----------------------------------------------------------------
+    @_guarded("statistics of shard {k}")
     def write_shard_stats(self, k: int, kind: str, m: Moments) -> None:
         """Store shard k's moments of one token kind (computed from the values as stored)."""
         self._require_writable()
@@ -337,6 +362,7 @@ class TeacherStore:
             raise ValueError(f"teacher {self.spec.name} has no {kind} tokens; valid kinds: {', '.join(self.kinds)}")
         return C
 
+    @_guarded("the complete flag of shard {k}")
     def mark_complete(self, k: int) -> None:
         """Mark shard k complete; the driver calls this last, after the shard's data and stats."""
         self._require_writable()

@@ -3,12 +3,21 @@
 A checkpoint holds everything needed to continue a run bit-for-bit on the same hardware: student and
 head weights, optimizer and scheduler state, the loader state (epoch, position), the step, and the RNG
 states. It contains only tensors and plain Python values, so `torch.load(path, weights_only=True)` reads
-it. Writes are atomic (temporary file, then rename): an interrupted save leaves the previous checkpoint.
+it. Writes are atomic (temporary file, fsync, then rename): an interrupted save, or one that runs out of
+disk space (a StorageWriteError naming the path and the free space), leaves the previous checkpoint.
+
+torch's zip container does not check its entries' checksums on load, so a flipped byte in tensor data
+would load silently; every checkpoint therefore records a crc32c of all its tensors and values
+(`payload_digest`), checked on load. A truncated or altered checkpoint raises DamagedFileError naming the
+file and how to recover; it is never replaced by a new run behind the user's back.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +25,8 @@ from typing import Any
 import torch
 
 from stages.distill.loader import LoaderState
+from store_schema.errors import DamagedFileError
+from store_schema.io_errors import storage_error, write_guard
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -63,11 +74,72 @@ def save_checkpoint(path: Path, *, student: torch.nn.Module, heads: torch.nn.Mod
         "rng": rng_states(device),
         "config": config,
     }
+    payload["digest"] = payload_digest(payload)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
+    with write_guard(path, "the checkpoint", kept=kept):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                try:
+                    torch.save(payload, f)
+                except RuntimeError as e:  # torch's writer wraps the OSError (e.g. ENOSPC) of the file write
+                    os_error = _os_error_in(e)
+                    if os_error is None:
+                        raise
+                    raise storage_error(os_error, path, "the checkpoint", kept=kept) from e
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError an exception was raised from (its __cause__ / __context__ chain), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """crc32c over every tensor's bytes and every plain value of a checkpoint payload (keys sorted), so an
+    altered checkpoint is caught on load. The "digest" entry itself is excluded."""
+    import crc32c
+
+    crc = 0
+
+    def visit(x: Any, key: str) -> None:
+        nonlocal crc
+        crc = crc32c.crc32c(key.encode(), crc)
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            crc = crc32c.crc32c(f"{t.dtype}{tuple(t.shape)}".encode(), crc)
+            crc = crc32c.crc32c(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"", crc)
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                if not (key == "" and k == "digest"):
+                    visit(x[k], f"{key}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                visit(v, f"{key}[{i}]")
+        else:
+            crc = crc32c.crc32c(json.dumps(x, sort_keys=True, default=str).encode(), crc)
+
+    visit(payload, "")
+    return f"crc32c:{crc:08x}"
+
+
+def _damaged(path: Path, problem: str) -> DamagedFileError:
+    return DamagedFileError(path, problem, f"It cannot be repaired: restore {path.name} from a backup, or "
+                            f"delete the run directory {path.parent} (or pick another run name) to train "
+                            f"again from step 0; nothing was retrained in its place")
 
 
 def checkpoint_step(path: Path) -> int:
@@ -79,11 +151,21 @@ def checkpoint_step(path: Path) -> int:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint (weights_only=True, onto the CPU); raises FileNotFoundError if absent."""
+    """Read a checkpoint (weights_only=True, onto the CPU); raises FileNotFoundError if absent and
+    DamagedFileError (naming the file and how to recover) if it is truncated or altered."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"torch cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+    if not isinstance(ckpt, dict):
+        raise _damaged(path, f"it holds a {type(ckpt).__name__}, not a checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    if "digest" in ckpt and payload_digest(ckpt) != ckpt["digest"]:
+        raise _damaged(path, f"its contents do not match the checksum recorded when it was written "
+                             f"({ckpt['digest']} recorded, {payload_digest(ckpt)} found)")
     return ckpt

@@ -13,7 +13,9 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from store_schema.io_errors import write_guard
 
 from stages.distill.run import EXPORT_NAME, load_run, read_run_config
 from stages.normalize import Normalizer, fold_denormalization
@@ -41,10 +43,15 @@ def export_run(run_dir: Path) -> Path:
     tensors.update({f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()})
     path = run_dir / EXPORT_NAME
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(resolved, sort_keys=True),
-                                            "outputs": "teacher_space"})
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a run's files are all created alike
-    tmp.replace(path)
+    data = save(tensors, metadata={"config": json.dumps(resolved, sort_keys=True), "outputs": "teacher_space"})
+    with write_guard(path, "the export", kept="the checkpoint is kept; re-run `pipeline export` once there is space"):
+        try:
+            tmp.write_bytes(data)  # serialized in memory first: a full disk is then a plain OSError
+            os.chmod(tmp, 0o666 & ~_umask())  # a run's files are all created alike
+            tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 

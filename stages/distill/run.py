@@ -19,6 +19,7 @@ from stages.distill.checkpoint import checkpoint_path, checkpoint_step, load_che
 from stages.distill.config import RESUMABLE_FIELDS, DistillConfig
 from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
 from stages.normalize import Normalizer, kind_variant
+from store_schema.errors import DamagedFileError
 from stages.students import HeadTarget, Student, TeacherHeads
 from store_schema import location
 from store_schema.layout import normalizer_path
@@ -26,13 +27,55 @@ from store_schema.layout import normalizer_path
 EXPORT_NAME = "export.safetensors"
 
 
+CONFIG_RECOVERY = ("It cannot be rebuilt from the checkpoint alone: restore it from a backup, or delete the run "
+                   "directory (or pick another run name) to train again; nothing was retrained in its place")
+
+
 def read_run_config(run_dir: Path) -> tuple[DistillConfig, dict[str, Any]]:
-    """(config, the resolved config.json dict with manifest_hash and heads)."""
+    """(config, the resolved config.json dict with manifest_hash and heads).
+
+    A config.json that does not parse, lacks the resolved fields (manifest hash, heads, store
+    fingerprints) or holds values no run could have been trained with raises DamagedFileError."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a distill run directory: no {CONFIG_NAME}")
-    resolved = json.loads(path.read_text())
-    return DistillConfig.from_dict(resolved), resolved
+    try:
+        resolved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(path, f"it is not valid JSON ({e})", CONFIG_RECOVERY) from e
+    if not isinstance(resolved, dict):
+        raise DamagedFileError(path, f"it holds a JSON {type(resolved).__name__}, not a run config", CONFIG_RECOVERY)
+    missing = [k for k in ("student", "teachers", "root", "out_dir", "norm", "manifest_hash", "heads")
+               if k not in resolved]
+    if missing:
+        raise DamagedFileError(path, f"fields {missing} are missing", CONFIG_RECOVERY)
+    try:
+        config = DistillConfig.from_dict(resolved)
+        for h in resolved["heads"]:
+            int(h["summary_dim"]), int(h["patch_dim"]), tuple(h["grid"]), str(h["name"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise DamagedFileError(path, f"its values are not a valid run config ({e})", CONFIG_RECOVERY) from e
+    return config, resolved
+
+
+def check_config_matches_checkpoint(run_dir: Path, config: DistillConfig, ckpt: dict[str, Any]) -> None:
+    """config.json and checkpoint.pt were written by the same run: the checkpoint records the config it was
+    trained with, so an altered config.json (or a checkpoint copied from another run) is caught here."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        return
+    try:
+        conflicts = DistillConfig.from_dict(saved).resume_conflicts(config)
+    except (ValueError, TypeError) as e:
+        raise DamagedFileError(checkpoint_path(run_dir), f"the config it records is invalid ({e})",
+                               "Delete the run directory to train again") from e
+    if conflicts:
+        mine = config.to_dict()
+        detail = "; ".join(f"{k}: config.json {mine[k]!r}, checkpoint {saved.get(k)!r}" for k in conflicts)
+        raise DamagedFileError(Path(run_dir) / CONFIG_NAME,
+                               f"it disagrees with checkpoint.pt, which records the config it was trained "
+                               f"with ({detail}); one of the two files was altered or copied from another run",
+                               CONFIG_RECOVERY)
 
 
 def run_fingerprint(resolved: dict[str, Any]) -> str:
@@ -98,8 +141,13 @@ def load_run(run_dir: Path) -> tuple[DistillConfig, Student, TeacherHeads, dict[
     config, resolved = read_run_config(run_dir)
     student, heads = build_run_models(config, resolved)
     ckpt = load_checkpoint(checkpoint_path(run_dir))
-    student.load_state_dict(ckpt["student"])
-    heads.load_state_dict(ckpt["heads"])
+    check_config_matches_checkpoint(run_dir, config, ckpt)
+    try:
+        student.load_state_dict(ckpt["student"])
+        heads.load_state_dict(ckpt["heads"])
+    except (RuntimeError, KeyError) as e:
+        raise DamagedFileError(checkpoint_path(run_dir), "its weights do not fit the models config.json "
+                               f"describes ({str(e).splitlines()[0][:200]})", CONFIG_RECOVERY) from e
     return config, student.eval(), heads.eval(), load_normalizers(config, resolved)
 
 

@@ -50,9 +50,12 @@ from stages.distill.config import DistillConfig, check_resumable, parse_bytes
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
 from stages.distill.loader import (LoaderState, StoreBatches, StoreSet, make_loader, student_pixels,
                                    targets_on_device)
+from stages.distill.run_lease import run_lease
 from stages.normalize import kind_variant, target_loss
 from stages.students import HeadTarget, Student, TeacherHeads, build_student
 from stages.students.registry import student_max_summary_tokens
+from store_schema.io_errors import write_guard
+from store_schema.lease import Lease, LeaseOptions
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -225,7 +228,7 @@ def _schedule_change(saved: dict[str, Any], config: DistillConfig, *, extend: bo
 
 
 def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool,
-                     extend: bool = False) -> None:
+                     extend: bool = False) -> dict[str, Any] | None:
     """Refuse a resume whose saved config or manifest differs; (re)write config.json on rank 0."""
     out = config.out_dir
     ckpt = checkpoint_path(out)
@@ -239,7 +242,9 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
     if resume:
         if not (out / CONFIG_NAME).is_file():
             raise ValueError(f"cannot resume {out}: {CONFIG_NAME} is missing, so its config cannot be checked")
-        saved = json.loads((out / CONFIG_NAME).read_text())
+        from stages.distill.run import read_run_config  # here: run.py imports this module
+
+        saved = read_run_config(out)[1]  # a damaged config.json: DamagedFileError naming it
         if saved.get("manifest_hash") != stores.manifest.hash:
             raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
                              f"the stores now have {stores.manifest.hash}")
@@ -250,6 +255,14 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         if changed:
             raise ValueError(f"cannot resume {out}: the stored targets of {changed} changed since it was trained "
                              "(statistics, codec, grid or spec differ); train a new run")
+        # Read (and check) the checkpoint before config.json is rewritten: a damaged checkpoint must leave
+        # the run exactly as it was, never a config.json that claims the new step count.
+        from stages.distill.run import check_config_matches_checkpoint
+
+        ckpt_data = load_checkpoint(ckpt)
+        check_config_matches_checkpoint(out, DistillConfig.from_dict(saved), ckpt_data)
+    else:
+        ckpt_data = None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
@@ -262,8 +275,10 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
                     "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
                                "grid": list(h.grid)} for h in head_targets(stores)]}
         tmp = out / (CONFIG_NAME + ".tmp")  # atomic: other ranks may be reading it
-        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
-        tmp.replace(out / CONFIG_NAME)
+        with write_guard(out / CONFIG_NAME, "the run's config.json", kept="the previous config.json is kept"):
+            tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+            tmp.replace(out / CONFIG_NAME)
+    return ckpt_data
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -284,13 +299,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
             raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e}); the metrics file is corrupt") from e
         if record["step"] <= step:
             kept.append(ln)
-    path.write_text("".join(ln + "\n" for ln in kept))
+    with write_guard(path, "the metrics file", kept="the checkpoint is kept"):
+        path.write_text("".join(ln + "\n" for ln in kept))
 
 
 def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LambdaLR, device: torch.device) -> TrainState:
-    """Load the run's checkpoint into model / optimizer / scheduler / RNGs; returns its TrainState."""
-    ckpt = load_checkpoint(checkpoint_path(config.out_dir))
+             scheduler: torch.optim.lr_scheduler.LambdaLR, device: torch.device,
+             ckpt: dict[str, Any] | None = None) -> TrainState:
+    """Load the run's checkpoint (`ckpt`: already read) into model / optimizer / scheduler / RNGs; returns
+    its TrainState."""
+    if ckpt is None:
+        ckpt = load_checkpoint(checkpoint_path(config.out_dir))
     if config.steps < int(ckpt["step"]):
         raise ValueError(f"cannot resume {config.out_dir} with steps={config.steps}: its checkpoint is "
                          f"already at step {int(ckpt['step'])} (steps may only grow on resume)")
@@ -309,14 +328,22 @@ def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Opt
 
 
 def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, stop_at: int | None = None,
-          dist_ctx: DistContext | None = None) -> Path:
+          dist_ctx: DistContext | None = None, lease: LeaseOptions | None = None) -> Path:
     """Run (or, with resume, continue) distillation; returns the run directory.
 
     extend: with resume, allow more steps than the saved run's (see the module docstring).
     stop_at: stop after this step as if interrupted (the schedule still follows config.steps; a
     checkpoint is written there). dist_ctx: this rank's place in an initialized process group.
     Raises TrainingInterrupted after checkpointing when SIGINT / SIGTERM arrives.
+    The run directory is written under a lease (stages/distill/run_lease.py): a second run into the same
+    directory raises LeaseHeldError naming the first (or waits, with LeaseOptions(wait=True)).
     """
+    with run_lease(config.out_dir, dist_ctx, lease, purpose=f"distill {config.out_dir.name}") as held:
+        return _train(config, resume=resume, extend=extend, stop_at=stop_at, dist_ctx=dist_ctx, lease=held)
+
+
+def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | None,
+           dist_ctx: DistContext | None, lease: Lease | None) -> Path:
     is_main = dist_ctx is None or dist_ctx.is_main
     if is_main and config.warmup_steps >= config.steps:
         print(f"warning: warmup_steps={config.warmup_steps} >= steps={config.steps}: the learning rate never "
@@ -328,13 +355,13 @@ def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, 
     barrier(dist_ctx)
     if not is_main:
         stores = StoreSet(config.root, config.teachers, norm=config.norm, summary_loss=config.summary_loss)
-    _prepare_run_dir(config, stores, resume=resume, is_main=is_main, extend=extend)
+    ckpt_data = _prepare_run_dir(config, stores, resume=resume, is_main=is_main, extend=extend)
     student, heads = build_models(config, head_targets(stores))
     model = Distiller(student, heads).to(device)
     optimizer, scheduler = make_optimizer(config, model)
     state = TrainState(step=0, loader=LoaderState())
     if resume:
-        state = _restore(config, model, optimizer, scheduler, device)
+        state = _restore(config, model, optimizer, scheduler, device, ckpt=ckpt_data)
         if is_main:
             _truncate_metrics(config.out_dir / METRICS_NAME, state.step)
     world = 1 if dist_ctx is None else dist_ctx.world_size
@@ -351,9 +378,11 @@ def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, 
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
         with stop:
-            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx), loader, state,
+            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx, lease), loader, state,
                   end=end, stop=stop)
     if is_main:
+        if lease is not None:
+            lease.check()  # never replace the checkpoint of a run directory another run has taken over
         save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
                         scheduler=scheduler, state=state, config=config.to_dict(), device=device)
         if state.step >= config.steps:
@@ -402,12 +431,15 @@ class _Loop:
     dataset: StoreBatches
     device: torch.device
     dist_ctx: DistContext | None
+    lease: Lease | None = None  # rank 0's lease on the run directory
 
     @property
     def is_main(self) -> bool:
         return self.dist_ctx is None or self.dist_ctx.is_main
 
     def checkpoint(self, state: TrainState) -> None:
+        if self.lease is not None:
+            self.lease.check()
         save_checkpoint(checkpoint_path(self.config.out_dir), student=self.model.student, heads=self.model.heads,
                         optimizer=self.optimizer, scheduler=self.scheduler, state=state,
                         config=self.config.to_dict(), device=self.device)
@@ -454,8 +486,10 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
                       "images_per_s": images_since / max(now - t_last, 1e-9), "elapsed_s": elapsed}
             t_last, images_since, clipped_since, steps_since = now, 0, 0.0, 0
             if run.is_main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                with write_guard(metrics_path, "a metrics line", kept="the last checkpoint is kept (a torn "
+                                 "metrics line is dropped on resume)"):
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
         bar.update(1)
         due = bool(config.ckpt_every) and state.step % config.ckpt_every == 0

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from store_schema.errors import DamagedFileError
+from store_schema.io_errors import write_guard
 from store_schema.teacher_store import TeacherStore
 
 
@@ -28,8 +30,37 @@ def store_receipt(store: TeacherStore) -> dict[str, Any]:
 def write_receipt(store: TeacherStore, path: Path) -> Path:
     """Write the receipt as sorted, indented JSON (same store -> same bytes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(store_receipt(store), indent=2, sort_keys=True) + "\n"
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(store_receipt(store), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    with write_guard(path, "the receipt", kept="the store is complete; re-run to write the receipt"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
     return path
+
+
+def receipt_path(receipts_dir: Path, teacher: str) -> Path:
+    """<receipts_dir>/extract_<teacher>.json, the name dvc.yaml's extract stage writes."""
+    return Path(receipts_dir) / f"extract_{teacher}.json"
+
+
+def check_receipt(path: Path, store: TeacherStore) -> None:
+    """Refuse a receipt that is damaged (not JSON, truncated) or does not describe `store` as it is now
+    (altered by hand, or the store changed since): DamagedFileError naming the file and how to recover.
+    Stage two depends on receipts, so a wrong one would let DVC skip or run stages for the wrong store."""
+    path = Path(path)
+    recovery = (f"Rewrite it from the store with `pipeline extract-stage --teacher {store.spec.name} --receipt "
+                f"{path}` (or `pipeline extract --teacher {store.spec.name} --root ROOT --receipt {path}`: "
+                "complete shards are skipped, so this only re-reads the store)")
+    try:
+        found = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(path, f"it is not valid JSON ({e})", recovery) from e
+    try:
+        expected = store_receipt(store)
+    except ValueError as e:
+        raise DamagedFileError(path, f"its store is not complete ({e})", recovery) from e
+    if found != json.loads(json.dumps(expected)):
+        keys = sorted(k for k in set(found) | set(expected) if found.get(k) != json.loads(json.dumps(expected.get(k))))
+        raise DamagedFileError(path, f"it does not describe {store.path} as it is now (fields {keys} differ)",
+                               recovery)

@@ -23,11 +23,12 @@ import torch
 from safetensors import safe_open
 
 from store_schema import location
-from safetensors.numpy import save_file
 
 from stages.normalize.variants import (DEFAULT_EIG_FLOOR, NOISE_FLOOR_FACTOR, NormVariant, fit_affine,
                                       storage_noise_var)
 from stages.stats import Moments
+from store_schema.errors import DamagedFileError
+from store_schema.io_errors import write_guard
 
 NORMALIZER_VERSION = 2  # 2: noise-aware floor (keepbits, floor_D) and the fitted split
 _TENSORS = ("mu_D", "W_DD", "W_inv_DD")
@@ -131,11 +132,15 @@ class Normalizer:
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}
         if self.floor_D is not None:
             tensors["floor_D"] = np.ascontiguousarray(self.floor_D, np.float64)
-        location.write_bytes(location.as_location(path), save(tensors, metadata=self.meta))  # local or URL
+        data = save(tensors, metadata={**self.meta, "digest": _tensors_digest(tensors)})
+        with write_guard(path, "the fitted normalizer", kept="nothing was trained with it yet"):
+            location.write_bytes(location.as_location(path), data)  # local (atomic) or URL
 
     @classmethod
     def load(cls, path: Path) -> "Normalizer":
-        """Read a normalizer written by ``save``; refuses other format versions."""
+        """Read a normalizer written by ``save``; refuses other format versions. A truncated or altered
+        file (safetensors cannot parse it, or its tensors fail the crc32c recorded at save time) raises
+        DamagedFileError naming the file and how to recover; it is never refitted silently."""
         path = location.as_location(path)
         if location.is_url(path):  # safetensors reads files: bring an object-store copy to a local one
             import tempfile
@@ -149,19 +154,59 @@ class Normalizer:
     @classmethod
     def _load_local(cls, local: Path, *, shown: object) -> "Normalizer":
         path = shown
-        with safe_open(str(local), framework="np") as fh:
-            meta = fh.metadata() or {}
-            version = meta.get("normalizer_version")
-            if version != str(NORMALIZER_VERSION):
-                raise NormalizerMismatchError(
-                    f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
-            tensors = {name: fh.get_tensor(name) for name in _TENSORS}
-            floor_D = fh.get_tensor("floor_D") if "floor_D" in fh.keys() else None
+        try:
+            with safe_open(str(local), framework="np") as fh:
+                meta = fh.metadata() or {}
+                version = meta.get("normalizer_version")
+                if version != str(NORMALIZER_VERSION):
+                    raise NormalizerMismatchError(
+                        f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
+                missing = [name for name in _TENSORS if name not in fh.keys()]
+                if missing:
+                    raise _damaged_normalizer(path, f"tensors {missing} are missing")
+                tensors = {name: fh.get_tensor(name) for name in _TENSORS}
+                floor_D = fh.get_tensor("floor_D") if "floor_D" in fh.keys() else None
+        except (NormalizerMismatchError, DamagedFileError):
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (not exported)
+            raise _damaged_normalizer(path, f"safetensors cannot read it ({str(e).splitlines()[0][:160]})") from e
+        stored = tensors if floor_D is None else {**tensors, "floor_D": floor_D}
+        if "digest" in meta and _tensors_digest(stored) != meta["digest"]:
+            raise _damaged_normalizer(path, f"its tensors do not match the checksum recorded when it was "
+                                            f"written ({meta['digest']} recorded, {_tensors_digest(stored)} found)")
+        try:
+            dims_ok = all(t.dtype == np.float64 for t in tensors.values()) and tensors["W_DD"].shape == \
+                tensors["W_inv_DD"].shape == (len(tensors["mu_D"]),) * 2
+        except (TypeError, AttributeError):
+            dims_ok = False
+        if not dims_ok or "variant" not in meta or "stats_hash" not in meta:
+            raise _damaged_normalizer(path, "its tensors or metadata do not describe a normalizer")
         return cls(NormVariant.parse(meta["variant"]), stats_hash=meta["stats_hash"],
                    construction=meta["construction"] or None, eig_floor=float(meta["eig_floor"]),
                    keepbits=int(meta["keepbits"]) if meta["keepbits"] else None,
                    noise_floor_factor=float(meta["noise_floor_factor"]), floor_D=floor_D,
                    split=meta["split"], **tensors)
+
+
+def _tensors_digest(tensors: dict[str, np.ndarray]) -> str:
+    """crc32c over the tensors' names, shapes and bytes (what a normalizer file records and checks)."""
+    import crc32c
+
+    crc = 0
+    for name in (*_TENSORS, "floor_D"):
+        if name not in tensors:
+            continue
+        arr = np.ascontiguousarray(tensors[name])
+        crc = crc32c.crc32c(f"{name}{arr.dtype}{arr.shape}".encode(), crc)
+        crc = crc32c.crc32c(arr, crc)
+    return f"crc32c:{crc:08x}"
+
+
+def _damaged_normalizer(path: Path, problem: str) -> DamagedFileError:
+    return DamagedFileError(path, problem, "Delete it to refit it from the store's statistics on the next "
+                            "distill run (a refit from the same statistics gives the same normalizer on the "
+                            "same machine; runs evaluated with the old file should be re-evaluated); it was "
+                            "not refitted automatically")
 
 
 def fit_normalizer(
