@@ -123,6 +123,12 @@ def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] 
 def _echo_report(report: ExtractReport) -> None:
     typer.echo(report.summary_line())
     typer.echo(f"  computed shards {sorted(report.computed_shards)}; skipped {report.skipped_shards}")
+    by_node: dict[str, list[int]] = {}
+    for k, node in sorted(report.shard_nodes.items()):
+        by_node.setdefault(node, []).append(k)
+    for node, shards in by_node.items():  # where the shards ran (Ray node id, worker host:pid)
+        workers = sorted({report.shard_workers.get(k, "?") for k in shards})
+        typer.echo(f"  node {node}: shards {shards} (workers {', '.join(workers)})")
     for mv in report.masked[:20]:
         typer.echo(f"  masked image {mv.image_id} view {mv.view}: {mv.reason}")
     if len(report.masked) > 20:
@@ -155,7 +161,7 @@ def extract_cmd(
     Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from dataclasses import replace
 
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract import ExtractConfig, ExtractionStopped
     from pipeline.flag_defaults import EXTRACT, fill_from_params
     from stages.teachers.errors import MissingWeightsError
     from store_schema.codecs import CodecSpec
@@ -193,7 +199,7 @@ def extract_cmd(
         raise typer.BadParameter(str(e)) from e
     try:
         _run(root, configs, receipt=receipt, lease_options=lease_options)
-    except (ValueError, StoreError, MissingWeightsError) as e:
+    except (ValueError, StoreError, MissingWeightsError, ExtractionStopped) as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from e
 

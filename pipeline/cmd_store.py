@@ -135,6 +135,7 @@ def transcode_cmd(
     keepbits: Annotated[Optional[str], typer.Option(help="Destination mantissa bits (BitRound), or 'none' for lossless. Default: the source's.")] = None,
     workers: Annotated[int, typer.Option(help="Shards transcoded at once (dask threads; ignored on Ray, which places the tasks).")] = 2,
     ray_address: Annotated[Optional[str], typer.Option(help="Run the dask tasks on this Ray cluster ('auto' or host:port) through Ray's dask scheduler; every node must see both roots.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another run is writing the destination store (it holds its lease), wait for it instead of failing at once.")] = False,
 ) -> None:
     """Re-encode a store without the teacher: pool its grid, change its codec or drop mantissa bits.
 
@@ -148,6 +149,7 @@ def transcode_cmd(
     from store_schema.errors import StoreError
     from store_schema.layout import teacher_store_path
     from store_schema.location import as_location
+    from store_schema.lease import LeaseOptions
     from store_schema.teacher_store import open_teacher_store
 
     root = _root(ctx, root)
@@ -173,7 +175,8 @@ def transcode_cmd(
             started_ray = not ray_is_running()
             init_ray(ray_address)
         report = transcode_store(root, teacher, as_location(to), storage_grid=grid, codec=new_codec,
-                                 scheduler="ray" if ray_address is not None else "threads", workers=workers)
+                                 scheduler="ray" if ray_address is not None else "threads", workers=workers,
+                                 lease=LeaseOptions(wait=wait))
     except (ValueError, StoreError) as e:
         raise _fail(str(e)) from e
     finally:

@@ -40,6 +40,8 @@ from store_schema.teacher_store import TeacherStore, create_teacher_store
 ACTOR_MAX_RESTARTS = 2
 ACTOR_MAX_TASK_RETRIES = 2
 TASKS_PER_ACTOR = 2  # one running, one queued, so an actor never idles waiting for the driver
+NODE_POLL_S = 1.0  # how often the driver checks for dead Ray nodes while it waits for results
+STARTUP_GRACE_S = 20.0  # an actor not placed this long after a node died during start-up is given up
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class ExtractReport:
     bytes_on_disk: int
     bits_per_value: float
     shard_workers: dict[int, str] = field(default_factory=dict)  # shard -> host:pid that extracted it
+    shard_nodes: dict[int, str] = field(default_factory=dict)  # shard -> Ray node id (Ray runs only)
     startup_seconds: float = 0.0  # store creation + workers built (teachers loaded), before the first shard
     phase_seconds: dict[str, float] = field(default_factory=dict)  # worker time per phase, summed over shards
 
@@ -168,7 +171,8 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
             for k in pending:
                 on_result(worker.run_shard(k))
         elif pending:
-            ready_at = _run_on_ray(spec, worker_kwargs, pending, config, on_result)
+            ready_at = _run_on_ray(spec, worker_kwargs, pending, config, on_result,
+                                   on_node=lambda k, node: report.shard_nodes.__setitem__(k, node))
             report.startup_seconds = ready_at - t0
     finally:
         bar.close()
@@ -177,9 +181,54 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
     return report
 
 
+class ExtractionStopped(RuntimeError):
+    """The run cannot go on (every Ray worker was lost); complete shards are kept and a re-run resumes."""
+
+
+class RayShardWorker(ShardWorker):
+    """The shard worker as a Ray actor, which also tells the driver which Ray node it runs on."""
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def _start_actors(actors: dict, node_of: dict[int, str], drop: Callable[[int, str], None]) -> None:
+    """Wait until every actor has built its teacher (an error in a constructor fails the run at once), and
+    record each actor's node. An actor that is still not placed STARTUP_GRACE_S after a node died during
+    start-up (Ray would wait for resources the cluster no longer has) is dropped."""
+    import ray
+
+    dead_at_start, death_seen = _dead_nodes(), None
+    starting = {actors[i].node_id.remote(): i for i in actors}  # node_id runs after __init__: teacher built
+    while starting:
+        ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=NODE_POLL_S)
+        for ref in ready:
+            node_of[starting.pop(ref)] = ray.get(ref)
+        if starting and death_seen is None and _dead_nodes() - dead_at_start:
+            death_seen = time.monotonic()
+        if starting and death_seen is not None and time.monotonic() - death_seen > STARTUP_GRACE_S:
+            for ref, i in list(starting.items()):
+                del starting[ref]
+                drop(i, f"not started {STARTUP_GRACE_S:g} s after a node of the cluster died")
+
+
+def _dead_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
+
+
 def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractConfig,
-                on_result: Callable[[ShardResult], None]) -> float:
+                on_result: Callable[[ShardResult], None], on_node: Callable[[int, str], None] | None = None) -> float:
     """Dispatch shards to `config.workers` Ray actors with ray.wait; results are finalized as they arrive.
+
+    Losing a node: an actor whose Ray node died (or that Ray gave up restarting) is dropped and its shards
+    go back to the queue for the actors left, so the run finishes on the remaining nodes; if no actor is
+    left it stops with ExtractionStopped (complete shards are kept, a re-run resumes). The node is polled
+    every NODE_POLL_S while waiting, because an actor of a dead node that Ray cannot place again would
+    otherwise wait for resources forever. on_node(k, node id) reports where shard k ran.
 
     Returns the perf_counter time at which every actor had built its teacher (before any shard ran)."""
     import ray
@@ -192,31 +241,65 @@ def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractCo
         raise ValueError(f"{config.workers} workers need {need_cpu} CPUs and {need_gpu} GPUs; the Ray "
                          f"cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} GPUs")
     actor_cls = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
-                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(ShardWorker)
-    actors = [actor_cls.remote(spec, **worker_kwargs) for _ in range(min(config.workers, len(pending)))]
+                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(RayShardWorker)
+    actors = {i: actor_cls.remote(spec, **worker_kwargs) for i in range(min(config.workers, len(pending)))}
     queue, inflight, errors = deque(pending), {}, []
+    node_of: dict[int, str] = {}
+    lost: list[str] = []
 
-    def submit(actor) -> None:
-        if queue and not errors:
-            k = queue.popleft()
-            inflight[actor.run_shard.remote(k)] = (k, actor)
+    def top_up() -> None:
+        for i, actor in actors.items():
+            while queue and not errors and sum(1 for _, a in inflight.values() if a == i) < TASKS_PER_ACTOR:
+                k = queue.popleft()
+                inflight[actor.run_shard.remote(k)] = (k, i)
+
+    def drop(i: int, why: str) -> None:
+        actor = actors.pop(i)
+        for ref, (k, a) in list(inflight.items()):
+            if a == i:
+                del inflight[ref]
+                queue.append(k)  # last: gives the lost worker's process time to be gone before a rewrite
+        ray.kill(actor, no_restart=True)
+        lost.append(f"worker on node {node_of.get(i, '?')[:12]}: {why}")
+        if not actors:
+            done = len(pending) - len(queue) - len(inflight)
+            raise ExtractionStopped(
+                f"every Ray worker was lost ({'; '.join(lost)}); {done} of {len(pending)} shards of this run are "
+                f"complete and kept. Re-run `pipeline extract` (with --workers the remaining cluster can place) "
+                f"to resume")
 
     try:
-        ray.get([actor.describe.remote() for actor in actors])  # teachers built: fail fast, time startup
+        _start_actors(actors, node_of, drop)
         ready_at = time.perf_counter()
-        for actor in actors:
-            for _ in range(TASKS_PER_ACTOR):
-                submit(actor)
+        top_up()
         while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            k, actor = inflight.pop(ref)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=NODE_POLL_S)
+            if not ready:
+                dead = _dead_nodes()
+                for i in [i for i in actors if node_of.get(i) in dead]:
+                    drop(i, "its node died")
+                top_up()
+                continue
+            k, i = inflight.pop(ready[0])
             try:
-                on_result(ray.get(ref))
+                result = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:  # died for good: restarts used up, or its node is gone
+                queue.append(k)
+                drop(i, str(e).strip().splitlines()[0][:200])
+                top_up()
+                continue
             except Exception as e:  # noqa: BLE001 - collected, in-flight shards finish, then re-raised
                 errors.append((k, e))
-            submit(actor)
+                continue
+            try:
+                on_result(result)
+                if on_node is not None:
+                    on_node(k, node_of.get(i, ""))
+            except Exception as e:  # noqa: BLE001 - as above
+                errors.append((k, e))
+            top_up()
     finally:
-        for actor in actors:
+        for actor in actors.values():
             ray.kill(actor)
     if errors:
         k, e = errors[0]

@@ -73,8 +73,19 @@ def provenance(source: TeacherStore) -> dict[str, Any]:
     return {"store": str(source.path), "fingerprint": source.fingerprint()}
 
 
-def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_grid: tuple[int, int] | None = None,
-                    codec: CodecSpec | None = None, scheduler: str = "threads", workers: int = 2) -> TranscodeReport:
+def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, lease: "LeaseOptions | None" = None,
+                    **options: Any) -> TranscodeReport:
+    """`_transcode_store` under the destination store's lease (store_schema/lease.py): a second transcode,
+    or an extraction, into the same destination fails naming the holder (or waits: LeaseOptions(wait=True))."""
+    from store_schema.lease import Lease
+
+    dst_path = layout.teacher_store_path(dst_root, teacher)
+    with Lease(dst_path, purpose=f"transcode {teacher} from {src_root}", options=lease):
+        return _transcode_store(src_root, teacher, dst_root, **options)
+
+
+def _transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_grid: tuple[int, int] | None = None,
+                     codec: CodecSpec | None = None, scheduler: str = "threads", workers: int = 2) -> TranscodeReport:
     """Transcode `<src_root>/<teacher>.zarr` into `<dst_root>/<teacher>.zarr` (resumable, shard by shard).
 
     storage_grid: the destination's patch grid (default: the source's; only pooling, never upsampling).
