@@ -80,13 +80,13 @@ def _completed(root: Path) -> list[int]:
 
 def _shard_worker_pids() -> set[int]:
     """Live ShardWorker actor processes of this test session's Ray (Ray titles an actor's process
-    `ray::ShardWorker...`; the local Ray's raylet, and so its workers, descend from this process: other
+    `ray::RayShardWorker...`; the local Ray's raylet, and so its workers, descend from this process: other
     Ray instances on the machine are never touched)."""
     pids = set()
     for proc in psutil.Process().children(recursive=True):
         try:
             cmdline = proc.cmdline()
-            if cmdline and cmdline[0].startswith("ray::ShardWorker") and proc.status() != psutil.STATUS_ZOMBIE:
+            if cmdline and cmdline[0].startswith(("ray::ShardWorker", "ray::RayShardWorker")) and proc.status() != psutil.STATUS_ZOMBIE:
                 pids.add(proc.pid)
         except psutil.NoSuchProcess:
             continue
