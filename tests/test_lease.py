@@ -44,8 +44,10 @@ def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
     target = tmp_path / "alpha.zarr"
     with Lease(target, purpose="extract alpha") as first:
         assert lease_path(target).is_file() and not target.exists()  # beside the target, before it exists
+        t = time.monotonic()
         with pytest.raises(LeaseHeldError) as err:
             Lease(target, purpose="extract alpha").acquire()
+        assert time.monotonic() - t < 1.0  # one read of the lease file: refused at once
         msg = str(err.value)
         assert f"pid {os.getpid()} on host {socket.gethostname()}" in msg and "extract alpha" in msg
         assert "process started" in msg and str(lease_path(target)) in msg and "--wait" in msg
@@ -155,3 +157,25 @@ def test_many_runs_breaking_one_stale_lease_yield_one_holder(tmp_path: Path) -> 
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="stale_after_s > 2 x heartbeat_s"):
         LeaseOptions(heartbeat_s=5, stale_after_s=6)
+
+
+def test_second_distill_into_a_run_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    from stages.distill.config import DistillConfig
+    from stages.distill.train import train
+
+    run = tmp_path / "runs" / "phis"
+    config = DistillConfig(student="vit_tiny_test", teachers=("alpha",), root=tmp_path / "no_store", out_dir=run)
+    with Lease(run, purpose="distill phis"):
+        with pytest.raises(LeaseHeldError, match=rf"{run} is being written by another run: pid {os.getpid()} "):
+            train(config)  # refused before it reads a store or writes anything
+    assert not run.exists()
+
+
+def test_transcode_into_a_destination_being_written_is_refused(tmp_path: Path) -> None:
+    from stages.extract.transcode import transcode_store
+    from store_schema.layout import teacher_store_path
+
+    dst = teacher_store_path(tmp_path / "dst", "tiny_dinov2")
+    with Lease(dst, purpose="extract tiny_dinov2"):
+        with pytest.raises(LeaseHeldError, match="doing 'extract tiny_dinov2'"):
+            transcode_store(tmp_path / "src", "tiny_dinov2", tmp_path / "dst")
