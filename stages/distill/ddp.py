@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Mapping
 
 import torch
@@ -54,8 +55,19 @@ def init_from_env(env: Mapping[str, str], *, device: str) -> DistContext:
         raise ValueError(f"not launched by torchrun: environment lacks {missing}")
     ctx = DistContext(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend_for(device), init_method="env://", rank=ctx.rank,
-                                world_size=ctx.world_size)
+        restart = env.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend_for(device), init_method="env://", rank=ctx.rank,
+                                    world_size=ctx.world_size)
+            return ctx
+        # Under torchrun the agent's store outlives a restart of the group: the gloo / nccl rendezvous keys
+        # of the previous attempt (the dead ranks' addresses) are still in it, and the restarted ranks would
+        # wait on them. Each attempt therefore rendezvouses under its own prefix.
+        agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), ctx.world_size,
+                              is_master=not agent and ctx.rank == 0, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend_for(device), store=dist.PrefixStore(f"pipeline/attempt_{restart}", store),
+                                rank=ctx.rank, world_size=ctx.world_size)
     return ctx
 
 
