@@ -147,7 +147,11 @@ def checkpoint_step(path: Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, UnicodeDecodeError) as e:
+        raise _damaged(Path(path), f"torch cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
