@@ -30,6 +30,9 @@ def evaluate_cmd(
     seg_classes: Annotated[Optional[Path], typer.Option(help="Segmentation class file (line k = mask value k).")] = None,
     seg_templates: Annotated[str, typer.Option(help="Templates the segmentation prompt set was extracted with.")] = "segmentation",
     seg_probe_steps: Annotated[int, typer.Option(help="Training steps of the linear segmentation probe.")] = 100,
+    dvc_out: Annotated[Optional[Path], typer.Option(help="Also write DIR/metrics.json (flat scalars) and "
+                                                         "DIR/loss.csv (training curve): small files DVC "
+                                                         "experiments carry (dvc exp show, dvc plots). One RUN only.")] = None,
 ) -> None:
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
 
@@ -53,6 +56,8 @@ def evaluate_cmd(
     downstream = DownstreamConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
                                   seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
                                   seg_probe_steps=seg_probe_steps)
+    if dvc_out is not None and len(runs) != 1:
+        raise typer.BadParameter(f"--dvc-out takes one RUN, got {len(runs)}")
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
@@ -60,6 +65,11 @@ def evaluate_cmd(
         except (ValueError, FileNotFoundError, StoreError) as e:
             raise typer.BadParameter(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
+        if dvc_out is not None:
+            from stages.evaluate.dvc_files import write_dvc_files
+            from stages.evaluate.evaluate import read_history
+
+            typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
         for teacher, kinds in res["teachers"].items():
             parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
             typer.echo(f"  {teacher}: " + "; ".join(parts))

@@ -120,7 +120,12 @@ def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np
                 norm = normalizers[t][kind]
                 p_norm, target = pred_norm[kind].float().cpu(), targets[kind]
                 acc.add(norm.invert(p_norm), target, pred_norm=p_norm, target_norm=norm.apply(target))
-    return {t: {k: a.result() for k, a in kinds.items()} for t, kinds in accs.items()}
+    out = {t: {k: a.result() for k, a in kinds.items()} for t, kinds in accs.items()}
+    for t, kinds in out.items():  # normalized error: MSE / mean per-channel variance of the stored targets
+        for kind, vals in kinds.items():
+            var = float(np.mean(np.diag(stores.stores[t].stats(kind).covariance())))
+            vals["nmse"] = vals["mse"] / var if var > 0 else None
+    return out
 
 
 def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, str], *, img_size: int,
