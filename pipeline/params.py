@@ -170,6 +170,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             return value.rstrip("/")
         return Path(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string: accept numeric text
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {type(value).__name__} {value!r}")
         return float(value)

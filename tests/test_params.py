@@ -34,6 +34,15 @@ def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
     assert p.distill.lr == 1.0 and isinstance(p.distill.lr, float) and p.distill.seeds == [0, 1]
 
 
+def test_yaml_1_1_exponent_strings_are_read_as_floats():
+    import yaml
+
+    raw = _raw()
+    raw["distill"]["lr"] = yaml.safe_load("lr: 1e-3")["lr"]  # PyYAML (YAML 1.1) gives the string '1e-3'
+    assert raw["distill"]["lr"] == "1e-3"
+    assert parse_params(raw).distill.lr == 1e-3
+
+
 @pytest.mark.parametrize("section,key,value,match", [
     ("distill", "stepz", 10, r"unknown key\(s\) \['stepz'\] in params section 'distill'; valid keys: \[.*'steps'"),
     ("distill", "steps", "100", r"distill.steps must be int, got str"),
@@ -109,7 +118,7 @@ def test_every_preset_spells_the_resume_keys(preset):
 def test_dvc_distill_stage_persists_what_a_resume_needs():
     """DVC removes a stage's outputs before running it unless `persist: true` (DVC 3.x)."""
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["distill"]
-    outs = {next(iter(o)).rsplit("/", 1)[-1]: o[next(iter(o))] for o in stage["outs"] + stage["plots"]
+    outs = {next(iter(o)).rsplit("/", 1)[-1]: o[next(iter(o))] for o in stage["outs"] + stage.get("plots", [])
             if isinstance(o, dict)}
     for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
         assert outs[name].get("persist") is True, name
