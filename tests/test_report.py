@@ -103,7 +103,7 @@ def _run_dir(tmp_path, root, name, ev, *, steps=10, batch=4, done=None, teachers
     (d / "eval").mkdir(parents=True)
     cfg = {"student": "tiny", "teachers": list(teachers), "root": str(root), "norm": ev["norm"],
            "steps": steps, "batch_size": batch, "img_size": 32, "out_dir": str(d), "seed": 0,
-           "manifest_hash": "m" * 64, "run_id": name}
+           "manifest_hash": "m" * 64, "run_id": name, "heads": []}
     (d / "config.json").write_text(json.dumps(cfg))
     torch.save({"version": 1, "step": steps if done is None else done}, d / "checkpoint.pt")
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "elapsed_s": 1.5 * s}) + "\n"
@@ -260,6 +260,9 @@ def test_evaluate_known_answer_when_heads_predict_zero(tmp_path):
                 torch.nn.init.zeros_(lin.bias)
     ckpt = torch.load(checkpoint_path(run), weights_only=True)
     ckpt["heads"] = heads.state_dict()
+    from stages.distill.checkpoint import payload_digest
+
+    ckpt["digest"] = payload_digest(ckpt)  # an intended edit: re-sign it (the loader checks the digest)
     torch.save(ckpt, checkpoint_path(run))
 
     res = evaluate_run(run, batch_size=5)
