@@ -117,7 +117,7 @@ def main() -> None:
             shutdown_ray()
 
         store = open_teacher_store(teacher_store_path(manifest.path.parent, args.teacher))
-        stored_NVhwC = np.asarray(store.patches[:])
+        stored_NVhwC = store.read_images(np.arange(store.num_images))[1]
         valid = np.asarray(store.valid[:])
         x, x_hat = f32_NVhwC[valid].astype(np.float64), stored_NVhwC[valid].astype(np.float64)
         nmse = float(((x_hat - x) ** 2).sum() / ((x - x.mean(axis=tuple(range(x.ndim - 1)))) ** 2).sum())

@@ -145,13 +145,14 @@ def extract_cmd(
     storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: the teacher's grid.")] = None,
     keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless.")] = "7",
     workers: Annotated[int, typer.Option(help="Ray actors, each holding one teacher copy.")] = 1,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor.")] = 1.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 4 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")] = 1.0,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")] = None,
     device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")] = "cpu",
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the shard worker in this process without Ray (same code path).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead in a background thread, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
+    decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead on its CPU threads, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
+    stats_fold_every: Annotated[int, typer.Option(help="Fold the per-shard statistics into the store's totals every this many complete shards (bounds their disk use); fixed when the store is created.")] = 16,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")] = False,
     wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
@@ -188,7 +189,7 @@ def extract_cmd(
                              codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
                              workers=0 if no_ray else v["workers"], cpus_per_worker=cpus_per_worker,
                              gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
-                             decode_ahead=v["decode_ahead"])
+                             decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every)
         configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
         local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
         if local:

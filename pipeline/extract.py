@@ -5,9 +5,16 @@ PHI-S (arXiv 2410.01680) normalization variant train from the same targets. Ray 
 `ShardWorker` (one actor per worker, the teacher built once per actor, one shard per task); the same
 worker runs without Ray when `workers == 0` (machines without Ray, such as the GPU machine).
 
-Completion protocol: a worker writes a whole shard and returns its partial statistics; the driver then
-writes those statistics and marks the shard complete, in that order. A run killed at any point leaves
-every shard either complete (data + stats) or not marked, and a re-run rewrites exactly the unmarked ones.
+Completion protocol: a worker writes a whole shard and returns its partial statistics (per split); the
+driver then writes those statistics and marks the shard complete, in that order, and the store folds the
+complete prefix of shards into bounded totals (`store_schema.stats_ledger`). A run killed at any point
+leaves every shard either complete (data + stats) or not marked, and a re-run rewrites exactly the
+unmarked ones; the statistics are a fixed function of the complete shards, so a resumed run's are
+bit-identical to an uninterrupted run's.
+
+Overlap: each worker runs up to SHARDS_IN_FLIGHT_PER_WORKER shards at once (a threaded Ray actor, or two
+driver threads without Ray): one shard's compression and write overlap the next shard's forwards, which
+take turns on the device. A worker uses `cpus_per_worker` host threads (decode and codec pools).
 
 Retries: actors are created with `max_restarts=2, max_task_retries=2`, so a shard whose actor process
 dies (OOM kill, segfault, lost node) is retried on the restarted actor; whole-shard writes are idempotent,
@@ -35,11 +42,13 @@ from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.location import as_location
 from store_schema.lease import Lease, LeaseOptions
 from store_schema.manifest import read_manifest
+from store_schema.stats_ledger import DEFAULT_FOLD_EVERY
 from store_schema.teacher_store import TeacherStore, create_teacher_store
 
 ACTOR_MAX_RESTARTS = 2
 ACTOR_MAX_TASK_RETRIES = 2
-TASKS_PER_ACTOR = 2  # one running, one queued, so an actor never idles waiting for the driver
+SHARDS_IN_FLIGHT_PER_WORKER = 2  # one shard in its forwards while the previous one is compressed / written
+TASKS_PER_ACTOR = SHARDS_IN_FLIGHT_PER_WORKER  # so an actor never idles waiting for the driver
 NODE_POLL_S = 1.0  # how often the driver checks for dead Ray nodes while it waits for results
 STARTUP_GRACE_S = 20.0  # an actor not placed this long after a node died during start-up is given up
 
@@ -59,11 +68,19 @@ class ExtractConfig:
     gpus_per_worker: float = 0.0
     ray_address: str | None = None  # None: local Ray (reused when already initialised)
     progress: bool = True
-    decode_ahead: int = 0  # images a worker decodes ahead in a background thread (0: inline)
+    decode_ahead: int = 0  # images a worker decodes ahead on its decode threads (0: inline)
+    stats_fold_every: int = DEFAULT_FOLD_EVERY  # complete shards per fold of the statistics (store attribute)
+
+    @property
+    def cpu_threads(self) -> int:
+        """Host threads per worker: the CPUs Ray grants it (at least one)."""
+        return max(1, int(self.cpus_per_worker))
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {self.workers}")
+        if self.stats_fold_every < 1:
+            raise ValueError(f"stats_fold_every must be >= 1, got {self.stats_fold_every}")
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")
 
@@ -107,13 +124,15 @@ class ExtractReport:
 
 
 def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
-    """Driver side of the completion protocol: the shard's statistics first, then its complete flag."""
+    """Driver side of the completion protocol: the shard's statistics (every kind and split) first, then
+    its complete flag (which may fold the complete prefix of shards into the store's totals)."""
     h, w = store.grid
     assert result.patches.count == result.num_views * h * w, (result.shard, result.patches.count)
     if store.summary_dim > 0:
         assert result.summary is not None and result.summary.count == result.num_views
-        store.write_shard_stats(result.shard, "summary", result.summary)
-    store.write_shard_stats(result.shard, "patches", result.patches)
+    for kind in store.kinds:
+        for split, m in result.stats[kind].items():
+            store.write_shard_stats(result.shard, kind, m, split=split)
     store.mark_complete(result.shard)
 
 
@@ -141,6 +160,7 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         teacher_store_path(root, teacher), spec=spec,
         weights_identity=weights_identity(spec, config.checkpoint), manifest=manifest,
         shard_size=config.shard_size, storage_grid=grid, codec=config.codec,
+        stats_fold_every=config.stats_fold_every,
     )
     pending = [int(k) for k in store.pending_shards()]
     skipped = [int(k) for k in store.completed_shards()]
@@ -163,19 +183,21 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         bar.set_postfix(masked=len(report.masked), bad=report.num_bad)
 
     worker_kwargs = dict(store_path=store.path, manifest_path=manifest.path, checkpoint=config.checkpoint,
-                         device=config.device, batch_size=config.batch_size, decode_ahead=config.decode_ahead)
+                         device=config.device, batch_size=config.batch_size, decode_ahead=config.decode_ahead,
+                         cpu_threads=config.cpu_threads)
     try:
         if pending and config.workers == 0:
             worker = ShardWorker(spec, **worker_kwargs)
             report.startup_seconds = time.perf_counter() - t0
-            for k in pending:
-                on_result(worker.run_shard(k))
+            _run_in_process(worker, pending, on_result)
         elif pending:
             ready_at = _run_on_ray(spec, worker_kwargs, pending, config, on_result,
                                    on_node=lambda k, node: report.shard_nodes.__setitem__(k, node))
             report.startup_seconds = ready_at - t0
     finally:
         bar.close()
+        if store.completed_shards().size:
+            store.fold_stats()  # the end of a run (or its failure): fold what is foldable now
     report.seconds = time.perf_counter() - t0
     report.bytes_on_disk, report.bits_per_value = storage_footprint(store)
     return report
@@ -220,6 +242,36 @@ def _dead_nodes() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
 
 
+def _run_in_process(worker: ShardWorker, pending: list[int], on_result: Callable[[ShardResult], None]) -> None:
+    """Shards on `SHARDS_IN_FLIGHT_PER_WORKER` threads of this process (no Ray), finalized in shard order.
+
+    Errors: the first failure stops new submissions; shards in flight finish (and are finalized if they
+    succeeded), then the error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue = deque(pending)
+    with ThreadPoolExecutor(SHARDS_IN_FLIGHT_PER_WORKER, thread_name_prefix="shard") as pool:
+        inflight: deque = deque()
+        error: BaseException | None = None
+        while queue and len(inflight) < SHARDS_IN_FLIGHT_PER_WORKER:
+            k = queue.popleft()
+            inflight.append((k, pool.submit(worker.run_shard, k)))
+        while inflight:
+            k, fut = inflight.popleft()
+            try:
+                result = fut.result()
+            except BaseException as e:  # noqa: BLE001 - the in-flight shard finishes, then this is raised
+                error = error or e
+                queue.clear()
+                continue
+            on_result(result)
+            if queue and error is None:
+                j = queue.popleft()
+                inflight.append((j, pool.submit(worker.run_shard, j)))
+        if error is not None:
+            raise error
+
+
 def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractConfig,
                 on_result: Callable[[ShardResult], None], on_node: Callable[[int, str], None] | None = None) -> float:
     """Dispatch shards to `config.workers` Ray actors with ray.wait; results are finalized as they arrive.
@@ -241,7 +293,8 @@ def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractCo
         raise ValueError(f"{config.workers} workers need {need_cpu} CPUs and {need_gpu} GPUs; the Ray "
                          f"cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} GPUs")
     actor_cls = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
-                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(RayShardWorker)
+                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES,
+                           max_concurrency=SHARDS_IN_FLIGHT_PER_WORKER)(RayShardWorker)
     actors = {i: actor_cls.remote(spec, **worker_kwargs) for i in range(min(config.workers, len(pending)))}
     queue, inflight, errors = deque(pending), {}, []
     node_of: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""Store layout, schema v1: the only place store paths and array layouts are spelled.
+"""Store layout, schema v2: the only place store paths and array layouts are spelled.
 
 Implements the layout of docs/ARCHITECTURE.md ("Store layout"), the offline feature store of
 agglomerative distillation (AM-RADIO, arXiv 2312.06709; PHI-S, arXiv 2410.01680). Everything else asks
@@ -13,7 +13,7 @@ from pathlib import Path
 from store_schema import location
 from store_schema.location import Location
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: features as bf16 bit patterns (uint16), bounded per-split statistics
 TOKEN_KINDS: tuple[str, ...] = ("summary", "patches")
 
 # Arrays inside <teacher>.zarr (paths relative to the store root group).
@@ -21,7 +21,11 @@ SUMMARY = "summary"
 PATCHES = "patches"
 VALID = "valid"
 SHARDS_COMPLETE = "shards/complete"
-STATS_FIELDS: tuple[str, ...] = ("count", "mean", "m2")
+IMAGE_SPLIT = "image_split"  # uint8 [N]: index into STATS_SPLITS of each image (from the manifest)
+STATS_FIELDS: tuple[str, ...] = ("count", "mean", "m2", "sketch")  # sketch: shard level only
+STATS_LEVELS: tuple[str, ...] = ("shard", "total")  # per-shard partials (until folded), folded totals
+STATS_SPLITS: tuple[str, ...] = ("train", "val")  # the manifest's splits, in the order merged for "all"
+STATS_FOLDED = "stats/folded"  # int64 [2]: (shards folded into the totals, live total slot)
 
 DIMS_SUMMARY = ("image", "view", "channel")
 DIMS_PATCHES = ("image", "view", "y", "x", "channel")
@@ -30,7 +34,7 @@ DIMS_VALID = ("image", "view")
 # Root attributes every store carries.
 REQUIRED_ATTRS: tuple[str, ...] = (
     "schema_version", "code_version", "teacher", "weights", "manifest_hash", "view_spec", "codec",
-    "storage_grid", "shard_size", "num_images", "num_views",
+    "storage_grid", "shard_size", "num_images", "num_views", "stats_fold_every",
 )
 
 # Root attribute of a store made by `pipeline store transcode`: {"store": source path, "fingerprint": ...}.
@@ -111,12 +115,24 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def stats_array(kind: str, field: str) -> str:
-    """Path of one per-shard statistics array inside a store: stats/<kind>/<field>."""
+def stats_array(kind: str, field: str, level: str = "shard") -> str:
+    """Path of one statistics array inside a store: stats/<kind>/<level>/<field>.
+
+    level "shard": per-shard partials [n_shards, split, ...] (mean / m2 cleared once folded; count and
+    sketch = (sum of the mean, trace of M2), which verification checks, kept); level "total": two slots [2, split, ...] of the fold of shards 0..F-1 (see STATS_FOLDED)."""
     check_kind(kind)
     if field not in STATS_FIELDS:
         raise ValueError(f"unknown stats field {field!r}; valid fields: {', '.join(STATS_FIELDS)}")
-    return f"stats/{kind}/{field}"
+    if level not in STATS_LEVELS:
+        raise ValueError(f"unknown stats level {level!r}; valid levels: {', '.join(STATS_LEVELS)}")
+    return f"stats/{kind}/{level}/{field}"
+
+
+def check_split(split: str | None) -> str | None:
+    """Validate a statistics split: None (all images), "train" or "val"."""
+    if split is not None and split not in STATS_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: None (all), {', '.join(STATS_SPLITS)}")
+    return split
 
 
 def token_array(kind: str) -> str:

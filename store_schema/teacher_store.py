@@ -1,10 +1,12 @@
-"""<teacher>.zarr: create, open and a typed view of one teacher's feature store (schema v1).
+"""<teacher>.zarr: create, open and a typed view of one teacher's feature store (schema v2).
 
 The offline store of agglomerative distillation (AM-RADIO, arXiv 2312.06709; PHI-S, arXiv 2410.01680):
-teacher outputs for every (image, view) are written once, shard by shard, with per-shard float64
-moments (Chan et al. 1979) of the values as stored, so normalizers are fitted without re-reading.
-Layout and invariants: docs/ARCHITECTURE.md "Store layout". One shard is the unit of work of one writer;
-a shard counts only once `shards/complete[k] == 1`, written after its data and statistics.
+teacher outputs for every (image, view) are written once, shard by shard, as bf16 bit patterns (uint16;
+`store_schema.codecs`), with per-shard, per-split float64 moments (Chan et al. 1979) of the values as
+stored, folded into bounded running totals (`store_schema.stats_ledger`), so normalizers are fitted
+without re-reading. Layout and invariants: docs/ARCHITECTURE.md "Store layout". One shard is the unit of
+work of one writer; a shard counts only once `shards/complete[k] == 1`, written after its data and
+statistics.
 
 Shape legend: N images, V views, S images per shard, h/w storage grid, Cs summary / Cp patch channels,
 I requested images.
@@ -34,6 +36,8 @@ from store_schema.errors import (StoreCorruptionError, StoreMismatchError, Store
                                  StoreReadOnlyError)
 from store_schema.io_errors import write_guard
 from store_schema.manifest import Manifest, ViewSpec
+from store_schema.stats_ledger import (DEFAULT_FOLD_EVERY, StatsLedger, create_stats_arrays,
+                                       expected_stats_arrays)
 
 _MODES = ("r", "r+")
 _NOT_COMPLETE = "the shard is not marked complete (complete shards are kept)"
@@ -71,7 +75,8 @@ def _json_norm(x: Any) -> Any:
 
 
 def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dict, manifest: Manifest,
-                         shard_size: int, storage_grid: tuple[int, int], codec: CodecSpec) -> "TeacherStore":
+                         shard_size: int, storage_grid: tuple[int, int], codec: CodecSpec,
+                         stats_fold_every: int = DEFAULT_FOLD_EVERY) -> "TeacherStore":
     """Create <teacher>.zarr for a manifest, or reopen an existing compatible one (idempotent).
 
     An existing store whose teacher spec, weights, manifest hash, view spec, codec, storage grid or
@@ -89,8 +94,10 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
         "teacher": spec.to_dict(), "weights": weights_identity, "manifest_hash": manifest.hash,
         "view_spec": manifest.view_spec.to_dict(), "codec": codec.to_dict(), "storage_grid": list(grid),
         "shard_size": int(shard_size), "num_images": manifest.num_images,
-        "num_views": manifest.view_spec.num_views,
+        "num_views": manifest.view_spec.num_views, "stats_fold_every": int(stats_fold_every),
     }
+    if stats_fold_every < 1:
+        raise ValueError(f"stats_fold_every must be >= 1, got {stats_fold_every}")
     attrs = _json_norm(attrs)
     path = location.as_location(path)
     remote = location.is_url(path)
@@ -109,7 +116,7 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     if remote:
         # No atomic rename on object stores: build the group at its final path and write the creation
         # marker last; a store without the marker is removed and rebuilt by the next create.
-        _create_arrays(path, attrs, spec=spec, codec=codec)
+        _create_arrays(path, attrs, spec=spec, codec=codec, manifest=manifest)
         location.write_bytes(layout.store_file(path, layout.CREATED_MARKER), b"{}\n")
         return open_teacher_store(path, mode="r+")
     # Build the whole group in a sibling folder and rename it into place, so a run killed while the
@@ -120,7 +127,7 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
     with write_guard(path, f"the new store {path}", kept="no store was created"):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _create_arrays(tmp, attrs, spec=spec, codec=codec)
+            _create_arrays(tmp, attrs, spec=spec, codec=codec, manifest=manifest)
             location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
             if path.exists():
                 path.rmdir()  # an empty folder (checked above)
@@ -135,12 +142,12 @@ def _created(path) -> bool:
     return location.is_file(layout.store_file(path, layout.CREATED_MARKER))
 
 
-def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSpec) -> None:
+def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSpec, manifest: Manifest) -> None:
     N, V, S = attrs["num_images"], attrs["num_views"], attrs["shard_size"]
     h, w = attrs["storage_grid"]
     n_shards = -(-N // S)
     group = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
-    feat = dict(dtype="float32", fill_value=0.0, filters=codecs_mod.float_filters(codec),
+    feat = dict(dtype=codec.stored_dtype, fill_value=0, filters=codecs_mod.float_filters(codec),
                 compressors=codecs_mod.compressors(codec))
     exact = dict(compressors=codecs_mod.compressors(CodecSpec(keepbits=None)))
     if spec.summary_dim > 0:
@@ -154,16 +161,11 @@ def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSp
                        dimension_names=layout.DIMS_VALID, **exact)
     group.create_array(layout.SHARDS_COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8",
                        fill_value=0, dimension_names=("shard",), **exact)
-    for kind, C in (("summary", spec.summary_dim), ("patches", Cp)):
-        if C == 0:
-            continue
-        group.create_array(layout.stats_array(kind, "count"), shape=(n_shards,), chunks=(1,),
-                           dtype="int64", fill_value=0, dimension_names=("shard",), **exact)
-        group.create_array(layout.stats_array(kind, "mean"), shape=(n_shards, C), chunks=(1, C),
-                           dtype="float64", fill_value=0.0, dimension_names=("shard", "channel"), **exact)
-        group.create_array(layout.stats_array(kind, "m2"), shape=(n_shards, C, C), chunks=(1, C, C),
-                           dtype="float64", fill_value=0.0,
-                           dimension_names=("shard", "channel", "channel_t"), **exact)
+    split_N = np.array([layout.STATS_SPLITS.index(str(x)) for x in manifest.split], np.uint8)
+    group.create_array(layout.IMAGE_SPLIT, shape=(N,), chunks=(S,), dtype="uint8", fill_value=0,
+                       dimension_names=("image",), **exact)[:] = split_N
+    dims = {kind: C for kind, C in (("summary", spec.summary_dim), ("patches", Cp)) if C > 0}
+    create_stats_arrays(group, dims, n_shards)
 
 
 def open_teacher_store(path: Path, *, expect_manifest_hash: str | None = None,
@@ -230,6 +232,9 @@ class TeacherStore:
         self.patches: zarr.Array = group[layout.PATCHES]
         self.valid: zarr.Array = group[layout.VALID]
         self._complete: zarr.Array = group[layout.SHARDS_COMPLETE]
+        self.stats_fold_every = int(attrs["stats_fold_every"])
+        self.ledger = StatsLedger(group, self.path, {k: self.dim(k) for k in self.kinds}, self.num_shards,
+                                  self.stats_fold_every)
 
     def __repr__(self) -> str:
         return (f"TeacherStore({self.path}, teacher={self.spec.name}, images={self.num_images}, "
@@ -239,18 +244,18 @@ class TeacherStore:
     # ---- validation -------------------------------------------------------------------------------
     def _expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...] | None]]:
         N, V, (h, w), K = self.num_images, self.num_views, self.grid, self.num_shards
+        dt = self.codec.stored_dtype
         out: dict[str, tuple[tuple[int, ...], str, tuple[str, ...] | None]] = {
-            layout.PATCHES: ((N, V, h, w, self.patch_dim), "float32", layout.DIMS_PATCHES),
+            layout.PATCHES: ((N, V, h, w, self.patch_dim), dt, layout.DIMS_PATCHES),
             layout.VALID: ((N, V), "bool", layout.DIMS_VALID),
             layout.SHARDS_COMPLETE: ((K,), "uint8", ("shard",)),
+            layout.IMAGE_SPLIT: ((N,), "uint8", ("image",)),
         }
         if self.summary_dim > 0:
-            out[layout.SUMMARY] = ((N, V, self.summary_dim), "float32", layout.DIMS_SUMMARY)
-        for kind in self.kinds:
-            C = self.dim(kind)
-            out[layout.stats_array(kind, "count")] = ((K,), "int64", None)
-            out[layout.stats_array(kind, "mean")] = ((K, C), "float64", None)
-            out[layout.stats_array(kind, "m2")] = ((K, C, C), "float64", None)
+            out[layout.SUMMARY] = ((N, V, self.summary_dim), dt, layout.DIMS_SUMMARY)
+        dims = {k: self.dim(k) for k in self.kinds}
+        for name, (shape, dtype) in expected_stats_arrays(dims, K).items():
+            out[name] = (shape, dtype, None)
         return out
 
     def _validate_arrays(self) -> None:
@@ -295,7 +300,10 @@ class TeacherStore:
     @_guarded("shard {k}")
     def write_shard(self, k: int, *, summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
                     valid_SV: np.ndarray) -> None:
-        """Write all images of shard k at once (idempotent). Clears shard k's complete flag first."""
+        """Write all images of shard k at once (idempotent). Clears shard k's complete flag first.
+
+        Features may be float32 (rounded here as the codec says) or, for a uint16 store, already bf16 bit
+        patterns (uint16, as the stage-one worker produces them on the teacher's device)."""
         self._require_writable()
         start, end = self.shard_range(k)
         S, V, (h, w) = end - start, self.num_views, self.grid
@@ -308,53 +316,75 @@ class TeacherStore:
             _check_shape("summary_SVC", summary_SVC, (S, V, self.summary_dim))
         elif summary_SVC is not None:
             raise ValueError(f"teacher {self.spec.name} has no summary token; pass summary_SVC=None")
+        for name, x in (("summary_SVC", summary_SVC), ("patches_SVhwC", patches_SVhwC)):
+            if x is not None and x.dtype == np.uint16 and self.codec.stored_dtype != "uint16":
+                raise ValueError(f"{name} holds uint16 bf16 bits but {self.path} stores "
+                                 f"{self.codec.stored_dtype}; pass float32 values")
+        if self.ledger.folded()[0] > k:
+            raise ValueError(f"{self.path}: shard {k} is complete and its statistics are folded into the "
+                             "store's totals; it cannot be rewritten (extract into a fresh store)")
         if self.is_complete(k):
             self._complete[k] = 0  # never leave new data behind an old "complete" flag
         with codecs_mod.bulk_io():  # a shard is many one-image inner chunks: encode them in batches
             if self.summary is not None:
-                self.summary[start:end] = np.asarray(summary_SVC, dtype=np.float32)
-            self.patches[start:end] = np.asarray(patches_SVhwC, dtype=np.float32)
+                self.summary[start:end] = codecs_mod.encode_for_store(summary_SVC, self.codec)
+            self.patches[start:end] = codecs_mod.encode_for_store(patches_SVhwC, self.codec)
             self.valid[start:end] = np.asarray(valid_SV, dtype=bool)
 
     def read_shard(self, k: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored."""
+        """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored, as float32."""
         start, end = self.shard_range(k)
         return self._read(lambda a: a[start:end], f"shard {k}")
 
     def read_images(self, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(summary_IVC | None, patches_IVhwC, valid_IV) of the given image ids, in the order given."""
+        """(summary_IVC | None, patches_IVhwC, valid_IV) of the given image ids, in the order given (float32)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_images):
             raise ValueError(f"image ids must be in [0, {self.num_images}), got min {ids.min()} max {ids.max()}")
         return self._read(lambda a: a.oindex[ids], f"{ids.size} images")
 
     def _read(self, take, what: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        dec = codecs_mod.decode_from_store
         try:
-            summary = None if self.summary is None else np.asarray(take(self.summary))
-            return summary, np.asarray(take(self.patches)), np.asarray(take(self.valid))
+            summary = None if self.summary is None else dec(take(self.summary))
+            return summary, dec(take(self.patches)), np.asarray(take(self.valid))
         except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
             raise StoreCorruptionError(f"{self.path}: reading {what} failed: {e}") from e
 
+    def image_split(self) -> np.ndarray:
+        """Split index (into layout.STATS_SPLITS: 0 train, 1 val) of every image, from the manifest."""
+        return np.asarray(self.group[layout.IMAGE_SPLIT][:])
+
     # ---- statistics and completion ----------------------------------------------------------------
     @_guarded("statistics of shard {k}")
-    def write_shard_stats(self, k: int, kind: str, m: Moments) -> None:
-        """Store shard k's moments of one token kind (computed from the values as stored)."""
+    def write_shard_stats(self, k: int, kind: str, m: Moments, *, split: str = "train") -> None:
+        """Store shard k's moments of one token kind and split (computed from the values as stored).
+
+        A shard's statistics are one partial per split of the manifest ("train", "val"); a writer that
+        gives only one partial (split "train" by default) leaves the other empty."""
         self._require_writable()
         self.shard_range(k)
         C = self._stats_dim(kind)
         if m.dim != C:
             raise ValueError(f"{kind} moments have width {m.dim}, store expects {C}")
-        self.group[layout.stats_array(kind, "count")][k] = m.count
-        self.group[layout.stats_array(kind, "mean")][k] = m.mean_D
-        self.group[layout.stats_array(kind, "m2")][k] = m.m2_DD
+        self.ledger.write_shard(k, kind, split, m)
 
-    def shard_stats(self, k: int, kind: str) -> Moments:
-        """Moments of one token kind stored for shard k."""
+    def shard_stats(self, k: int, kind: str, split: str | None = None) -> Moments:
+        """Moments of one token kind stored for shard k (split None: train merged with val). Only for
+        shards not yet folded into the store's totals (ValueError otherwise)."""
         self.shard_range(k)
         self._stats_dim(kind)
-        return Moments(int(self.group[layout.stats_array(kind, "count")][k]),
-                       np.asarray(self.group[layout.stats_array(kind, "mean")][k], np.float64),
-                       np.asarray(self.group[layout.stats_array(kind, "m2")][k], np.float64))
+        layout.check_split(split)
+        splits = layout.STATS_SPLITS if split is None else (split,)
+        return Moments.merge_all((self.ledger.shard(k, kind, sp) for sp in splits), dim=self.dim(kind))
+
+    def shard_count(self, k: int, kind: str, split: str | None = None) -> int:
+        """Tokens counted in shard k's statistics (kept after folding)."""
+        self.shard_range(k)
+        self._stats_dim(kind)
+        layout.check_split(split)
+        return sum(self.ledger.shard_count(k, kind, sp)
+                   for sp in (layout.STATS_SPLITS if split is None else (split,)))
 
     def _stats_dim(self, kind: str) -> int:
         C = self.dim(kind)
@@ -364,10 +394,17 @@ class TeacherStore:
 
     @_guarded("the complete flag of shard {k}")
     def mark_complete(self, k: int) -> None:
-        """Mark shard k complete; the driver calls this last, after the shard's data and stats."""
+        """Mark shard k complete; the driver calls this last, after the shard's data and stats. Folds the
+        complete prefix of shards into the totals every `stats_fold_every` shards."""
         self._require_writable()
         self.shard_range(k)
         self._complete[k] = 1
+        self.ledger.fold(np.asarray(self._complete[:]) == 1)
+
+    def fold_stats(self) -> int:
+        """Fold every complete prefix shard into the totals now (end of a run); returns shards folded."""
+        self._require_writable()
+        return self.ledger.fold(np.asarray(self._complete[:]) == 1, force=True)
 
     def is_complete(self, k: int) -> bool:
         self.shard_range(k)
@@ -381,7 +418,7 @@ class TeacherStore:
         """What the stored targets are, in a few bytes: manifest, teacher spec, weights, codec, grid, shard
         size, complete shards and the hash of every token kind's merged statistics (computed from the values
         as stored). Receipts (DVC) and runs (resume checks) record it; equal fingerprints mean the same
-        targets for every practical purpose."""
+        targets for every practical purpose. Streams the statistics (O(C²) memory)."""
         return {
             "manifest_hash": self.manifest_hash,
             "teacher_spec": self.attrs["teacher"],
@@ -398,15 +435,22 @@ class TeacherStore:
         """Indices of shards not yet complete, ascending (what a re-run must (re)write)."""
         return np.flatnonzero(np.asarray(self._complete[:]) != 1)
 
-    def stats(self, kind: str) -> Moments:
-        """Moments over all complete shards, merged in shard order (deterministic)."""
-        C = self._stats_dim(kind)
-        done = self.completed_shards()
-        count_K = np.asarray(self.group[layout.stats_array(kind, "count")][:])
-        mean_KC = np.asarray(self.group[layout.stats_array(kind, "mean")][:], np.float64)
-        m2_KCC = np.asarray(self.group[layout.stats_array(kind, "m2")][:], np.float64)
-        parts = (Moments(int(count_K[k]), mean_KC[k], m2_KCC[k]) for k in done)
-        return Moments.merge_all(parts, dim=C)
+    def stats(self, kind: str, split: str | None = None) -> Moments:
+        """Moments over all complete shards, of one split ("train" / "val") or of all images (None: the
+        train moments merged with the val moments). Deterministic: the per-shard partials are merged in
+        shard order (folded totals first), whatever the order in which shards completed; streams with
+        O(C²) memory."""
+        self._stats_dim(kind)
+        layout.check_split(split)
+        complete_K = np.asarray(self._complete[:]) == 1
+        if split is not None:
+            return self.ledger.merged(kind, split, complete_K)
+        parts = (self.ledger.merged(kind, sp, complete_K) for sp in layout.STATS_SPLITS)
+        return Moments.merge_all(parts, dim=self.dim(kind))
+
+    def stats_bytes_on_disk(self) -> int:
+        """Bytes the statistics take on disk (partials not yet folded plus the two total slots)."""
+        return self.ledger.nbytes_on_disk()
 
 
 def _check_shape(name: str, x: np.ndarray | None, shape: tuple[int, ...]) -> None:

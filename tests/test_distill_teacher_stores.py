@@ -8,6 +8,8 @@ one trained with another config.
 
 from __future__ import annotations
 
+import numpy as np
+
 import json
 import shutil
 from pathlib import Path
@@ -123,8 +125,10 @@ def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "trained"
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "reused"
     store = open_teacher_store(teacher_store_path(root, "tiny_sam"), mode="r+")  # as if re-extracted differently
-    m = store.shard_stats(0, "patches")
-    store.write_shard_stats(0, "patches", Moments(m.count, m.mean_D + 1.0, m.m2_DD))
+    from store_schema import layout
+    _, slot = store.ledger.folded()  # the folded totals of the train split: shift their mean
+    mean = store.group[layout.stats_array("patches", "mean", "total")]
+    mean[slot, 0] = np.asarray(mean[slot, 0]) + 1.0
     with pytest.raises(ValueError, match=r"the stored targets of \['tiny_sam'\] changed"):
         cmd_demo.train_variant(config, replace_conflicting=False)
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "retrained"

@@ -14,6 +14,7 @@ import pytest
 from pipeline.extract import ExtractConfig, run_extract
 from stages.extract.verify import verify_store
 from stages.stats import Moments
+from store_schema.codecs import decode_from_store
 from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import open_teacher_store
@@ -54,11 +55,11 @@ def test_two_teachers_on_ray_match_two_pass_statistics(tmp_path, ray_session, ma
         assert store.completed_shards().tolist() == [0, 1, 2, 3]
         valid_NV = np.asarray(store.valid[:])
         assert not valid_NV[bad_ids].any() and valid_NV[manifest.ok_N].all()
-        patches = np.asarray(store.patches[:])
+        patches = decode_from_store(store.patches[:])  # bf16 bit patterns -> float32
         assert not patches[bad_ids].any() and np.isfinite(patches).all()
         tokens = {"patches": patches[valid_NV].reshape(-1, store.patch_dim)}
         if store.summary is not None:
-            tokens["summary"] = np.asarray(store.summary[:])[valid_NV]
+            tokens["summary"] = decode_from_store(store.summary[:])[valid_NV]
         assert set(tokens) == set(store.kinds)
         for kind, x_ND in tokens.items():
             m = store.stats(kind)

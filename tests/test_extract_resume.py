@@ -16,12 +16,13 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.extract import ExtractConfig, run_extract
+from pipeline.extract import ExtractConfig, finalize_shard, run_extract
 from stages.extract.worker import ShardWorker
-from stages.teachers.registry import get_teacher_spec
+from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path
-from store_schema.teacher_store import open_teacher_store
+from store_schema.manifest import read_manifest
+from store_schema.teacher_store import create_teacher_store, open_teacher_store
 
 pytest_plugins = ["tests.ray_fixture"]
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ _CLI = ("import sys, torch, typer; torch.set_num_threads(1)\n"
 
 def _cli_args(root) -> list[str]:
     return [sys.executable, "-c", _CLI, "extract", "--teacher", TEACHER, "--root", str(root), "--no-ray",
-            "--shard-size", "2", "--batch-size", "1", "--no-progress"]
+            "--shard-size", "2", "--batch-size", "1", "--stats-fold-every", "2", "--no-progress"]
 
 
 def _computed(stdout: str) -> list[int]:
@@ -93,26 +94,32 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, make_corpus):
     assert _arrays(root) == _arrays(root_ref)
     store, store_ref = (open_teacher_store(teacher_store_path(r, TEACHER)) for r in (root, root_ref))
     for kind in store.kinds:
-        assert store.stats(kind).content_hash() == store_ref.stats(kind).content_hash()
+        for split in (None, "train", "val"):
+            assert store.stats(kind, split).content_hash() == store_ref.stats(kind, split).content_hash()
 
 
 def test_shard_written_but_not_marked_complete_is_recomputed(tmp_path, make_corpus):
-    root = make_corpus(tmp_path, n_ok=6)  # 8 images, shards of 4
+    root_ref, root = _two_roots(tmp_path, make_corpus)  # 14 images, shards of 4
     config = ExtractConfig(workers=0, shard_size=4, batch_size=4, progress=False)
-    first = run_extract(root, TEACHER, config)
-    assert first.computed_shards == [0, 1]
-    before = _arrays(root)
-    store = open_teacher_store(teacher_store_path(root, TEACHER), mode="r+")
-    stats_before = store.stats("patches").content_hash()
+    ref = run_extract(root_ref, TEACHER, config)
+    assert ref.computed_shards == [0, 1, 2, 3]
+    store_ref = open_teacher_store(teacher_store_path(root_ref, TEACHER))
 
-    # A worker that died after its write but before the driver finalized the shard: shard 1 unmarked.
-    worker = ShardWorker(get_teacher_spec(TEACHER), store_path=store.path, manifest_path=manifest_path(root),
-                         batch_size=4)
-    worker.run_shard(1)  # write_shard clears the complete flag first
+    # A run that finalized shard 0, then died after shard 1's write but before the driver finalized it.
+    spec = get_teacher_spec(TEACHER)
+    store = create_teacher_store(teacher_store_path(root, TEACHER), spec=spec,
+                                 weights_identity=weights_identity(spec), manifest=read_manifest(manifest_path(root)),
+                                 shard_size=4, storage_grid=spec.grid, codec=config.codec)
+    worker = ShardWorker(spec, store_path=store.path, manifest_path=manifest_path(root), batch_size=4)
+    finalize_shard(store, worker.run_shard(0))
+    worker.run_shard(1)
     assert store.completed_shards().tolist() == [0]
     assert store.stats("patches").count == store.shard_stats(0, "patches").count  # shard 1 not counted
 
     again = run_extract(root, TEACHER, config)
-    assert again.computed_shards == [1] and again.skipped_shards == [0]
-    assert _arrays(root) == before
-    assert store.stats("patches").content_hash() == stats_before
+    assert again.computed_shards == [1, 2, 3] and again.skipped_shards == [0]
+    assert _arrays(root) == _arrays(root_ref)
+    for kind in store.kinds:
+        for split in (None, "train", "val"):
+            assert store.stats(kind, split).content_hash() == store_ref.stats(kind, split).content_hash()
+    assert store.ledger.folded()[0] == 4  # every shard folded into the totals at the end of the run

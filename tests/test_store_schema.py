@@ -1,4 +1,4 @@
-"""Schema v1 teacher store: round trip, idempotent create, mismatch refusal, stats merge, crc32c."""
+"""Schema v2 teacher store: round trip, idempotent create, mismatch refusal, stats merge, crc32c."""
 
 from __future__ import annotations
 
@@ -73,15 +73,17 @@ def test_round_trip_bitround_and_stats_merge(tmp_path):
     written = {k: _write_with_stats(store, k, seed=k) for k in (0, 2)}
 
     again = open_teacher_store(path, expect_manifest_hash=m.hash, expect_view_spec=m.view_spec)
-    assert again.attrs["manifest_hash"] == m.hash and again.attrs["schema_version"] == 1
+    assert again.attrs["manifest_hash"] == m.hash and again.attrs["schema_version"] == 2
     assert again.attrs["teacher"]["name"] == "tiny" and again.spec == _spec()
     assert again.attrs["codec"] == CodecSpec().to_dict() and again.attrs["storage_grid"] == list(GRID)
     assert again.attrs["code_version"].startswith("0.1.0")
-    assert "stats/summary/m2" in again.group and "stats/patches/count" in again.group
+    assert "stats/summary/shard/m2" in again.group and "stats/patches/total/count" in again.group
+    assert again.patches.dtype == np.uint16 and again.codec.stored_dtype == "uint16"  # bf16 bit patterns
     assert again.summary.metadata.dimension_names == layout.DIMS_SUMMARY
     assert again.patches.shards == (2, 2, *GRID, 4) and again.patches.chunks == (1, 2, *GRID, 4)
     for k, (summary, patches, valid) in written.items():
         s, p, v = again.read_shard(k)
+        assert s.dtype == p.dtype == np.float32
         np.testing.assert_array_equal(s, round_as_stored(summary, again.codec))
         np.testing.assert_array_equal(p, round_as_stored(patches, again.codec))
         np.testing.assert_array_equal(v, valid)
@@ -152,10 +154,10 @@ def test_open_validates_schema_version_and_shapes(tmp_path):
     m = _manifest(tmp_path)
     path = tmp_path / "t.zarr"
     _create(path, m)
-    zarr.open_group(path, mode="r+").attrs["schema_version"] = 2
-    with pytest.raises(StoreMismatchError, match="schema_version.*expected 1.*found 2"):
-        open_teacher_store(path)
     zarr.open_group(path, mode="r+").attrs["schema_version"] = 1
+    with pytest.raises(StoreMismatchError, match="schema_version.*expected 2.*found 1"):
+        open_teacher_store(path)
+    zarr.open_group(path, mode="r+").attrs["schema_version"] = 2
     zarr.open_group(path, mode="r+").attrs["storage_grid"] = [3, 3]
     with pytest.raises(StoreMismatchError, match=r"shape of patches.*expected \(5, 2, 3, 3, 4\)"):
         open_teacher_store(path)

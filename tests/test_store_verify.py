@@ -83,13 +83,40 @@ def test_complete_shard_with_vanished_data_is_damaged(store_root):
     _shard_file(store, 2).unlink()  # reads back as zeros (fill value); its stats say otherwise
     report = verify_store(store)
     assert report.damaged_ids == [8, 9, 10, 11]
-    assert report.shards[2].problems == ["patches stats differ from the stored data"]
+    # shard 2 is folded into the store's totals: its kept sketch (sum of mean, trace of M2) catches it
+    assert report.shards[2].problems == [f"patches {sp} stats sketch differs from the stored data" for sp in ("train", "val")]
 
 
-def test_incomplete_shard_names_missing_images_and_fails_unless_allowed(store_root):
+def test_folded_shard_cannot_be_rewritten(store_root):
     store = open_teacher_store(teacher_store_path(store_root, TEACHER), mode="r+")
-    store.write_shard(0, summary_SVC=None, patches_SVhwC=np.zeros((4, 2, 8, 8, 96), np.float32),
-                      valid_SV=np.zeros((4, 2), bool))  # a rewrite in progress: flag cleared
+    with pytest.raises(ValueError, match="shard 0 is complete and its statistics are folded"):
+        store.write_shard(0, summary_SVC=None, patches_SVhwC=np.zeros((4, 2, 8, 8, 96), np.float32),
+                          valid_SV=np.zeros((4, 2), bool))
+
+
+def test_incomplete_shard_names_missing_images_and_fails_unless_allowed(tmp_path, make_corpus):
+    from pipeline.extract import ExtractConfig, finalize_shard, run_extract
+    from stages.extract.worker import ShardWorker
+    from stages.teachers.registry import get_teacher_spec
+    from store_schema.layout import manifest_path
+
+    store_root = make_corpus(tmp_path, n_ok=10)
+    run_extract(store_root, TEACHER, ExtractConfig(workers=0, shard_size=4, batch_size=8, progress=False))
+    # the same store as a run that has finished shards 1 and 2 but not shard 0 leaves it
+    path = teacher_store_path(store_root, TEACHER)
+    import shutil
+
+    from store_schema.teacher_store import create_teacher_store
+    from stages.teachers.registry import weights_identity
+    from store_schema.manifest import read_manifest
+    spec = get_teacher_spec(TEACHER)
+    shutil.rmtree(path)
+    store = create_teacher_store(path, spec=spec, weights_identity=weights_identity(spec),
+                                 manifest=read_manifest(manifest_path(store_root)), shard_size=4,
+                                 storage_grid=spec.grid, codec=ExtractConfig().codec)
+    worker = ShardWorker(spec, store_path=path, manifest_path=manifest_path(store_root), batch_size=8)
+    for k in (1, 2):
+        finalize_shard(store, worker.run_shard(k))
     report = verify_store(store)
     assert report.ok and not report.complete
     assert report.missing_shards == [0] and report.missing_ids == [0, 1, 2, 3] and report.damaged_ids == []

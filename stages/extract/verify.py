@@ -7,11 +7,15 @@ a shard whose file vanished reads as fill values, which the stored statistics' c
 
 Checks per shard k:
 - complete: the shard reads back (else the damaged images are found by reading image by image); its
-  stored statistics' counts match its valid views; with `recompute_stats` its stored mean and M2 match the
-  moments recomputed from the data (rtol 1e-9).
+  stored statistics' counts (kept per shard and split) match its valid views; with `recompute_stats`,
+  while its partial is not yet folded into the store's totals, its stored mean and M2 match the moments
+  recomputed from the data (rtol 1e-9).
 - not complete: its images are "missing" (a re-run of extract writes them); not damage, but a store with
   missing images is not `complete`, which is what training needs (`pipeline store verify` exits non-zero
   unless told the store is still being filled).
+With `recompute_stats`, the store's merged statistics per split are also recomputed from the data,
+streaming shard by shard in the store's own merge order (O(C²) memory), and must match (rtol 1e-9); a
+mismatch there is reported for the store as a whole (folded totals no longer say which shard).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 
 from stages.stats import Moments
 from store_schema.errors import StoreCorruptionError
+from store_schema.layout import STATS_SPLITS
+from store_schema.stats_ledger import sketch
 from store_schema.teacher_store import TeacherStore
 
 _READ_ERRORS = (StoreCorruptionError, ValueError, RuntimeError, OSError)
@@ -48,6 +54,7 @@ class VerifyReport:
     teacher: str
     path: str
     shards: list[ShardCheck]
+    stats_problems: list[str] = field(default_factory=list)  # store-level: merged statistics vs data
 
     @property
     def damaged_ids(self) -> list[int]:
@@ -64,7 +71,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not any(s.status == "damaged" for s in self.shards)
+        return not any(s.status == "damaged" for s in self.shards) and not self.stats_problems
 
     @property
     def complete(self) -> bool:
@@ -76,6 +83,8 @@ class VerifyReport:
                  f"{len(bad)} damaged, {len(self.missing_shards)} incomplete of {len(self.shards)} shards"]
         for s in bad:
             lines.append(f"  shard {s.shard} DAMAGED images {s.damaged_ids}: {'; '.join(s.problems)}")
+        for p in self.stats_problems:
+            lines.append(f"  STATISTICS DAMAGED: {p}")
         if self.missing_shards:
             lines.append(f"  MISSING {len(self.missing_ids)} images {format_id_ranges(self.missing_ids)} "
                          f"(incomplete shards {self.missing_shards}; re-run extract to write them)")
@@ -113,27 +122,50 @@ def _moments_close(a: Moments, b: Moments, rtol: float = 1e-9) -> bool:
             and float(np.abs(a.m2_DD - b.m2_DD).max()) <= rtol * m2_scale)
 
 
-def _stats_problems(store: TeacherStore, k: int, data: tuple, recompute: bool) -> list[str]:
-    """Compare shard k's stored statistics with its data; returns descriptions of each mismatch."""
+def _sketch_close(stored: tuple[float, float], m: Moments, rtol: float = 1e-9) -> bool:
+    """A folded shard's kept (sum of mean, trace of M2) against its data's moments."""
+    mean_sum, trace = sketch(m)
+    spread = float(np.sqrt(max(trace, 0.0) / m.count * m.dim))
+    return (abs(stored[0] - mean_sum) <= rtol * max(abs(mean_sum), spread, 1e-300)
+            and abs(stored[1] - trace) <= rtol * max(abs(trace), 1e-300))
+
+
+def _shard_tokens(store: TeacherStore, k: int, data: tuple, split_N: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """(kind, split) -> the valid stored tokens of shard k, as the statistics count them."""
     summary_SVC, patches_SVhwC, valid_SV = data
-    h, w = store.grid
+    lo, hi = store.shard_range(k)
+    out = {}
+    for p, split in enumerate(STATS_SPLITS):
+        keep_SV = valid_SV & (split_N[lo:hi] == p)[:, None]
+        out[("patches", split)] = patches_SVhwC[keep_SV].reshape(-1, store.patch_dim)
+        if summary_SVC is not None:
+            out[("summary", split)] = summary_SVC[keep_SV]
+    return out
+
+
+def _stats_problems(store: TeacherStore, k: int, tokens: dict, recompute: bool, folded: int) -> list[str]:
+    """Compare shard k's stored statistics with its data; returns descriptions of each mismatch."""
     problems = []
-    tokens = {"summary": None if summary_SVC is None else summary_SVC[valid_SV],
-              "patches": patches_SVhwC[valid_SV].reshape(-1, store.patch_dim)}
-    expected_count = {"summary": int(valid_SV.sum()), "patches": int(valid_SV.sum()) * h * w}
-    for kind in store.kinds:
-        stored = store.shard_stats(k, kind)
-        if stored.count != expected_count[kind]:
-            problems.append(f"{kind} stats count {stored.count} != {expected_count[kind]} from valid views")
+    for (kind, split), x in tokens.items():
+        count = store.shard_count(k, kind, split)
+        if count != x.shape[0]:
+            problems.append(f"{kind} {split} stats count {count} != {x.shape[0]} from valid views")
             continue
-        if recompute and stored.count and not _moments_close(stored, Moments.from_batch(tokens[kind])):
-            problems.append(f"{kind} stats differ from the stored data")
+        if recompute and count:
+            m = Moments.from_batch(x)
+            if k >= folded and not _moments_close(store.shard_stats(k, kind, split), m):
+                problems.append(f"{kind} {split} stats differ from the stored data")
+            elif not _sketch_close(store.ledger.shard_sketch(k, kind, split), m):
+                problems.append(f"{kind} {split} stats sketch differs from the stored data")
     return problems
 
 
 def verify_store(store: TeacherStore, *, recompute_stats: bool = True) -> VerifyReport:
     """Read every shard of `store` and check it against its completion flag and statistics."""
     checks = []
+    split_N = store.image_split()
+    folded = store.ledger.folded()[0]
+    recomputed: dict[tuple[str, str], Moments] = {}  # streamed in the store's merge order (shard order)
     for k in range(store.num_shards):
         lo, hi = store.shard_range(k)
         try:
@@ -150,12 +182,28 @@ def verify_store(store: TeacherStore, *, recompute_stats: bool = True) -> Verify
             ids = _damaged_images(store, lo, hi) or list(range(lo, hi))
             checks.append(ShardCheck(k, "damaged", ids, [f"unreadable: {e}"]))
             continue
+        tokens = _shard_tokens(store, k, data, split_N)
+        if recompute_stats:
+            for key, x in tokens.items():
+                m = Moments.from_batch(x)
+                recomputed[key] = recomputed[key].merge(m) if key in recomputed else m
         try:
-            problems = _stats_problems(store, k, data, recompute_stats)
+            problems = _stats_problems(store, k, tokens, recompute_stats, folded)
         except _READ_ERRORS as e:
             problems = [f"stats unreadable: {e}"]
         if problems:  # data read fine but disagrees with its statistics: the whole shard is suspect
             checks.append(ShardCheck(k, "damaged", list(range(lo, hi)), problems))
         else:
             checks.append(ShardCheck(k, "ok"))
-    return VerifyReport(store.spec.name, str(store.path), checks)
+    report = VerifyReport(store.spec.name, str(store.path), checks)
+    if recompute_stats and not any(c.status == "damaged" for c in checks):
+        for (kind, split), m in recomputed.items():
+            try:
+                stored = store.stats(kind, split)
+            except _READ_ERRORS as e:
+                report.stats_problems.append(f"{kind} {split} statistics unreadable: {e}")
+                continue
+            if m.count and not _moments_close(stored, m):
+                report.stats_problems.append(f"{kind} {split} merged statistics differ from the stored data "
+                                             "(re-extract into a fresh store)")
+    return report

@@ -1,16 +1,27 @@
-"""The in-process shard worker of stage one: decode, crop, teacher forward, whole-shard write, statistics.
+"""The in-process shard worker of stage one: decode, crop, teacher forward, statistics, whole-shard write.
 
 Stage one of agglomerative distillation (AM-RADIO, arXiv 2312.06709) runs every frozen teacher once over
 the corpus; PHI-S (arXiv 2410.01680) fits each teacher's normalizer from the mean and covariance of its
-outputs. This worker produces both for one shard of one teacher's store: the stored features and the
-float64 partial `Moments` of the values *as stored* (after BitRound), which the driver merges exactly.
+outputs. This worker produces both for one shard of one teacher's store: the stored features (bf16 bit
+patterns) and float64 partial `Moments` of the values *as stored*, per split of the manifest, which the
+driver persists and folds exactly.
+
+Where the work runs (so that a GPU never waits for the host):
+- host, on `cpu_threads` threads: decoding, sha256 check and view rendering of the next images
+  (`decode_ahead` images ahead), and compressing / writing a finished shard (zarr's codec pool, Blosc
+  releases the GIL) while the next shard's forwards run: two `run_shard` calls may run at once (a Ray
+  actor with max_concurrency 2, or the driver's two threads without Ray); forwards take turns on one lock.
+- the teacher's device: uint8 -> float pixel normalization (the host ships 1 byte per pixel, from pinned
+  memory, non-blocking), the forward, pooling to the storage grid, the codec's rounding (bit-identical
+  to numcodecs BitRound) and the float64 statistics (`DeviceMoments`). Only the 16-bit stored values
+  come back to the host.
 
 No Ray here: `pipeline/extract.py` wraps this class in a Ray actor, and the same class runs in-process
 where Ray is absent (the GPU machine). The worker never marks a shard complete; the driver does that after
 writing the shard's statistics, so an interrupted run never leaves a shard that reads as complete.
 
 Shape legend: S images in the shard, V views per image, B batch of views, H/W pixel sides,
-h/w storage-grid sides, Cs summary channels, Cp patch channels.
+h/w storage-grid sides, Cs summary channels, Cp patch channels, T tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -27,21 +39,21 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import zarr
 
 from stages.corpus.samples import decode_checked
 from stages.corpus.views import render_view
+from stages.extract.device_stats import DeviceMoments
 from stages.extract.pooling import check_storage_grid, pool_patches
 from stages.stats import Moments
-from stages.teachers.preprocess import to_pixels
+from stages.teachers.preprocess import pixels_on_device
 from stages.teachers.registry import build_teacher
 from stages.teachers.spec import TeacherSpec
-from store_schema.codecs import round_as_stored
+from store_schema.codecs import float32_bits_high_half, torch_bitround
+from store_schema.layout import STATS_SPLITS
 from store_schema.manifest import read_manifest
 from store_schema.location import as_location
 from store_schema.teacher_store import open_teacher_store
-
-
-STATS_BLOCK_VALUES = 1 << 23  # float64 values per statistics block (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,7 @@ class MaskedView:
 
 @dataclass
 class ShardResult:
-    """What one shard's extraction produced; the driver persists `summary` / `patches` then marks it complete."""
+    """What one shard's extraction produced; the driver persists `stats` then marks the shard complete."""
 
     shard: int
     teacher: str
@@ -63,10 +75,26 @@ class ShardResult:
     num_bad_images: int  # marked bad in the manifest (never decoded)
     num_views: int  # views written valid
     masked: list[MaskedView]  # views masked at extraction time
-    summary: Moments | None  # over valid views' summary tokens, as stored; None if the teacher has none
-    patches: Moments  # over every patch token of the valid views, as stored
-    seconds: dict[str, float] = field(default_factory=dict)  # decode / forward / write / stats / total
+    stats: dict[str, dict[str, Moments]]  # kind -> split ("train" / "val") -> moments of the stored values
+    seconds: dict[str, float] = field(default_factory=dict)  # wall s: decode / stage / device / fetch / write / total
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU s of the same phases
     worker: str = ""  # host:pid of the process that extracted the shard
+
+    def moments(self, kind: str) -> Moments | None:
+        """One kind's moments over both splits (train merged with val); None if the teacher lacks it."""
+        if kind not in self.stats:
+            return None
+        return Moments.merge_all((self.stats[kind][sp] for sp in STATS_SPLITS), dim=self.stats[kind]["train"].dim)
+
+    @property
+    def summary(self) -> Moments | None:
+        return self.moments("summary")
+
+    @property
+    def patches(self) -> Moments:
+        m = self.moments("patches")
+        assert m is not None
+        return m
 
 
 def _forward_context(device: torch.device):
@@ -76,12 +104,39 @@ def _forward_context(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+class _Clock:
+    """Wall and process-CPU seconds per phase of one shard."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def add(self, phase: str, wall: float, cpu: float) -> None:
+        self.wall[phase] = self.wall.get(phase, 0.0) + wall
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+
+    def phase(self, name: str):
+        clock = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t, self.c = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *exc):
+                clock.add(name, time.perf_counter() - self.t, time.process_time() - self.c)
+
+        return _Ctx()
+
+
 class ShardWorker:
     """Builds one teacher once and extracts whole shards of its store.
 
     The store at `store_path` must already exist (created by the driver with `create_teacher_store`); its
     attributes are the single source of truth for the teacher spec, storage grid and shard size.
-    `spec` must describe the same teacher as the store (checked by name and architecture)."""
+    `spec` must describe the same teacher as the store (checked by name and architecture).
+    `cpu_threads`: host threads this worker may keep busy (Ray's `cpus_per_worker`): decode threads
+    (when decode_ahead > 0) and zarr's codec pool in a fresh process. `teacher`: an already built module
+    honouring the teacher contract (benchmarks pass a stand-in); default: built from the spec."""
 
     def __init__(
         self,
@@ -93,11 +148,18 @@ class ShardWorker:
         device: str = "cpu",
         batch_size: int = 32,
         decode_ahead: int = 0,
+        cpu_threads: int = 1,
+        teacher: torch.nn.Module | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if decode_ahead < 0:
             raise ValueError(f"decode_ahead must be >= 0 (0 = decode inline), got {decode_ahead}")
+        if cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {cpu_threads}")
+        # zarr sizes its codec thread pool on first use; in a fresh (Ray actor) process that is now, so
+        # chunk-parallel compression uses the CPUs this worker was granted and no more.
+        zarr.config.set({"threading.max_workers": max(cpu_threads, 1)})
         self.manifest = read_manifest(as_location(manifest_path))
         self.store = open_teacher_store(
             as_location(store_path),
@@ -115,9 +177,17 @@ class ShardWorker:
         check_storage_grid(spec.grid, self.grid)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.teacher = build_teacher(spec, checkpoint=checkpoint, device=str(self.device)).eval()
+        if teacher is None:
+            teacher = build_teacher(spec, checkpoint=checkpoint, device=str(self.device))
+        self.teacher = teacher.to(self.device).eval()
         self.decode_ahead = decode_ahead
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode") if decode_ahead else None
+        self.cpu_threads = cpu_threads
+        self._pool = (ThreadPoolExecutor(cpu_threads, thread_name_prefix="decode") if decode_ahead else None)
+        self._device_lock = threading.Lock()  # forwards of concurrent run_shard calls take turns
+        self._split_N = self.store.image_split()
+        codec = self.store.codec
+        self._stored_dtype = np.dtype(codec.stored_dtype)
+        self._keepbits = codec.keepbits
 
     def describe(self) -> dict[str, str]:
         """Teacher, device and host:pid of this worker (the driver waits on it: actors are built and ready)."""
@@ -125,23 +195,26 @@ class ShardWorker:
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     def run_shard(self, k: int) -> ShardResult:
-        """Extract shard k in full, write it in one call, and return its partial statistics."""
-        t0 = time.perf_counter()
+        """Extract shard k in full, write it in one call, and return its partial statistics per split."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        clock = _Clock()
         lo, hi = self.store.shard_range(k)
         s, v = hi - lo, self.store.num_views
         (gh, gw), cs, cp = self.grid, self.store.summary_dim, self.store.patch_dim
-        summary_SVC = np.zeros((s, v, cs), np.float32) if cs else None
-        patches_SVhwC = np.zeros((s, v, gh, gw, cp), np.float32)
+        summary_SVC = np.zeros((s, v, cs), self._stored_dtype) if cs else None
+        patches_SVhwC = np.zeros((s, v, gh, gw, cp), self._stored_dtype)
         valid_SV = np.zeros((s, v), bool)
         masked: list[MaskedView] = []
-        secs = {"decode": 0.0, "forward": 0.0}
+        acc = {(kind, sp): DeviceMoments(dim, self.device)
+               for kind, dim in (("summary", cs), ("patches", cp)) if dim for sp in STATS_SPLITS}
 
         views: list[np.ndarray] = []  # rendered uint8 views waiting for a batch
         slots: list[tuple[int, int]] = []  # (row in shard, view index) of each pending view
         ok_ids = [i for i in range(lo, hi) if self.manifest.ok_N[i]]
         num_bad = s - len(ok_ids)
-        for image_id, (rendered, image_masked), waited in self._rendered(ok_ids):
-            secs["decode"] += waited
+        buffers = (summary_SVC, patches_SVhwC, valid_SV)
+        for image_id, (rendered, image_masked), waited, cpu in self._rendered(ok_ids):
+            clock.add("decode", waited, cpu)
             masked.extend(image_masked)
             row = image_id - lo
             for view, arr in enumerate(rendered):
@@ -149,22 +222,18 @@ class ShardWorker:
                 slots.append((row, view))
             while len(views) >= self.batch_size:
                 n = self.batch_size
-                t = time.perf_counter()
-                self._forward_into(views[:n], slots[:n], lo, summary_SVC, patches_SVhwC, valid_SV, masked)
-                secs["forward"] += time.perf_counter() - t
+                self._forward_into(views[:n], slots[:n], lo, buffers, acc, masked, clock)
                 del views[:n], slots[:n]
         if views:  # the last, partial batch
-            t = time.perf_counter()
-            self._forward_into(views, slots, lo, summary_SVC, patches_SVhwC, valid_SV, masked)
-            secs["forward"] += time.perf_counter() - t
+            self._forward_into(views, slots, lo, buffers, acc, masked, clock)
 
-        t = time.perf_counter()
-        self.store.write_shard(k, summary_SVC=summary_SVC, patches_SVhwC=patches_SVhwC, valid_SV=valid_SV)
-        secs["write"] = time.perf_counter() - t
-        t = time.perf_counter()
-        summary_m, patches_m = self._stored_moments(summary_SVC, patches_SVhwC, valid_SV)
-        secs["stats"] = time.perf_counter() - t
-        secs["total"] = time.perf_counter() - t0
+        with clock.phase("write"):  # outside the device lock: the next shard's forwards run meanwhile
+            self.store.write_shard(k, summary_SVC=summary_SVC, patches_SVhwC=patches_SVhwC, valid_SV=valid_SV)
+        stats: dict[str, dict[str, Moments]] = {}
+        for (kind, sp), m in acc.items():
+            stats.setdefault(kind, {})[sp] = m.to_moments()
+        clock.wall["total"] = time.perf_counter() - t0
+        clock.cpu["total"] = time.process_time() - c0
         return ShardResult(
             shard=k,
             teacher=self.spec.name,
@@ -172,23 +241,23 @@ class ShardWorker:
             num_bad_images=num_bad,
             num_views=int(valid_SV.sum()),
             masked=masked,
-            summary=summary_m,
-            patches=patches_m,
-            seconds=secs,
+            stats=stats,
+            seconds=clock.wall,
+            cpu_seconds=clock.cpu,
             worker=f"{socket.gethostname()}:{os.getpid()}",
         )
 
-    def _rendered(self, ids: list[int]) -> Iterator[tuple[int, tuple[list[np.ndarray], list[MaskedView]], float]]:
-        """(image id, (views, masked views), seconds this thread spent on it) in the order of `ids`.
+    def _rendered(self, ids: list[int]) -> Iterator[tuple[int, tuple[list[np.ndarray], list[MaskedView]], float, float]]:
+        """(image id, (views, masked views), wall s, CPU s this thread spent on it) in the order of `ids`.
 
-        With decode_ahead > 0, up to that many images are decoded and rendered ahead by one background
-        thread (PIL releases the GIL while decoding and resizing), so decoding overlaps the teacher forward;
-        the seconds are then the time this thread waited for the result. Order and results are the same."""
+        With decode_ahead > 0, up to that many images are decoded and rendered ahead by `cpu_threads`
+        background threads (PIL releases the GIL while decoding and resizing), so decoding overlaps the
+        teacher forward; the seconds are then the time this thread waited. Order and results are the same."""
         if self._pool is None:
             for i in ids:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 out = self._render_image(i)
-                yield i, out, time.perf_counter() - t
+                yield i, out, time.perf_counter() - t, time.process_time() - c
             return
         pending: deque = deque()
         it = iter(ids)
@@ -201,7 +270,7 @@ class ShardWorker:
             waited = time.perf_counter() - t
             for j in itertools.islice(it, 1):
                 pending.append((j, self._pool.submit(self._render_image, j)))
-            yield i, out, waited
+            yield i, out, waited, 0.0
 
     def _render_image(self, image_id: int) -> tuple[list[np.ndarray], list[MaskedView]]:
         """Decode one image and render its manifest views at the teacher's resolution: (views, masked).
@@ -218,53 +287,52 @@ class ShardWorker:
         return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
 
     @torch.inference_mode()
-    def _forward_into(
-        self,
-        views: list[np.ndarray],
-        slots: list[tuple[int, int]],
-        lo: int,
-        summary_SVC: np.ndarray | None,
-        patches_SVhwC: np.ndarray,
-        valid_SV: np.ndarray,
-        masked: list[MaskedView],
-    ) -> None:
-        """Run one batch of views through the teacher and place finite results in the shard buffers."""
-        pixels_BCHW = to_pixels(np.stack(views), self.spec).to(self.device)
-        with _forward_context(self.device):
-            out = self.teacher(pixels_BCHW)
-        patches_BhwC = pool_patches(out.patches_BhwC.float(), self.grid).cpu().numpy()
-        finite_B = np.isfinite(patches_BhwC).reshape(len(views), -1).all(axis=1)
-        summary_BC = None
-        if summary_SVC is not None:
-            if out.summary_BC is None:
-                raise AssertionError(f"teacher {self.spec.name} declared summary_dim but returned no summary")
-            summary_BC = out.summary_BC.float().cpu().numpy()
-            finite_B &= np.isfinite(summary_BC).all(axis=1)
-        for b, (row, view) in enumerate(slots):
-            if not finite_B[b]:
-                masked.append(MaskedView(lo + row, view, "non-finite teacher output"))
-                continue  # buffers stay zero, valid stays False
-            patches_SVhwC[row, view] = patches_BhwC[b]
-            if summary_BC is not None:
-                summary_SVC[row, view] = summary_BC[b]
-            valid_SV[row, view] = True
-
-    def _stored_moments(self, summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
-                        valid_SV: np.ndarray) -> tuple[Moments | None, Moments]:
-        """float64 moments of the valid views, of the values as stored: the in-memory buffers passed
-        through `round_as_stored` (the store's own BitRound, bit-identical to what zarr wrote), so the
-        shard is never read back. Views are taken in blocks of at most STATS_BLOCK_VALUES values to bound
-        the float64 copy."""
-        codec = self.store.codec
-        cp = self.store.patch_dim
-        rows, views = np.nonzero(valid_SV)
-        per_view = int(np.prod(patches_SVhwC.shape[2:]))
-        block = max(1, STATS_BLOCK_VALUES // max(per_view, 1))  # views per block
-        patches_m = Moments.empty(cp)
-        for a in range(0, len(rows), block):
-            tokens_TC = patches_SVhwC[rows[a:a + block], views[a:a + block]].reshape(-1, cp)
-            patches_m = patches_m.merge(Moments.from_batch(round_as_stored(tokens_TC, codec)))
-        summary_m = None
-        if summary_SVC is not None:
-            summary_m = Moments.from_batch(round_as_stored(summary_SVC[valid_SV], codec))
-        return summary_m, patches_m
+    def _forward_into(self, views: list[np.ndarray], slots: list[tuple[int, int]], lo: int, buffers: tuple,
+                      acc: dict[tuple[str, str], DeviceMoments], masked: list[MaskedView], clock: _Clock) -> None:
+        """Run one batch of views through the teacher; place finite results (as stored) in the shard
+        buffers and add them to the device statistics of their split."""
+        summary_SVC, patches_SVhwC, valid_SV = buffers
+        dev = self.device
+        with self._device_lock:
+            with clock.phase("stage"):  # host: stack the uint8 views, pin, ship (1 byte per pixel)
+                u8_BHW3 = torch.from_numpy(np.stack(views))
+                if dev.type == "cuda":
+                    u8_BHW3 = u8_BHW3.pin_memory()
+                u8_BHW3 = u8_BHW3.to(dev, non_blocking=True)
+                rows_B = np.array([r for r, _ in slots])
+                split_B = torch.from_numpy(self._split_N[lo + rows_B].astype(np.int64)).to(dev, non_blocking=True)
+            with clock.phase("device"):  # on the teacher's device: normalize, forward, pool, round, stats
+                pixels_BCHW = pixels_on_device(u8_BHW3, self.spec)
+                with _forward_context(dev):
+                    out = self.teacher(pixels_BCHW)
+                patches_BhwC = torch_bitround(pool_patches(out.patches_BhwC.float(), self.grid), self._keepbits)
+                B = patches_BhwC.shape[0]
+                finite_B = torch.isfinite(patches_BhwC).view(B, -1).all(dim=1)
+                summary_BC = None
+                if summary_SVC is not None:
+                    if out.summary_BC is None:
+                        raise AssertionError(f"teacher {self.spec.name} declared summary_dim but returned no summary")
+                    summary_BC = torch_bitround(out.summary_BC.float(), self._keepbits)
+                    finite_B &= torch.isfinite(summary_BC).all(dim=1)
+                for p, sp in enumerate(STATS_SPLITS):
+                    keep_B = finite_B & (split_B == p)
+                    acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
+                    if summary_BC is not None:
+                        acc[("summary", sp)].update(summary_BC[keep_B])
+                stored = [patches_BhwC] + ([summary_BC] if summary_BC is not None else [])
+                if self._stored_dtype == np.uint16:
+                    stored = [float32_bits_high_half(x) for x in stored]
+            with clock.phase("fetch"):  # back to the host: only the stored 16-bit values (+ finite flags)
+                host = [x.cpu().numpy() for x in stored]
+                finite = finite_B.cpu().numpy()
+        if self._stored_dtype == np.uint16:
+            host = [x.view(np.uint16) for x in host]
+        with clock.phase("fetch"):
+            for b, (row, view) in enumerate(slots):
+                if not finite[b]:
+                    masked.append(MaskedView(lo + row, view, "non-finite teacher output"))
+                    continue  # buffers stay zero, valid stays False
+                patches_SVhwC[row, view] = host[0][b]
+                if summary_SVC is not None:
+                    summary_SVC[row, view] = host[1][b]
+                valid_SV[row, view] = True
