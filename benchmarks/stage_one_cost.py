@@ -29,7 +29,7 @@ other shards are written directly. Reported: the most bytes the statistics held 
 and the peak RSS of a fresh process merging them (`stats()` of every kind and split, as `fingerprint()`
 and `store info` do).
 
-Run: python benchmarks/stage_one_cost.py [--images-repeat 2] [--out benchmarks/results/stage_one_cost_cpu.txt]
+Run: python benchmarks/stage_one_cost.py [--images 256] [--shard-size 256] [--out benchmarks/results/stage_one_cost_cpu.txt]
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class StandIn(nn.Module):
         return TeacherOutput(summary_BC=summary_BC, patches_BhwC=patches_BhwC)
 
 
-def build_corpus(work: Path, repeat: int):
-    """The demo corpus's photos (real, mixed sizes), `repeat` copies, and a 2-view manifest."""
+def build_corpus(work: Path, images: int):
+    """The demo corpus's photos (real, mixed sizes), repeated up to `images` files, and a 2-view manifest."""
     from stages.corpus.build_manifest import build_manifest
     from stages.corpus.demo import PHOTOS_SUBDIR, export_demo_corpus
     from store_schema.manifest import ViewSpec
@@ -123,9 +123,10 @@ def build_corpus(work: Path, repeat: int):
     demo = export_demo_corpus(work / "demo")
     src = work / "photos"
     src.mkdir()
-    for r in range(repeat):
-        for p in sorted((demo.images_dir / PHOTOS_SUBDIR).iterdir()):
-            shutil.copy(p, src / f"r{r}_{p.name}")
+    photos = sorted((demo.images_dir / PHOTOS_SUBDIR).iterdir())
+    for i in range(images):
+        p = photos[i % len(photos)]
+        shutil.copy(p, src / f"r{i // len(photos):02d}_{p.name}")
     return build_manifest(src, out_dir=work / "root", view_spec=ViewSpec(num_views=VIEWS, seed=0))
 
 
@@ -250,9 +251,9 @@ def merge_peak_rss(path: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images-repeat", type=int, default=2, help="copies of the demo photos")
-    ap.add_argument("--shard-size", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8, help="views per forward")
+    ap.add_argument("--images", type=int, default=256, help="image files (the demo photos, repeated)")
+    ap.add_argument("--shard-size", type=int, default=256, help="images per shard (the GPU preset's)")
+    ap.add_argument("--batch-size", type=int, default=16, help="views per forward")
     ap.add_argument("--out", type=Path, default=None, help="also append the output to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -265,9 +266,9 @@ def main() -> None:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="stage_one_cost_") as tmp, redirect_stdout(_Tee(buf)):
         work = Path(tmp)
-        manifest = build_corpus(work, args.images_repeat)
+        manifest = build_corpus(work, args.images)
         print(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')}  stage one cost, {manifest.num_images} real photos "
-              f"(demo corpus x{args.images_repeat}) x {VIEWS} views, shards of {args.shard_size}, "
+              f"(the demo corpus's, repeated) x {VIEWS} views, shards of {args.shard_size}, "
               f"batch {args.batch_size}; CPU = process_time, serial, 1 thread")
         rows = {t.label: run_teacher(t, manifest, args.shard_size, args.batch_size) for t in TEACHERS}
         labels = list(rows) + ["all four"]

@@ -54,7 +54,8 @@ def extract_config(p: Params, teacher: str) -> "ExtractConfig":
                          storage_grid=parse_grid(grid) if grid else None, codec=CodecSpec(keepbits=e.keepbits),
                          checkpoint=e.checkpoints.get(teacher), device=e.device, workers=e.workers,
                          gpus_per_worker=1.0 if e.device.startswith("cuda") else 0.0,
-                         ray_address=e.ray_address, progress=False, decode_ahead=e.decode_ahead)
+                         ray_address=e.ray_address, progress=False, decode_ahead=e.decode_ahead,
+                         cpus_per_worker=e.cpus_per_worker)
 
 
 def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> None:

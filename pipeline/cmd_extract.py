@@ -187,7 +187,7 @@ def extract_cmd(
         lease_options = LeaseOptions(wait=wait, timeout_s=wait_timeout)
         base = ExtractConfig(batch_size=v["batch_size"], shard_size=v["shard_size"],
                              codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
-                             workers=0 if no_ray else v["workers"], cpus_per_worker=cpus_per_worker,
+                             workers=0 if no_ray else v["workers"], cpus_per_worker=v["cpus_per_worker"],
                              gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
                              decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every)
         configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}

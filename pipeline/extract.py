@@ -172,6 +172,8 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         lease.check()  # never mark a shard complete in a store another run has taken over
         finalize_shard(store, result)
         report.computed_shards.append(result.shard)
+        if len(report.computed_shards) % store.stats_fold_every == 0:
+            store.fold_stats()  # the driver is the one writer: keeps partials bounded on object stores too
         report.shard_workers[result.shard] = result.worker
         for phase, secs in result.seconds.items():
             report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + secs

@@ -45,6 +45,7 @@ EXTRACT: Table = {
     "ray_address": ("extract.ray_address", lambda p: p.extract.ray_address),
     "device": ("extract.device", lambda p: p.extract.device),
     "decode_ahead": ("extract.decode_ahead", lambda p: p.extract.decode_ahead),
+    "cpus_per_worker": ("extract.cpus_per_worker", lambda p: p.extract.cpus_per_worker),
     # per teacher: the command picks each teacher's entry (a teacher without one keeps the default)
     "storage_grid": ("extract.storage_grids", lambda p: dict(p.extract.storage_grids) or None),
     "checkpoint": ("extract.checkpoints", lambda p: dict(p.extract.checkpoints) or None),

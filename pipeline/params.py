@@ -60,7 +60,8 @@ class ExtractParams:
     ray_address: str | None = None  # None: a local Ray sized to this machine; "auto" or host:port: a cluster
     storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
-    decode_ahead: int = 0  # images a worker decodes ahead in a background thread (overlaps a GPU forward)
+    decode_ahead: int = 0  # images a worker decodes ahead on its CPU threads (overlaps a GPU forward)
+    cpus_per_worker: float = 1.0  # CPUs Ray grants each actor; its decode / codec threads (docs/STAGE_ONE.md)
     fidelity_images: int = 16  # train images the storage-fidelity check runs the teacher on (0: skip it)
     # open_clip teachers whose text embeddings (evaluate.*_classes prompt sets) and image-side projection
     # `pipeline extract-text-stage` writes into their stores (zero-shot / open-vocabulary evaluation)

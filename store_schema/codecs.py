@@ -6,7 +6,7 @@ bit rounding). Since schema v2 the kept bits are stored as what they are: the to
 i.e. bf16 bit patterns in a uint16 array, compressed by Blosc with bitshuffle. This is bit-for-bit the
 same rounding as numcodecs' BitRound(7) on float32 (`float32_to_bf16_bits` uses its integer recipe, so
 NaN payloads, infinities, subnormals and ±0 round the same way), but Blosc only has half the bytes to
-shuffle and compress: measured at the paper teachers' shapes in docs/CODECS.md (about 2.5x faster
+shuffle and compress: measured at the paper teachers' shapes in docs/STAGE_ONE.md (about 2.5x faster
 writes and smaller files than float32 BitRound-7 + zstd-5). keepbits < 7 rounds further and still fits
 16 bits; keepbits in 8..23 keeps the float32 + numcodecs BitRound path; keepbits=None is lossless
 float32. crc32c makes corruption an error on read; the sharding index carries its own crc32c.
@@ -43,7 +43,7 @@ class CodecSpec:
     """How float arrays are stored. keepbits=None means lossless float32 (no rounding).
 
     keepbits <= 7: bf16 bit patterns in uint16 (the default, 7 = bf16 precision); 8..23: float32 with
-    numcodecs BitRound. Defaults chosen by measurement (docs/CODECS.md): lz4 at level 5 with bitshuffle."""
+    numcodecs BitRound. Defaults chosen by measurement (docs/STAGE_ONE.md): lz4 at level 5 with bitshuffle."""
 
     keepbits: int | None = 7
     compressor: str = "lz4"

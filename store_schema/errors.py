@@ -1,4 +1,4 @@
-"""Errors raised by the feature store (schema v1, see docs/ARCHITECTURE.md "Store layout").
+"""Errors raised by the feature store (schema v2, see docs/ARCHITECTURE.md "Store layout").
 
 Every mismatch names both the expected and the found value, so a refused store says why.
 """

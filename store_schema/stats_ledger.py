@@ -35,6 +35,7 @@ from zarr.codecs import Crc32cCodec
 from stages.stats import Moments
 from store_schema import layout
 
+FOLD_LOCK = ".fold.lock"  # in <store>/stats/ of a local store
 DEFAULT_FOLD_EVERY = 16  # shards: partials kept on disk at most ~ this many (plus out-of-order ones)
 _EXACT = dict(compressors=[Crc32cCodec()])  # float64 moments do not compress; checksum only
 
@@ -180,7 +181,23 @@ class StatsLedger:
         """Fold the complete prefix of shards into the totals; returns F after the fold.
 
         Folds when at least `fold_every` shards are ready, when every shard is complete, or when
-        `force` (end of a run) - so a store's partials stay bounded while writes stay rare."""
+        `force` (end of a run) - so a store's partials stay bounded while writes stay rare. Writers in
+        several threads or processes (dask transcode tasks) take turns on a lock file next to the
+        statistics of a local store; on an object store (no locks) only a forced fold by the single
+        driver folds."""
+        if not isinstance(self.path, Path):
+            return self._fold(complete_K, force=force) if force else self.folded()[0]
+        import fcntl
+
+        lock = self.path / "stats" / FOLD_LOCK
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return self._fold(complete_K, force=force)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _fold(self, complete_K: np.ndarray, *, force: bool) -> int:
         f, slot = self.folded()
         end = f
         while end < self.num_shards and complete_K[end]:
@@ -222,7 +239,8 @@ class StatsLedger:
         """Bytes of every statistics file of the store (local stores; object stores: through zarr)."""
         if isinstance(self.path, Path):
             root = self.path / "stats"
-            return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+            return (sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != FOLD_LOCK)
+                    if root.is_dir() else 0)
         return sum(int(self.group[name].nbytes_stored()) for name in self._array_names())
 
     def _array_names(self) -> list[str]:

@@ -22,6 +22,7 @@ from pipeline.extract import ExtractConfig, run_extract
 from stages.extract.transcode import transcode_store
 from stages.extract.verify import verify_store
 from store_schema import layout
+from store_schema.codecs import decode_from_store
 from store_schema.codecs import CodecSpec
 from store_schema.layout import teacher_store_path
 from store_schema.teacher_store import open_teacher_store
@@ -70,7 +71,11 @@ def test_same_codec_gives_identical_arrays_and_statistics(roots, tmp_path):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     for kind in src.kinds:
         for k in range(src.num_shards):
-            s, d = src.shard_stats(k, kind), dst.shard_stats(k, kind)
+            for split in ("train", "val"):
+                assert src.shard_count(k, kind, split) == dst.shard_count(k, kind, split)
+            assert dst.shard_count(k, kind) > 0
+        for split in (None, "train", "val"):
+            s, d = src.stats(kind, split), dst.stats(kind, split)  # folded totals, per split
             assert s.count == d.count > 0
             # recomputed from the (identical) stored values; extraction sums in another order: float64 rounding only
             np.testing.assert_allclose(d.mean_D, s.mean_D, rtol=1e-12, atol=1e-15)
@@ -86,7 +91,7 @@ def test_pooling_by_transcode_equals_pooling_at_extraction_within_bitround_noise
     transcode_store(native, TEACHER, tmp_path / "t", storage_grid=(4, 4))
     at_extraction, by_transcode = _open(pooled), _open(tmp_path / "t")
     assert by_transcode.grid == (4, 4) and at_extraction.grid == (4, 4)
-    a, b = np.asarray(at_extraction.patches[:], np.float64), np.asarray(by_transcode.patches[:], np.float64)
+    a, b = (decode_from_store(s.patches[:]).astype(np.float64) for s in (at_extraction, by_transcode))
     assert np.array_equal(np.asarray(at_extraction.valid[:]), np.asarray(by_transcode.valid[:]))
     nmse = float(((a - b) ** 2).sum() / (a ** 2).sum())
     # two roundings to 7 mantissa bits (before and after pooling) vs one: relative MSE ~ 2^-14 / 24 each
@@ -106,7 +111,7 @@ def test_fewer_mantissa_bits_and_another_codec_through_the_cli(roots, tmp_path):
     assert "3 shards computed, 0 skipped" in res.output and "keepbits 3, lz4:3" in res.output
     src, dst = _open(native), _open(tmp_path / "k3")
     assert dst.codec == CodecSpec(keepbits=3, compressor="lz4", clevel=3)
-    a, b = np.asarray(src.patches[:]), np.asarray(dst.patches[:])
+    a, b = (decode_from_store(s.patches[:]) for s in (src, dst))
     rel = np.abs(a - b)[a != 0] / np.abs(a[a != 0])
     assert 0 < rel.max() <= 2.0 ** -4 * 1.0001  # 3 kept bits: error at most half an ulp of 2^-3
     assert verify_store(dst).complete  # statistics match the new stored values

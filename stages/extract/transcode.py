@@ -32,7 +32,7 @@ import numpy as np
 
 from stages.stats import Moments
 from store_schema import layout, location
-from store_schema.codecs import CodecSpec
+from store_schema.codecs import CodecSpec, decode_from_store
 from store_schema.errors import StoreMismatchError
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import TeacherStore, create_teacher_store, open_teacher_store
@@ -124,6 +124,7 @@ def _transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_gr
     pending = [int(k) for k in dst.pending_shards()]
     if pending:
         _run_tasks(src, dst, pending, scheduler=scheduler, workers=workers)
+        dst.fold_stats()  # fold what the tasks left unfolded (every shard, on object stores)
     src_bytes, _ = storage_footprint(src)
     dst_bytes, bits = storage_footprint(dst)
     return TranscodeReport(teacher, src.path, dst.path, pending, skipped, grid, codec, time.perf_counter() - t0,
@@ -186,6 +187,8 @@ def transcode_shard(dst_path: str, k: int, summary_SVC: np.ndarray | None, patch
     from stages.extract.pooling import pool_patches
 
     dst = open_teacher_store(location.as_location(dst_path), mode="r+")
+    summary_SVC = None if summary_SVC is None else decode_from_store(summary_SVC)  # bf16 bits -> float32
+    patches_SVhwC = decode_from_store(patches_SVhwC)
     S, V = valid_SV.shape
     if tuple(patches_SVhwC.shape[2:4]) != dst.grid:
         flat = torch.from_numpy(np.ascontiguousarray(patches_SVhwC, np.float32)).reshape(S * V, *patches_SVhwC.shape[2:])
@@ -193,8 +196,12 @@ def transcode_shard(dst_path: str, k: int, summary_SVC: np.ndarray | None, patch
     patches_SVhwC = np.where(valid_SV[:, :, None, None, None], patches_SVhwC, 0.0).astype(np.float32)
     dst.write_shard(k, summary_SVC=summary_SVC, patches_SVhwC=patches_SVhwC, valid_SV=valid_SV)
     stored_summary, stored_patches, stored_valid = dst.read_shard(k)  # statistics of the values as stored
-    for kind, m in shard_moments(stored_summary, stored_patches, stored_valid).items():
-        dst.write_shard_stats(k, kind, m)
+    lo, hi = dst.shard_range(k)
+    split_S = dst.image_split()[lo:hi]
+    for p, split in enumerate(layout.STATS_SPLITS):  # one partial per split, as stage one writes them
+        in_split_SV = stored_valid & (split_S == p)[:, None]
+        for kind, m in shard_moments(stored_summary, stored_patches, in_split_SV).items():
+            dst.write_shard_stats(k, kind, m, split=split)
     dst.mark_complete(k)
     return k
 
