@@ -224,7 +224,7 @@ def simulate_million(work: Path, fold_every: int = 16) -> tuple[int, int, float]
 
 
 _MERGE_CHILD = r"""
-import resource, sys, numpy as np, zarr
+import sys, numpy as np, zarr
 from store_schema.stats_ledger import StatsLedger
 from store_schema import layout
 path = sys.argv[1]
@@ -237,7 +237,8 @@ for kind in dims:
     parts = [ledger.merged(kind, sp, complete) for sp in layout.STATS_SPLITS]
     total = parts[0].merge(parts[1])
     total.content_hash()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM: this process's peak RSS (ru_maxrss would include the forked parent's RSS from before exec)
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
@@ -255,6 +256,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=256, help="images per shard (the GPU preset's)")
     ap.add_argument("--batch-size", type=int, default=16, help="views per forward")
     ap.add_argument("--out", type=Path, default=None, help="also append the output to this file")
+    ap.add_argument("--stats-only", action="store_true", help="only the statistics-at-1M simulation")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import numcodecs
@@ -264,6 +266,19 @@ def main() -> None:
     zarr.config.set({"threading.max_workers": 1})
     buf = io.StringIO()
     t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="stage_one_cost_") as tmp, redirect_stdout(_Tee(buf)):
+        work = Path(tmp)
+        if args.stats_only:
+            print(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')}  stage one cost: statistics simulation only")
+            most, end, secs = simulate_million(work)
+            rss = merge_peak_rss(work / "sim_dinov2_g.zarr")
+            print(f"statistics simulation: {secs:.0f} s; at the end {end / 1e9:.3f} GB on disk")
+            print(f"statistics at 1M images: {most / 1e9:.2f} GB on disk, {rss / 1e9:.2f} GB peak RSS")
+    if args.stats_only:
+        if args.out is not None:
+            with open(args.out, "a") as f:
+                f.write(buf.getvalue())
+        return
     with tempfile.TemporaryDirectory(prefix="stage_one_cost_") as tmp, redirect_stdout(_Tee(buf)):
         work = Path(tmp)
         manifest = build_corpus(work, args.images)

@@ -145,7 +145,7 @@ def extract_cmd(
     storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: the teacher's grid.")] = None,
     keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless.")] = "7",
     workers: Annotated[int, typer.Option(help="Ray actors, each holding one teacher copy.")] = 1,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 4 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")] = 1.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 8 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")] = 1.0,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")] = None,
     device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")] = "cpu",

@@ -138,7 +138,9 @@ def test_in_place_and_changed_source_are_refused(roots, tmp_path):
     shutil.copytree(native, src_copy)
     transcode_store(src_copy, TEACHER, tmp_path / "dst")
     store = open_teacher_store(teacher_store_path(src_copy, TEACHER), mode="r+")
-    store.write_shard_stats(0, "patches", store.shard_stats(1, "patches"))  # the source's targets changed
+    _, slot = store.ledger.folded()  # the source's targets changed: shift its folded train mean
+    mean = store.group[layout.stats_array("patches", "mean", "total")]
+    mean[slot, 0] = np.asarray(mean[slot, 0]) + 1.0
     from store_schema.errors import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="transcoded_from"):
