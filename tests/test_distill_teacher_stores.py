@@ -133,4 +133,4 @@ def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path
         cmd_demo.train_variant(config, replace_conflicting=False)
     assert cmd_demo.train_variant(config, replace_conflicting=True) == "retrained"
     _, _, _, normalizers = load_run(config.out_dir)  # the new run uses the normalizer fitted on the new stats
-    assert normalizers["tiny_sam"]["patches"].stats_hash == store.stats("patches").content_hash()
+    assert normalizers["tiny_sam"]["patches"].stats_hash == store.stats("patches", split="train").content_hash()
