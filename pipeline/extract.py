@@ -198,8 +198,8 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
             report.startup_seconds = ready_at - t0
     finally:
         bar.close()
-        if store.completed_shards().size:
-            store.fold_stats()  # the end of a run (or its failure): fold what is foldable now
+    if store.completed_shards().size:
+        store.fold_stats()  # the end of a run: fold what is foldable now (a failed run's next run folds)
     report.seconds = time.perf_counter() - t0
     report.bytes_on_disk, report.bits_per_value = storage_footprint(store)
     return report

@@ -404,7 +404,8 @@ class TeacherStore:
     def fold_stats(self) -> int:
         """Fold every complete prefix shard into the totals now (end of a run); returns shards folded."""
         self._require_writable()
-        return self.ledger.fold(np.asarray(self._complete[:]) == 1, force=True)
+        with write_guard(self.path, f"the statistics totals of {self.path}", kept=_NOT_COMPLETE):
+            return self.ledger.fold(np.asarray(self._complete[:]) == 1, force=True)
 
     def is_complete(self, k: int) -> bool:
         self.shard_range(k)
