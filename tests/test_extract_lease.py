@@ -38,36 +38,61 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def corpus_root(tmp_path_factory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("lease_cli"), n_ok=40, num_views=2)
+    # 80 images (21 shards): the first run must outlast the second one's interpreter start-up
+    return build_corpus(tmp_path_factory.mktemp("lease_cli"), n_ok=80, num_views=2)
+
+
+SECOND = """
+import sys, time
+from pathlib import Path
+import torch, zarr  # noqa: F401 - warm imports: the timing below starts once the lease exists
+import pipeline.extract, stages.extract.worker, stages.teachers.registry, stages.teachers.weights  # noqa: F401
+from pipeline.cli import app
+print("ready", flush=True)
+lease = Path(sys.argv[1])
+while not lease.exists():
+    time.sleep(0.005)
+t = time.monotonic()
+try:
+    app(sys.argv[2:], prog_name="pipeline")
+except SystemExit as e:
+    print(f"refused after {time.monotonic() - t:.2f} s", file=sys.stderr, flush=True)
+    raise
+"""
 
 
 def test_second_extraction_fails_fast_naming_the_holder_and_first_store_verifies(corpus_root: Path) -> None:
     lease = lease_path(teacher_store_path(corpus_root, TEACHER))
+    second = subprocess.Popen([sys.executable, "-c", SECOND, str(lease), *_cmd(corpus_root)[3:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
+    assert second.stdout.readline().strip() == "ready"  # imports done: from here on only the lease counts
     first = subprocess.Popen(_cmd(corpus_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=REPO, env=ENV)
     try:
-        _wait_for(lambda: lease.is_file() or first.poll() is not None, 60, "the first run's lease")
+        _wait_for(lambda: lease.is_file() or first.poll() is not None, 120, "the first run's lease")
+        first.send_signal(signal.SIGSTOP)  # keep it mid-run (alive, lease held) whatever this machine's speed
+        try:
+            _, err2 = second.communicate(timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert first.poll() is None, f"the first run ended before the second one checked the lease: {err2[-1500:]}"
+        assert second.returncode == 2, err2
+        assert f"pid {first.pid} on host {socket.gethostname()}" in err2
+        assert "being written by another run" in err2 and "process started" in err2
+        assert "Traceback" not in err2
+        elapsed = float(err2.rsplit("refused after ", 1)[1].split(" s")[0])
+        print(f"second extraction refused {elapsed:.2f} s after the first run's lease appeared")
+        assert elapsed < 25.0  # well under the 30 s stale time (the command's own imports, then one lease read)
         waiter = subprocess.Popen(_cmd(corpus_root, "--wait"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, cwd=REPO, env=ENV)
-        t = time.monotonic()
-        second = subprocess.run(_cmd(corpus_root), capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
-        elapsed = time.monotonic() - t
-        assert first.poll() is None, "the first run ended before the second one checked the lease"
-        assert second.returncode == 2, second.stderr
-        assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr
-        assert "being written by another run" in second.stderr and "process started" in second.stderr
-        assert "Traceback" not in second.stderr
-        # It refused at once instead of waiting (the first run is still going): the time is the interpreter
-        # and imports (a few seconds on an idle machine), then one read of the lease file.
-        print(f"second extraction refused after {elapsed:.1f} s (process start to exit)")
         out, err = first.communicate(timeout=600)
         assert first.returncode == 0, err
-        assert "11 shards computed, 0 skipped" in out
+        assert "21 shards computed, 0 skipped" in out
         w_out, w_err = waiter.communicate(timeout=600)
         assert waiter.returncode == 0, w_err
-        assert "0 shards computed, 11 skipped" in w_out  # waited, then found the store finished
+        assert "0 shards computed, 21 skipped" in w_out  # waited (or started after), found the store finished
     finally:
-        for p in (first,):
+        for p in (first, second):
             if p.poll() is None:
                 p.kill()
     assert not lease.exists()
