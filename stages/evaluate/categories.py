@@ -29,9 +29,14 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "Segmentation": ("seg/linear_miou", "seg/openvocab_miou/*"),
 }
 
-# patterns of the ranked metrics where larger is better (everything else ranked is an error: lower wins)
+# patterns of the metrics where larger is better (everything else is an error: lower wins). The ranked
+# ones come first; the rest are reported beside them (accuracies, agreements, cosines, teacher references)
+# and need a direction too, since the report says for every column which way is better.
 HIGHER_IS_BETTER: tuple[str, ...] = ("zeroshot/*/top1", "probe/knn_acc", "seg/linear_miou",
-                                     "seg/openvocab_miou/*")
+                                     "seg/openvocab_miou/*",
+                                     "probe/linear_acc", "zeroshot/*/teacher_top1", "zeroshot/*/agreement",
+                                     "seg/teacher_linear_miou/*", "seg/teacher_openvocab_miou/*",
+                                     "*/cos_mean", "*/cos_min")
 
 # Flattened metrics that are never ranked, whatever the patterns above say: teacher references.
 _REFERENCE_PREFIX = "teacher_"
