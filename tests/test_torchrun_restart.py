@@ -45,7 +45,7 @@ def _rank_process(launcher: psutil.Process, rank: str) -> psutil.Process | None:
 
 
 def _losses(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(ln).items() if k != "images_per_s"}
+    return [{k: v for k, v in json.loads(ln).items() if k not in ("images_per_s", "elapsed_s")}  # wall-clock fields
             for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
