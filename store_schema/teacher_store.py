@@ -351,6 +351,45 @@ class TeacherStore:
         except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
             raise StoreCorruptionError(f"{self.path}: reading {what} failed: {e}") from e
 
+    def lost_images(self, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per token kind, the image ids (of `ids`, default all) that lie in a complete shard, have a valid
+        view, and have no stored chunk: data that was written and then lost (a deleted chunk or shard
+        file). zarr reads such chunks as the fill value (zero), so readers that must not use zeros as
+        targets (evaluation, transcoding, the loader) check here. Reads only the shard indexes."""
+        from store_schema.shard_reader import _absent_via_zarr  # the shard-index probe the loader uses
+
+        ids = np.arange(self.num_images) if ids is None else np.unique(np.asarray(ids, np.int64).reshape(-1))
+        complete_K = np.asarray(self._complete[:]) == 1
+        valid_N = np.asarray(self.valid[:], bool).any(axis=1)
+        shards = [int(k) for k in np.unique(ids // self.shard_size) if complete_K[k]]
+        out: dict[str, np.ndarray] = {}
+        for kind in self.kinds:
+            array = self.summary if kind == "summary" else self.patches
+            lost = []
+            for k in shards:
+                lo, hi = self.shard_range(k)
+                absent_S = _absent_via_zarr(array, lo, hi) & valid_N[lo:hi]
+                lost.append(np.flatnonzero(absent_S) + lo)
+            lost_ids = np.concatenate(lost) if lost else np.zeros(0, np.int64)
+            out[kind] = lost_ids[np.isin(lost_ids, ids)]
+        return out
+
+    def require_stored(self, ids: np.ndarray | None = None, *, reader: str) -> None:
+        """Raise StoreCorruptionError naming the store, the arrays, shards and images when any of `ids`
+        (default all) is lost (see `lost_images`); `reader` says who refuses (e.g. "evaluation")."""
+        lost = {kind: x for kind, x in self.lost_images(ids).items() if x.size}
+        if not lost:
+            return
+        parts = []
+        for kind, x in lost.items():
+            shards = sorted({int(i) // self.shard_size for i in x})
+            parts.append(f"{kind} of images {x[:10].tolist()}{' ...' if x.size > 10 else ''} "
+                         f"(shard{'s' if len(shards) > 1 else ''} {shards})")
+        raise StoreCorruptionError(
+            f"{self.path}: {'; '.join(parts)} have valid views but no stored chunk, although the shard is marked "
+            f"complete: a chunk or shard file was lost, and {reader} would read zeros for it. Run `pipeline store "
+            f"verify` on it, then redo those shards (`pipeline store verify --repair`) or rebuild the store")
+
     def image_split(self) -> np.ndarray:
         """Split index (into layout.STATS_SPLITS: 0 train, 1 val) of every image, from the manifest."""
         return np.asarray(self.group[layout.IMAGE_SPLIT][:])

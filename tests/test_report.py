@@ -289,6 +289,39 @@ def test_evaluate_known_answer_when_heads_predict_zero(tmp_path):
     assert set(probe["heads"]) == {"ta"}  # only teachers with a summary head get a head probe
 
 
+def _drop_inner_chunk(shard_file, row: int, rows: int) -> None:
+    """Mark inner chunk `row` of a zarr shard file absent in its index (as if it was never written), with a
+    valid index checksum: what a lost chunk looks like to zarr (it then reads the fill value, zero)."""
+    import crc32c
+
+    data = bytearray(shard_file.read_bytes())
+    n = 16 * rows
+    index = np.frombuffer(bytes(data[-(n + 4):-4]), dtype="<u8").reshape(rows, 2).copy()
+    index[row] = 2**64 - 1
+    body = index.tobytes()
+    data[-(n + 4):] = body + crc32c.crc32c(body).to_bytes(4, "little")
+    shard_file.write_bytes(bytes(data))
+
+
+def test_evaluate_refuses_a_lost_chunk_of_a_complete_shard(tmp_path):
+    """A val image whose stored patches chunk is gone (its shard still complete) would be scored against
+    zeros: evaluation refuses, naming the store, the array, the shard and the image."""
+    from stages.distill.loader import StoreSet
+    from stages.evaluate.evaluate import evaluate_run
+    from store_schema.errors import StoreCorruptionError
+
+    run, root = _real_run(tmp_path, "phis")
+    image = int(StoreSet(root, ("ta", "tb"), norm="phis").samples("val")[0, 0])
+    shard, row = divmod(image, 4)  # _tiny_store: 4 images per shard
+    shard_file = teacher_store_path(root, "tb") / "patches" / "c" / str(shard) / "0" / "0" / "0" / "0"
+    _drop_inner_chunk(shard_file, row, 4)
+    with pytest.raises(StoreCorruptionError,
+                       match=rf"tb.zarr: patches of images \[{image}\] \(shard \[{shard}\]\) have valid views but "
+                             r"no stored chunk.*evaluation would read zeros"):
+        evaluate_run(run, batch_size=5)
+    assert not (run / "eval" / "metrics.json").exists()
+
+
 def test_evaluate_and_report_cli_on_two_trained_runs(tmp_path):
     import typer
     from typer.testing import CliRunner

@@ -196,3 +196,20 @@ def test_on_rays_dask_scheduler_gives_the_same_store(roots, tmp_path, ray_sessio
     for x, y in zip(_arrays(a), _arrays(b)):
         assert np.array_equal(x, y)
     assert a.stats("patches").content_hash() == b.stats("patches").content_hash()
+
+
+def test_refuses_a_source_with_a_lost_shard_file(roots, tmp_path):
+    """A complete source shard whose patches file is gone reads as zeros in zarr: transcode refuses it before
+    creating the destination, naming the store, the array, the shard and its images."""
+    from store_schema.errors import StoreCorruptionError
+
+    native, _ = roots
+    src = tmp_path / "src"
+    shutil.copytree(native, src)
+    (teacher_store_path(src, TEACHER) / "patches" / "c" / "1" / "0" / "0" / "0" / "0").unlink()  # images 3..5
+    lost = [i for i in (3, 4, 5) if np.asarray(_open(src).valid[i]).any()]
+    assert lost
+    with pytest.raises(StoreCorruptionError, match=rf"{TEACHER}.zarr: patches of images {re.escape(str(lost))} "
+                                                   r"\(shard \[1\]\) have valid views but no stored chunk.*transcoding"):
+        transcode_store(src, TEACHER, tmp_path / "dst")
+    assert not teacher_store_path(tmp_path / "dst", TEACHER).exists()

@@ -72,6 +72,7 @@ def _student_view0(model: Any, manifest: Any, ids_N: np.ndarray, batch_size: int
 
 
 def _stored_view0(store: Any, ids_N: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    store.require_stored(ids_N, reader="evaluation")  # a lost chunk would read as zeros
     s_NVC, p_NVhwC, _ = store.read_images(ids_N)
     return (None if s_NVC is None else np.asarray(s_NVC[:, 0], np.float32)), np.asarray(p_NVhwC[:, 0], np.float32)
 

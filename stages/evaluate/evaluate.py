@@ -209,6 +209,8 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
     pairs_M2 = stores.samples(split)
     if len(pairs_M2) == 0:
         raise ValueError(f"split {split!r} has no usable (image, view) samples in the stores at {cfg['root']}")
+    for store in stores.stores.values():  # a lost chunk reads as zeros: refuse instead of scoring against them
+        store.require_stored(pairs_M2[:, 0], reader="evaluation")
     result: dict[str, Any] = {
         "run": run_dir.name, "split": split, "norm": cfg["norm"], "summary_loss": cfg["summary_loss"],
         "seed": cfg["seed"], "student": cfg["student"],

@@ -110,6 +110,7 @@ def _transcode_store(src_root: Path, teacher: str, dst_root: Path, *, storage_gr
     if len(pending_src):
         raise ValueError(f"source store {src.path} has {len(pending_src)} incomplete shard(s) of {src.num_shards}; "
                          "finish its extraction (`pipeline extract`) before transcoding it")
+    src.require_stored(reader="transcoding")  # a lost chunk would be transcoded as zeros, marked complete
     grid = tuple(int(g) for g in (storage_grid or src.grid))
     try:
         check_storage_grid(src.grid, grid)
