@@ -39,7 +39,7 @@ def corpus(
 
     Arguments and options not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import CORPUS, fill_from_params
-    from stages.corpus.build_manifest import build_manifest
+    from stages.corpus.build_manifest import bad_summary, build_manifest
     from store_schema.manifest import ViewSpec
 
     from store_schema.location import as_location
@@ -56,6 +56,8 @@ def corpus(
         raise typer.BadParameter(str(e)) from e
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
+    for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)
+        typer.echo(line)
     typer.echo(f"manifest: {manifest.path}  sha256: {manifest.hash}")
 
 

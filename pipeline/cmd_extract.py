@@ -203,6 +203,20 @@ def extract_cmd(
     except (ValueError, StoreError, MissingWeightsError, ExtractionStopped) as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from e
+    _echo_bad_images(root)
+
+
+def _echo_bad_images(root) -> None:
+    """The manifest's bad images per reason, with the first few files (they are in no store)."""
+    from stages.corpus.build_manifest import bad_summary
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import read_manifest
+
+    lines = bad_summary(read_manifest(manifest_path(root)))
+    if lines:
+        typer.echo("  bad images (recorded in the manifest, not extracted), per reason:")
+        for line in lines:
+            typer.echo(f"  {line}")
 
 
 def _per_teacher(value: object, teachers: list[str], parse: Callable[[str], T]) -> dict[str, T | None]:

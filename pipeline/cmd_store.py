@@ -57,19 +57,31 @@ def _root(ctx: typer.Context, root: str | None) -> Path | str:
 
 
 def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
-    """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics."""
+    """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics.
+
+    Exit 1 when a store was not built from the root's manifest.parquet (a store copied from another corpus)."""
     from stages.extract.fidelity import read_fidelity
     from stages.extract.inspect import format_info, store_info
     from stages.normalize.fidelity import format_checks
 
+    from stages.extract.verify import manifest_problem
+
     root = _root(ctx, root)
+    wrong = []
     for store in _stores(root, teacher):
         typer.echo(format_info(store_info(store)))
+        problem = manifest_problem(store, root)
+        if problem is not None:
+            wrong.append(store.spec.name)
+            typer.echo(f"  WRONG MANIFEST: {problem}")
         checks, why = read_fidelity(root, store)
         typer.echo("  fidelity per variant (storage NMSE in the loss space vs the teacher's bf16 noise):"
                    if checks is not None else f"  fidelity: {why}")
         for line in format_checks(checks or []):
             typer.echo(f"    {line}")
+    if wrong:
+        typer.echo(f"Error: store(s) {', '.join(wrong)} under {root} were not built from its manifest", err=True)
+        raise typer.Exit(code=1)
 
 
 def fidelity_cmd(
@@ -113,12 +125,14 @@ def verify_cmd(
 ) -> None:
     """Read every shard (crc32c-checked), check completion and statistics; name damaged and missing images.
 
-    Exit 1 when any image is damaged, or missing (its shard not complete) unless --allow-incomplete."""
+    Exit 1 when any image is damaged, or missing (its shard not complete) unless --allow-incomplete, or when
+    the store was not built from the root's manifest.parquet (a store copied from another corpus)."""
     from stages.extract.verify import verify_store
 
     failed = False
-    for store in _stores(_root(ctx, root), teacher):
-        report = verify_store(store, recompute_stats=recompute_stats)
+    root = _root(ctx, root)
+    for store in _stores(root, teacher):
+        report = verify_store(store, recompute_stats=recompute_stats, root=root)
         typer.echo(report.format())
         failed |= not (report.ok if allow_incomplete else report.complete)
     if failed:

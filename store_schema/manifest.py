@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -93,8 +93,11 @@ class ManifestRow:
 
 
 def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, source: str,
-                   image_root: str, pixel_limit: int, min_side: int, val_fraction: float) -> str:
+                   image_root: str, pixel_limit: int, min_side: int, val_fraction: float,
+                   before_write: Callable[[str], None] | None = None) -> str:
     """Write manifest.parquet deterministically (rows sorted by uri, no timestamps); returns its hash.
+
+    before_write(new_hash) runs before the file is touched (it may raise to keep the old manifest).
 
     image_root: folder the relative uris resolve against, relative to the manifest's folder (or absolute).
     """
@@ -122,7 +125,10 @@ def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, 
     table = pa.table(columns, schema=schema.with_metadata(meta))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", write_statistics=False, use_dictionary=False)
-    location.write_bytes(location.as_location(path), sink.getvalue().to_pybytes())  # whole or not at all
+    data = sink.getvalue().to_pybytes()
+    if before_write is not None:
+        before_write(hashlib.sha256(data).hexdigest())
+    location.write_bytes(location.as_location(path), data)  # whole or not at all
     return manifest_hash(path)
 
 

@@ -111,3 +111,55 @@ def test_demo_corpus_exports_deterministic_labeled_corpus(tmp_path):
     (demo / "stranger.txt").write_text("not mine")
     bad = runner.invoke(app, ["demo-corpus", str(demo)])
     assert bad.exit_code != 0 and "not part of the demo corpus" in _plain(bad.output)
+
+
+def _images(folder, n, *, start=0):
+    folder.mkdir(exist_ok=True)
+    for i in range(start, start + n):
+        Image.new("RGB", (24, 16), (i * 40 % 256, 0, 0)).save(folder / f"{i}.png")
+
+
+def test_corpus_refuses_to_replace_a_manifest_that_stores_were_built_from(tmp_path):
+    from stages.teachers.registry import get_teacher_spec, weights_identity
+    from store_schema.codecs import CodecSpec
+    from store_schema.teacher_store import create_teacher_store
+
+    src, out = tmp_path / "imgs", tmp_path / "store"
+    _images(src, 4)
+    assert runner.invoke(app, ["corpus", str(src), "--out", str(out)]).exit_code == 0
+    before = read_manifest(layout.manifest_path(out))
+    spec = get_teacher_spec("tiny_sam")
+    create_teacher_store(layout.teacher_store_path(out, "tiny_sam"), spec=spec, weights_identity=weights_identity(spec),
+                         manifest=before, shard_size=2, storage_grid=spec.grid, codec=CodecSpec())
+    # the same corpus and options give the same bytes: allowed
+    assert runner.invoke(app, ["corpus", str(src), "--out", str(out)]).exit_code == 0
+    _images(src, 1, start=4)  # the corpus grew: another manifest
+    res = runner.invoke(app, ["corpus", str(src), "--out", str(out)])
+    text = _plain(res.output)
+    assert res.exit_code == 2, res.output
+    assert f"{out} holds teacher stores built from its current manifest ({before.hash[:12]}...): tiny_sam" in text
+    assert "--out NEW_ROOT" in text and "remove those stores first" in text and "the current manifest is kept" in text
+    assert read_manifest(layout.manifest_path(out)).hash == before.hash  # untouched
+    # a new root is fine
+    assert runner.invoke(app, ["corpus", str(src), "--out", str(tmp_path / "new")]).exit_code == 0
+
+
+def test_corpus_prints_bad_files_per_reason_and_keeps_urls(tmp_path):
+    src = tmp_path / "imgs"
+    _images(src, 2)
+    for i in range(5):
+        (src / f"empty{i}.jpg").write_bytes(b"")
+    (src / "text.png").write_text("not an image")
+    listing = tmp_path / "list.txt"
+    entries = ["imgs/0.png", "imgs/1.png", *[f"imgs/empty{i}.jpg" for i in range(5)], "imgs/text.png",
+               "https://example.com/a/b.jpg"]
+    listing.write_text("\n".join(entries) + "\n")
+    res = runner.invoke(app, ["corpus", str(listing), "--out", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+    assert "images: 9  ok: 2  bad: 7" in res.output
+    lines = res.output.splitlines()
+    assert "  5 empty file (0 bytes): imgs/empty0.jpg, imgs/empty1.jpg, imgs/empty2.jpg, ... 2 more" in lines
+    assert "  1 not an image (unrecognized format): imgs/text.png" in lines
+    assert "  1 remote image (URL): https://example.com/a/b.jpg" in lines
+    m = read_manifest(layout.manifest_path(tmp_path / "store"))
+    assert "https://example.com/a/b.jpg" in m.uris  # not folded to https:/example.com

@@ -47,6 +47,8 @@ def store_root(tmp_path, make_corpus):
                                          "--shard-size", "4", "--batch-size", "8", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert f"extract {TEACHER}: 12 images, 20 views, 0 masked, 2 bad, 3 shards computed" in result.output
+    assert "  bad images (recorded in the manifest, not extracted), per reason:" in result.output
+    assert "    1 empty file (0 bytes): " in result.output  # the corpus's two bad files, by reason
     return root
 
 
@@ -140,3 +142,42 @@ def test_format_id_ranges():
     assert format_id_ranges([]) == ""
     assert format_id_ranges([5]) == "5"
     assert format_id_ranges([0, 1, 2, 3, 8, 10, 11]) == "0-3, 8, 10-11"
+
+
+def test_a_store_from_another_corpus_fails_verify_and_info(store_root, tmp_path, make_corpus):
+    """A store copied into a root whose manifest is another corpus's must not pass as `ok`: its image ids
+    mean other images there."""
+    import shutil
+
+    other = make_corpus(tmp_path / "other", n_ok=9, seed=3)
+    shutil.copytree(teacher_store_path(store_root, TEACHER), teacher_store_path(other, TEACHER))
+    runner = CliRunner()
+    verify = runner.invoke(_app(), ["store", "verify", "--root", str(other)])
+    assert verify.exit_code == 1, verify.output
+    assert "3 ok, 0 damaged" in verify.output and "WRONG MANIFEST: built from manifest" in verify.output
+    assert "re-extract into this root" in verify.output
+    info = runner.invoke(_app(), ["store", "info", "--root", str(other)])
+    assert info.exit_code == 1 and "WRONG MANIFEST" in info.output
+    assert f"store(s) {TEACHER} under {other} were not built from its manifest" in info.output
+    # its own root still passes both
+    assert runner.invoke(_app(), ["store", "verify", "--root", str(store_root)]).exit_code == 0
+    assert runner.invoke(_app(), ["store", "info", "--root", str(store_root)]).exit_code == 0
+
+
+def test_info_on_an_empty_store_prints_no_nan(tmp_path, make_corpus):
+    from pipeline.extract import ExtractConfig
+    from stages.teachers.registry import get_teacher_spec, weights_identity
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import read_manifest
+    from store_schema.teacher_store import create_teacher_store
+
+    root = make_corpus(tmp_path, n_ok=4)
+    spec = get_teacher_spec(TEACHER)
+    create_teacher_store(teacher_store_path(root, TEACHER), spec=spec, weights_identity=weights_identity(spec),
+                         manifest=read_manifest(manifest_path(root)), shard_size=4, storage_grid=spec.grid,
+                         codec=ExtractConfig().codec)
+    info = CliRunner().invoke(_app(), ["store", "info", "--root", str(root)])
+    assert info.exit_code == 0, info.output
+    assert "nan" not in info.output.lower()
+    assert "shards 0/2 complete" in info.output and "bits/value: none yet (no complete shard)" in info.output
+    assert "patches  tokens 0: no statistics yet" in info.output

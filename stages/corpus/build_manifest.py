@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SIDE,
+import numpy as np
+
+from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SIDE, ImageRecord,
                                   inspect_image, is_image_name)
 from stages.corpus.views import draw_views
 from store_schema import layout
-from store_schema.location import as_location, is_url
+from store_schema.location import as_location, is_file, is_url
 from store_schema.manifest import (STATUS_BAD, STATUS_OK, Manifest, ManifestRow, ViewSpec,
                                    read_manifest, write_manifest)
 
@@ -36,7 +38,8 @@ def _to_uri(path: Path, base: Path) -> str:
 
 
 def _entries_to_uris(entries: list[str], base: Path, what: str) -> list[str]:
-    uris = [_to_uri(base / e, base) for e in entries]  # absolute entries stay absolute (Path join)
+    # absolute entries stay absolute (Path join); URLs are kept as written (a Path would fold `//` to `/`)
+    uris = [e if is_url(e) else _to_uri(base / e, base) for e in entries]
     seen: set[str] = set()
     dups = sorted({u for u in uris if u in seen or seen.add(u)})
     if dups:
@@ -93,7 +96,8 @@ def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpe
     base, uris = list_source(Path(source))
     rows: list[ManifestRow] = []
     for uri in uris:
-        rec = inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side)
+        rec = (_remote(uri) if is_url(uri) else
+               inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side))
         key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable file: key on its uri
         boxes_V4, flips_V = draw_views(key, view_spec)
         rows.append(ManifestRow(
@@ -106,8 +110,60 @@ def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpe
     path = layout.manifest_path(out_dir)
     write_manifest(path, rows, view_spec=view_spec, source=_portable(Path(source), out_dir),
                    image_root=_portable(base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
-                   val_fraction=val_fraction)
+                   val_fraction=val_fraction, before_write=lambda new: refuse_orphaning_stores(out_dir, new))
     return read_manifest(path)
+
+
+REMOTE_REASON = "remote image (URL): corpus images are read from local files; download it and list the local path"
+
+
+def _remote(uri: str) -> ImageRecord:
+    """A URL entry of a text / Parquet list: kept as written in the manifest, recorded as bad (not fetched)."""
+    return ImageRecord("", 0, 0, 0, "", None, REMOTE_REASON)
+
+
+def refuse_orphaning_stores(root, new_hash: str) -> None:
+    """ValueError when `root` holds teacher stores built from its current manifest and a manifest with
+    another hash is about to replace it: the stores' image ids would then mean other images (extraction
+    and training refuse them by hash). The same corpus and options give the same bytes, so re-running
+    `pipeline corpus` unchanged is always allowed."""
+    from store_schema.manifest import manifest_hash
+    from store_schema.teacher_store import open_teacher_store
+
+    path = layout.manifest_path(root)
+    if not is_file(path):
+        return
+    old_hash = manifest_hash(path)
+    if old_hash == new_hash:
+        return
+    built = []
+    for name in layout.list_teacher_stores(root):
+        try:
+            store_hash = open_teacher_store(layout.teacher_store_path(root, name)).manifest_hash
+        except Exception:  # an unreadable store: it may still be the user's data, so it counts
+            store_hash = old_hash
+        if store_hash == old_hash:
+            built.append(name)
+    if built:
+        raise ValueError(
+            f"{root} holds teacher stores built from its current manifest ({old_hash[:12]}...): "
+            f"{', '.join(built)}. The new corpus gives another manifest ({new_hash[:12]}...), which would orphan "
+            f"them (their image ids would mean other images). Write it to a new root (`--out NEW_ROOT`), or "
+            f"remove those stores first ({', '.join(str(layout.teacher_store_path(root, n)) for n in built)}); "
+            f"the current manifest is kept")
+
+
+def bad_summary(manifest: Manifest, *, first: int = 3) -> list[str]:
+    """Lines summarizing the manifest's bad images: count per reason (the text before its first ':'), most
+    frequent first, with the first few uris of each. Empty when every image is ok."""
+    groups: dict[str, list[str]] = {}
+    for i in np.flatnonzero(~manifest.ok_N):
+        groups.setdefault(manifest.reasons[i].split(":")[0].strip() or "unknown", []).append(manifest.uris[i])
+    lines = []
+    for reason, uris in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        more = f", ... {len(uris) - first} more" if len(uris) > first else ""
+        lines.append(f"  {len(uris)} {reason}: {', '.join(uris[:first])}{more}")
+    return lines
 
 
 def _portable(path: Path, out_dir: Path | str) -> str:

@@ -116,9 +116,14 @@ def format_info(info: StoreInfo) -> str:
         f"shards {info.shards_complete}/{info.num_shards} complete",
         f"  summary {[info.num_images, info.num_views, info.summary_dim] if info.summary_dim else 'none'}; "
         f"patches {[info.num_images, info.num_views, h, w, info.patch_dim]}",
-        f"  on disk {info.bytes_on_disk / 2**20:.2f} MiB; {info.bits_per_value:.2f} bits/value; codec {info.codec}",
+        f"  on disk {info.bytes_on_disk / 2**20:.2f} MiB; "
+        + (f"{info.bits_per_value:.2f} bits/value" if np.isfinite(info.bits_per_value)
+           else "bits/value: none yet (no complete shard)") + f"; codec {info.codec}",
     ]
     for k in info.kinds:
+        if k.count == 0:
+            lines.append(f"  {k.kind:8s} tokens 0: no statistics yet (no complete shard with valid views)")
+            continue
         lines.append(
             f"  {k.kind:8s} tokens {k.count}: global std {k.global_std:.4g}; channel std "
             f"[{k.channel_std_min:.4g}, {k.channel_std_max:.4g}]; effective rank (exp entropy) "

@@ -44,6 +44,25 @@ class ShardCheck:
     missing_ids: list[int] = field(default_factory=list)
 
 
+def manifest_problem(store: TeacherStore, root) -> str | None:
+    """Why `store` does not belong to the manifest at `root` (None when it does): the store records the hash
+    of the manifest it was built from, and a store copied into another corpus's root must not pass."""
+    from store_schema.errors import StoreNotFoundError
+    from store_schema.layout import manifest_path
+    from store_schema.manifest import manifest_hash
+
+    try:
+        found = manifest_hash(manifest_path(root))
+    except StoreNotFoundError:
+        return (f"no manifest.parquet at {root}: the store was built from manifest {store.manifest_hash[:12]}..., "
+                "which is not there; restore it (`pipeline corpus` with the store's corpus and options)")
+    if found == store.manifest_hash:
+        return None
+    return (f"built from manifest {store.manifest_hash[:12]}... but {manifest_path(root)} is {found[:12]}... (another "
+            "corpus, or a manifest rebuilt with other options): its image ids do not match this root's images. "
+            "Move the store to the root of its own manifest, restore that manifest, or re-extract into this root")
+
+
 @dataclass
 class VerifyReport:
     """Verdicts of every shard of one store.
@@ -55,6 +74,7 @@ class VerifyReport:
     path: str
     shards: list[ShardCheck]
     stats_problems: list[str] = field(default_factory=list)  # store-level: merged statistics vs data
+    manifest_problem: str | None = None  # the root's manifest is not the store's (see `manifest_problem`)
 
     @property
     def damaged_ids(self) -> list[int]:
@@ -71,7 +91,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not any(s.status == "damaged" for s in self.shards) and not self.stats_problems
+        return (not any(s.status == "damaged" for s in self.shards) and not self.stats_problems
+                and self.manifest_problem is None)
 
     @property
     def complete(self) -> bool:
@@ -85,6 +106,8 @@ class VerifyReport:
             lines.append(f"  shard {s.shard} DAMAGED images {s.damaged_ids}: {'; '.join(s.problems)}")
         for p in self.stats_problems:
             lines.append(f"  STATISTICS DAMAGED: {p}")
+        if self.manifest_problem is not None:
+            lines.append(f"  WRONG MANIFEST: {self.manifest_problem}")
         if self.missing_shards:
             lines.append(f"  MISSING {len(self.missing_ids)} images {format_id_ranges(self.missing_ids)} "
                          f"(incomplete shards {self.missing_shards}; re-run extract to write them)")
@@ -160,8 +183,9 @@ def _stats_problems(store: TeacherStore, k: int, tokens: dict, recompute: bool, 
     return problems
 
 
-def verify_store(store: TeacherStore, *, recompute_stats: bool = True) -> VerifyReport:
-    """Read every shard of `store` and check it against its completion flag and statistics."""
+def verify_store(store: TeacherStore, *, recompute_stats: bool = True, root=None) -> VerifyReport:
+    """Read every shard of `store` and check it against its completion flag and statistics; with `root`,
+    also that root's manifest is the one the store was built from."""
     checks = []
     split_N = store.image_split()
     folded = store.ledger.folded()[0]
@@ -195,7 +219,8 @@ def verify_store(store: TeacherStore, *, recompute_stats: bool = True) -> Verify
             checks.append(ShardCheck(k, "damaged", list(range(lo, hi)), problems))
         else:
             checks.append(ShardCheck(k, "ok"))
-    report = VerifyReport(store.spec.name, str(store.path), checks)
+    report = VerifyReport(store.spec.name, str(store.path), checks,
+                          manifest_problem=None if root is None else manifest_problem(store, root))
     if recompute_stats and not any(c.status == "damaged" for c in checks):
         for (kind, split), m in recomputed.items():
             try:
