@@ -122,6 +122,10 @@ def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] 
 
 def _echo_report(report: ExtractReport) -> None:
     typer.echo(report.summary_line())
+    if report.redone:
+        typer.echo(f"  redone shards {report.redone} (complete flags and statistics cleared"
+                   + (f"; the statistics of {report.unfolded} folded shards were unfolded, recomputed from their "
+                      "stored values, and folded again in shard order)" if report.unfolded else ")"))
     typer.echo(f"  computed shards {sorted(report.computed_shards)}; skipped {report.skipped_shards}")
     by_node: dict[str, list[int]] = {}
     for k, node in sorted(report.shard_nodes.items()):
@@ -156,6 +160,7 @@ def extract_cmd(
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")] = False,
     wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
+    redo_shards: Annotated[Optional[str], typer.Option(help="Complete shards to extract again, e.g. 5,7 or 3-6 (damaged ones, as `pipeline store verify` names them): their complete flags and statistics are cleared first (one teacher only).")] = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
 
@@ -182,6 +187,12 @@ def extract_cmd(
             raise ValueError("--checkpoint applies to one teacher; extract the others in a separate call")
         if receipt is not None and len(teachers) > 1:
             raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
+        if redo_shards is not None and len(teachers) > 1:
+            raise ValueError("--redo-shards applies to one teacher (shard numbers are per store); "
+                             "redo the others in a separate call")
+        from stages.extract.redo import parse_shards
+
+        redo = tuple(parse_shards(redo_shards)) if redo_shards is not None else ()
         device = v["device"]
         gpus = resolve_gpus_per_worker(gpus_per_worker, device)
         lease_options = LeaseOptions(wait=wait, timeout_s=wait_timeout)
@@ -189,7 +200,7 @@ def extract_cmd(
                              codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
                              workers=0 if no_ray else v["workers"], cpus_per_worker=v["cpus_per_worker"],
                              gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
-                             decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every)
+                             decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every, redo_shards=redo)
         configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
         local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
         if local:
@@ -272,7 +283,8 @@ def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path 
     config = next(iter(configs.values()))  # Ray settings are the same for every teacher
     # Every store already complete (a re-run): nothing to schedule, so no Ray start-up (seconds) either;
     # run_extract still checks each store against the config.
-    use_ray = config.workers > 0 and not all(_complete(teacher_store_path(root, t)) for t in configs)
+    use_ray = config.workers > 0 and (bool(config.redo_shards)
+                                      or not all(_complete(teacher_store_path(root, t)) for t in configs))
     started_ray = False
     if use_ray:
         from pipeline.ray_runtime import init_ray, ray_is_running

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from stages.extract.inspect import storage_footprint
 from stages.extract.pooling import check_storage_grid
+from stages.extract.redo import reopen_for_redo
 from stages.extract.worker import MaskedView, ShardResult, ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.codecs import CodecSpec
@@ -70,6 +71,7 @@ class ExtractConfig:
     progress: bool = True
     decode_ahead: int = 0  # images a worker decodes ahead on its decode threads (0: inline)
     stats_fold_every: int = DEFAULT_FOLD_EVERY  # complete shards per fold of the statistics (store attribute)
+    redo_shards: tuple[int, ...] = ()  # complete shards to extract again (damaged ones; stages/extract/redo.py)
 
     @property
     def cpu_threads(self) -> int:
@@ -104,6 +106,8 @@ class ExtractReport:
     shard_nodes: dict[int, str] = field(default_factory=dict)  # shard -> Ray node id (Ray runs only)
     startup_seconds: float = 0.0  # store creation + workers built (teachers loaded), before the first shard
     phase_seconds: dict[str, float] = field(default_factory=dict)  # worker time per phase, summed over shards
+    redone: list[int] = field(default_factory=list)  # shards reopened by --redo-shards
+    unfolded: int = 0  # folded shards whose partials were recomputed from their stored values for the redo
 
     @property
     def images_per_s(self) -> float:
@@ -162,9 +166,11 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         shard_size=config.shard_size, storage_grid=grid, codec=config.codec,
         stats_fold_every=config.stats_fold_every,
     )
+    unfolded = reopen_for_redo(store, list(config.redo_shards)) if config.redo_shards else 0
     pending = [int(k) for k in store.pending_shards()]
     skipped = [int(k) for k in store.completed_shards()]
-    report = ExtractReport(teacher, store.path, [], skipped, 0, 0, 0, [], 0.0, 0, 0.0)
+    report = ExtractReport(teacher, store.path, [], skipped, 0, 0, 0, [], 0.0, 0, 0.0,
+                           redone=list(config.redo_shards), unfolded=unfolded)
     total = sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in pending)
     bar = tqdm(total=total, unit="img", desc=f"extract {teacher}", disable=not config.progress)
 

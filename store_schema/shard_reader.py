@@ -252,7 +252,11 @@ class ShardReader:
                 with bulk_io():
                     values = np.asarray(self.array[a:b])
         except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
-            raise StoreCorruptionError(f"{self.store_path}: reading {self.name} images [{a}, {b}) failed: {e}") from e
+            S = int(self.array.metadata.chunk_grid.chunk_shape[0])
+            raise StoreCorruptionError(f"{self.store_path}: {self.name} of shard(s) {list(range(a // S, -(-b // S)))} "
+                                       f"is damaged (reading images [{a}, {b}): {str(e).split('.')[0]}); `pipeline "
+                                       "store verify` names the images, `pipeline extract --redo-shards` redoes "
+                                       "the shards") from e
         to_compact(values, self.compact, out[: b - a])
         return _absent_via_zarr(self.array, a, b)
 
@@ -287,5 +291,5 @@ def _check_crc(buf: memoryview, what: str) -> None:
     got = _crc32c.crc32c(body)
     if got != want:
         raise StoreCorruptionError(f"{what}: crc32c mismatch (stored {want:08x}, computed {got:08x}); the file is "
-                                   "damaged: re-extract the shard (`pipeline extract` rewrites shards not complete) "
-                                   "after clearing its complete flag, or rebuild the store")
+                                   "damaged: redo the shard (`pipeline extract --teacher T --redo-shards K`; "
+                                   "`pipeline store verify` names every damaged image)")

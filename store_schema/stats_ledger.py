@@ -163,8 +163,8 @@ class StatsLedger:
         f, _ = self.folded()
         if k < f:
             raise ValueError(f"{self.path}: shard {k} is already folded into the store's statistics "
-                             f"(shards 0..{f - 1}); a folded shard cannot be rewritten, extract into a "
-                             "fresh store")
+                             f"(shards 0..{f - 1}); a folded shard is redone only through `pipeline extract "
+                             f"--redo-shards {k}`, which unfolds the statistics first")
         p = _split_index(split)
         self.group[layout.stats_array(kind, "mean", "shard")][k, p] = m.mean_D
         self.group[layout.stats_array(kind, "m2", "shard")][k, p] = m.m2_DD
@@ -225,6 +225,52 @@ class StatsLedger:
                 for p in range(len(layout.STATS_SPLITS)):
                     self.group[layout.stats_array(kind, "m2", "shard")][k, p] = zero[kind][1]
         return end
+
+    def unfold(self, partial_of) -> int:
+        """Undo the folding: give every folded shard its partial back and empty the totals (F = 0), so that
+        folded shards can be redone. `partial_of(k)` returns {(kind, split): Moments} for shard k < F
+        (recomputed by the caller, e.g. from the stored values), or None for a shard the caller has marked
+        not complete (it is being redone); each count must equal the one kept for that shard, else
+        ValueError (the data no longer matches its statistics). Returns the former F.
+
+        Crash safety: the partials are written into rows that folded totals make unused, and the flip of
+        `stats/folded` to (0, slot) is the commit point; a kill before it leaves the old totals live."""
+        if not isinstance(self.path, Path):
+            return self._unfold(partial_of)
+        import fcntl
+
+        with open(self.path / "stats" / FOLD_LOCK, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return self._unfold(partial_of)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _unfold(self, partial_of) -> int:
+        f, slot = self.folded()
+        for k in range(f):
+            parts = partial_of(k)
+            if parts is None:  # a shard being redone (its complete flag is cleared): no partial needed
+                continue
+            for kind in self.dims:
+                for split in layout.STATS_SPLITS:
+                    m = parts[(kind, split)]
+                    kept = self.shard_count(k, kind, split)
+                    if m.count != kept:
+                        raise ValueError(f"{self.path}: shard {k} {kind} {split} has {m.count} valid tokens but its "
+                                         f"statistics counted {kept}: its data changed; redo it too")
+                    p = _split_index(split)
+                    self.group[layout.stats_array(kind, "mean", "shard")][k, p] = m.mean_D
+                    self.group[layout.stats_array(kind, "m2", "shard")][k, p] = m.m2_DD
+        self.group[layout.STATS_FOLDED][:] = np.array([0, slot], np.int64)  # the commit point
+        self._totals = None
+        return f
+
+    def clear_shard(self, k: int) -> None:
+        """Empty shard k's partials (count 0, every kind and split); only for shards not folded."""
+        for kind, C in self.dims.items():
+            for split in layout.STATS_SPLITS:
+                self.write_shard(k, kind, split, Moments.empty(C))
 
     def _write_row(self, kind: str, level: str, row: int, split: str, m: Moments) -> None:
         p = _split_index(split)

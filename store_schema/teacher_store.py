@@ -322,7 +322,8 @@ class TeacherStore:
                                  f"{self.codec.stored_dtype}; pass float32 values")
         if self.ledger.folded()[0] > k:
             raise ValueError(f"{self.path}: shard {k} is complete and its statistics are folded into the "
-                             "store's totals; it cannot be rewritten (extract into a fresh store)")
+                             f"store's totals; it cannot be rewritten as is: redo it with `pipeline extract "
+                             f"--redo-shards {k}` (unfolds the statistics first)")
         if self.is_complete(k):
             self._complete[k] = 0  # never leave new data behind an old "complete" flag
         with codecs_mod.bulk_io():  # a shard is many one-image inner chunks: encode them in batches
@@ -334,22 +335,38 @@ class TeacherStore:
     def read_shard(self, k: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored, as float32."""
         start, end = self.shard_range(k)
-        return self._read(lambda a: a[start:end], f"shard {k}")
+        return self._read(lambda a: a[start:end], np.arange(start, end))
 
     def read_images(self, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(summary_IVC | None, patches_IVhwC, valid_IV) of the given image ids, in the order given (float32)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_images):
             raise ValueError(f"image ids must be in [0, {self.num_images}), got min {ids.min()} max {ids.max()}")
-        return self._read(lambda a: a.oindex[ids], f"{ids.size} images")
+        return self._read(lambda a: a.oindex[ids], ids)
 
-    def _read(self, take, what: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def _read(self, take, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         dec = codecs_mod.decode_from_store
-        try:
-            summary = None if self.summary is None else dec(take(self.summary))
-            return summary, dec(take(self.patches)), np.asarray(take(self.valid))
-        except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
-            raise StoreCorruptionError(f"{self.path}: reading {what} failed: {e}") from e
+
+        def read(name: str, array: zarr.Array, decode=dec) -> np.ndarray:
+            try:
+                return decode(take(array))
+            except ValueError as e:  # zarr raises ValueError when a crc32c checksum does not match
+                raise self.corruption_error(name, ids, e) from e
+
+        summary = None if self.summary is None else read(layout.SUMMARY, self.summary)
+        return summary, read(layout.PATCHES, self.patches), read(layout.VALID, self.valid, np.asarray)
+
+    def corruption_error(self, array: str, ids: np.ndarray, cause: Exception) -> StoreCorruptionError:
+        """The error for stored bytes of `array` that fail their checksum or decoding while images `ids`
+        are read: names the store, the array, the shards (and how to redo them) instead of zarr's bare
+        `Stored and computed checksum do not match` message, which is kept at the end."""
+        shards = sorted({int(i) // self.shard_size for i in np.asarray(ids).reshape(-1)})
+        which = ", ".join(map(str, shards[:10])) + (" ..." if len(shards) > 10 else "")
+        return StoreCorruptionError(
+            f"{self.path}: {array} of shard{'s' if len(shards) > 1 else ''} {which} is damaged (a checksum or decode "
+            f"error while reading {len(np.asarray(ids).reshape(-1))} images); `pipeline store verify` names the "
+            f"images, `pipeline extract --teacher {self.spec.name} --redo-shards <shards>` redoes them. "
+            f"(zarr: {str(cause).split('.')[0]})")  # not the stored / computed checksum bytes that follow
 
     def lost_images(self, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per token kind, the image ids (of `ids`, default all) that lie in a complete shard, have a valid
@@ -388,7 +405,8 @@ class TeacherStore:
         raise StoreCorruptionError(
             f"{self.path}: {'; '.join(parts)} have valid views but no stored chunk, although the shard is marked "
             f"complete: a chunk or shard file was lost, and {reader} would read zeros for it. Run `pipeline store "
-            f"verify` on it, then redo those shards (`pipeline store verify --repair`) or rebuild the store")
+            f"verify` on it, then redo those shards (`pipeline extract --teacher {self.spec.name} --redo-shards "
+            f"{','.join(str(k) for k in sorted({int(i) // self.shard_size for x in lost.values() for i in x}))}`)")
 
     def image_split(self) -> np.ndarray:
         """Split index (into layout.STATS_SPLITS: 0 train, 1 val) of every image, from the manifest."""
@@ -439,6 +457,28 @@ class TeacherStore:
         self.shard_range(k)
         self._complete[k] = 1
         self.ledger.fold(np.asarray(self._complete[:]) == 1)
+
+    def reopen_shards(self, shards, *, recompute) -> int:
+        """Clear the complete flags and statistics of `shards` so that a writer redoes them (repair of
+        damaged shards). When any of them is folded into the totals, the statistics are unfolded: every other
+        folded shard gets its partial back from `recompute(k)` ({(kind, split): Moments} of its stored
+        values; never called for the shards being reopened), then the totals are emptied
+        (`StatsLedger.unfold`); folding then starts again from shard 0, in shard order. Returns the number
+        of shards that were folded before (0: nothing was unfolded)."""
+        self._require_writable()
+        shards = sorted({int(k) for k in shards})
+        for k in shards:
+            self.shard_range(k)
+        folded = 0
+        with write_guard(self.path, f"the statistics of {self.path}", kept="the old statistics stay live"):
+            for k in shards:  # first: a kill from here on leaves these shards pending, never complete and empty
+                self._complete[k] = 0
+            if shards and shards[0] < self.ledger.folded()[0]:
+                redo = set(shards)
+                folded = self.ledger.unfold(lambda k: None if k in redo else recompute(k))
+            for k in shards:
+                self.ledger.clear_shard(k)
+        return folded
 
     def fold_stats(self) -> int:
         """Fold every complete prefix shard into the totals now (end of a run); returns shards folded."""

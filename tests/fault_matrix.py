@@ -93,4 +93,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("the second Ray node lost mid-run (raylet and workers SIGKILLed)",
           "the run finishes on the head node (or stops with a clear error); the re-run gives an identical store",
           "tests/test_ray_cluster.py::test_losing_a_node_mid_run_finishes_on_the_head_and_rerun_equals_uninterrupted"),
+    Fault("a flipped byte and a lost chunk file in complete, folded shards of a finished store",
+          "verify names both shards and the repair command; `extract --redo-shards` refuses a partial list, then "
+          "gives arrays identical to an uninterrupted run and statistics within 1e-12 relative",
+          "tests/test_extract_redo.py::test_redo_of_damaged_folded_shards_equals_an_uninterrupted_run"),
 )

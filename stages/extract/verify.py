@@ -104,6 +104,9 @@ class VerifyReport:
                  f"{len(bad)} damaged, {len(self.missing_shards)} incomplete of {len(self.shards)} shards"]
         for s in bad:
             lines.append(f"  shard {s.shard} DAMAGED images {s.damaged_ids}: {'; '.join(s.problems)}")
+        if bad:
+            lines.append(f"  repair: pipeline extract --teacher {self.teacher} --root ROOT --redo-shards "
+                         f"{','.join(str(s.shard) for s in bad)}")
         for p in self.stats_problems:
             lines.append(f"  STATISTICS DAMAGED: {p}")
         if self.manifest_problem is not None:
