@@ -36,6 +36,7 @@ from store_schema.errors import (StoreCorruptionError, StoreMismatchError, Store
                                  StoreReadOnlyError)
 from store_schema.io_errors import write_guard
 from store_schema.manifest import Manifest, ViewSpec
+from store_schema.shard_writer import ShardWriter
 from store_schema.stats_ledger import (DEFAULT_FOLD_EVERY, StatsLedger, create_stats_arrays,
                                        expected_stats_arrays)
 
@@ -233,6 +234,8 @@ class TeacherStore:
         self.valid: zarr.Array = group[layout.VALID]
         self._complete: zarr.Array = group[layout.SHARDS_COMPLETE]
         self.stats_fold_every = int(attrs["stats_fold_every"])
+        self._writers: dict[str, ShardWriter] = {}
+        self._write_threads = 1
         self.ledger = StatsLedger(group, self.path, {k: self.dim(k) for k in self.kinds}, self.num_shards,
                                   self.stats_fold_every)
 
@@ -328,9 +331,22 @@ class TeacherStore:
             self._complete[k] = 0  # never leave new data behind an old "complete" flag
         with codecs_mod.bulk_io():  # a shard is many one-image inner chunks: encode them in batches
             if self.summary is not None:
-                self.summary[start:end] = codecs_mod.encode_for_store(summary_SVC, self.codec)
-            self.patches[start:end] = codecs_mod.encode_for_store(patches_SVhwC, self.codec)
+                self._writer("summary").write(k, codecs_mod.encode_for_store(summary_SVC, self.codec))
+            self._writer("patches").write(k, codecs_mod.encode_for_store(patches_SVhwC, self.codec))
             self.valid[start:end] = np.asarray(valid_SV, dtype=bool)
+
+    def set_write_threads(self, threads: int) -> None:
+        """Compress a shard's inner chunks on this many threads (the CPUs a stage-one worker was granted)."""
+        for w in self._writers.values():
+            w.close()
+        self._writers, self._write_threads = {}, max(int(threads), 1)
+
+    def _writer(self, kind: str) -> ShardWriter:
+        """The shard writer of a feature array: the direct local writer, or zarr for other stores."""
+        if kind not in self._writers:
+            array = self.summary if kind == "summary" else self.patches
+            self._writers[kind] = ShardWriter(array, threads=self._write_threads)
+        return self._writers[kind]
 
     def read_shard(self, k: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(summary_SVC | None, patches_SVhwC, valid_SV) of shard k, values as stored, as float32."""

@@ -13,8 +13,10 @@ Where the work runs (so that a GPU never waits for the host):
   actor with max_concurrency 2, or the driver's two threads without Ray); forwards take turns on one lock.
 - the teacher's device: uint8 -> float pixel normalization (the host ships 1 byte per pixel, from pinned
   memory, non-blocking), the forward, pooling to the storage grid, the codec's rounding (bit-identical
-  to numcodecs BitRound) and the float64 statistics (`DeviceMoments`). Only the 16-bit stored values
-  come back to the host.
+  to numcodecs BitRound) and the float64 statistics (`DeviceMoments`). The stored 16-bit values stay in
+  a device buffer of the whole shard and come back to the host once per shard, into a reused pinned
+  buffer (one DMA); the shard file is then written by the direct shard writer
+  (store_schema/shard_writer.py), its inner chunks compressed on `cpu_threads` threads.
 
 No Ray here: `pipeline/extract.py` wraps this class in a Ray actor, and the same class runs in-process
 where Ray is absent (the GPU machine). The worker never marks a shard complete; the driver does that after
@@ -128,6 +130,37 @@ class _Clock:
         return _Ctx()
 
 
+class _HostBuffers:
+    """Host copies of device shard buffers: on CUDA, reused pinned buffers filled by one non-blocking copy
+    (a DMA, no host CPU per byte); on a CPU device the tensor itself (already in host memory)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def to_host(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return x
+        key = (tuple(x.shape), x.dtype)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            buf = free.pop() if free else None
+        if buf is None:
+            buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        buf.copy_(x, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+        return buf
+
+    def release(self, buf: torch.Tensor | None) -> None:
+        if buf is None or self.device.type == "cpu":
+            return
+        with self._lock:
+            self._free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
+
+
 class ShardWorker:
     """Builds one teacher once and extracts whole shards of its store.
 
@@ -188,6 +221,13 @@ class ShardWorker:
         codec = self.store.codec
         self._stored_dtype = np.dtype(codec.stored_dtype)
         self._keepbits = codec.keepbits
+        self.store.set_write_threads(cpu_threads)  # chunk-parallel compression on the granted CPUs
+        self._pinned = _HostBuffers(self.device)
+
+    def _as_stored(self, x: torch.Tensor) -> np.ndarray:
+        """A host tensor of the shard's stored values as the numpy array the store writes (no copy)."""
+        a = x.numpy()
+        return a.view(np.uint16) if self._stored_dtype == np.uint16 else a
 
     def describe(self) -> dict[str, str]:
         """Teacher, device and host:pid of this worker (the driver waits on it: actors are built and ready)."""
@@ -201,8 +241,11 @@ class ShardWorker:
         lo, hi = self.store.shard_range(k)
         s, v = hi - lo, self.store.num_views
         (gh, gw), cs, cp = self.grid, self.store.summary_dim, self.store.patch_dim
-        summary_SVC = np.zeros((s, v, cs), self._stored_dtype) if cs else None
-        patches_SVhwC = np.zeros((s, v, gh, gw, cp), self._stored_dtype)
+        # The shard's stored values stay on the teacher's device until the shard is done, then come back
+        # in one copy (a DMA into pinned memory on CUDA; no copy at all on a CPU device).
+        dev_dtype = torch.int16 if self._stored_dtype == np.uint16 else torch.float32
+        summary_SVC = torch.zeros((s, v, cs), dtype=dev_dtype, device=self.device) if cs else None
+        patches_SVhwC = torch.zeros((s, v, gh, gw, cp), dtype=dev_dtype, device=self.device)
         valid_SV = np.zeros((s, v), bool)
         masked: list[MaskedView] = []
         acc = {(kind, sp): DeviceMoments(dim, self.device)
@@ -227,8 +270,15 @@ class ShardWorker:
         if views:  # the last, partial batch
             self._forward_into(views, slots, lo, buffers, acc, masked, clock)
 
-        with clock.phase("write"):  # outside the device lock: the next shard's forwards run meanwhile
-            self.store.write_shard(k, summary_SVC=summary_SVC, patches_SVhwC=patches_SVhwC, valid_SV=valid_SV)
+        with clock.phase("fetch"):  # back to the host: the shard's 16-bit values, in one copy
+            host = [self._pinned.to_host(x) if x is not None else None for x in (summary_SVC, patches_SVhwC)]
+        try:
+            with clock.phase("write"):  # outside the device lock: the next shard's forwards run meanwhile
+                summary_np, patches_np = (None if x is None else self._as_stored(x) for x in host)
+                self.store.write_shard(k, summary_SVC=summary_np, patches_SVhwC=patches_np, valid_SV=valid_SV)
+        finally:
+            for x in host:
+                self._pinned.release(x)
         stats: dict[str, dict[str, Moments]] = {}
         for (kind, sp), m in acc.items():
             stats.setdefault(kind, {})[sp] = m.to_moments()
@@ -319,20 +369,19 @@ class ShardWorker:
                     acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
                     if summary_BC is not None:
                         acc[("summary", sp)].update(summary_BC[keep_B])
-                stored = [patches_BhwC] + ([summary_BC] if summary_BC is not None else [])
-                if self._stored_dtype == np.uint16:
-                    stored = [float32_bits_high_half(x) for x in stored]
-            with clock.phase("fetch"):  # back to the host: only the stored 16-bit values (+ finite flags)
-                host = [x.cpu().numpy() for x in stored]
+                # into the shard's device buffers; a non-finite view stays zero (and invalid)
+                rows_t = torch.as_tensor(rows_B, device=dev)
+                views_t = torch.as_tensor([v for _, v in slots], device=dev)
+                for buf, x in ((patches_SVhwC, patches_BhwC), (summary_SVC, summary_BC)):
+                    if buf is None:
+                        continue
+                    if self._stored_dtype == np.uint16:
+                        x = float32_bits_high_half(x)
+                    buf[rows_t, views_t] = x.masked_fill(~finite_B.view(B, *([1] * (x.dim() - 1))), 0)
+            with clock.phase("fetch"):  # back to the host now: only the finite flags (B booleans)
                 finite = finite_B.cpu().numpy()
-        if self._stored_dtype == np.uint16:
-            host = [x.view(np.uint16) for x in host]
-        with clock.phase("fetch"):
-            for b, (row, view) in enumerate(slots):
-                if not finite[b]:
-                    masked.append(MaskedView(lo + row, view, "non-finite teacher output"))
-                    continue  # buffers stay zero, valid stays False
-                patches_SVhwC[row, view] = host[0][b]
-                if summary_SVC is not None:
-                    summary_SVC[row, view] = host[1][b]
-                valid_SV[row, view] = True
+        for b, (row, view) in enumerate(slots):
+            if not finite[b]:
+                masked.append(MaskedView(lo + row, view, "non-finite teacher output"))
+                continue  # buffers stay zero, valid stays False
+            valid_SV[row, view] = True
