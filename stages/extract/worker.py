@@ -148,9 +148,10 @@ class _HostBuffers:
             buf = free.pop() if free else None
         if buf is None:
             buf = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        buf.copy_(x, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        with torch.cuda.device(x.device):  # the copy and the event on the source device's current stream
+            buf.copy_(x, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
         done.synchronize()
         return buf
 
