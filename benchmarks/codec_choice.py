@@ -3,7 +3,7 @@
 Stage one writes every teacher output once and stage two reads it every epoch (AM-RADIO, arXiv
 2312.06709; PHI-S, arXiv 2410.01680), so write and read speed both count. Compares the schema-v1 codec
 (float32 -> numcodecs BitRound(7) -> Blosc zstd-5 bitshuffle) with bf16 bit patterns stored as uint16
-under Blosc zstd levels 1/3/5 and lz4, at the paper teachers' exact chunk shapes (one image = 2 views x
+under Blosc zstd levels 1/3/5 and lz4 (Blosc's automatic block size, and 1-2 MiB blocks), at the paper teachers' exact chunk shapes (one image = 2 views x
 grid x channels): DINOv2-g/14 @224 (16x16x1536 + 1536), DFN CLIP-H/14 @378 (27x27x1280 + 1024), SigLIP
 SO400M @384 (27x27x1152 + 1152), SAM-H pooled to 32x32 (x1280, no summary).
 
@@ -34,13 +34,18 @@ SHAPES = {  # name: (grid side h = w, patch channels, summary channels)
     "sam_h@1024 pooled 32x32": (32, 1280, 0),
 }
 VIEWS = 2
-CANDIDATES = (  # (label, stored dtype, cname, clevel)
-    ("float32 BitRound7 zstd-5 (schema v1)", "float32", "zstd", 5),
-    ("uint16 bf16 zstd-1", "uint16", "zstd", 1),
-    ("uint16 bf16 zstd-3", "uint16", "zstd", 3),
-    ("uint16 bf16 zstd-5", "uint16", "zstd", 5),
-    ("uint16 bf16 lz4-5", "uint16", "lz4", 5),
-    ("uint16 bf16 lz4-9", "uint16", "lz4", 9),
+MiB = 2**20
+CANDIDATES = (  # (label, stored dtype, cname, clevel, Blosc blocksize in bytes, 0: Blosc's automatic)
+    ("float32 BitRound7 zstd-5 (schema v1)", "float32", "zstd", 5, 0),
+    ("uint16 bf16 zstd-1", "uint16", "zstd", 1, 0),
+    ("uint16 bf16 zstd-3", "uint16", "zstd", 3, 0),
+    ("uint16 bf16 zstd-5", "uint16", "zstd", 5, 0),
+    ("uint16 bf16 lz4-5 (schema v2 until issue 10)", "uint16", "lz4", 5, 0),
+    ("uint16 bf16 lz4-9", "uint16", "lz4", 9, 0),
+    ("uint16 bf16 zstd-1, 1 MiB blocks", "uint16", "zstd", 1, MiB),
+    ("uint16 bf16 zstd-1, 2 MiB blocks (default)", "uint16", "zstd", 1, 2 * MiB),
+    ("uint16 bf16 zstd-3, 2 MiB blocks", "uint16", "zstd", 3, 2 * MiB),
+    ("uint16 bf16 lz4-5, 2 MiB blocks", "uint16", "lz4", 5, 2 * MiB),
 )
 
 
@@ -53,9 +58,10 @@ def synthetic_tokens(n: int, c: int, rng: np.random.Generator, rank: int = 64) -
     return (z_NR @ basis_RC + 0.05 * rng.standard_normal((n, c)).astype(np.float32)) * scale_C + mean_C
 
 
-def measure(chunks_f32: list[np.ndarray], dtype: str, cname: str, clevel: int) -> tuple[float, float, float]:
+def measure(chunks_f32: list[np.ndarray], dtype: str, cname: str, clevel: int,
+            blocksize: int = 0) -> tuple[float, float, float]:
     """(bits/value, encode MB/s, decode MB/s) per core, MB of the float32 values the chunk stands for."""
-    codec = Blosc(cname=cname, clevel=clevel, shuffle=Blosc.BITSHUFFLE)
+    codec = Blosc(cname=cname, clevel=clevel, shuffle=Blosc.BITSHUFFLE, blocksize=blocksize)
     prepared = []
     for x in chunks_f32:  # the rounding is part of the write
         prepared.append(x)
@@ -96,10 +102,10 @@ def main() -> None:
     print(f"{args.images} images x {VIEWS} views per shape; one core (process_time), Blosc bitshuffle, 1 thread")
     print("| codec | " + " | ".join(f"{n} bits/value" for n in SHAPES) + " | all: bits/value | encode MB/s | decode MB/s |")
     print("|---|" + "---|" * (len(SHAPES) + 3))
-    for label, dtype, cname, clevel in CANDIDATES:
+    for label, dtype, cname, clevel, blocksize in CANDIDATES:
         per, tot_bits, tot_vals, enc_s, dec_s, mb = [], 0.0, 0, 0.0, 0.0, 0.0
         for name, chunks in data.items():
-            bits, enc, dec = measure(chunks, dtype, cname, clevel)
+            bits, enc, dec = measure(chunks, dtype, cname, clevel, blocksize)
             vals = sum(x.size for x in chunks)
             per.append(bits)
             tot_bits += bits * vals

@@ -6,8 +6,9 @@ bit rounding). Since schema v2 the kept bits are stored as what they are: the to
 i.e. bf16 bit patterns in a uint16 array, compressed by Blosc with bitshuffle. This is bit-for-bit the
 same rounding as numcodecs' BitRound(7) on float32 (`float32_to_bf16_bits` uses its integer recipe, so
 NaN payloads, infinities, subnormals and ±0 round the same way), but Blosc only has half the bytes to
-shuffle and compress: measured at the paper teachers' shapes in docs/STAGE_ONE.md (about 2.5x faster
-writes and smaller files than float32 BitRound-7 + zstd-5). keepbits < 7 rounds further and still fits
+shuffle and compress: measured at the paper teachers' shapes in docs/STAGE_ONE.md (faster writes and
+smaller files than float32 BitRound-7 + zstd-5). The default compressor, zstd level 1 on 2 MiB Blosc
+blocks, is chosen for stage two's read speed at <= 13 bits/value (docs/STAGE_TWO.md). keepbits < 7 rounds further and still fits
 16 bits; keepbits in 8..23 keeps the float32 + numcodecs BitRound path; keepbits=None is lossless
 float32. crc32c makes corruption an error on read; the sharding index carries its own crc32c.
 
@@ -31,6 +32,7 @@ BLOSC_CNAMES = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
 BLOSC_SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 FLOAT32_MANTISSA_BITS = 23
 BF16_MANTISSA_BITS = 7
+DEFAULT_BLOCKSIZE = 2 * 2**20  # Blosc block bytes: zstd decodes faster and compresses better on big blocks
 BULK_IO_BATCH_CHUNKS = 64  # inner chunks per codec-pipeline batch in bulk_io()
 _LOW16_MASK = -65536  # int32 0xFFFF0000: clears the 16 bits a bf16 drops
 
@@ -43,13 +45,15 @@ class CodecSpec:
     """How float arrays are stored. keepbits=None means lossless float32 (no rounding).
 
     keepbits <= 7: bf16 bit patterns in uint16 (the default, 7 = bf16 precision); 8..23: float32 with
-    numcodecs BitRound. Defaults chosen by measurement (docs/STAGE_ONE.md): lz4 at level 5 with bitshuffle."""
+    numcodecs BitRound. blocksize: Blosc's block in bytes (0: Blosc picks one from the level). Defaults
+    chosen by measurement (docs/STAGE_TWO.md, docs/STAGE_ONE.md): zstd level 1, bitshuffle, 2 MiB blocks."""
 
     keepbits: int | None = 7
-    compressor: str = "lz4"
-    clevel: int = 5
+    compressor: str = "zstd"
+    clevel: int = 1
     shuffle: str = "bitshuffle"
     checksum: bool = True
+    blocksize: int = DEFAULT_BLOCKSIZE
 
     def __post_init__(self) -> None:
         if self.keepbits is not None and not 0 <= self.keepbits <= FLOAT32_MANTISSA_BITS:
@@ -60,13 +64,17 @@ class CodecSpec:
             raise ValueError(f"clevel must be in [0, 9], got {self.clevel}")
         if self.shuffle not in BLOSC_SHUFFLES:
             raise ValueError(f"unknown shuffle {self.shuffle!r}; valid: {', '.join(BLOSC_SHUFFLES)}")
+        if not 0 <= self.blocksize < 2**31:
+            raise ValueError(f"blocksize must be 0 (Blosc's automatic choice) or a positive number of bytes "
+                             f"below 2 GiB, got {self.blocksize}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecSpec":
-        return cls(**d)
+        """The spec a store recorded; stores written before `blocksize` existed used Blosc's automatic one."""
+        return cls(**{"blocksize": 0, **d})
 
     @property
     def lossless(self) -> bool:
@@ -93,7 +101,8 @@ def float_filters(spec: CodecSpec) -> list[Any]:
 
 def compressors(spec: CodecSpec) -> list[Any]:
     """zarr v3 bytes-to-bytes codecs: Blosc, then crc32c when spec.checksum."""
-    out: list[Any] = [BloscCodec(cname=spec.compressor, clevel=spec.clevel, shuffle=spec.shuffle)]
+    out: list[Any] = [BloscCodec(cname=spec.compressor, clevel=spec.clevel, shuffle=spec.shuffle,
+                                 blocksize=spec.blocksize)]
     if spec.checksum:
         out.append(Crc32cCodec())
     return out

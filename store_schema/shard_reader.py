@@ -7,9 +7,9 @@ this module reads a shard file itself and decodes its inner chunks with numcodec
 preallocated buffer, keeping the store standard Zarr v3 (sharding_indexed; inner chunks bytes → Blosc →
 crc32c; the shard index bytes → crc32c, as zarr writes them):
 
-1. read the shard file into a reused bytes buffer (one `readinto`);
-2. parse the index (offset, nbytes per inner chunk, uint64 little-endian) and check its crc32c;
-3. per inner chunk: check its crc32c, Blosc-decompress it into its slot of the output.
+1. read the shard's index (offset, nbytes per inner chunk, uint64 little-endian) and check its crc32c;
+2. per inner chunk: read it into a small reused buffer (`preadv`), check its crc32c, Blosc-decompress it
+   into its slot of the output.
 
 Values are delivered in the *compact* dtype: uint16 bf16 bit patterns when every stored value is a bf16
 (uint16 arrays, or float32 arrays rounded by BitRound to ≤ 7 mantissa bits, whose low 16 bits are zero,
@@ -177,44 +177,51 @@ class ShardReader:
         return absent
 
     # ---- fast path --------------------------------------------------------------------------------
-    def _read_file(self, path: Path) -> memoryview | None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if len(self._file_buf) < size:
-                self._file_buf = bytearray(size)
-            view = memoryview(self._file_buf)[:size]
-            got = 0
-            while got < size:
-                n = os.readv(fd, [view[got:]])
-                if n == 0:
-                    raise StoreCorruptionError(f"{path}: file shrank while being read ({got} of {size} bytes)")
-                got += n
-            return view.toreadonly()
-        finally:
-            os.close(fd)
+    def _pread(self, fd: int, offset: int, size: int, path: Path) -> memoryview:
+        """`size` bytes at `offset` of an open file, into the reused buffer (read-only view)."""
+        if len(self._file_buf) < size:
+            self._file_buf = bytearray(size)
+        view = memoryview(self._file_buf)[:size]
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise StoreCorruptionError(f"{path}: file shrank while being read ({got} of {size} bytes at "
+                                           f"offset {offset})")
+            got += n
+        return view.toreadonly()
 
     def _read_shard_part(self, k: int, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
         plan = self.plan
         assert plan is not None
-        S = plan.shard_images
         key = plan.chunk_key.encode_chunk_key((k,) + (0,) * (plan.ndim - 1))
         path = plan.file_root / key
-        data = self._read_file(path)
-        if data is None:  # no shard file: every chunk of it is absent
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # no shard file: every chunk of it is absent
             out[...] = 0
             return np.ones(hi - lo, bool)
+        try:
+            return self._read_chunks(fd, k, lo, hi, out, path)
+        finally:
+            os.close(fd)
+
+    def _read_chunks(self, fd: int, k: int, lo: int, hi: int, out: np.ndarray, path: Path) -> np.ndarray:
+        # One inner chunk at a time into a small reused buffer (a few MB, so the crc32c and the Blosc
+        # decode read it from the CPU cache; reading the whole shard file first cost a pass through
+        # memory: measured in docs/STAGE_TWO.md).
+        plan = self.plan
+        assert plan is not None
+        S = plan.shard_images
+        size = os.fstat(fd).st_size
         n_index = 16 * S + (4 if plan.index_crc else 0)
-        if len(data) < n_index:
-            raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}) has {len(data)} bytes, "
+        if size < n_index:
+            raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}) has {size} bytes, "
                                        f"less than its {n_index}-byte index")
-        index_bytes = data[len(data) - n_index:] if plan.index_at_end else data[:n_index]
+        index_bytes = self._pread(fd, size - n_index if plan.index_at_end else 0, n_index, path)
         if plan.index_crc:
             _check_crc(index_bytes, f"{self.store_path}: {self.name} shard {k} index ({path})")
-        index = np.frombuffer(index_bytes[: 16 * S], dtype="<u8").reshape(S, 2)
+        index = np.frombuffer(index_bytes[: 16 * S], dtype="<u8").reshape(S, 2).copy()
         absent = np.zeros(hi - lo, bool)
         out_bytes = out.reshape(hi - lo, -1).view(np.uint8)
         delivered_as_is = plan.stored == self.compact
@@ -226,10 +233,10 @@ class ShardReader:
                 out[r] = 0
                 continue
             off, nbytes = int(off), int(nbytes)
-            if off + nbytes > len(data):
+            if off + nbytes > size:
                 raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}): inner chunk of "
                                            f"image {j} points past the end of the file")
-            chunk = data[off: off + nbytes]
+            chunk = self._pread(fd, off, nbytes, path)
             if plan.chunk_crc:
                 _check_crc(chunk, f"{self.store_path}: {self.name} image {j} (shard {k}, {path})")
                 chunk = chunk[:-4]

@@ -87,3 +87,27 @@ def test_codec_spec_stored_dtype_and_store_round_trip():
         float32_to_bf16_bits(x, 8)
     with pytest.raises(ValueError, match="must be uint16"):
         bf16_bits_to_float32(np.zeros(3, np.int32))
+
+
+def test_default_codec_writes_zstd_blocks_of_its_blocksize_and_old_specs_keep_blosc_automatic(tmp_path):
+    """The default chain is zstd-1 on 2 MiB Blosc blocks (stage two's read speed, docs/STAGE_TWO.md), as
+    written into each chunk's Blosc header; a spec recorded before `blocksize` existed reads back as 0."""
+    import zarr
+    from numcodecs import blosc
+
+    from store_schema.codecs import DEFAULT_BLOCKSIZE, compressors
+
+    spec = CodecSpec()
+    assert (spec.compressor, spec.clevel, spec.shuffle, spec.blocksize) == ("zstd", 1, "bitshuffle", DEFAULT_BLOCKSIZE)
+    x = float32_to_bf16_bits(np.random.default_rng(2).standard_normal((2, 3 * 2**20 // 2)).astype(np.float32))
+    arr = zarr.create_array(tmp_path / "a", shape=x.shape, chunks=(1, x.shape[1]), dtype="uint16", fill_value=0,
+                            compressors=compressors(spec))
+    arr[:] = x
+    chunk = (tmp_path / "a" / "c" / "0" / "0").read_bytes()[:-4]  # crc32c trails the Blosc buffer
+    assert blosc.cbuffer_complib(chunk) == "Zstd"
+    assert int.from_bytes(chunk[8:12], "little") == DEFAULT_BLOCKSIZE  # Blosc1 header: blocksize at bytes 8-11
+    np.testing.assert_array_equal(arr[:], x)
+    old = {k: v for k, v in CodecSpec(compressor="lz4", clevel=5).to_dict().items() if k != "blocksize"}
+    assert CodecSpec.from_dict(old).blocksize == 0 and CodecSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="blocksize must be 0"):
+        CodecSpec(blocksize=-1)
