@@ -21,7 +21,19 @@ from pipeline import (
     cmd_text,
 )
 
-app = typer.Typer(
+class PipelineApp(typer.Typer):
+    """The typer app; called as a program (the console script calls `app()`), user errors, including click's
+    usage errors, print as one `Error: ...` line (pipeline/errors.py), never as a box or a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        if "standalone_mode" in kwargs:  # an embedding caller decides itself
+            return super().__call__(*args, **kwargs)
+        from pipeline.errors import run_cli
+
+        raise SystemExit(run_cli(lambda **kw: super(PipelineApp, self).__call__(*args, **kwargs, **kw)))
+
+
+app = PipelineApp(
     name="pipeline",
     help="Agglomerative distillation of vision foundation models from an offline Zarr feature store.",
     no_args_is_help=True,

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 # The corpus builder's defaults, spelled here only for --help (stage code is imported inside the commands);
 # None passes nothing, so stages/corpus stays the one source of the values (tests/test_cli_errors.py
 # checks these against it).
@@ -53,7 +55,7 @@ def corpus(
         manifest = build_manifest(source, out_dir=out, view_spec=view_spec,
                                   **{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)
@@ -71,7 +73,7 @@ def demo_corpus(
     try:
         demo = export_demo_corpus(out_dir)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}  shapes: {demo.num_shapes} (masks in {demo.seg_masks})")
     typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
     typer.echo(f"probe labels: {demo.probe_labels}")

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 from pipeline.params import Params, read_params
 
 if TYPE_CHECKING:  # stage imports stay lazy: `pipeline --help` should not import torch
@@ -248,14 +250,13 @@ def distill_variant_cmd(
             raise ValueError(f"--seed {seed} is not in distill.seeds {p.distill.seeds}")
         config = distill_config(p, norm, seed)
     except (ValueError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     try:
         if receipts is not None:
             _check_receipts(receipts, config)
         done = train_variant(config, replace_conflicting=True)  # DVC re-ran it: a dependency changed
     except (ValueError, FileNotFoundError, StoreError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
     typer.echo(f"run: {config.out_dir} ({done})")
 
 
@@ -283,15 +284,14 @@ def extract_stage_cmd(
         if teacher not in p.extract.teachers:
             raise ValueError(f"--teacher {teacher!r} is not in extract.teachers {p.extract.teachers}")
     except (ValueError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     from stages.teachers.errors import MissingWeightsError
     from store_schema.errors import StoreError
 
     try:
         _extract(p, [teacher], receipt=receipt)
     except (ValueError, StoreError, MissingWeightsError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
 
 
 def demo_cmd(
@@ -304,12 +304,11 @@ def demo_cmd(
     try:
         p = read_params(params)
     except (ValueError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     try:
         md = run_demo(p)
     except (ValueError, FileNotFoundError, StoreError, MissingWeightsError) as e:  # damaged files, no space, ...
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
     typer.echo(f"report: {md}")
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
     from stages.distill.config import DistillConfig
 
@@ -116,12 +118,12 @@ def distill(
                                 num_summary_tokens=v["num_summary_tokens"])
         lease = LeaseOptions(wait=wait, timeout_s=wait_timeout)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     ctx = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         ctx = init_from_env(os.environ, device=config.device)
     if extend and not resume:
-        raise typer.BadParameter("--extend continues an existing run: give --resume too")
+        raise fail("--extend continues an existing run: give --resume too")
     from stages.distill.train import TrainingInterrupted
 
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun --max-restarts
@@ -137,8 +139,7 @@ def distill(
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from e
     except (ValueError, FileNotFoundError, StoreError) as e:  # user mistakes, mismatched stores, no space, ...
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
     if ctx is None or ctx.is_main:
         typer.echo(f"run: {run_dir}")
 
@@ -153,8 +154,7 @@ def export(
     try:
         typer.echo(f"export: {export_run(run)}")
     except (ValueError, FileNotFoundError, StoreError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
 
 
 def register(app: typer.Typer) -> None:

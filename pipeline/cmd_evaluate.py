@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 
 def evaluate_cmd(
     ctx: typer.Context,
@@ -50,20 +52,20 @@ def evaluate_cmd(
     seg_probe_steps = v["seg_probe_steps"]
 
     if split not in ("train", "val"):
-        raise typer.BadParameter(f"unknown split {split!r}; valid splits: train, val")
+        raise fail(f"unknown split {split!r}; valid splits: train, val")
     if (seg_masks is None) != (seg_classes is None):
-        raise typer.BadParameter("--seg-masks and --seg-classes go together")
+        raise fail("--seg-masks and --seg-classes go together")
     downstream = DownstreamConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
                                   seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
                                   seg_probe_steps=seg_probe_steps)
     if dvc_out is not None and len(runs) != 1:
-        raise typer.BadParameter(f"--dvc-out takes one RUN, got {len(runs)}")
+        raise fail(f"--dvc-out takes one RUN, got {len(runs)}")
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
                                knn_temperature=knn_temperature, device=device, downstream=downstream)
         except (ValueError, FileNotFoundError, StoreError) as e:
-            raise typer.BadParameter(f"{run}: {e}") from e
+            raise fail(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
         if dvc_out is not None:
             from stages.evaluate.dvc_files import write_dvc_files

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 
+from pipeline.errors import fail
+
 if TYPE_CHECKING:
     from pipeline.extract import ExtractConfig, ExtractReport
     from store_schema.lease import LeaseOptions
@@ -101,7 +103,7 @@ def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] 
     """Checks that need stage code, run before any store exists: known teachers, a manifest, a storage grid
     every teacher can pool to, and (when the workers run on this machine) weights that are here."""
     from stages.extract.pooling import check_storage_grid
-    from stages.teachers.registry import get_teacher_spec
+    from stages.teachers.registry import check_checkpoint, get_teacher_spec
     from stages.teachers.weights import resolve_weights
     from store_schema.layout import manifest_path
 
@@ -118,6 +120,8 @@ def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] 
                 raise ValueError(f"--storage-grid for teacher {spec.name!r}: {e}") from e
         if local_weights:
             resolve_weights(spec, checkpoint, hash_file=False)  # MissingWeightsError says how to provide them
+            if checkpoint is not None:  # a file that is not this teacher's weights: refused before any store
+                check_checkpoint(spec, checkpoint)
 
 
 def _echo_report(report: ExtractReport) -> None:
@@ -145,9 +149,9 @@ def extract_cmd(
     root: Annotated[Optional[str], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root of ./params.yaml.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
     batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,
-    shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created.")] = 64,
-    storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: the teacher's grid.")] = None,
-    keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless.")] = "7",
+    shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created (an existing store's is the default).")] = 64,
+    storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: an existing store's grid, else the teacher's.")] = None,
+    keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless. An existing store's codec is the default.")] = "7",
     workers: Annotated[int, typer.Option(help="Ray actors, each holding one teacher copy.")] = 1,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 8 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")] = 1.0,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")] = None,
@@ -167,8 +171,8 @@ def extract_cmd(
     Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from dataclasses import replace
 
-    from pipeline.extract import ExtractConfig, ExtractionStopped
-    from pipeline.flag_defaults import EXTRACT, fill_from_params
+    from pipeline.extract import ExtractConfig, ExtractionStopped, with_store_defaults
+    from pipeline.flag_defaults import EXTRACT, fill_from_params, given_on_command_line
     from stages.teachers.errors import MissingWeightsError
     from store_schema.codecs import CodecSpec
     from store_schema.errors import StoreError
@@ -202,18 +206,25 @@ def extract_cmd(
                              gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
                              decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every, redo_shards=redo)
         configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
+        # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
+        explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
+                                      ("codec", "keepbits"), ("stats_fold_every", "stats_fold_every"))
+                    if given_on_command_line(ctx, name)}
+        for t in teachers:
+            configs[t], notes = with_store_defaults(root, t, configs[t], explicit=explicit)
+            if notes:
+                typer.echo(f"{t}: continuing the existing store with its own {'; '.join(notes)}", err=True)
         local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
         if local:
             check_device(device, gpus_per_actor=None if base.workers == 0 else gpus)
         for t in teachers:
             preflight(root, [t], storage_grid=grids[t], checkpoint=checkpoints[t], local_weights=local)
     except (ValueError, MissingWeightsError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     try:
         _run(root, configs, receipt=receipt, lease_options=lease_options)
     except (ValueError, StoreError, MissingWeightsError, ExtractionStopped) as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
     _echo_bad_images(root)
 
 

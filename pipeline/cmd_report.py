@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 from pipeline.params import read_params
 
 
@@ -45,7 +47,7 @@ def report_cmd(
             runs, out, root = v["runs"], v["out"], v["root"]
         md = write_report(runs, out, store_root=root, allow_stale=allow_stale, allow_incomparable=allow_incomparable)
     except (ValueError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     typer.echo(f"report: {md}")
 
 

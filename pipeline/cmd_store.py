@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(2)
+    from pipeline.errors import fail
+
+    return fail(message)
 
 
 def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:

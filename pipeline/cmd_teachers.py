@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.errors import fail
+
 if TYPE_CHECKING:  # stage code (torch) is imported inside the functions: `pipeline --help` stays fast
     from stages.teachers.spec import TeacherSpec
 
@@ -79,7 +81,7 @@ def teachers_cli(
     try:
         rows = teacher_rows(names=names)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="NAMES") from e
+        raise fail(str(e)) from e
     if output_format is OutputFormat.JSON:
         typer.echo(json.dumps(rows, indent=2))
     else:

@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 
 def _run(root: Path, teacher: str, class_sets: list[tuple[Path, str]], *, checkpoint: Path | None, device: str,
          receipt: Path | None) -> None:
@@ -27,8 +29,7 @@ def _run(root: Path, teacher: str, class_sets: list[tuple[Path, str]], *, checkp
         sets = [prompt_set(classes, templates) for classes, templates in class_sets]
         res = extract_text(root, teacher, sets, checkpoint=checkpoint, device=device)
     except (ValueError, FileNotFoundError, StoreError, MissingWeightsError, MissingTokenizerError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(str(e)) from e
     typer.echo(res.summary_line())
     if receipt is not None:
         receipt.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def extract_text_stage_cmd(
         if teacher not in p.extract.text_teachers:
             raise ValueError(f"--teacher {teacher!r} is not in extract.text_teachers {p.extract.text_teachers}")
     except (ValueError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from e
+        raise fail(str(e)) from e
     _run(p.store.root, teacher, text_class_sets(p), checkpoint=p.extract.checkpoints.get(teacher),
          device=p.extract.device, receipt=receipt)
 

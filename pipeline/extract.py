@@ -127,6 +127,44 @@ class ExtractReport:
                 f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value")
 
 
+# ExtractConfig fields fixed when a store is created: the flag, the store attribute it must match.
+STORE_FIXED = {"shard_size": "--shard-size", "storage_grid": "--storage-grid", "codec": "--keepbits",
+               "stats_fold_every": "--stats-fold-every"}
+
+
+def with_store_defaults(root: Path, teacher: str, config: ExtractConfig, *, explicit: set[str]) -> tuple[ExtractConfig, list[str]]:
+    """An existing store's shard size, storage grid, codec and fold cadence replace the config's values for
+    the fields not in `explicit` (flags the user typed); an explicit value that differs from the store's is a
+    ValueError naming the flag, both values and what to do. Returns (config, notes on the values taken).
+    Without a store at `<root>/<teacher>.zarr` the config is returned as is."""
+    from dataclasses import replace
+
+    from store_schema.teacher_store import open_teacher_store
+
+    try:
+        store = open_teacher_store(teacher_store_path(root, teacher))
+    except StoreError:  # none there (or one the extraction itself will refuse, with its own message)
+        return config, []
+    found = {"shard_size": store.shard_size, "storage_grid": tuple(store.grid), "codec": store.codec,
+             "stats_fold_every": store.stats_fold_every}
+    mine = dict(shard_size=config.shard_size, codec=config.codec, stats_fold_every=config.stats_fold_every,
+                storage_grid=tuple(config.storage_grid) if config.storage_grid is not None else get_teacher_spec(teacher).grid)
+    notes, taken = [], {}
+    for field_name, flag in STORE_FIXED.items():
+        if mine[field_name] == found[field_name]:
+            continue
+        shown = (f"keepbits {found[field_name].keepbits}, {found[field_name].compressor}:{found[field_name].clevel}"
+                 if field_name == "codec" else found[field_name])
+        if field_name in explicit:
+            given = mine[field_name].keepbits if field_name == "codec" else mine[field_name]
+            raise ValueError(f"{flag} {given} conflicts with the existing store {store.path}, created with "
+                             f"{field_name.replace('_', ' ')} {shown}: leave {flag} out to continue that store, or "
+                             "extract into another --root")
+        taken[field_name] = found[field_name]
+        notes.append(f"{field_name.replace('_', ' ')} {shown}")
+    return replace(config, **taken), notes
+
+
 def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
     """Driver side of the completion protocol: the shard's statistics (every kind and split) first, then
     its complete flag (which may fold the complete prefix of shards into the store's totals)."""

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import typer
 
+from pipeline.errors import fail
 from pipeline.params import Params, read_params
 
 PARAMS_FILE = Path("params.yaml")  # looked up in the current folder, where the user runs the command
@@ -120,6 +121,11 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in _NOT_GIVEN
 
 
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """True when the user typed this flag (not a built-in default, not a params.yaml value)."""
+    return _given(ctx, name)
+
+
 def fill_from_params(ctx: typer.Context, values: dict[str, Any], table: Table, *,
                      required: tuple[str, ...] = (), params_file: Path = PARAMS_FILE) -> dict[str, Any]:
     """``values`` (the command's parameters) with every flag not given on the command line replaced by
@@ -127,7 +133,7 @@ def fill_from_params(ctx: typer.Context, values: dict[str, Any], table: Table, *
 
     ``required``: flags without a built-in default; still missing afterwards -> one error line
     naming the flag and the params.yaml key (and that there is no params.yaml here), exit status 2.
-    A params.yaml that does not validate -> typer.BadParameter with the reader's message."""
+    A params.yaml that does not validate -> one error line with the reader's message, exit status 2."""
     out = dict(values)
     missing = [name for name in table if not _given(ctx, name)]
     taken: list[str] = []
@@ -135,7 +141,7 @@ def fill_from_params(ctx: typer.Context, values: dict[str, Any], table: Table, *
         try:
             p = read_params(params_file)
         except ValueError as e:
-            raise typer.BadParameter(f"{params_file.resolve()} (read for the flags not given): {e}") from None
+            raise fail(f"{params_file.resolve()} (read for the flags not given): {e}") from None
         for name in missing:
             key, get = table[name]
             value = get(p)
@@ -152,7 +158,6 @@ def fill_from_params(ctx: typer.Context, values: dict[str, Any], table: Table, *
             where = (f"{params_file.resolve()} does not set it" if params_file.is_file()
                      else f"there is no {params_file} in {Path.cwd()}")
             kind = "option" if _flag(ctx, name).startswith("-") else "argument"
-            typer.echo(f"Error: missing {kind} {_flag(ctx, name)}: give it on the command line, or run where a "
-                       f"params.yaml sets {key} ({where})", err=True)
-            raise typer.Exit(2)
+            raise fail(f"missing {kind} {_flag(ctx, name)}: give it on the command line, or run where a "
+                       f"params.yaml sets {key} ({where})")
     return out

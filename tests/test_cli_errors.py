@@ -98,7 +98,8 @@ def test_missing_pretrained_weights_are_a_clean_error_before_any_store(root):
 
 def test_store_mismatch_on_rerun_is_a_clean_error(filled_root):
     code, out = _extract(filled_root, "-t", TEACHER, "--shard-size", "2")  # the later option wins
-    assert code == 2 and "shard_size mismatch: expected 2, found 4" in out and "Traceback" not in out
+    assert code == 2 and "--shard-size 2 conflicts with the existing store" in out and "Traceback" not in out
+    assert "created with shard size 4: leave --shard-size out" in out  # the store's value is the default
 
 
 @pytest.mark.parametrize("command", ["info", "verify"])
@@ -139,3 +140,45 @@ def test_corpus_help_defaults_are_the_builders():
 
     assert cmd_corpus.HELP_DEFAULTS == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
                                         "val_fraction": DEFAULT_VAL_FRACTION}
+
+
+@pytest.mark.parametrize("content", ["state_dict", "text"])
+def test_wrong_checkpoint_is_refused_before_any_store_in_a_few_lines(root, tmp_path, content):
+    """A --checkpoint that is not the teacher's weights (another model's state dict, or not a torch file at
+    all) fails in the preflight: one error naming the file and the mismatch, no traceback, no store."""
+    bad = tmp_path / f"wrong_{content}.pt"
+    if content == "state_dict":
+        torch.save({"encoder.weight": torch.zeros(4, 4), "head.bias": torch.zeros(3)}, bad)
+    else:
+        bad.write_text("this is not a checkpoint\n")
+    result = CliRunner().invoke(_app(), ["extract", "--root", str(root), "--no-ray", "--no-progress", "-t", "dinov2_s",
+                                         "--checkpoint", str(bad)], env={"COLUMNS": "300", "NO_COLOR": "1"})
+    out = result.output
+    assert result.exit_code == 2, out
+    assert out.startswith(f"Error: --checkpoint {bad} is not a checkpoint of teacher 'dinov2_s'"), out
+    assert "Traceback" not in out and len(out.splitlines()) <= 3 and len(out) < 1200, out
+    assert list_teacher_stores(root) == [] and not teacher_store_path(root, "dinov2_s").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["distill", "--teachers", "x", "--steps", "many"], "Error: Invalid value for '--steps'"),  # click's parse error
+    (["corpus", "/no/such/folder", "--out", "out"], "Error: corpus source /no/such/folder does not exist"),
+    (["store", "info", "--root", "nothing_here"], "Error: no teacher stores (<teacher>.zarr) under nothing_here"),
+    (["evaluate", "not_a_run"], "Error: "),
+])
+def test_the_program_prints_every_user_error_one_way(tmp_path, args, says):
+    """As a program (the console script calls `app()`), usage errors and the commands' own errors print the
+    same way: one `Error: ...` line on stderr, exit 2; no box, no lowercase `error:`, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", "from pipeline.cli import app; app()", *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(repo), "COLUMNS": "200",
+                                                                          "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith(says), res.stderr
+    assert not any(ch in res.stderr for ch in "╭│╰") and "Traceback" not in res.stderr
+    assert "error:" not in res.stderr  # the lowercase style is gone

@@ -21,6 +21,7 @@ from torch import nn
 from stages.teachers.dinov2 import build_dinov2_teacher
 from stages.teachers.open_clip_family import build_open_clip_teacher
 from stages.teachers.sam import build_sam_teacher
+from stages.teachers.errors import MissingWeightsError
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from stages.teachers.weights import (
     ResolvedWeights,
@@ -130,6 +131,22 @@ def get_teacher_spec(name: str) -> TeacherSpec:
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher {name!r}; valid teachers: {', '.join(TEACHERS)}")
     return TEACHERS[name]
+
+
+def check_checkpoint(spec: TeacherSpec, checkpoint: Path) -> None:
+    """Load `checkpoint` into teacher `spec` on the CPU (strictly, as the workers will), so that a file that is
+    not this teacher's weights fails before any store exists: ValueError naming the file, the teacher and
+    the mismatch in a few lines (the first missing / unexpected keys or shapes), never a loader traceback.
+    Costs one CPU load of the weights in the driver."""
+    try:
+        build_teacher(spec, checkpoint=checkpoint, device="cpu")
+    except MissingWeightsError:
+        raise
+    except Exception as e:  # any loader failure here means "not this teacher's checkpoint"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        short = "; ".join(ln if len(ln) <= 200 else ln[:200] + " ..." for ln in lines[:4])
+        raise ValueError(f"--checkpoint {checkpoint} is not a checkpoint of teacher {spec.name!r} ({spec.arch}): "
+                         f"{type(e).__name__}: {short}") from None
 
 
 def build_teacher(spec: TeacherSpec, *, checkpoint: Path | None = None, device: str | torch.device = "cpu"

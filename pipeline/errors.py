@@ -1,0 +1,58 @@
+"""One way the command line reports a user's mistake: `Error: <what, where, how to fix>` on stderr, exit 2.
+
+Commands raise `fail(message)` for mistakes they find; `run_cli` (the console entry point) prints click's
+own usage errors (a flag that does not parse) and any user error a command did not catch in the same
+style, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
+damaged or mismatched files and missing resources (`ValueError`, `FileNotFoundError`, the store's
+`StoreError`, missing weights / tokenizers, an extraction that cannot go on); anything else is a bug and
+keeps its traceback. Only typer and the standard library are imported here (`pipeline --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import typer
+
+EXIT_USER_ERROR = 2
+# typer ships its own copy of click: find its ClickException through a public class, by name
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def fail(message: str, *, code: int = EXIT_USER_ERROR) -> typer.Exit:
+    """Print `Error: message` on stderr and return the typer.Exit to raise (`raise fail(...) from e`)."""
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types that mean a user's mistake or a missing / damaged resource (see the module
+    docstring). Imported lazily: when one is raised, its module is loaded already."""
+    types: list[type[BaseException]] = [ValueError, FileNotFoundError, LookupError]
+    for module, name in (("store_schema.errors", "StoreError"), ("stages.teachers.errors", "MissingWeightsError"),
+                         ("stages.teachers.text_tower", "MissingTokenizerError"),
+                         ("pipeline.extract", "ExtractionStopped")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            types.append(getattr(mod, name))
+    return tuple(types)
+
+
+def run_cli(invoke: Callable[..., Any]) -> int:
+    """Run `invoke(standalone_mode=False)` (a typer app's call); returns the exit status. Usage errors and
+    uncaught user errors print as `Error: ...`."""
+    try:
+        rv: Any = invoke(standalone_mode=False)
+    except _CLICK_EXCEPTION as e:  # a flag that does not parse, a missing argument, ...
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"Error: {e.format_message()}{hint}", err=True)
+        return int(getattr(e, "exit_code", EXIT_USER_ERROR))
+    except typer.Abort:
+        typer.echo("Error: aborted", err=True)
+        return 1
+    except user_error_types() as e:
+        typer.echo(f"Error: {e}", err=True)
+        return EXIT_USER_ERROR
+    return rv if isinstance(rv, int) else 0
