@@ -39,14 +39,15 @@ def parse_teacher_weights(text: str) -> dict[str, float]:
     return out
 
 
-def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: Path, run_name: str | None,
+def resolve_config(*, norm: str, student: str, teachers: str | list[str], root: Path, out: Path, run_name: str | None,
                    **options: object) -> "DistillConfig":
     """The DistillConfig a command line asks for (run directory <out>/<run_name or norm>); an unknown
     --norm raises ValueError listing the valid names."""
     from stages.distill.config import DistillConfig
     from stages.normalize import NormVariant
 
-    names = [t.strip() for t in teachers.split(",") if t.strip()]
+    names = list(dict.fromkeys(t.strip() for v in ([teachers] if isinstance(teachers, str) else teachers)
+                               for t in v.split(",") if t.strip()))  # repeated options and comma lists
     weights = parse_teacher_weights(str(options.pop("teacher_weights") or ""))
     variant = NormVariant.parse(norm)
     return DistillConfig(student=student, teachers=tuple(names), root=root, out_dir=out / (run_name or variant.value),
@@ -55,7 +56,7 @@ def resolve_config(*, norm: str, student: str, teachers: str, root: Path, out: P
 
 def distill(
     ctx: typer.Context,
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher names; each needs <root>/<name>.zarr. Default: extract.teachers of ./params.yaml.")] = None,
+    teachers: Annotated[Optional[list[str]], typer.Option("--teachers", "--teacher", "-t", help="Teacher names, comma-separated or the option repeated (--teacher a --teacher b, as `pipeline extract` takes them); each needs <root>/<name>.zarr. Default: extract.teachers of ./params.yaml.")] = None,
     norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
     student: Annotated[str, typer.Option(help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")] = "vit_tiny_test",
     root: Annotated[str, typer.Option(help="Store root holding manifest.parquet and the teacher stores: a folder or an fsspec URL (s3://bucket/prefix).")] = "store",

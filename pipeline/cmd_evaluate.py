@@ -32,6 +32,9 @@ def evaluate_cmd(
     seg_classes: Annotated[Optional[Path], typer.Option(help="Segmentation class file (line k = mask value k).")] = None,
     seg_templates: Annotated[str, typer.Option(help="Templates the segmentation prompt set was extracted with.")] = "segmentation",
     seg_probe_steps: Annotated[int, typer.Option(help="Training steps of the linear segmentation probe.")] = 100,
+    root: Annotated[Optional[str], typer.Option(help="Store root to read the run's stores from, when they moved "
+                                                     "since training (default: the root in the run's config.json); "
+                                                     "its stores must be the ones the run was trained on.")] = None,
     dvc_out: Annotated[Optional[Path], typer.Option(help="Also write DIR/metrics.json (flat scalars) and "
                                                          "DIR/loss.csv (training curve): small files DVC "
                                                          "experiments carry (dvc exp show, dvc plots). One RUN only.")] = None,
@@ -63,7 +66,8 @@ def evaluate_cmd(
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
-                               knn_temperature=knn_temperature, device=device, downstream=downstream)
+                               knn_temperature=knn_temperature, device=device, downstream=downstream,
+                               root=root)
         except (ValueError, FileNotFoundError, StoreError) as e:
             raise fail(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")

@@ -145,7 +145,7 @@ def _echo_report(report: ExtractReport) -> None:
 
 def extract_cmd(
     ctx: typer.Context,
-    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher name from the registry; repeat or comma-separate for several. Default: extract.teachers of ./params.yaml.")] = None,
+    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "--teachers", "-t", help="Teacher name from the registry; repeat or comma-separate for several (--teachers a,b as `pipeline distill` takes them). Default: extract.teachers of ./params.yaml.")] = None,
     root: Annotated[Optional[str], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root of ./params.yaml.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
     batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,

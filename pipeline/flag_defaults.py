@@ -55,7 +55,7 @@ STORE: Table = {  # store info / verify / transcode
     "root": ("store.root", lambda p: p.store.root),
 }
 DISTILL: Table = {
-    "teachers": ("extract.teachers", lambda p: ",".join(p.extract.teachers)),
+    "teachers": ("extract.teachers", lambda p: list(p.extract.teachers)),
     "student": ("distill.student", lambda p: p.distill.student),
     "root": ("store.root", lambda p: p.store.root),
     "out": ("distill.runs_dir", lambda p: p.distill.runs_dir),
@@ -112,7 +112,7 @@ def _flag(ctx: typer.Context, name: str) -> str:
     """The option's spelling on the command line (--shard-size), or the argument's metavar (SOURCE)."""
     for param in ctx.command.params:
         if param.name == name:
-            return max(param.opts, key=len) if param.param_type_name == "option" else name.upper()
+            return param.opts[0] if param.param_type_name == "option" else name.upper()  # the first spelling
     raise AssertionError(f"{ctx.command.name} has no parameter {name!r}")  # a table names a parameter that is not there
 
 

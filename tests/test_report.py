@@ -381,3 +381,33 @@ def test_downstream_sections_are_flattened_and_ranked_in_their_categories():
     by = {r["variant"]: r for r in rows}
     assert by["mse"]["rank Classification"] == pytest.approx((1.5 + 1) / 2)  # knn tie, zero-shot better
     assert by["phis"]["rank Segmentation"] == pytest.approx((1 + 2) / 2)
+
+
+def test_evaluate_root_reads_a_moved_store_and_refuses_another_one(tmp_path):
+    """`evaluate --root`: a store root moved after training is evaluated from its new place, with the same
+    numbers; a root whose stores are not the run's is refused, naming what differs."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from stages.evaluate.evaluate import evaluate_run
+
+    run, root = _real_run(tmp_path, "phis")
+    before = evaluate_run(run, batch_size=5)
+    moved = tmp_path / "moved_store"
+    shutil.move(str(root), str(moved))
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--batch-size", "5"])
+    assert res.exit_code == 2 and "Error: " in res.output  # the recorded root is gone
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--batch-size", "5", "--root", str(moved)])
+    assert res.exit_code == 0, res.output
+    after = json.loads((run / "eval" / "metrics.json").read_text())
+    assert after["teachers"] == before["teachers"] and after["num_samples"] == before["num_samples"]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(manifest_path(moved), manifest_path(other))
+    _tiny_store(other, "ta", summary_dim=4, patch_dim=8, scale=0.02, mask_one=False)  # other values
+    shutil.copytree(teacher_store_path(moved, "tb"), teacher_store_path(other, "tb"))
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--root", str(other)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "the ta store there is not the one run" in text and "stats_hash" in text, text

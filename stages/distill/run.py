@@ -133,12 +133,39 @@ def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[st
     return out
 
 
-def load_run(run_dir: Path) -> tuple[DistillConfig, Student, TeacherHeads, dict[str, dict[str, Normalizer]]]:
+def moved_root(run_dir: Path, config: DistillConfig, resolved: dict[str, Any], root: Any) -> DistillConfig:
+    """The run's config with its stores read from `root` (a store root that was moved or copied), after
+    checking that every teacher's store there is the one the run was trained on (its fingerprint: manifest,
+    spec, weights, codec, grid, complete shards, statistics hashes). ValueError naming the differences."""
+    import dataclasses
+
+    from store_schema.layout import teacher_store_path
+    from store_schema.teacher_store import open_teacher_store
+
+    root = location.as_location(root)
+    recorded = resolved.get("stores")
+    if not recorded:
+        raise ValueError(f"{run_dir}/config.json records no store fingerprints; --root cannot be checked")
+    for teacher, want in recorded.items():
+        found = json.loads(json.dumps(open_teacher_store(teacher_store_path(root, teacher)).fingerprint()))
+        diff = sorted(k for k in set(want) | set(found) if want.get(k) != found.get(k))
+        if diff:
+            raise ValueError(f"--root {root}: the {teacher} store there is not the one run {run_dir} was trained on "
+                             f"(it differs in {', '.join(diff)}); give the root that holds the run's stores")
+    return dataclasses.replace(config, root=root)
+
+
+def load_run(run_dir: Path, *, root: Any = None) -> tuple[DistillConfig, Student, TeacherHeads,
+                                                          dict[str, dict[str, Normalizer]]]:
     """(config, student, heads, normalizers) of a run, weights from its latest checkpoint, in eval mode.
 
     heads output normalized targets; normalizers[teacher][kind].invert(...) maps them to teacher space.
+    root: read the stores (and fitted normalizers) from this store root instead of the one in config.json
+    (a moved store; checked by `moved_root`).
     """
     config, resolved = read_run_config(run_dir)
+    if root is not None:
+        config = moved_root(run_dir, config, resolved, root)
     student, heads = build_run_models(config, resolved)
     ckpt = load_checkpoint(checkpoint_path(run_dir))
     check_config_matches_checkpoint(run_dir, config, ckpt)

@@ -184,14 +184,15 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
 
 def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, labels_path: Path | None = None,
                  knn_k: int = 20, knn_temperature: float = 0.07, device: str = "cpu",
-                 downstream: DownstreamConfig | None = None) -> dict[str, Any]:
+                 downstream: DownstreamConfig | None = None, root: Any = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
     ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
     probe_labels.csv beside the manifest's image folder. Without that default file the probe is skipped and
     ``probe_skipped`` records why; an explicit ``labels_path`` that does not exist, or a file that is
     malformed, is an error. ``downstream`` adds zero-shot (needs the probe labels) and segmentation
-    results (see the module docstring).
+    results (see the module docstring). ``root`` reads the stores from another store root than the one
+    the run recorded (a moved or copied root; its stores must be the run's, `stages.distill.run.moved_root`).
 
     metrics.json records which training state it measured: ``checkpoint_step``, ``run_steps``,
     ``finished`` and ``run_fingerprint`` (stages.distill.run.run_fingerprint), so a report can tell an
@@ -202,7 +203,7 @@ def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, lab
         raise FileNotFoundError(f"probe labels file {labels_path} does not exist (a CSV with columns uri,label); "
                                 "fix the path, or leave the option out to skip the probe")
     progress = run_progress(run_dir)
-    config, student, heads, normalizers = load_run(run_dir)
+    config, student, heads, normalizers = load_run(run_dir, root=root)  # root: a moved store root (checked)
     cfg = config.to_dict()
     student, heads = student.to(device).eval(), heads.to(device).eval()
     stores = StoreSet(as_location(cfg["root"]), cfg["teachers"], norm=cfg["norm"], summary_loss=cfg["summary_loss"])
