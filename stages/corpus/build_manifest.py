@@ -127,8 +127,10 @@ def refuse_orphaning_stores(root, new_hash: str) -> None:
     another hash is about to replace it: the stores' image ids would then mean other images (extraction
     and training refuse them by hash). The same corpus and options give the same bytes, so re-running
     `pipeline corpus` unchanged is always allowed."""
+    import json
+
+    from store_schema.location import read_bytes
     from store_schema.manifest import manifest_hash
-    from store_schema.teacher_store import open_teacher_store
 
     path = layout.manifest_path(root)
     if not is_file(path):
@@ -138,9 +140,12 @@ def refuse_orphaning_stores(root, new_hash: str) -> None:
         return
     built = []
     for name in layout.list_teacher_stores(root):
+        # the store's group attributes, read as JSON: no zarr / torch import in the corpus command (with
+        # pyarrow loaded, that import made the process abort at exit now and then)
         try:
-            store_hash = open_teacher_store(layout.teacher_store_path(root, name)).manifest_hash
-        except Exception:  # an unreadable store: it may still be the user's data, so it counts
+            attrs = json.loads(read_bytes(layout.store_file(layout.teacher_store_path(root, name), layout.ZARR_JSON)))
+            store_hash = attrs["attributes"]["manifest_hash"]
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable: it may still be the user's data, so it counts
             store_hash = old_hash
         if store_hash == old_hash:
             built.append(name)
