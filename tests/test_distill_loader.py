@@ -160,6 +160,25 @@ def test_batches_have_normalized_targets_of_their_views(tiny_root: Path) -> None
         assert 0.2 < batch[f"{t}/patches"].std().item() < 5.0
 
 
+def test_each_image_is_decoded_once_per_epoch_and_views_are_the_teachers_crops(tiny_root: Path) -> None:
+    """Student views come from one decode per image per epoch (kept with its unit), at the reduced JPEG
+    scale all the image's views allow, with the crop box and flip the teachers saw."""
+    from stages.corpus.samples import load_checked_for_views
+    from stages.corpus.views import render_view
+
+    stores = StoreSet(tiny_root, ("alpha", "gamma"), norm=NormVariant.PHIS)
+    m = stores.manifest
+    ds = StoreBatches(stores, split="train", batch_size=3, img_size=32, seed=5, shuffle_block=2, epochs=1)
+    got = _collect(ds, None)
+    images = {int(i) for b in got for i in b["image_B"].tolist()}
+    assert ds.image_decodes == len(images) < sum(len(b["image_B"]) for b in got)  # fewer decodes than samples
+    for b in got:
+        for r, (i, v) in enumerate(zip(b["image_B"].tolist(), b["view_B"].tolist())):
+            img = load_checked_for_views(m, i, m.view_boxes_NV4[i], 32)
+            want = render_view(img, m.view_boxes_NV4[i, v], bool(m.view_flips_NV[i, v]), 32)
+            np.testing.assert_array_equal(b["image_BHW3"][r].numpy(), want)
+
+
 def test_order_is_deterministic_worker_independent_and_resumable(tiny_root: Path) -> None:
     stores = StoreSet(tiny_root, ("alpha", "gamma"), norm=NormVariant.PHIS)
     kw = dict(split="train", batch_size=3, img_size=32, seed=7, shuffle_block=2)

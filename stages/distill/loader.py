@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from stages.corpus.samples import render_student_views
 from stages.distill.unit_cache import EpochPlan, UnitCache, format_bytes, plan_epoch
 from stages.normalize import NormVariant, kind_variant, load_or_fit
 from stages.stats import Moments
@@ -226,6 +225,7 @@ class StoreBatches(IterableDataset):
             raise ValueError(f"loader position {start.position} outside an epoch of {self.batches_per_epoch}")
         self.num_units = -(-stores.manifest.num_images // stores.unit_size)
         self.unit_reads = 0  # units read by this process (all teachers), for tests and benchmarks
+        self.image_decodes = 0  # images decoded by this process for student views, likewise
         self.piece_slots = 4  # target buffers each producer recycles; make_loader sets prefetch_factor + 2
 
     def epoch_samples(self, epoch: int) -> np.ndarray:
@@ -262,32 +262,35 @@ class StoreBatches(IterableDataset):
         epoch, position = self.start.epoch, self.start.position
         U = self.stores.unit_size
         cache = UnitCache(self.stores, unit_size=U)
-        ring = _PieceRing(cache, self.batch_size, self.piece_slots, shared=info is not None)
+        ring = _PieceRing(cache, self.batch_size, self.img_size, self.piece_slots, shared=info is not None)
         while self.epochs is None or epoch < self.start.epoch + self.epochs:
             plan = self.plan(epoch, start=position, n_workers=n_workers)
-            for u in list(cache.units):
+            for u in set(cache.units) | set(cache.images):
                 cache.drop(u)
             for b in range(position, self.batches_per_epoch):
                 pairs_B2 = plan.order_M2[self.rank_slice(b)]
                 unit_B = pairs_B2[:, 0] // U
-                for u in [u for u in cache.units if plan.last[u] < b]:
+                for u in [u for u in set(cache.units) | set(cache.images) if plan.last[u] < b]:
                     cache.drop(u)  # not needed again this epoch
                 rows_R = np.flatnonzero(plan.owner[unit_B] == worker)
-                yield self._piece(cache, ring.next(), pairs_B2[rows_R], rows_R, epoch, b)
-                self.unit_reads = cache.reads
+                piece = self._piece(cache, ring.next(), pairs_B2[rows_R], rows_R, epoch, b)
+                self.unit_reads, self.image_decodes = cache.reads, cache.decodes
+                yield piece
             epoch, position = epoch + 1, 0
 
     def _piece(self, cache: UnitCache, slot: dict[tuple[str, str], torch.Tensor], pairs_R2: np.ndarray,
                rows_R: np.ndarray, epoch: int, position: int) -> dict[str, Any]:
         U = self.stores.unit_size
+        R = len(pairs_R2)
+        image_t = slot[_IMAGE][:R]
+        cache.student_views(pairs_R2, self.img_size, image_t.numpy())
         piece: dict[str, Any] = {
             "rows_R": torch.from_numpy(rows_R.astype(np.int64)),
-            "image_RHW3": torch.from_numpy(render_student_views(self.stores.manifest, pairs_R2, self.img_size)),
+            "image_RHW3": image_t,
             "image_R": torch.from_numpy(pairs_R2[:, 0].copy()),
             "view_R": torch.from_numpy(pairs_R2[:, 1].copy()),
             "epoch": epoch, "position": position,
         }
-        R = len(pairs_R2)
         for key in cache.readers:
             out_t = slot[key][:R]
             out = out_t.numpy()
@@ -297,8 +300,12 @@ class StoreBatches(IterableDataset):
         return piece
 
 
+_IMAGE = ("", "image")  # the ring slot's key for the student views
+
+
 class _PieceRing:
-    """A producer's recycled target buffers, `slots` batches' worth, in shared memory for worker processes.
+    """A producer's recycled target (and student view) buffers, `slots` batches' worth, in shared memory for
+    worker processes.
 
     Fresh multi-megabyte buffers per batch cost more in page faults than the copy into them (measured: 1.16
     vs 0.24 ms per SAM-H sample), and a tensor already in shared memory crosses to the main process as a
@@ -306,16 +313,19 @@ class _PieceRing:
     piece only when the main process takes one, so with slots = prefetch_factor + 2 a slot is reused only
     after the batch that held it has been consumed (copied to the device or pinned)."""
 
-    def __init__(self, cache: UnitCache, batch_size: int, slots: int, *, shared: bool) -> None:
+    def __init__(self, cache: UnitCache, batch_size: int, img_size: int, slots: int, *, shared: bool) -> None:
         self.cache, self.batch_size, self.slots, self.shared = cache, batch_size, slots, shared
+        self.img_size = img_size
         self.buffers: list[dict[tuple[str, str], torch.Tensor]] = []
         self.k = 0
 
     def next(self) -> dict[tuple[str, str], torch.Tensor]:
         if len(self.buffers) < self.slots:
+            shapes = {key: ((self.batch_size, *r.item_shape[1:]), r.compact) for key, r in self.cache.readers.items()}
+            shapes[_IMAGE] = ((self.batch_size, self.img_size, self.img_size, 3), np.dtype(np.uint8))
             slot = {}
-            for key, reader in self.cache.readers.items():
-                t = torch.from_numpy(np.zeros((self.batch_size, *reader.item_shape[1:]), reader.compact))
+            for key, (shape, dtype) in shapes.items():
+                t = torch.from_numpy(np.zeros(shape, dtype))
                 slot[key] = t.share_memory_() if self.shared else t
             self.buffers.append(slot)
             return slot
@@ -327,7 +337,8 @@ class _PieceRing:
 def join_pieces(pieces: list[dict[str, Any]]) -> dict[str, Any]:
     """One rank batch from its n pieces (one per loader worker).
 
-    image_BHW3 / image_B / view_B are in batch order. Targets stay in pieces, "targets": {"<t>/<k>":
+    image_BHW3 / image_B / view_B are in batch order (image_BHW3 is the batch's own copy: the pieces'
+    student views live in the producers' recycled buffers). Targets stay in pieces, "targets": {"<t>/<k>":
     [tensors]}, concatenated and put in batch order on the training device by `targets_on_device`
     (order_B: batch row i is row order_B[i] of the concatenated pieces; None when already in order), so
     the host never copies the large target arrays again."""
@@ -344,7 +355,10 @@ def join_pieces(pieces: list[dict[str, Any]]) -> dict[str, Any]:
         return x if order_B is None else x.index_select(0, order_B)
 
     keys = [k for k in pieces[0] if "/" in k]
-    return {"image_BHW3": host("image_RHW3"), "image_B": host("image_R"), "view_B": host("view_R"),
+    image = host("image_RHW3")
+    if len(pieces) == 1 and order_B is None:
+        image = image.clone()  # ~0.15 MB per sample: cheap, and callers may keep the batch
+    return {"image_BHW3": image, "image_B": host("image_R"), "view_B": host("view_R"),
             "epoch": pieces[0]["epoch"], "position": pieces[0]["position"], "order_B": order_B,
             "targets": {k: [p[k] for p in pieces] for k in keys}}
 

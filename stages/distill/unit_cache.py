@@ -10,7 +10,9 @@ targets unit by unit (a unit = U consecutive images, one shard when the stores a
 * `UnitCache`: one worker's decoded units, in the compact dtype (bf16 bit patterns as uint16, see
   store_schema.shard_reader), in buffers recycled from dropped units (no fresh page faults per read).
   A complete shard whose image with a valid view has no stored chunk is refused (a lost chunk must not
-  train as zeros).
+  train as zeros). It also keeps the unit's decoded images for the student's views: each image is
+  decoded once per epoch per rank (at the reduced JPEG scale all its views allow), not once per sample,
+  and dropped with its unit.
 
 Shape legend: M samples, U images per unit, V views, h/w grid, C channels.
 """
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from stages.corpus.samples import load_checked_for_views
+from stages.corpus.views import render_view
 from store_schema.errors import StoreCorruptionError
 from store_schema.shard_reader import ShardReader
 
@@ -98,11 +102,29 @@ class UnitCache:
                 self.readers[(t, kind)] = ShardReader(array, store_path=store.path, name=kind)
         self.units: dict[int, dict[tuple[str, str], np.ndarray]] = {}
         self._free: list[dict[tuple[str, str], np.ndarray]] = []
+        self.images: dict[int, dict[int, Any]] = {}  # unit -> {image id: decoded RGB image}
         self.reads = 0  # unit reads (all teachers) since this cache was made
+        self.decodes = 0  # image decodes for student views since this cache was made
 
     def drop(self, u: int) -> None:
-        """Forget unit u; its buffers are reused by the next read."""
-        self._free.append(self.units.pop(u))
+        """Forget unit u (targets and decoded images); its buffers are reused by the next read."""
+        self.images.pop(u, None)
+        if u in self.units:
+            self._free.append(self.units.pop(u))
+
+    def student_views(self, pairs_R2: np.ndarray, size: int, out_RHW3: np.ndarray) -> None:
+        """Render the (image, view) pairs at the student's size into out_RHW3 (uint8), with the crop box
+        and flip the teachers saw. An image is decoded on its first use in its unit, at the reduced JPEG
+        scale that every one of its manifest views allows (so its pixels never depend on which views
+        share a batch), and kept until the unit is dropped."""
+        m = self.stores.manifest
+        for r, (i, v) in enumerate(pairs_R2.tolist()):
+            decoded = self.images.setdefault(i // self.unit_size, {})
+            img = decoded.get(i)
+            if img is None:
+                img = decoded[i] = load_checked_for_views(m, i, m.view_boxes_NV4[i], size)
+                self.decodes += 1
+            out_RHW3[r] = render_view(img, m.view_boxes_NV4[i, v], bool(m.view_flips_NV[i, v]), size)
 
     def get(self, u: int) -> dict[tuple[str, str], np.ndarray]:
         """Unit u's arrays, reading them (every teacher, every token kind) when not cached."""
