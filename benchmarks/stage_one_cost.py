@@ -96,8 +96,8 @@ class StandIn(nn.Module):
 
     Each patch's features are a random-feature map of its cell's mean colour and position
     (cos(x W1 + b), 64 features) projected to C channels with log-normal per-channel scales: smooth in
-    space, data-dependent, and full rank across channels. In bf16 with Blosc lz4 bitshuffle they store at
-    about 13 bits/value, like the synthetic low-rank features the codec was measured on (a plain 3 -> C
+    space, data-dependent, and full rank across channels. In bf16 with Blosc lz4-5 bitshuffle they store at
+    about 13 bits/value (zstd-1 bitshuffle on 2 MiB blocks, the default: about 11.6), like the synthetic low-rank features the codec was measured on (a plain 3 -> C
     projection of the pixels stored at 8-9 bits and flattered the writer)."""
 
     FEATURES = 64
@@ -190,6 +190,14 @@ def run_teacher(t: PaperTeacher, manifest, shard_size: int, batch_size: int) -> 
     return {"cpu": cpu, "images": images, "views": views, "gpu_ms": gpu_ms,
             "forward_ms": 1e3 * VIEWS * t.forward_flops(spec.grid) / (FORWARD_EFFICIENCY * H200_BF16_FLOPS),
             "bits": _bits(store)}
+
+
+def _codec_label() -> str:
+    from store_schema.codecs import CodecSpec
+
+    c = CodecSpec()
+    block = f" on {c.blocksize / 2**20:g} MiB blocks" if c.blocksize else ""
+    return f"{c.compressor}-{c.clevel} {c.shuffle}{block}"
 
 
 def _bits(store) -> float:
@@ -309,7 +317,7 @@ def main() -> None:
         for phase in HOST_PHASES + ("device",):
             vals = [1e3 * r["cpu"].get(phase, 0.0) / r["images"] for r in rows.values()]
             name = {"decode": "host: decode + sha256 + render 2 views", "stage": "host: stack uint8 views, ship",
-                    "fetch": "host: shard values back from the device (one DMA per shard on CUDA)", "write": "host: whole-shard write (direct shard writer, bf16 bits, lz4 bitshuffle, crc32c)",
+                    "fetch": "host: shard values back from the device (one DMA per shard on CUDA)", "write": f"host: whole-shard write (direct shard writer, bf16 bits, {_codec_label()}, crc32c)",
                     "finalize": "host: driver persists + folds statistics",
                     "device": "(device work on CPU here, not charged to host)"}[phase]
             print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {sum(vals):.1f} |")
