@@ -22,8 +22,10 @@ host ms·core per sample, timed inside the loader:
                  of each sample's view to the student size (UnitCache.student_views)
   gather + loader bookkeeping   the rest of the loader: units -> the batch's target buffers, the plan
   loader total   one epoch of StoreBatches end to end (includes the three above)
-  pin copy       one host copy of the shipped bytes (what pin_memory does; measured as a copy into reused
-                 buffers here, there is no CUDA on this machine)
+  pin copy       the student views' copy into pinned memory (measured as a copy into reused buffers: no
+                 CUDA here). The targets are not copied: with CUDA the loader page-locks its recycled
+                 target buffers in place (stages/distill/loader.py `_InPlacePinner`); what a copy of
+                 them would cost (DataLoader-style pinning) is printed apart
 
 Device side, timed apart and charged to the GPU at its FLOP count, not to the host: widening bf16 ->
 float32 and each teacher's normalizer (one batched C x C matmul per teacher and token kind).
@@ -210,7 +212,8 @@ def run_loader(stores: StoreSet, args, timer: PhaseTimer) -> dict:
     state: unit and piece buffers recycled)."""
     ds = StoreBatches(stores, split="train", batch_size=args.batch_size, img_size=args.img_size, seed=0,
                       epochs=2, loader_memory=64 * 2**30)
-    r = {"loader_s": 0.0, "read_s": 0.0, "view_s": 0.0, "read_bytes": 0, "pin_s": 0.0, "dev_s": 0.0,
+    r = {"loader_s": 0.0, "read_s": 0.0, "view_s": 0.0, "read_bytes": 0, "pin_s": 0.0, "pin_targets_s": 0.0,
+         "dev_s": 0.0,
          "dev_batches": 0, "dev_samples": 0, "loaded": 0, "shipped": 0, "decodes": 0}
     pin_pool: dict = {}
     it = iter(make_loader(ds, num_workers=0))
@@ -223,13 +226,22 @@ def run_loader(stores: StoreSet, args, timer: PhaseTimer) -> dict:
         phase = timer.take()
         if batch is None:
             break
-        t = time.process_time()  # stand-in for pin_memory: one copy into reused host buffers (torch's
-        pinned = []              # pinned allocator caches its blocks, so no fresh page faults either)
+        # With CUDA the loader page-locks its recycled target buffers in place (loader._InPlacePinner) and
+        # copies only the student views into pinned memory; there is no CUDA here, so both copies are
+        # measured as copies into reused host buffers (torch's pinned allocator caches its blocks, so no
+        # fresh page faults either): the views' copy is charged, the targets' one (what pinning by copy,
+        # torch DataLoader's pin_memory, would cost) is reported apart.
+        t = time.process_time()
+        img = batch["image_BHW3"]
+        pin_pool.setdefault("image", torch.empty((args.batch_size, *img.shape[1:]), dtype=img.dtype))[: len(img)].copy_(img)
+        t_pin = time.process_time() - t
+        t = time.process_time()
+        pinned = []
         for key, parts in batch["targets"].items():
             for j, p in enumerate(parts):
                 dst = pin_pool.setdefault((key, j), torch.empty((args.batch_size, *p.shape[1:]), dtype=p.dtype))
                 pinned.append(dst[: len(p)].copy_(p))
-        t_pin = time.process_time() - t
+        t_pin_targets = time.process_time() - t
         if batch["epoch"] == 0:
             decodes0 = ds.image_decodes
             continue
@@ -244,6 +256,7 @@ def run_loader(stores: StoreSet, args, timer: PhaseTimer) -> dict:
         r["view_s"] += phase["view"]
         r["read_bytes"] += phase["read_bytes"]
         r["pin_s"] += t_pin
+        r["pin_targets_s"] += t_pin_targets
         r["loaded"] += len(batch["image_B"])
         r["shipped"] += sum(p.numel() * p.element_size() for p in pinned)
     r["decodes"] = ds.image_decodes - decodes0
@@ -315,9 +328,10 @@ def main() -> None:
         "student view (decode + render)": view_ms,
         "gather + loader bookkeeping": per(r["loader_s"], loaded) - read_ms - view_ms,
         "loader total": per(r["loader_s"], loaded),
-        "pin copy": per(r["pin_s"], loaded),
+        "pin copy (student views)": per(r["pin_s"], loaded),
     }
-    host_ms = phases["loader total"] + phases["pin copy"]
+    pin_targets_ms = per(r["pin_targets_s"], loaded)
+    host_ms = phases["loader total"] + phases["pin copy (student views)"]
     budgets = {k: student_budget_ms(p, side) for k, (p, side) in STUDENTS.items()}
     gpu_norm_ms = flops / (MFU * H200_BF16_FLOPS) * 1e3
     host432 = host_ms - view_ms + view_ms * view432_s / view224_s  # the loader's views scaled to 432 px
@@ -327,7 +341,8 @@ def main() -> None:
         "host_ms_core_per_sample": phases, "image_decodes_per_sample": r["decodes"] / loaded,
         "student_view_full_decode_ms": per(full_s, len(pairs)), "student_view_224_ms": per(view224_s, len(pairs)),
         "student_view_432_ms": per(view432_s, len(pairs)),
-        "shipped_MB_per_sample": r["shipped"] / loaded / 1e6,
+        "shipped_MB_per_sample": r["shipped"] / loaded / 1e6, "pin_copy_of_targets_ms": pin_targets_ms,
+        "cores_per_H200_pinning_by_copy": (host_ms + pin_targets_ms) / budgets["ViT-L/16 @224"],
         "device_side_cpu_ms_per_sample": per(r["dev_s"], r["dev_samples"]), "device_side_GFLOP_per_sample": flops / 1e9,
         "device_side_H200_ms_per_sample": gpu_norm_ms, "budgets_ms": budgets,
         "cores_per_H200_vitb432": host432 / budgets["ViT-B/16 @432"],
@@ -342,7 +357,9 @@ def main() -> None:
     print(f"  (image decodes per sample in the loader: {res['image_decodes_per_sample']:.2f}; outside the loader, "
           f"both views of an image per decode: reduced-scale {res['student_view_224_ms']:.3f}, full decode "
           f"{res['student_view_full_decode_ms']:.3f}, at 432 px {res['student_view_432_ms']:.3f})")
-    print(f"shipped to the device: {res['shipped_MB_per_sample']:.2f} MB per sample (bf16 bit patterns)")
+    print(f"shipped to the device: {res['shipped_MB_per_sample']:.2f} MB per sample (bf16 bit patterns), from the "
+          f"loader's buffers page-locked in place (CUDA; not runnable here); pinning them by copy instead would add "
+          f"{pin_targets_ms:.3f} ms·core per sample (cores per H200 {res['cores_per_H200_pinning_by_copy']:.2f})")
     print(f"device side (widen + normalize, {flops / 1e9:.2f} GFLOP per sample): "
           f"{res['device_side_cpu_ms_per_sample']:.2f} ms on this CPU, charged to the GPU: {gpu_norm_ms:.4f} ms "
           f"per sample at {MFU:.0%} of 790 TFLOP/s")

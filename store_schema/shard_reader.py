@@ -7,9 +7,13 @@ this module reads a shard file itself and decodes its inner chunks with numcodec
 preallocated buffer, keeping the store standard Zarr v3 (sharding_indexed; inner chunks bytes → Blosc →
 crc32c; the shard index bytes → crc32c, as zarr writes them):
 
-1. read the shard's index (offset, nbytes per inner chunk, uint64 little-endian) and check its crc32c;
-2. per inner chunk: read it into a small reused buffer (`preadv`), check its crc32c, Blosc-decompress it
-   into its slot of the output.
+1. map the shard file read-only (mmap, pages populated in one call: the crc32c and the Blosc decode
+   read the page cache directly, with no copy into a user buffer);
+2. read the index (offset, nbytes per inner chunk, uint64 little-endian) and check its crc32c;
+3. per inner chunk: check its crc32c, Blosc-decompress it into its slot of the output.
+
+(A shard file truncated in place while it is being read would fault the reader; shard files are only
+ever replaced by rename, which leaves the mapped file intact.)
 
 Values are delivered in the *compact* dtype: uint16 bf16 bit patterns when every stored value is a bf16
 (uint16 arrays, or float32 arrays rounded by BitRound to ≤ 7 mantissa bits, whose low 16 bits are zero,
@@ -25,6 +29,7 @@ Shape legend: S images in a read, ... the per-image chunk shape (V views, then h
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from numcodecs import blosc as _blosc
 from store_schema.errors import StoreCorruptionError
 
 _ABSENT = np.uint64(2**64 - 1)
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the file's pages in one call
 BF16_MAX_KEEPBITS = 7
 
 
@@ -202,14 +208,20 @@ class ShardReader:
             out[...] = 0
             return np.ones(hi - lo, bool)
         try:
-            return self._read_chunks(fd, k, lo, hi, out, path)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return self._read_chunks(fd, k, lo, hi, out, path, None)
+            # unmapped when the last view of it goes (not closed here: an error's traceback may hold one)
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ)
+            return self._read_chunks(fd, k, lo, hi, out, path, memoryview(mm))
         finally:
             os.close(fd)
 
-    def _read_chunks(self, fd: int, k: int, lo: int, hi: int, out: np.ndarray, path: Path) -> np.ndarray:
-        # One inner chunk at a time into a small reused buffer (a few MB, so the crc32c and the Blosc
-        # decode read it from the CPU cache; reading the whole shard file first cost a pass through
-        # memory: measured in docs/STAGE_TWO.md).
+    def _read_chunks(self, fd: int, k: int, lo: int, hi: int, out: np.ndarray, path: Path,
+                     mm: memoryview | None) -> np.ndarray:
+        # Inner chunks are read from the mapped file (mm); without a mapping (an empty file) through
+        # preadv into a reused buffer. Reading the whole file into a buffer first cost a pass through
+        # memory (measured in docs/STAGE_TWO.md).
         plan = self.plan
         assert plan is not None
         S = plan.shard_images
@@ -219,6 +231,7 @@ class ShardReader:
             raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}) has {size} bytes, "
                                        f"less than its {n_index}-byte index")
         index_bytes = self._pread(fd, size - n_index if plan.index_at_end else 0, n_index, path)
+        index_bytes = bytes(index_bytes)
         if plan.index_crc:
             _check_crc(index_bytes, f"{self.store_path}: {self.name} shard {k} index ({path})")
         index = np.frombuffer(index_bytes[: 16 * S], dtype="<u8").reshape(S, 2).copy()
@@ -236,7 +249,7 @@ class ShardReader:
             if off + nbytes > size:
                 raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}): inner chunk of "
                                            f"image {j} points past the end of the file")
-            chunk = self._pread(fd, off, nbytes, path)
+            chunk = mm[off: off + nbytes] if mm is not None else self._pread(fd, off, nbytes, path)
             if plan.chunk_crc:
                 _check_crc(chunk, f"{self.store_path}: {self.name} image {j} (shard {k}, {path})")
                 chunk = chunk[:-4]

@@ -318,3 +318,34 @@ def test_refuses_a_lost_chunk_of_a_complete_shard(tmp_path: Path) -> None:
     ds = StoreBatches(stores, split="train", batch_size=len(stores.samples("train")), img_size=32, seed=0)
     with pytest.raises(StoreCorruptionError, match=r"gamma.zarr.*patches of images \[4, 5, 6, 7\].*shard \[1\]"):
         _collect(ds, 1)
+
+
+def test_recycled_worker_buffers_arrive_as_the_same_storages(tmp_path: Path) -> None:
+    """What pinning in place rests on (loader._InPlacePinner, CUDA): with each received target storage
+    kept alive, the workers' recycled shared-memory buffers arrive in the main process as those same
+    storages, so page-locking each once covers every later batch: distinct buffers stay within
+    workers x slots x arrays however many batches pass."""
+    root = make_tiny_stores(tmp_path / "s", teachers=("alpha", "gamma"), n_images=24, shard_size=4)
+    stores = StoreSet(root, ("alpha", "gamma"), norm=NormVariant.PHIS)
+    ds = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2, epochs=2)
+    kept: dict[int, torch.UntypedStorage] = {}
+    batches = 0
+    for batch in make_loader(ds, num_workers=2):
+        for parts in batch["targets"].values():
+            for p in parts:
+                storage = p.untyped_storage()
+                first = kept.setdefault(storage.data_ptr(), storage)
+                assert first._cdata == storage._cdata  # the same storage (mapping), not a new one at that address
+        batches += 1
+    arrays = sum(len(s.kinds) for s in stores.stores.values())
+    assert batches == 2 * ds.batches_per_epoch > 3 * ds.piece_slots
+    assert len(kept) <= 2 * ds.piece_slots * arrays < batches * arrays
+
+
+def test_pinning_without_cuda_is_a_clear_error(tiny_root: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: pinning is available")
+    stores = StoreSet(tiny_root, ("alpha",), norm=NormVariant.PHIS)
+    ds = StoreBatches(stores, split="train", batch_size=2, img_size=32, seed=0)
+    with pytest.raises(ValueError, match="pin_memory needs a CUDA device"):
+        make_loader(ds, num_workers=0, pin_memory=True)
