@@ -182,3 +182,21 @@ def test_the_program_prints_every_user_error_one_way(tmp_path, args, says):
     assert lines[-1].startswith(says), res.stderr
     assert not any(ch in res.stderr for ch in "╭│╰") and "Traceback" not in res.stderr
     assert "error:" not in res.stderr  # the lowercase style is gone
+
+
+def test_extraction_over_a_replaced_manifest_says_what_to_do(tmp_path):
+    """A manifest replaced under an existing store (copied from another corpus) is refused by extraction
+    with the hash mismatch and what to do, not a bare `manifest_hash mismatch`."""
+    import shutil
+
+    from tests.ray_fixture import build_corpus
+    from store_schema.layout import manifest_path
+
+    root = build_corpus(tmp_path / "a", n_ok=4, num_views=1)
+    code, out = _extract(root, "-t", TEACHER)
+    assert code == 0, out
+    other = build_corpus(tmp_path / "b", n_ok=5, num_views=1, seed=2)
+    shutil.copyfile(manifest_path(other), manifest_path(root))
+    code, out = _extract(root, "-t", TEACHER)
+    assert code == 2 and "manifest_hash mismatch" in out and "Traceback" not in out, out
+    assert "restore that manifest" in out and "extract into a new root" in out, out
