@@ -123,11 +123,14 @@ def verify_cmd(
     teacher: TeacherOpt = None,
     recompute_stats: Annotated[bool, typer.Option(help="Also recompute each shard's moments from its data and compare.")] = True,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Exit 0 when images are only missing (a store still being filled); damage still exits 1.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Redo the damaged shards in this process (as `pipeline extract --redo-shards` does, with the store's own settings and recorded weights), then verify again.")] = False,
+    device: Annotated[str, typer.Option(help="With --repair: torch device of the teacher.")] = "cpu",
 ) -> None:
     """Read every shard (crc32c-checked), check completion and statistics; name damaged and missing images.
 
-    Exit 1 when any image is damaged, or missing (its shard not complete) unless --allow-incomplete, or when
-    the store was not built from the root's manifest.parquet (a store copied from another corpus)."""
+    Exit 1 when any image is damaged (after --repair: still damaged), or missing (its shard not complete)
+    unless --allow-incomplete, or when the store was not built from the root's manifest.parquet (a store
+    copied from another corpus)."""
     from stages.extract.verify import verify_store
 
     failed = False
@@ -135,9 +138,31 @@ def verify_cmd(
     for store in _stores(root, teacher):
         report = verify_store(store, recompute_stats=recompute_stats, root=root)
         typer.echo(report.format())
+        damaged = [s.shard for s in report.shards if s.status == "damaged"]
+        if repair and damaged and report.manifest_problem is None:
+            report = _repair(root, store, damaged, device=device, recompute_stats=recompute_stats)
         failed |= not (report.ok if allow_incomplete else report.complete)
     if failed:
         raise typer.Exit(code=1)
+
+
+def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, recompute_stats: bool):
+    """Redo `shards` of `store` (pipeline.extract.repair_store) and return the new verify report."""
+    from pipeline.extract import repair_store
+    from stages.extract.verify import verify_store
+    from stages.teachers.errors import MissingWeightsError
+    from store_schema.errors import StoreError
+    from store_schema.teacher_store import open_teacher_store
+
+    try:
+        done = repair_store(root, store.spec.name, shards, device=device)
+    except (ValueError, StoreError, MissingWeightsError) as e:
+        raise _fail(f"repair of {store.path} shards {shards}: {e}") from e
+    typer.echo(f"  repaired shards {sorted(done.computed_shards)} ({done.seconds:.1f} s"
+               + (f"; statistics of {done.unfolded} folded shards unfolded and refolded)" if done.unfolded else ")"))
+    report = verify_store(open_teacher_store(store.path), recompute_stats=recompute_stats, root=root)
+    typer.echo(report.format())
+    return report
 
 
 def transcode_cmd(

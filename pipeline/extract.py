@@ -165,6 +165,22 @@ def with_store_defaults(root: Path, teacher: str, config: ExtractConfig, *, expl
     return replace(config, **taken), notes
 
 
+def repair_store(root: Path, teacher: str, shards: list[int], *, device: str = "cpu", batch_size: int = 32,
+                 lease: LeaseOptions | None = None) -> ExtractReport:
+    """Redo damaged `shards` of `<root>/<teacher>.zarr` in this process (`store verify --repair`): the store's
+    own shard size, grid, codec and fold cadence, and its recorded weights (a local checkpoint is read from
+    the path the store records, and must still hash the same)."""
+    from dataclasses import replace
+
+    from store_schema.teacher_store import open_teacher_store
+
+    ident = open_teacher_store(teacher_store_path(root, teacher)).weights_identity
+    checkpoint = Path(ident["id"]) if ident.get("source") == "local" else None
+    config = ExtractConfig(workers=0, progress=False, device=device, batch_size=batch_size, checkpoint=checkpoint)
+    config, _ = with_store_defaults(root, teacher, config, explicit=set())
+    return run_extract(root, teacher, replace(config, redo_shards=tuple(shards)), lease=lease)
+
+
 def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
     """Driver side of the completion protocol: the shard's statistics (every kind and split) first, then
     its complete flag (which may fold the complete prefix of shards into the store's totals)."""

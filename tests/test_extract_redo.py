@@ -98,3 +98,18 @@ def test_redo_refuses_bad_shard_numbers_and_several_teachers(roots):
         open_teacher_store(store.path, mode="r+").write_shard(
             0, summary_SVC=np.zeros((4, 2, store.summary_dim), np.float32),
             patches_SVhwC=np.zeros((4, 2, *store.grid, store.patch_dim), np.float32), valid_SV=np.zeros((4, 2), bool))
+
+
+def test_verify_repair_redoes_the_damaged_shards(roots):
+    root, reference = roots
+    _shard_file(root, "patches", 0).unlink()  # shard 0's patches are lost (folded, like every shard)
+    res = CliRunner().invoke(_app(), ["store", "verify", "--root", str(root), "--repair"])
+    assert res.exit_code == 0, res.output
+    assert "shard 0 DAMAGED" in res.output and "repaired shards [0]" in res.output
+    assert "2 ok, 1 damaged" in res.output and "3 ok, 0 damaged, 0 incomplete of 3 shards" in res.output  # before, after
+    got, want = (open_teacher_store(teacher_store_path(r, TEACHER)) for r in (root, reference))
+    for name in ("summary", "patches", "valid"):
+        assert np.array_equal(np.asarray(getattr(got, name)[:]), np.asarray(getattr(want, name)[:])), name
+    for kind in got.kinds:
+        g, w = got.stats(kind), want.stats(kind)
+        assert g.count == w.count and _rel(g.m2_DD, w.m2_DD) <= 1e-12

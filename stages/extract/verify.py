@@ -106,7 +106,7 @@ class VerifyReport:
             lines.append(f"  shard {s.shard} DAMAGED images {s.damaged_ids}: {'; '.join(s.problems)}")
         if bad:
             lines.append(f"  repair: pipeline extract --teacher {self.teacher} --root ROOT --redo-shards "
-                         f"{','.join(str(s.shard) for s in bad)}")
+                         f"{','.join(str(s.shard) for s in bad)} (or `pipeline store verify --repair`)")
         for p in self.stats_problems:
             lines.append(f"  STATISTICS DAMAGED: {p}")
         if self.manifest_problem is not None:
