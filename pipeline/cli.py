@@ -21,6 +21,7 @@ from pipeline import (
     cmd_text,
 )
 
+
 class PipelineApp(typer.Typer):
     """The typer app; called as a program (the console script calls `app()`), user errors, including click's
     usage errors, print as one `Error: ...` line (pipeline/errors.py), never as a box or a traceback."""
