@@ -5,17 +5,20 @@ own usage errors (a flag that does not parse) and any user error a command did n
 style, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
 damaged or mismatched files and missing resources (`ValueError`, `FileNotFoundError`, the store's
 `StoreError`, missing weights / tokenizers, an extraction that cannot go on); anything else is a bug and
-keeps its traceback. Only typer and the standard library are imported here (`pipeline --help` stays fast).
+keeps its traceback. `PIPELINE_TRACEBACK=1` in the environment lets user errors raise with their
+traceback too (a ValueError can also be a bug: this is how to see where it came from). Only typer and the standard library are imported here (`pipeline --help` stays fast).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
 import typer
 
 EXIT_USER_ERROR = 2
+TRACEBACK_ENV = "PIPELINE_TRACEBACK"  # set to 1: user errors keep their traceback
 # typer ships its own copy of click: find its ClickException through a public class, by name
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
@@ -53,6 +56,8 @@ def run_cli(invoke: Callable[..., Any]) -> int:
         typer.echo("Error: aborted", err=True)
         return 1
     except user_error_types() as e:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
         typer.echo(f"Error: {e}", err=True)
         return EXIT_USER_ERROR
     return rv if isinstance(rv, int) else 0

@@ -200,3 +200,22 @@ def test_extraction_over_a_replaced_manifest_says_what_to_do(tmp_path):
     code, out = _extract(root, "-t", TEACHER)
     assert code == 2 and "manifest_hash mismatch" in out and "Traceback" not in out, out
     assert "restore that manifest" in out and "extract into a new root" in out, out
+
+
+
+def test_pipeline_traceback_shows_where_a_user_error_came_from(monkeypatch, capsys):
+    """An uncaught user error prints one line; with PIPELINE_TRACEBACK=1 it raises (traceback kept), so a
+    ValueError that is really a bug can be traced."""
+    import pytest
+
+    from pipeline.errors import run_cli
+
+    def invoke(**_):
+        raise ValueError("shape mismatch deep inside")
+
+    monkeypatch.delenv("PIPELINE_TRACEBACK", raising=False)
+    assert run_cli(invoke) == 2
+    assert capsys.readouterr().err.strip() == "Error: shape mismatch deep inside"
+    monkeypatch.setenv("PIPELINE_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="deep inside"):
+        run_cli(invoke)
