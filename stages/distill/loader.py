@@ -457,6 +457,13 @@ class _InPlacePinner:
                                f"{rc}); run with pin_memory=False to copy batches without page-locking")
         self.registered[storage.data_ptr()] = storage
 
+    def __del__(self) -> None:
+        # Unregister before the buffers are freed: a later buffer mapped at the same address (the next
+        # loader in this process) must be registrable again.
+        for ptr in list(getattr(self, "registered", {})):
+            torch.cuda.cudart().cudaHostUnregister(ptr)
+        self.registered = {}
+
 
 def make_loader(dataset: StoreBatches, *, num_workers: int, prefetch_factor: int = 2,
                 pin_memory: bool = False) -> StoreLoader:
