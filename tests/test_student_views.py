@@ -7,7 +7,6 @@ teachers' exactly, only the resampling may differ slightly from a full decode.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.images import load_rgb
-from stages.corpus.samples import render_samples, render_student_views
+from stages.corpus.samples import draft_size, load_checked_for_views, render_samples, render_student_views
 from stages.corpus.views import render_view
 from store_schema.manifest import ViewSpec
 
@@ -54,20 +53,20 @@ def test_draft_rendered_views_match_full_decode_crop_and_flip(tmp_path: Path) ->
     assert np.abs(down - fast[1].astype(np.int16)).mean() < 3.0
 
 
-def test_draft_decode_is_cheaper_than_a_full_decode(tmp_path: Path) -> None:
+def test_draft_decode_decodes_no_larger_than_the_views_need(tmp_path: Path) -> None:
+    """A 2000x1500 JPEG whose views are rendered at 64 px is decoded at a reduced DCT scale (1/2, 1/4 or
+    1/8), never below what its smallest view box needs; the cost it saves is measured in
+    benchmarks/stage_two_cost.py, not timed here."""
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(4):
         _photo((2000, 1500), i).save(folder / f"p{i}.jpg", quality=92)
     m = build_manifest(folder, out_dir=tmp_path / "root", view_spec=ViewSpec(num_views=2, seed=0), val_fraction=0.0)
-    pairs = np.array([(i, 0) for i in range(4)], np.int64)  # view 0: the full image, the costliest case
-
-    def cpu(fn) -> float:
-        best = float("inf")
-        for _ in range(3):
-            t = time.process_time()
-            fn(m, pairs, 64)
-            best = min(best, time.process_time() - t)
-        return best
-
-    assert cpu(render_student_views) < 0.6 * cpu(render_samples)
+    for i in range(4):
+        boxes = m.view_boxes_NV4[i]
+        need_w, need_h = draft_size(boxes, 64)
+        img = load_checked_for_views(m, i, boxes, 64)
+        assert img.size[0] * img.size[1] <= 2000 * 1500 // 4, img.size  # at least a 1/2 scale each way
+        assert img.size[0] >= need_w and img.size[1] >= need_h, (img.size, need_w, need_h)
+    full = load_rgb(m.image_path(0), pixel_limit=m.pixel_limit)  # the teachers decode in full
+    assert full.size == (2000, 1500)
