@@ -108,7 +108,9 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
         store = open_teacher_store(path, expect_manifest_hash=manifest.hash,
                                    expect_view_spec=manifest.view_spec, mode="r+")
         for key in ("teacher", "weights", "codec", "storage_grid", "shard_size", "num_images", "num_views"):
-            if store.attrs[key] != attrs[key]:
+            same = (CodecSpec.from_dict(store.attrs[key]) == CodecSpec.from_dict(attrs[key]) if key == "codec"
+                    else store.attrs[key] == attrs[key])  # a codec recorded before a field existed: its default
+            if not same:
                 raise StoreMismatchError(path, key, expected=attrs[key], found=store.attrs[key])
         return store
     if location.list_dir(path):
