@@ -16,14 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from pipeline.errors import fail
+
 if TYPE_CHECKING:
     from store_schema.teacher_store import TeacherStore
-
-
-def _fail(message: str) -> typer.Exit:
-    from pipeline.errors import fail
-
-    return fail(message)
 
 
 def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
@@ -35,15 +31,15 @@ def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
     existing = list_teacher_stores(root)
     names = [n.strip() for v in teachers for n in v.split(",") if n.strip()] if teachers else existing
     if not names:
-        raise _fail(f"no teacher stores (<teacher>.zarr) under {root}; run `pipeline extract` first")
+        raise fail(f"no teacher stores (<teacher>.zarr) under {root}; run `pipeline extract` first")
     unknown = [n for n in names if n not in existing]
     if unknown:
-        raise _fail(f"no store for teacher(s) {', '.join(map(repr, unknown))} under {root}; stores there: "
+        raise fail(f"no store for teacher(s) {', '.join(map(repr, unknown))} under {root}; stores there: "
                     f"{', '.join(existing) if existing else 'none'}")
     try:
         return [open_teacher_store(teacher_store_path(root, n), mode="r") for n in names]
     except (StoreError, ValueError) as e:
-        raise _fail(str(e)) from e
+        raise fail(str(e)) from e
 
 
 RootOpt = Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores: a folder or an fsspec URL (s3://bucket/prefix). Default: store.root of ./params.yaml.")]
@@ -104,14 +100,14 @@ def fidelity_cmd(
     root = _root(ctx, root)
     stores = _stores(root, teacher)
     if checkpoint is not None and len(stores) != 1:
-        raise _fail("--checkpoint needs exactly one --teacher")
+        raise fail("--checkpoint needs exactly one --teacher")
     manifest = read_manifest(manifest_path(root))
     for store in stores:
         try:
             result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
                                             checkpoint=checkpoint)
         except (ValueError, MissingWeightsError) as e:
-            raise _fail(str(e)) from e
+            raise fail(str(e)) from e
         typer.echo(f"{store.spec.name}: {write_fidelity(root, result)}")
         for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]]):
             typer.echo(f"  {line}")
@@ -157,7 +153,7 @@ def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, reco
     try:
         done = repair_store(root, store.spec.name, shards, device=device)
     except (ValueError, StoreError, MissingWeightsError) as e:
-        raise _fail(f"repair of {store.path} shards {shards}: {e}") from e
+        raise fail(f"repair of {store.path} shards {shards}: {e}") from e
     typer.echo(f"  repaired shards {sorted(done.computed_shards)} ({done.seconds:.1f} s"
                + (f"; statistics of {done.unfolded} folded shards unfolded and refolded)" if done.unfolded else ")"))
     report = verify_store(open_teacher_store(store.path), recompute_stats=recompute_stats, root=root)
@@ -206,7 +202,7 @@ def transcode_cmd(
             new_codec = replace(new_codec, keepbits=parse_keepbits(keepbits))
         new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
     except (ValueError, StoreError) as e:
-        raise _fail(str(e)) from e
+        raise fail(str(e)) from e
     started_ray = False
     try:
         if ray_address is not None:
@@ -218,7 +214,7 @@ def transcode_cmd(
                                  scheduler="ray" if ray_address is not None else "threads", workers=workers,
                                  lease=LeaseOptions(wait=wait))
     except (ValueError, StoreError) as e:
-        raise _fail(str(e)) from e
+        raise fail(str(e)) from e
     finally:
         if started_ray:
             from pipeline.ray_runtime import shutdown_ray

@@ -210,14 +210,14 @@ class ShardReader:
         try:
             size = os.fstat(fd).st_size
             if size == 0:
-                return self._read_chunks(fd, k, lo, hi, out, path, None)
+                return self._read_chunks(fd, size, k, lo, hi, out, path, None)
             # unmapped when the last view of it goes (not closed here: an error's traceback may hold one)
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ)
-            return self._read_chunks(fd, k, lo, hi, out, path, memoryview(mm))
+            return self._read_chunks(fd, size, k, lo, hi, out, path, memoryview(mm))
         finally:
             os.close(fd)
 
-    def _read_chunks(self, fd: int, k: int, lo: int, hi: int, out: np.ndarray, path: Path,
+    def _read_chunks(self, fd: int, size: int, k: int, lo: int, hi: int, out: np.ndarray, path: Path,
                      mm: memoryview | None) -> np.ndarray:
         # Inner chunks are read from the mapped file (mm); without a mapping (an empty file) through
         # preadv into a reused buffer. Reading the whole file into a buffer first cost a pass through
@@ -225,7 +225,6 @@ class ShardReader:
         plan = self.plan
         assert plan is not None
         S = plan.shard_images
-        size = os.fstat(fd).st_size
         n_index = 16 * S + (4 if plan.index_crc else 0)
         if size < n_index:
             raise StoreCorruptionError(f"{self.store_path}: {self.name} shard {k} ({path}) has {size} bytes, "
