@@ -20,8 +20,11 @@ machine slow this one's memory traffic; all three totals are printed). Phases, h
 sample, timed inside the loader:
 
   store read     shard files -> decoded compact (bf16 bits) units (UnitCache._read, store_schema/shard_reader.py)
-  student view   one JPEG decode per image per epoch (reduced scale where its views allow) + crop/resize/flip
-                 of each sample's view to the student size (UnitCache.student_views)
+  student view   each sample's view at the student size from the student-view store that `pipeline views`
+                 rendered once (read with the unit, UnitCache.student_views); measured apart without it
+                 (student_views: decode): one JPEG decode per image per epoch (reduced scale where its
+                 views allow) + crop/resize/flip. The one-time render's cost and bytes are printed too.
+                 The ViT-B/16 @432 line is its own loader run (views pre-rendered at 432)
   gather + loader bookkeeping   the rest of the loader: units -> the batch's target buffers, the plan
   loader total   one epoch of StoreBatches end to end (includes the three above)
   pin copy       the student views' copy into pinned memory (measured as a copy into reused buffers: no
@@ -64,13 +67,14 @@ from stages.distill import unit_cache as unit_cache_mod
 from stages.distill.loader import StoreBatches, StoreSet, make_loader, targets_on_device
 from stages.distill.train import normalize_targets
 from stages.distill.unit_cache import UnitCache
+from stages.extract.student_views import run_views
 from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from store_schema.codecs import CodecSpec, bulk_io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage_one_cost import StandIn  # noqa: E402  (the stand-in teacher both stage benchmarks use)
-from store_schema.layout import teacher_store_path
+from store_schema.layout import student_views_path, teacher_store_path
 from store_schema.manifest import ViewSpec
 from store_schema.teacher_store import create_teacher_store
 
@@ -210,13 +214,13 @@ class PhaseTimer:
         unit_cache_mod.UnitCache._read, unit_cache_mod.UnitCache.student_views = self._orig
 
 
-def run_loader(stores: StoreSet, args, timer: PhaseTimer) -> dict:
+def run_loader(stores: StoreSet, args, timer: PhaseTimer, *, student_views: str, img_size: int) -> dict:
     """1 + MEASURED_EPOCHS epochs of the real loader in this process; host CPU seconds per phase of the
     measured epoch with the least loader CPU (steady state: unit and piece buffers recycled; best of a
     few, as timeit does, because other processes on a shared machine slow this one's memory traffic),
     and the spread of loader CPU over the measured epochs."""
-    ds = StoreBatches(stores, split="train", batch_size=args.batch_size, img_size=args.img_size, seed=0,
-                      epochs=1 + MEASURED_EPOCHS, loader_memory=64 * 2**30)
+    ds = StoreBatches(stores, split="train", batch_size=args.batch_size, img_size=img_size, seed=0,
+                      epochs=1 + MEASURED_EPOCHS, loader_memory=64 * 2**30, student_views=student_views)
     keys = ("loader_s", "read_s", "view_s", "read_bytes", "pin_s", "pin_targets_s", "loaded", "shipped", "decodes")
     per_epoch = {e: dict.fromkeys(keys, 0) for e in range(1, 1 + MEASURED_EPOCHS)}
     dev = {"dev_s": 0.0, "dev_batches": 0, "dev_samples": 0}
@@ -322,7 +326,17 @@ def main() -> None:
         view224_s, _ = cpu(lambda: render_student_views(stores.manifest, pairs, args.img_size))
         view432_s, _ = cpu(lambda: render_student_views(stores.manifest, pairs, 432))
 
-        r = run_loader(stores, args, timer)
+        # the student views rendered once (`pipeline views`), at the ViT-L and the ViT-B input sizes
+        renders = {}
+        for side in dict.fromkeys((args.img_size, 432)):
+            rep = run_views(root, side, use_ray=False)
+            folder = student_views_path(root, side) / "views" / "c"
+            renders[side] = {"ms_core_per_image": rep.cpu_s / rep.images * 1e3,
+                             "bytes_per_image": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                             / stores.manifest.num_images}
+        r = run_loader(stores, args, timer, student_views="store", img_size=args.img_size)
+        r_dec = run_loader(stores, args, timer, student_views="decode", img_size=args.img_size)
+        r432 = run_loader(stores, args, timer, student_views="store", img_size=432)
         flops = 0.0
         for t_name, s in stores.stores.items():
             g = s.grid[0] * s.grid[1]
@@ -335,7 +349,7 @@ def main() -> None:
     gbps = r["read_bytes"] / r["read_s"] / 1e9
     phases = {
         "store read": read_ms,
-        "student view (decode + render)": view_ms,
+        "student view (pre-rendered)": view_ms,
         "gather + loader bookkeeping": per(r["loader_s"], loaded) - read_ms - view_ms,
         "loader total": per(r["loader_s"], loaded),
         "pin copy (student views)": per(r["pin_s"], loaded),
@@ -344,7 +358,9 @@ def main() -> None:
     host_ms = phases["loader total"] + phases["pin copy (student views)"]
     budgets = {k: student_budget_ms(p, side) for k, (p, side) in STUDENTS.items()}
     gpu_norm_ms = flops / (MFU * H200_BF16_FLOPS) * 1e3
-    host432 = host_ms - view_ms + view_ms * view432_s / view224_s  # the loader's views scaled to 432 px
+    host_of = lambda x: per(x["loader_s"] + x["pin_s"], x["loaded"])  # noqa: E731
+    host_dec, host432 = host_of(r_dec), host_of(r432)
+    view_dec_ms = per(r_dec["view_s"], r_dec["loaded"])
     res.update({
         "samples": n_samples, "loaded_samples": loaded, "bits_per_value": bits,
         "store_read_GBps_per_core": gbps, "zarr_read_GBps_per_core": zarr_bytes / zarr_s / 1e9,
@@ -356,6 +372,13 @@ def main() -> None:
         "cores_per_H200_pinning_by_copy": (host_ms + pin_targets_ms) / budgets["ViT-L/16 @224"],
         "device_side_cpu_ms_per_sample": per(r["dev_s"], r["dev_samples"]), "device_side_GFLOP_per_sample": flops / 1e9,
         "device_side_H200_ms_per_sample": gpu_norm_ms, "budgets_ms": budgets,
+        "student_views_rendered_once": {str(k): v for k, v in renders.items()},
+        "decode_mode": {"student_view_ms": view_dec_ms, "host_ms": host_dec,
+                        "image_decodes_per_sample": r_dec["decodes"] / r_dec["loaded"],
+                        "loader_total_ms_per_measured_epoch": r_dec["loader_ms_per_epoch"],
+                        "cores_per_H200": host_dec / budgets["ViT-L/16 @224"]},
+        "vitb432": {"host_ms": host432, "student_view_ms": per(r432["view_s"], r432["loaded"]),
+                    "loader_total_ms_per_measured_epoch": r432["loader_ms_per_epoch"]},
         "cores_per_H200_vitb432": host432 / budgets["ViT-B/16 @432"],
         "cores_per_H200": host_ms / budgets["ViT-L/16 @224"],
     })
@@ -367,9 +390,19 @@ def main() -> None:
           f"{', '.join(f'{x:.2f}' for x in r['loader_ms_per_epoch'])}):")
     for k, v in phases.items():
         print(f"  {k:32s} {v:8.3f}")
-    print(f"  (image decodes per sample in the loader: {res['image_decodes_per_sample']:.2f}; outside the loader, "
-          f"both views of an image per decode: reduced-scale {res['student_view_224_ms']:.3f}, full decode "
-          f"{res['student_view_full_decode_ms']:.3f}, at 432 px {res['student_view_432_ms']:.3f})")
+    print(f"  (image decodes per sample in the loader: {res['image_decodes_per_sample']:.2f}: the views come from "
+          f"the student-view store)")
+    print(f"without the student-view store (student_views: decode; epochs "
+          f"{', '.join(f'{x:.2f}' for x in r_dec['loader_ms_per_epoch'])}): student view (decode + render) "
+          f"{view_dec_ms:.3f}, host total {host_dec:.3f} ms·core per sample, "
+          f"{res['decode_mode']['image_decodes_per_sample']:.2f} decodes per sample -> cores per H200 "
+          f"{res['decode_mode']['cores_per_H200']:.2f}; outside the loader, both views of an image per decode: "
+          f"reduced-scale {res['student_view_224_ms']:.3f}, full decode {res['student_view_full_decode_ms']:.3f}, "
+          f"at 432 px {res['student_view_432_ms']:.3f}")
+    for side, v in renders.items():
+        print(f"student views rendered once at {side} px (`pipeline views`): {v['ms_core_per_image']:.2f} ms·core per "
+              f"image (both views), {v['bytes_per_image'] / 1e3:.0f} kB per image on disk "
+              f"({v['bytes_per_image'] * 1e6 / 1e12:.2f} TB per 1M images)")
     print(f"shipped to the device: {res['shipped_MB_per_sample']:.2f} MB per sample (bf16 bit patterns), from the "
           f"loader's buffers page-locked in place (CUDA; not runnable here); pinning them by copy instead would add "
           f"{pin_targets_ms:.3f} ms·core per sample (cores per H200 {res['cores_per_H200_pinning_by_copy']:.2f})")
@@ -379,7 +412,8 @@ def main() -> None:
     for k, v in budgets.items():
         print(f"student budget {k}: {v:.3f} ms per sample (6·params·tokens at {MFU:.0%} of 790 TFLOP/s)")
     print(f"zarr-python read of the same shards: {res['zarr_read_GBps_per_core']:.2f} GB/s per core")
-    print(f"cores per H200 for ViT-B/16 @432 (views rendered at 432): {res['cores_per_H200_vitb432']:.2f}")
+    print(f"cores per H200 for ViT-B/16 @432 (its loader measured, views pre-rendered at 432; epochs "
+          f"{', '.join(f'{x:.2f}' for x in r432['loader_ms_per_epoch'])}): {res['cores_per_H200_vitb432']:.2f}")
     print(f"store read: {gbps:.2f} GB/s per core at {bits:.2f} bits/value")
     if args.out:
         args.out.write_text(json.dumps(res, indent=2) + "\n")

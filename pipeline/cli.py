@@ -19,6 +19,7 @@ from pipeline import (
     cmd_store,
     cmd_teachers,
     cmd_text,
+    cmd_views,
 )
 
 
@@ -48,6 +49,7 @@ COMMAND_GROUPS = (
     cmd_teachers,
     cmd_extract,
     cmd_text,
+    cmd_views,
     cmd_store,
     cmd_distill,
     cmd_evaluate,

@@ -138,7 +138,8 @@ def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
                          img_size=d.img_size, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                          warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, seed=seed, device=d.device,
                          log_every=d.log_every, ckpt_every=d.ckpt_every, num_workers=d.num_workers,
-                         loader_memory=d.loader_memory, num_summary_tokens=d.num_summary_tokens)
+                         loader_memory=d.loader_memory, num_summary_tokens=d.num_summary_tokens,
+                         student_views=d.student_views)
 
 
 def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
@@ -196,6 +197,16 @@ def _resume_conflicts(config: "DistillConfig", saved: "DistillConfig", resolved:
     return why
 
 
+def _views(p: Params) -> None:
+    """The student's views rendered once at distill.img_size (`pipeline views`), unless distill decodes them."""
+    from stages.extract.student_views import run_views
+
+    if p.distill.student_views == "decode":
+        return
+    typer.echo(run_views(p.store.root, p.distill.img_size, workers=max(p.extract.workers, 1),
+                         use_ray=p.extract.workers > 0, ray_address=p.extract.ray_address).summary())
+
+
 def _distill(p: Params) -> list[Path]:
     runs = []
     for norm, seed in p.sweep_runs():
@@ -215,6 +226,7 @@ def run_demo(p: Params) -> Path:
     _corpus(p)
     _extract(p, p.extract.teachers)
     _extract_text(p)
+    _views(p)
     runs = _distill(p)
     e = p.evaluate
     if not e.probe_labels.is_file():

@@ -84,6 +84,10 @@ def distill(
     loader_memory: Annotated[str, typer.Option(
         help="Memory the loader may hold for decoded store units, all its workers together (8GiB, 512MiB, ...); "
              "about one --shuffle-block of units must fit, the error says how much.")] = "8GiB",
+    student_views: Annotated[str, typer.Option(
+        help="Where the student's views come from: auto (the store `pipeline views --size <img-size>` renders, "
+             "when complete; else decode), store (that store or an error), decode (the image files). Same "
+             "pixels either way.")] = "auto",
     log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every this many steps.")] = 10,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every this many steps (0: off).")] = 0,
     ckpt_minutes: Annotated[float, typer.Option(help="Checkpoint whenever this many minutes passed since the last "
@@ -114,6 +118,7 @@ def distill(
                                 feature_weight=feature_weight, summary_loss=v["summary_loss"],
                                 grad_clip=v["grad_clip"], img_size=v["img_size"], seed=v["seed"], device=v["device"],
                                 num_workers=v["workers"], loader_memory=v["loader_memory"],
+                                student_views=v["student_views"],
                                 shuffle_block=shuffle_block, log_every=v["log_every"], ckpt_every=v["ckpt_every"],
                                 ckpt_minutes=ckpt_minutes,
                                 num_summary_tokens=v["num_summary_tokens"])

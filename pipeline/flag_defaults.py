@@ -71,6 +71,7 @@ DISTILL: Table = {
     "device": ("distill.device", lambda p: p.distill.device),
     "workers": ("distill.num_workers", lambda p: p.distill.num_workers),
     "loader_memory": ("distill.loader_memory", lambda p: p.distill.loader_memory),
+    "student_views": ("distill.student_views", lambda p: p.distill.student_views),
     "log_every": ("distill.log_every", lambda p: p.distill.log_every),
     "ckpt_every": ("distill.ckpt_every", lambda p: p.distill.ckpt_every),
 }
@@ -97,6 +98,12 @@ REPORT: Table = {
 TEXT: Table = {
     "root": ("store.root", lambda p: p.store.root),
     "device": ("extract.device", lambda p: p.extract.device),
+}
+VIEWS: Table = {
+    "size": ("distill.img_size", lambda p: [p.distill.img_size]),
+    "root": ("store.root", lambda p: p.store.root),
+    "workers": ("extract.workers", lambda p: p.extract.workers),
+    "ray_address": ("extract.ray_address", lambda p: p.extract.ray_address),
 }
 TRANSCODE: Table = {
     "root": ("store.root", lambda p: p.store.root),

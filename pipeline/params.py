@@ -91,6 +91,7 @@ class DistillParams:
     ckpt_every: int = 0  # checkpoint every this many steps (0: only at the end); what a killed run resumes from
     num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
     loader_memory: str = "8GiB"  # decoded store units one rank's loader may hold (all workers), e.g. 32GiB
+    student_views: str = "auto"  # auto / store / decode: read <root>/student_views/<img_size>px.zarr or decode
     num_summary_tokens: int | None = None  # student K; None: automatic (one per teacher with a summary)
 
 

@@ -78,6 +78,38 @@ def list_teacher_stores(root: Location) -> list[str]:
                   if location.is_file(store_file(location.join(root, n), ZARR_JSON)))
 
 
+# Student views rendered once (store_schema/view_store.py): <root>/student_views/<size>px.zarr holding
+# VIEWS, VALID (per image: its views rendered) and SHARDS_COMPLETE, keyed by the student's input side.
+STUDENT_VIEWS_DIR = "student_views"
+VIEWS = "views"
+DIMS_VIEWS = ("image", "view", "y", "x", "rgb")
+VIEW_STORE_KIND = "student_views"
+VIEW_STORE_ATTRS: tuple[str, ...] = (
+    "schema_version", "code_version", "kind", "manifest_hash", "view_spec", "size", "shard_size",
+    "num_images", "num_views", "render",
+)
+
+
+def student_views_path(root: Location, size: int) -> Location:
+    """<root>/student_views/<size>px.zarr: the manifest's views rendered at size x size for the student."""
+    if int(size) != size or size < 1:
+        raise ValueError(f"student view size must be a positive integer, got {size!r}")
+    return location.join(root, STUDENT_VIEWS_DIR, f"{int(size)}px.zarr")
+
+
+def list_student_view_sizes(root: Location) -> list[int]:
+    """Sizes with a student-view store under root (<root>/student_views/<size>px.zarr holding zarr.json)."""
+    folder = location.join(root, STUDENT_VIEWS_DIR)
+    if not location.exists(folder):
+        return []
+    sizes = []
+    for n in location.list_dir(folder):
+        stem = n[: -len("px.zarr")] if n.endswith("px.zarr") else ""
+        if stem.isdigit() and location.is_file(store_file(location.join(folder, n), ZARR_JSON)):
+            sizes.append(int(stem))
+    return sorted(sizes)
+
+
 def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_hash: str) -> Path:
     """<root>/normalizers/<teacher>/<kind>/<variant>-<stats hash, 16 hex>.safetensors
 

@@ -57,10 +57,11 @@ def _numcodecs_bitround_keepbits(codec: Any) -> int | None:
 
 
 def compact_dtype_of(array: zarr.Array) -> np.dtype:
-    """The dtype the loader ships an array's values in: uint16 (bf16 bits) when exact, else float32."""
+    """The dtype the loader ships an array's values in: uint16 (bf16 bits) when exact, else float32
+    (uint8 arrays, the student-view store's pixels, as they are)."""
     stored = np.dtype(str(array.dtype))
-    if stored == np.uint16:
-        return np.dtype(np.uint16)
+    if stored in (np.uint16, np.uint8):  # bf16 bit patterns; uint8: pre-rendered student views
+        return stored
     keep = None
     for codec in _inner_codecs(array) or array.metadata.codecs:
         k = _numcodecs_bitround_keepbits(codec)

@@ -50,17 +50,19 @@ def test_dvc_repro_then_nothing_then_only_stage_two(tmp_path):
 
     out = run(["dvc", "repro"], work)
     for stage in ("demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "extract_text@tiny_clip",
-                  "distill@phis-0", "distill@mse-0",
+                  "views", "distill@phis-0", "distill@mse-0",
                   "evaluate@phis-0", "evaluate@mse-0", "report"):
         assert f"Running stage '{stage}'" in out, stage
     assert (work / "reports" / "sweep" / "report.md").is_file()
+    views = json.loads((work / "receipts" / "views.json").read_text())["64"]  # distill.img_size, rendered once
+    assert views["size"] == 64 and views["complete_shards"] and views["invalid_images"] == 0
     receipt = json.loads((work / "receipts" / "extract_tiny_sam.json").read_text())
     assert receipt["teacher"] == "tiny_sam" and receipt["complete_shards"]
 
     again = run(["dvc", "repro"], work)
     assert "Running stage" not in again, again
 
-    stage_one = {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "extract_text@tiny_clip"}
+    stage_one = {"demo_corpus", "corpus", "extract@tiny_clip", "extract@tiny_sam", "extract_text@tiny_clip", "views"}
     write_params(work / "params.yaml", **{**small, "distill": {**small["distill"], "steps": 4}})
     status = json.loads(run(["dvc", "status", "--json"], work) or "{}")
     changed = set(status)

@@ -28,11 +28,12 @@ from pathlib import Path
 from store_schema.location import as_location
 from typing import Any
 
+from stages.distill.view_source import check_student_views
 from stages.normalize import NormVariant, parse_summary_loss
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers", "prefetch_factor", "device", "out_dir", "root",
-     "loader_memory"})
+     "loader_memory", "student_views"})
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -64,7 +65,9 @@ class DistillConfig:
     wall time passed since the last, and an interrupted run (SIGINT / SIGTERM) writes one before it stops.
     shuffle_block is the number of shards whose
     samples are shuffled together (see stages/distill/loader.py); loader_memory bounds the decoded
-    units one rank's loader holds ("8GiB", "512MiB", ...; resumable). num_summary_tokens: the student's K
+    units one rank's loader holds ("8GiB", "512MiB", ...; resumable). student_views: where the student's
+    views come from, "auto" / "store" / "decode" (stages/distill/view_source.py; the same pixels either
+    way, so resumable). num_summary_tokens: the student's K
     (None: automatic, `train.summary_tokens_for`: one per teacher with a summary, as AM-RADIO gives a ViT
     one CLS token per summary teacher, capped by the student family, i.e. 1 for E-RADIO).
     summary_loss: "cosine" (default: 1 − cos on raw summaries for every variant, AM-RADIO; the PHI-S
@@ -97,6 +100,7 @@ class DistillConfig:
     prefetch_factor: int = 2
     shuffle_block: int = 4
     loader_memory: str = "8GiB"
+    student_views: str = "auto"
     log_every: int = 10
     ckpt_every: int = 0
     ckpt_minutes: float = 10.0
@@ -127,6 +131,7 @@ class DistillConfig:
         if self.num_summary_tokens is not None and self.num_summary_tokens < 1:
             raise ValueError(f"num_summary_tokens must be >= 1 (or None: automatic), got {self.num_summary_tokens}")
         parse_bytes(self.loader_memory)
+        check_student_views(self.student_views)
         if self.lr <= 0 or self.grad_clip < 0:
             raise ValueError(f"lr must be > 0 and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
 

@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stages.distill.unit_cache import EpochPlan, UnitCache, format_bytes, plan_epoch
+from stages.distill.view_source import resolve_view_store
 from stages.normalize import NormVariant, kind_variant, load_or_fit
 from stages.stats import Moments
 from store_schema.location import as_location
@@ -207,7 +208,7 @@ class StoreBatches(IterableDataset):
     def __init__(self, stores: StoreSet, *, split: str, batch_size: int, img_size: int, seed: int,
                  shuffle_block: int = 4, rank: int = 0, world_size: int = 1,
                  start: LoaderState = LoaderState(), loader_memory: int = DEFAULT_LOADER_MEMORY,
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None, student_views: str = "auto") -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -227,7 +228,18 @@ class StoreBatches(IterableDataset):
         self.num_units = -(-stores.manifest.num_images // stores.unit_size)
         self.unit_reads = 0  # units read by this process (all teachers), for tests and benchmarks
         self.image_decodes = 0  # images decoded by this process for student views, likewise
+        self.view_reads = 0  # units of pre-rendered student views read by this process, likewise
+        # the student's views: read from <root>/student_views/<img_size>px.zarr, or decoded (view_source.py)
+        self.views, self.views_note = resolve_view_store(stores.root, stores.manifest, img_size, student_views)
         self.piece_slots = 4  # target buffers each producer recycles; make_loader sets prefetch_factor + 2
+
+    @property
+    def unit_nbytes(self) -> int:
+        """Bytes one cached unit holds: every teacher's targets, plus its stored student views if read."""
+        extra = 0
+        if self.views is not None:
+            extra = self.stores.unit_size * self.stores.manifest.view_spec.num_views * self.img_size ** 2 * 3
+        return self.stores.unit_nbytes + extra
 
     def epoch_samples(self, epoch: int) -> np.ndarray:
         """The global sample order of one epoch (int64 [M, 2]), before dropping the remainder."""
@@ -244,7 +256,7 @@ class StoreBatches(IterableDataset):
         plan = plan_epoch(self.epoch_samples(epoch), unit_size=self.stores.unit_size, num_units=self.num_units,
                           batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
                           batches=self.batches_per_epoch, start=start, n_workers=n_workers,
-                          unit_nbytes=self.stores.unit_nbytes)
+                          unit_nbytes=self.unit_nbytes)
         if plan.peak_bytes > self.loader_memory:
             s = self.stores
             raise ValueError(
@@ -252,7 +264,7 @@ class StoreBatches(IterableDataset):
                 f"{epoch}: up to {int(plan.peak_units_W.sum())} units live at once over {n_workers} worker(s), about "
                 f"one shuffle block of {self.shuffle_block} units; a unit is {s.unit_size} images x "
                 f"{s.manifest.view_spec.num_views} views of {', '.join(s.teachers)} = "
-                f"{format_bytes(s.unit_nbytes)} in the compact dtype), more than the loader memory budget "
+                f"{format_bytes(self.unit_nbytes)} in the compact dtype), more than the loader memory budget "
                 f"{format_bytes(self.loader_memory)}. Raise --loader-memory (distill.loader_memory) to at least "
                 f"{format_bytes(plan.peak_bytes)}, or lower --shuffle-block")
         return plan
@@ -262,20 +274,20 @@ class StoreBatches(IterableDataset):
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         epoch, position = self.start.epoch, self.start.position
         U = self.stores.unit_size
-        cache = UnitCache(self.stores, unit_size=U)
+        cache = UnitCache(self.stores, unit_size=U, views=self.views)
         ring = _PieceRing(cache, self.batch_size, self.img_size, self.piece_slots, shared=info is not None)
         while self.epochs is None or epoch < self.start.epoch + self.epochs:
             plan = self.plan(epoch, start=position, n_workers=n_workers)
-            for u in set(cache.units) | set(cache.images):
+            for u in cache.live_units():
                 cache.drop(u)
             for b in range(position, self.batches_per_epoch):
                 pairs_B2 = plan.order_M2[self.rank_slice(b)]
                 unit_B = pairs_B2[:, 0] // U
-                for u in [u for u in set(cache.units) | set(cache.images) if plan.last[u] < b]:
+                for u in [u for u in cache.live_units() if plan.last[u] < b]:
                     cache.drop(u)  # not needed again this epoch
                 rows_R = np.flatnonzero(plan.owner[unit_B] == worker)
                 piece = self._piece(cache, ring.next(), pairs_B2[rows_R], rows_R, epoch, b)
-                self.unit_reads, self.image_decodes = cache.reads, cache.decodes
+                self.unit_reads, self.image_decodes, self.view_reads = cache.reads, cache.decodes, cache.view_reads
                 yield piece
             epoch, position = epoch + 1, 0
 

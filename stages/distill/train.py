@@ -374,7 +374,10 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
         dataset = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
                                seed=config.seed, shuffle_block=config.shuffle_block,
                                rank=0 if dist_ctx is None else dist_ctx.rank, world_size=world,
-                               start=state.loader, loader_memory=parse_bytes(config.loader_memory))
+                               start=state.loader, loader_memory=parse_bytes(config.loader_memory),
+                               student_views=config.student_views)
+        if is_main:
+            print(dataset.views_note, file=sys.stderr)
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
         with stop:

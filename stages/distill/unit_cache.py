@@ -12,7 +12,9 @@ targets unit by unit (a unit = U consecutive images, one shard when the stores a
   A complete shard whose image with a valid view has no stored chunk is refused (a lost chunk must not
   train as zeros). It also keeps the unit's decoded images for the student's views: each image is
   decoded once per epoch per rank (at the reduced JPEG scale all its views allow), not once per sample,
-  and dropped with its unit.
+  and dropped with its unit. With a student-view store (store_schema/view_store.py, `pipeline views`) the
+  views are read with the unit instead (one read per unit per epoch, recycled buffers), the same pixels
+  without the decode.
 
 Shape legend: M samples, U images per unit, V views, h/w grid, C channels.
 """
@@ -93,8 +95,13 @@ def plan_epoch(order_M2: np.ndarray, *, unit_size: int, num_units: int, batch_si
 class UnitCache:
     """One loader worker's decoded units: {unit: {(teacher, kind): compact array [U, V, ...]}}."""
 
-    def __init__(self, stores: Any, *, unit_size: int) -> None:
+    def __init__(self, stores: Any, *, unit_size: int, views: Any = None) -> None:
         self.stores, self.unit_size = stores, unit_size
+        self.view_reader = None if views is None else ShardReader(views.views, store_path=views.path, name="views")
+        self.view_valid_N = None if views is None else np.asarray(views.valid[:], bool)
+        self.view_units: dict[int, np.ndarray] = {}  # unit -> uint8 [U, V, P, P, 3] views (store path)
+        self.view_absent: dict[int, np.ndarray] = {}
+        self._free_views: list[np.ndarray] = []
         self.readers: dict[tuple[str, str], ShardReader] = {}
         for t, store in stores.stores.items():
             for kind in store.kinds:
@@ -105,10 +112,18 @@ class UnitCache:
         self.images: dict[int, dict[int, Any]] = {}  # unit -> {image id: decoded RGB image}
         self.reads = 0  # unit reads (all teachers) since this cache was made
         self.decodes = 0  # image decodes for student views since this cache was made
+        self.view_reads = 0  # unit reads from the student-view store since this cache was made
+
+    def live_units(self) -> set[int]:
+        """Units holding anything (targets, decoded images or stored views)."""
+        return set(self.units) | set(self.images) | set(self.view_units)
 
     def drop(self, u: int) -> None:
         """Forget unit u (targets and decoded images); its buffers are reused by the next read."""
         self.images.pop(u, None)
+        self.view_absent.pop(u, None)
+        if u in self.view_units:
+            self._free_views.append(self.view_units.pop(u))
         if u in self.units:
             self._free.append(self.units.pop(u))
 
@@ -119,12 +134,36 @@ class UnitCache:
         share a batch), and kept until the unit is dropped."""
         m = self.stores.manifest
         for r, (i, v) in enumerate(pairs_R2.tolist()):
+            if self.view_reader is not None and self._stored_view(i, v, out_RHW3[r]):
+                continue
             decoded = self.images.setdefault(i // self.unit_size, {})
             img = decoded.get(i)
             if img is None:
                 img = decoded[i] = load_checked_for_views(m, i, m.view_boxes_NV4[i], size)
                 self.decodes += 1
             out_RHW3[r] = render_view(img, m.view_boxes_NV4[i, v], bool(m.view_flips_NV[i, v]), size)
+
+    def _stored_view(self, i: int, v: int, out_HW3: np.ndarray) -> bool:
+        """Copy image i's view v from the student-view store into out_HW3; False when the store has no
+        rendering of it (the image failed to render, or its chunk is absent), to decode it instead (an
+        absent chunk may be an all-black rendering the writer left out, or a lost file: decoding is right
+        for both)."""
+        assert self.view_reader is not None and self.view_valid_N is not None
+        if not self.view_valid_N[i]:
+            return False
+        u, U = i // self.unit_size, self.unit_size
+        if u not in self.view_units:
+            buf = self._free_views.pop() if self._free_views else np.empty(
+                (U, *self.view_reader.item_shape), np.uint8)
+            a = u * U
+            b = min(a + U, len(self.view_valid_N))
+            self.view_absent[u] = self.view_reader.read_into(a, b, buf)
+            self.view_units[u] = buf
+            self.view_reads += 1
+        if self.view_absent[u][i % U]:
+            return False
+        out_HW3[...] = self.view_units[u][i % U, v]
+        return True
 
     def get(self, u: int) -> dict[tuple[str, str], np.ndarray]:
         """Unit u's arrays, reading them (every teacher, every token kind) when not cached."""

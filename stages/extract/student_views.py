@@ -1,0 +1,166 @@
+"""Render the manifest's views once at the student's input size (`pipeline views`), shard by shard.
+
+Stage two shows the student each (image, view) sample with the crop box and flip the teachers saw. The
+loader can decode the image file and render that view every epoch (`UnitCache.student_views`), or read it
+from a student-view store rendered here once (store_schema/view_store.py), by the same two functions
+(`load_checked_for_views` on all the image's views, then `render_view`), so both give the same pixels.
+
+Work is split by shard: a shard's images are decoded and rendered and the shard file written by one
+worker (local Ray tasks by default, or in this process); the driver marks each shard complete after it
+was written, so a killed run resumes at the shards not yet marked and never counts a half-written one.
+An image that no longer decodes, or whose bytes changed since the manifest, is recorded (`valid` False,
+listed in the report) and skipped; the loader then decodes it itself and fails as it would without the
+store (its targets no longer match it either).
+
+Shape legend: S images in a shard, V views, P the view side in pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.corpus.samples import ImageChangedError, load_checked_for_views
+from stages.corpus.views import render_view
+from store_schema import layout
+from store_schema.manifest import Manifest, read_manifest
+from store_schema.view_store import ViewStore, create_view_store, open_view_store
+
+DEFAULT_SHARD_SIZE = 64  # `pipeline extract`'s default, for a root without teacher stores yet
+
+
+def render_images(manifest: Manifest, lo: int, hi: int, size: int) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """(views uint8 [S, V, P, P, 3], valid bool [S], {image id: why it was skipped}) for images [lo, hi).
+
+    Images the manifest marks bad stay zero and invalid without a reason (the manifest has it)."""
+    V = manifest.view_spec.num_views
+    out = np.zeros((hi - lo, V, size, size, 3), np.uint8)
+    valid = np.zeros(hi - lo, bool)
+    bad: dict[int, str] = {}
+    for i in range(lo, hi):
+        if not manifest.ok_N[i]:
+            continue
+        boxes = manifest.view_boxes_NV4[i]
+        try:
+            img = load_checked_for_views(manifest, i, boxes, size)  # the loader's decode: same draft scale
+        except ImageChangedError as e:
+            bad[i] = str(e)
+            continue
+        for v in range(V):
+            out[i - lo, v] = render_view(img, boxes[v], bool(manifest.view_flips_NV[i, v]), size)
+        valid[i - lo] = True
+    return out, valid, bad
+
+
+def render_shard(root: str, size: int, k: int) -> dict[str, Any]:
+    """Render and write shard k of <root>'s view store at `size` (a worker's unit of work); not marked
+    complete here (the driver does that). Returns what the report needs."""
+    t0 = time.process_time()
+    manifest = read_manifest(layout.manifest_path(root))
+    store = open_view_store(layout.student_views_path(root, size), expect_manifest_hash=manifest.hash, mode="r+")
+    lo, hi = store.shard_range(k)
+    views, valid, bad = render_images(manifest, lo, hi, size)
+    store.write_shard(k, views, valid)
+    return {"shard": k, "images": hi - lo, "rendered": int(valid.sum()), "bad": bad,
+            "cpu_s": time.process_time() - t0}
+
+
+@dataclass
+class ViewsReport:
+    path: str
+    size: int
+    shards_rendered: int = 0
+    shards_kept: int = 0
+    images: int = 0
+    rendered: int = 0
+    bad: dict[int, str] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        ms = 1e3 * self.cpu_s / self.images if self.images else 0.0
+        unused = self.images - self.rendered - len(self.bad)
+        lines = [f"student views {self.size}px: {self.path}: {self.shards_rendered} shard(s) rendered "
+                 f"({self.images} images: {self.rendered} rendered"
+                 + (f", {unused} marked bad in the manifest" if unused else "")
+                 + (f", {len(self.bad)} skipped" if self.bad else "")
+                 + f"; {ms:.2f} ms·core per image), {self.shards_kept} already complete kept"]
+        if self.bad:
+            lines.append(f"  {len(self.bad)} image(s) skipped (the loader will refuse them as it does without the "
+                         "store):")
+            lines += [f"    {i}: {why}" for i, why in sorted(self.bad.items())[:10]]
+            if len(self.bad) > 10:
+                lines.append(f"    ... and {len(self.bad) - 10} more")
+        return "\n".join(lines)
+
+
+def default_shard_size(root: Path | str) -> int:
+    """The read unit of the teacher stores under root (the largest shard size), so that one unit of
+    targets and its views are one read each; the extract default when there is no teacher store yet."""
+    from store_schema.teacher_store import open_teacher_store
+
+    sizes = [open_teacher_store(layout.teacher_store_path(root, t)).shard_size
+             for t in layout.list_teacher_stores(root)]
+    return max(sizes) if sizes else DEFAULT_SHARD_SIZE
+
+
+def run_views(root: Path | str, size: int, *, shard_size: int | None = None, workers: int = 1,
+              use_ray: bool = True, ray_address: str | None = None) -> ViewsReport:
+    """Render every pending shard of <root>'s view store at `size`, creating the store when needed.
+
+    workers: shards rendered at once (Ray tasks of one CPU each); use_ray False renders in this process."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    root_s = str(root)
+    manifest = read_manifest(layout.manifest_path(root))
+    path = layout.student_views_path(root, size)
+    if shard_size is None:
+        try:
+            shard_size = open_view_store(path).shard_size  # an existing store keeps its own
+        except FileNotFoundError:
+            shard_size = default_shard_size(root)
+    store: ViewStore = create_view_store(path, manifest=manifest, size=size, shard_size=shard_size)
+    pending = [int(k) for k in store.pending_shards()]
+    report = ViewsReport(path=str(path), size=size, shards_kept=store.num_shards - len(pending))
+    t0 = time.perf_counter()
+
+    def finish(result: dict[str, Any]) -> None:
+        store.mark_complete(result["shard"])
+        report.shards_rendered += 1
+        report.images += result["images"]
+        report.rendered += result["rendered"]
+        report.bad.update(result["bad"])
+        report.cpu_s += result["cpu_s"]
+
+    if not use_ray or not pending:
+        for k in pending:
+            finish(render_shard(root_s, size, k))
+    else:
+        _run_on_ray(root_s, size, pending, workers, ray_address, finish)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _run_on_ray(root: str, size: int, pending: list[int], workers: int, ray_address: str | None, finish) -> None:
+    import ray
+
+    from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
+
+    started = not ray_is_running()
+    init_ray(ray_address)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=2)(render_shard)
+        todo = list(pending)
+        inflight = [task.remote(root, size, todo.pop(0)) for _ in range(min(workers, len(todo)))]
+        while inflight:
+            ready, inflight = ray.wait(inflight, num_returns=1)
+            finish(ray.get(ready[0]))
+            if todo:
+                inflight.append(task.remote(root, size, todo.pop(0)))
+    finally:
+        if started:
+            shutdown_ray()
