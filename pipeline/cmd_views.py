@@ -41,18 +41,18 @@ def views_cmd(
 
     v = fill_from_params(ctx, locals(), VIEWS, required=("size",))
     sizes = v["size"] if isinstance(v["size"], list) else [v["size"]]
-    prints = {}
+    fingerprints = {}
     try:
         for s in dict.fromkeys(int(x) for x in sizes):
             report = run_views(v["root"], s, shard_size=shard_size, workers=max(int(v["workers"]), 1),
                                use_ray=not no_ray and int(v["workers"]) > 0, ray_address=v["ray_address"])
             typer.echo(report.summary())
-            prints[str(s)] = open_view_store(student_views_path(v["root"], s)).fingerprint()
+            fingerprints[str(s)] = open_view_store(student_views_path(v["root"], s)).fingerprint()
     except (ValueError, FileNotFoundError, StoreError) as e:
         raise fail(str(e)) from e
     if receipt is not None:
         receipt.parent.mkdir(parents=True, exist_ok=True)
-        receipt.write_text(json.dumps(prints, indent=2, sort_keys=True) + "\n")
+        receipt.write_text(json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
         typer.echo(f"receipt: {receipt}")
 
 

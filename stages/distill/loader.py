@@ -3,11 +3,11 @@ stored fixed views in the manner of FKD, arXiv 2112.01528; targets normalized as
 
 A sample is one (image, view) pair of a manifest split whose image is ok and whose view is valid in every
 selected teacher's store. Stores with shards not marked complete are refused: their statistics (and so the
-persisted normalizers) would describe part of the data. For each sample the loader decodes
-the image (stages.corpus.samples: decoded as the manifest did, its bytes checked against the manifest's
-sha256 so a file changed since extraction is refused), renders the stored view (crop box + flip) at the
-student's resolution, reads every teacher's stored summary and patch targets for that view and applies the
-teacher's fitted normalizer.
+persisted normalizers) would describe part of the data. For each sample the loader takes the student's
+view (crop box + flip at the student's resolution) from the student-view store `pipeline views` rendered
+once, or renders it from the image (stages.corpus.samples: decoded as the manifest did, its bytes checked
+against the manifest's sha256 so a file changed since extraction is refused; the same pixels either way,
+stages/distill/view_source.py), and reads every teacher's stored summary and patch targets for that view.
 
 Shuffling without one shard read per sample. Images are grouped into *units* of U consecutive images
 (U = the largest shard size among the stores, so a unit is one shard when the stores agree). Each epoch,
