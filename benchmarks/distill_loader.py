@@ -124,12 +124,19 @@ def main() -> None:
     ap.add_argument("--student", default="vit_tiny_test")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    ap.add_argument("--student-views", choices=("store", "decode"), default="store",
+                    help="store: render the views once first (`pipeline views`, the default path); decode: the loader "
+                         "decodes every image every epoch")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = build_stores(Path(tmp), images=args.images, views=args.views, shard_size=args.shard_size)
+        if args.student_views == "store":
+            from stages.extract.student_views import run_views
+
+            run_views(root, args.img_size, use_ray=False)
         config = DistillConfig(student=args.student, teachers=tuple(TEACHERS), root=root, out_dir=Path(tmp) / "run",
                                img_size=args.img_size, batch_size=args.batch_size, steps=10**6, warmup_steps=10,
                                device=args.device, num_workers=args.workers)

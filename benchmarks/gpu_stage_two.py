@@ -58,6 +58,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, bits = build_stores(Path(tmp), images=args.images, shard_size=args.shard_size, codec=CodecSpec(),
                                   photo=(500, 375))
+        from stages.extract.student_views import run_views
+
+        run_views(root, 224, use_ray=False)  # the student's views rendered once, as `pipeline views` does
         stores = StoreSet(root, tuple(TEACHERS), norm="phis")
         config = DistillConfig(student="vit_b16", teachers=tuple(TEACHERS), root=root, out_dir=Path(tmp) / "run",
                                img_size=224, batch_size=args.batch_size, steps=10**6, device="cuda",

@@ -26,7 +26,7 @@ from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from store_schema.codecs import CodecSpec
 from store_schema.errors import StoreCorruptionError
-from store_schema.layout import teacher_store_path
+from store_schema.layout import student_views_path, teacher_store_path
 from store_schema.manifest import ViewSpec
 from store_schema.teacher_store import create_teacher_store
 
@@ -273,9 +273,14 @@ def _shard_opens(root: Path, log: Path, run) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_two_workers_read_each_shard_once_per_rank_per_epoch(tmp_path: Path, world_size: int) -> None:
+@pytest.mark.parametrize("world_size, views", [(1, False), (2, False), (2, True)])
+def test_two_workers_read_each_shard_once_per_rank_per_epoch(tmp_path: Path, world_size: int, views: bool) -> None:
+    """... and, with the student's views rendered once (`pipeline views`), each view shard once too."""
     root = make_tiny_stores(tmp_path / "s", teachers=("alpha", "gamma"), n_images=24, shard_size=4)
+    if views:
+        from stages.extract.student_views import run_views
+
+        run_views(root, 32, use_ray=False)
     stores = StoreSet(root, ("alpha", "gamma"), norm=NormVariant.PHIS)
     kw = dict(split="train", batch_size=2, img_size=32, seed=0, shuffle_block=2, world_size=world_size)
     single = _collect(StoreBatches(stores, **kw), StoreBatches(stores, **kw).batches_per_epoch)
@@ -289,6 +294,9 @@ def test_two_workers_read_each_shard_once_per_rank_per_epoch(tmp_path: Path, wor
         used_units = {int(i) // 4 for b in got for i in b["image_B"].tolist()}
         want = sorted(f"{teacher_store_path(root, t)}/{kind}/c/{u}/" for t in ("alpha", "gamma")
                       for kind in ("summary", "patches") for u in used_units)
+        if views:
+            assert ds.views is not None
+            want = sorted(want + [f"{student_views_path(root, 32)}/views/c/{u}/" for u in used_units])
         assert sorted(p[: p.index("/c/") + 3] + p[p.index("/c/") + 3:].split("/")[0] + "/" for p in opens) == want
         if world_size == 1:  # and the batches are exactly those of the in-process loader
             assert [b["image_B"].tolist() for b in got] == [b["image_B"].tolist() for b in single]

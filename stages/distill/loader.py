@@ -231,6 +231,7 @@ class StoreBatches(IterableDataset):
         self.view_reads = 0  # units of pre-rendered student views read by this process, likewise
         # the student's views: read from <root>/student_views/<img_size>px.zarr, or decoded (view_source.py)
         self.views, self.views_note = resolve_view_store(stores.root, stores.manifest, img_size, student_views)
+        self.views_valid_N = None if self.views is None else np.asarray(self.views.valid[:], bool)
         self.piece_slots = 4  # target buffers each producer recycles; make_loader sets prefetch_factor + 2
 
     @property
@@ -274,7 +275,7 @@ class StoreBatches(IterableDataset):
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         epoch, position = self.start.epoch, self.start.position
         U = self.stores.unit_size
-        cache = UnitCache(self.stores, unit_size=U, views=self.views)
+        cache = UnitCache(self.stores, unit_size=U, views=self.views, views_valid_N=self.views_valid_N)
         ring = _PieceRing(cache, self.batch_size, self.img_size, self.piece_slots, shared=info is not None)
         while self.epochs is None or epoch < self.start.epoch + self.epochs:
             plan = self.plan(epoch, start=position, n_workers=n_workers)

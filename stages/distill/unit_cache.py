@@ -95,10 +95,14 @@ def plan_epoch(order_M2: np.ndarray, *, unit_size: int, num_units: int, batch_si
 class UnitCache:
     """One loader worker's decoded units: {unit: {(teacher, kind): compact array [U, V, ...]}}."""
 
-    def __init__(self, stores: Any, *, unit_size: int, views: Any = None) -> None:
+    def __init__(self, stores: Any, *, unit_size: int, views: Any = None, views_valid_N: np.ndarray | None = None) -> None:
+        """views: the student-view store to read the views from (None: decode them); views_valid_N: its
+        `valid` array, read once by the caller (not once per loader worker)."""
         self.stores, self.unit_size = stores, unit_size
         self.view_reader = None if views is None else ShardReader(views.views, store_path=views.path, name="views")
-        self.view_valid_N = None if views is None else np.asarray(views.valid[:], bool)
+        if views is not None and views_valid_N is None:
+            views_valid_N = np.asarray(views.valid[:], bool)
+        self.view_valid_N = views_valid_N
         self.view_units: dict[int, np.ndarray] = {}  # unit -> uint8 [U, V, P, P, 3] views (store path)
         self.view_absent: dict[int, np.ndarray] = {}
         self._free_views: list[np.ndarray] = []
