@@ -54,7 +54,8 @@ def _root(ctx: typer.Context, root: str | None) -> Path | str:
 
 
 def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
-    """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics.
+    """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics;
+    then each student-view store (`pipeline views`): shards complete, images rendered, bytes.
 
     Exit 1 when a store was not built from the root's manifest.parquet (a store copied from another corpus)."""
     from stages.extract.fidelity import read_fidelity
@@ -76,6 +77,13 @@ def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = Non
                    if checks is not None else f"  fidelity: {why}")
         for line in format_checks(checks or []):
             typer.echo(f"    {line}")
+    if not teacher:
+        from stages.extract.student_views import view_store_lines
+
+        lines, wrong_views = view_store_lines(root)
+        for line in lines:
+            typer.echo(line)
+        wrong += wrong_views
     if wrong:
         typer.echo(f"Error: store(s) {', '.join(wrong)} under {root} were not built from its manifest", err=True)
         raise typer.Exit(code=1)

@@ -69,11 +69,11 @@ def test_resume_conflicts_ignores_only_the_resumable_fields(tiny_root: Path, tmp
     saved = _config(tiny_root, tmp_path / "a", 0)
     cadence = dataclasses.replace(saved, steps=99, log_every=7, ckpt_every=3, ckpt_minutes=1.0, num_workers=2,
                                   prefetch_factor=4, device="cuda", out_dir=tmp_path / "moved",
-                                  root=tmp_path / "respelled", loader_memory="1GiB")
+                                  root=tmp_path / "respelled", loader_memory="1GiB", student_views="decode")
     assert saved.resume_conflicts(cadence) == []
     assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers",
                                      "prefetch_factor", "device", "out_dir", "root",
-                                     "loader_memory"}  # stores: checked by fingerprint
+                                     "loader_memory", "student_views"}  # stores: checked by fingerprint
     changed = dataclasses.replace(saved, seed=1, teachers=("beta", "alpha"), num_summary_tokens=2, batch_size=4)
     assert saved.resume_conflicts(changed) == ["batch_size", "num_summary_tokens", "seed", "teachers"]
 

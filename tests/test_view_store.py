@@ -24,7 +24,7 @@ from stages.distill.config import DistillConfig
 from stages.distill.loader import StoreBatches, StoreSet
 from stages.extract.student_views import render_images, run_views
 from stages.normalize import NormVariant
-from store_schema.errors import StoreMismatchError
+from store_schema.errors import StoreCorruptionError, StoreMismatchError
 from store_schema.layout import student_views_path
 from store_schema.manifest import read_manifest
 from store_schema.view_store import create_view_store, open_view_store
@@ -135,6 +135,20 @@ def test_an_image_changed_since_the_manifest_is_recorded_and_refused_as_without_
         _collect(ds, 1)
 
 
+def test_a_damaged_view_shard_is_an_error_naming_the_remedy(tmp_path: Path) -> None:
+    root = make_tiny_stores(tmp_path / "s", teachers=("gamma",))
+    run_views(root, 32, use_ray=False)
+    shard = student_views_path(root, 32) / "views" / "c" / "0" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # inside the first inner chunk
+    shard.write_bytes(bytes(data))
+    stores = StoreSet(root, ("gamma",), norm=NormVariant.PHIS)
+    ds = StoreBatches(stores, split="train", batch_size=len(stores.samples("train")), img_size=32, seed=0)
+    with pytest.raises(StoreCorruptionError, match=r"student-view store .* is damaged .*crc32c.*run `pipeline views "
+                                                   r"--size 32` again, or train with --student-views decode"):
+        _collect(ds, 1)
+
+
 def test_a_store_of_another_manifest_or_shard_size_is_refused(tmp_path: Path) -> None:
     root = make_tiny_stores(tmp_path / "s", teachers=("gamma",))
     run_views(root, 32, use_ray=False)
@@ -179,3 +193,6 @@ def test_cli_renders_on_local_ray_with_the_size_from_params(tmp_path: Path, ray_
     m = read_manifest(root / "manifest.parquet")
     want, _, _ = render_images(m, 0, m.num_images, 24)
     np.testing.assert_array_equal(np.asarray(open_view_store(student_views_path(root, 24)).views[:]), want)
+    info = CliRunner().invoke(app, ["store", "info", "--root", str(root)])
+    assert info.exit_code == 0, info.output
+    assert "student views 24px:" in info.output and "5/5 shards complete, 16 of 17 images rendered" in info.output

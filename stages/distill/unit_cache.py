@@ -161,7 +161,14 @@ class UnitCache:
                 (U, *self.view_reader.item_shape), np.uint8)
             a = u * U
             b = min(a + U, len(self.view_valid_N))
-            self.view_absent[u] = self.view_reader.read_into(a, b, buf)
+            try:
+                self.view_absent[u] = self.view_reader.read_into(a, b, buf)
+            except StoreCorruptionError as e:  # its own remedy, not a teacher store's redo
+                path = self.view_reader.store_path
+                raise StoreCorruptionError(
+                    f"the student-view store {path} is damaged ({str(e).split('; ')[0]}); it holds no targets, "
+                    f"only renders: remove {path} and run `pipeline views --size {self.view_reader.item_shape[1]}` "
+                    "again, or train with --student-views decode") from e
             self.view_units[u] = buf
             self.view_reads += 1
         if self.view_absent[u][i % U]:

@@ -164,3 +164,25 @@ def _run_on_ray(root: str, size: int, pending: list[int], workers: int, ray_addr
     finally:
         if started:
             shutdown_ray()
+
+
+def view_store_lines(root: Path | str) -> tuple[list[str], list[str]]:
+    """(one line per student-view store under root, the stores not rendered from root's manifest), for
+    `pipeline store info`."""
+    from store_schema import location
+
+    manifest_hash = read_manifest(layout.manifest_path(root)).hash
+    lines, wrong = [], []
+    for size in layout.list_student_view_sizes(root):
+        store = open_view_store(layout.student_views_path(root, size))
+        done = len(store.completed_shards())
+        valid = int(np.count_nonzero(store.valid[:]))
+        nbytes = location.size_of_tree(store.path)
+        lines.append(f"student views {size}px: {store.path}: {done}/{store.num_shards} shards complete, "
+                     f"{valid} of {store.num_images} images rendered, {nbytes / 1e6:.1f} MB on disk "
+                     f"({nbytes / max(valid, 1) / 1e3:.0f} kB per image)")
+        if store.manifest_hash != manifest_hash:
+            wrong.append(str(store.path))
+            lines.append(f"  WRONG MANIFEST: rendered from manifest {store.manifest_hash[:12]}, the root's is "
+                         f"{manifest_hash[:12]}: remove {store.path} and run `pipeline views --size {size}` again")
+    return lines, wrong
