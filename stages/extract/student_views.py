@@ -171,9 +171,12 @@ def view_store_lines(root: Path | str) -> tuple[list[str], list[str]]:
     `pipeline store info`."""
     from store_schema import location
 
+    sizes = layout.list_student_view_sizes(root)
+    if not sizes:
+        return [], []
     manifest_hash = read_manifest(layout.manifest_path(root)).hash
     lines, wrong = [], []
-    for size in layout.list_student_view_sizes(root):
+    for size in sizes:
         store = open_view_store(layout.student_views_path(root, size))
         done = len(store.completed_shards())
         valid = int(np.count_nonzero(store.valid[:]))
