@@ -27,7 +27,7 @@ def views_cmd(
     shard_size: Annotated[Optional[int], typer.Option(
         help="Images per shard (default: the teacher stores' shard size, so one unit of targets and its views "
              "are one read each; an existing view store keeps its own).")] = None,
-    workers: Annotated[int, typer.Option(help="Shards rendered at once (Ray tasks of one CPU each); 0: in this process, without Ray.")] = 2,
+    workers: Annotated[int, typer.Option(help="Shards rendered at once (one-CPU Ray actors, each reading the manifest once); 0: in this process, without Ray.")] = 2,
     ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (auto, host:port); default: local Ray.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Render in this process without Ray (same code path).")] = False,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the stores (what DVC tracks).")] = None,

@@ -6,7 +6,7 @@ from a student-view store rendered here once (store_schema/view_store.py), by th
 (`load_checked_for_views` on all the image's views, then `render_view`), so both give the same pixels.
 
 Work is split by shard: a shard's images are decoded and rendered and the shard file written by one
-worker (local Ray tasks by default, or in this process); the driver marks each shard complete after it
+worker (local Ray actors by default, each holding the manifest, or in this process); the driver marks each shard complete after it
 was written, so a killed run resumes at the shards not yet marked and never counts a half-written one.
 An image that no longer decodes, or whose bytes changed since the manifest, is recorded (`valid` False,
 listed in the report) and skipped; the loader then decodes it itself and fails as it would without the
@@ -56,17 +56,24 @@ def render_images(manifest: Manifest, lo: int, hi: int, size: int) -> tuple[np.n
     return out, valid, bad
 
 
-def render_shard(root: str, size: int, k: int) -> dict[str, Any]:
-    """Render and write shard k of <root>'s view store at `size` (a worker's unit of work); not marked
-    complete here (the driver does that). Returns what the report needs."""
-    t0 = time.process_time()
-    manifest = read_manifest(layout.manifest_path(root))
-    store = open_view_store(layout.student_views_path(root, size), expect_manifest_hash=manifest.hash, mode="r+")
-    lo, hi = store.shard_range(k)
-    views, valid, bad = render_images(manifest, lo, hi, size)
-    store.write_shard(k, views, valid)
-    return {"shard": k, "images": hi - lo, "rendered": int(valid.sum()), "bad": bad,
-            "cpu_s": time.process_time() - t0}
+class ShardRenderer:
+    """One worker's renderer: the manifest and the store opened once, then shard after shard (in this
+    process, or as a Ray actor, so a million-image manifest is read once per worker, not once per shard)."""
+
+    def __init__(self, root: str, size: int) -> None:
+        self.manifest = read_manifest(layout.manifest_path(root))
+        self.store = open_view_store(layout.student_views_path(root, size), expect_manifest_hash=self.manifest.hash,
+                                     mode="r+")
+        self.size = size
+
+    def render(self, k: int) -> dict[str, Any]:
+        """Render and write shard k (not marked complete here: the driver does that); what the report needs."""
+        t0 = time.process_time()
+        lo, hi = self.store.shard_range(k)
+        views, valid, bad = render_images(self.manifest, lo, hi, self.size)
+        self.store.write_shard(k, views, valid)
+        return {"shard": k, "images": hi - lo, "rendered": int(valid.sum()), "bad": bad,
+                "cpu_s": time.process_time() - t0}
 
 
 @dataclass
@@ -112,7 +119,7 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
               use_ray: bool = True, ray_address: str | None = None) -> ViewsReport:
     """Render every pending shard of <root>'s view store at `size`, creating the store when needed.
 
-    workers: shards rendered at once (Ray tasks of one CPU each); use_ray False renders in this process."""
+    workers: shards rendered at once (one-CPU Ray actors, each holding the manifest); use_ray False renders in this process."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root_s = str(root)
@@ -137,8 +144,9 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
         report.cpu_s += result["cpu_s"]
 
     if not use_ray or not pending:
+        renderer = ShardRenderer(root_s, size) if pending else None
         for k in pending:
-            finish(render_shard(root_s, size, k))
+            finish(renderer.render(k))
     else:
         _run_on_ray(root_s, size, pending, workers, ray_address, finish)
     report.wall_s = time.perf_counter() - t0
@@ -146,22 +154,30 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
 
 
 def _run_on_ray(root: str, size: int, pending: list[int], workers: int, ray_address: str | None, finish) -> None:
+    """Shards dealt to `workers` one-CPU Ray actors as they free up; each result is finished (marked
+    complete) as it arrives. A failed shard stops the run; what was finished stays complete."""
     import ray
 
     from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
 
     started = not ray_is_running()
     init_ray(ray_address)
+    actors = []
     try:
-        task = ray.remote(num_cpus=1, max_retries=2)(render_shard)
-        todo = list(pending)
-        inflight = [task.remote(root, size, todo.pop(0)) for _ in range(min(workers, len(todo)))]
+        actor_cls = ray.remote(num_cpus=1)(ShardRenderer)
+        actors = [actor_cls.remote(root, size) for _ in range(min(workers, len(pending)))]
+        todo, inflight = list(pending), {}
+        for a in actors:
+            inflight[a.render.remote(todo.pop(0))] = a
         while inflight:
-            ready, inflight = ray.wait(inflight, num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            actor = inflight.pop(ready[0])
             finish(ray.get(ready[0]))
             if todo:
-                inflight.append(task.remote(root, size, todo.pop(0)))
+                inflight[actor.render.remote(todo.pop(0))] = actor
     finally:
+        for a in actors:
+            ray.kill(a)
         if started:
             shutdown_ray()
 
