@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import subprocess
 import warnings
 from importlib import metadata as importlib_metadata
@@ -34,6 +32,7 @@ from store_schema import layout, location
 from store_schema.codecs import CodecSpec
 from store_schema.errors import (StoreCorruptionError, StoreMismatchError, StoreNotFoundError,
                                  StoreReadOnlyError)
+from store_schema.atomic_create import build_then_rename
 from store_schema.io_errors import write_guard
 from store_schema.manifest import Manifest, ViewSpec
 from store_schema.shard_writer import ShardWriter
@@ -122,22 +121,11 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
         _create_arrays(path, attrs, spec=spec, codec=codec, manifest=manifest)
         location.write_bytes(layout.store_file(path, layout.CREATED_MARKER), b"{}\n")
         return open_teacher_store(path, mode="r+")
-    # Build the whole group in a sibling folder and rename it into place, so a run killed while the
-    # arrays are being created never leaves a half-made store that later runs refuse to open.
-    for stale in path.parent.glob(f"{path.name}.creating-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent / f"{path.name}.creating-{os.getpid()}"
-    with write_guard(path, f"the new store {path}", kept="no store was created"):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_arrays(tmp, attrs, spec=spec, codec=codec, manifest=manifest)
-            location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
-            if path.exists():
-                path.rmdir()  # an empty folder (checked above)
-            os.replace(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def build(tmp: Path) -> None:
+        _create_arrays(tmp, attrs, spec=spec, codec=codec, manifest=manifest)
+        location.write_bytes(layout.store_file(tmp, layout.CREATED_MARKER), b"{}\n")
+
+    build_then_rename(path, build, what=f"the new store {path}")  # never a half-made store at its name
     return open_teacher_store(path, mode="r+")
 
 

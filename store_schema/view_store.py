@@ -19,9 +19,6 @@ Shape legend: N images, V views, S view side in pixels.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +29,11 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from store_schema import layout, location
 from store_schema.errors import StoreMismatchError, StoreNotFoundError, StoreReadOnlyError
+from store_schema.atomic_create import build_then_rename
 from store_schema.io_errors import write_guard
 from store_schema.manifest import Manifest
 from store_schema.shard_writer import ShardWriter
+from store_schema.teacher_store import _json_norm, code_version
 
 # What the pixels are a function of besides the manifest: bump when the rendering recipe changes.
 RENDER_RECIPE = {"version": 1, "decode": "PIL, JPEG draft at the scale every view of the image allows",
@@ -47,17 +46,11 @@ def _render_attr() -> dict[str, Any]:
     return {**RENDER_RECIPE, "pillow": PIL.__version__}
 
 
-def _json_norm(x: Any) -> Any:
-    return json.loads(json.dumps(x))
-
-
 def create_view_store(path: Path | str, *, manifest: Manifest, size: int, shard_size: int) -> "ViewStore":
     """Create the student-view store for a manifest at `size`, or reopen a compatible one (idempotent).
 
     An existing store of another manifest, view spec, size, shard size or rendering recipe raises
     StoreMismatchError naming the expected and the found value (remove it, or render into another root)."""
-    from store_schema.teacher_store import code_version
-
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if size < 1:
@@ -87,19 +80,7 @@ def create_view_store(path: Path | str, *, manifest: Manifest, size: int, shard_
     if path.exists() and any(path.iterdir()):
         raise StoreMismatchError(path, "store", expected="a zarr v3 group or nothing",
                                  found="a non-empty folder without zarr.json")
-    for stale in path.parent.glob(f"{path.name}.creating-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent / f"{path.name}.creating-{os.getpid()}"
-    with write_guard(path, f"the new view store {path}", kept="no store was created"):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_arrays(tmp, attrs)
-            if path.exists():
-                path.rmdir()
-            os.replace(tmp, path)  # a killed creation never leaves a half-made store at the real name
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    build_then_rename(path, lambda tmp: _create_arrays(tmp, attrs), what=f"the new view store {path}")
     return open_view_store(path, mode="r+")
 
 
