@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from pipeline.extract import ExtractConfig, run_extract
-from pipeline.ray_runtime import init_ray, shutdown_ray
+from stages.orchestrate.ray_session import init_ray, shutdown_ray
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.images import load_rgb
 from stages.corpus.views import render_view

@@ -62,7 +62,7 @@ def extract_config(p: Params, teacher: str) -> "ExtractConfig":
 
 def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> None:
     from pipeline.extract import run_extract
-    from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
+    from stages.orchestrate.ray_session import ray_session
     from stages.extract.receipt import write_receipt
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
@@ -71,10 +71,7 @@ def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> 
 
     if p.extract.workers == 0 or p.extract.ray_address is None:  # the teacher runs on this machine
         check_device(p.extract.device)  # before any store is created
-    started_ray = p.extract.workers > 0 and not ray_is_running()
-    if started_ray:
-        init_ray(p.extract.ray_address)
-    try:
+    with ray_session(p.extract.ray_address, needed=p.extract.workers > 0):
         for teacher in teachers:
             typer.echo(run_extract(p.store.root, teacher, extract_config(p, teacher)).summary_line())
             store = open_teacher_store(teacher_store_path(p.store.root, teacher))
@@ -82,9 +79,6 @@ def _extract(p: Params, teachers: list[str], *, receipt: Path | None = None) -> 
                 _fidelity(p, store)
             if receipt is not None:
                 typer.echo(f"receipt: {write_receipt(store, receipt)}")
-    finally:
-        if started_ray:
-            shutdown_ray()
 
 
 def _fidelity(p: Params, store: "TeacherStore") -> None:
@@ -151,8 +145,7 @@ def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
     targets changed since it was trained) is replaced by
     a new run ("retrained") when `replace_conflicting`, else refused with ValueError naming what differs.
     """
-    from stages.distill.checkpoint import checkpoint_path
-    from stages.distill.run import EXPORT_NAME, discard_run, read_run_config
+    from stages.distill.run_dir import checkpoint_path, discard_run, export_path, read_run_config
     from stages.distill.train import train
 
     run = config.out_dir
@@ -169,7 +162,7 @@ def train_variant(config: "DistillConfig", *, replace_conflicting: bool) -> str:
         discard_run(run)
         train(config)
         return "retrained"
-    if (run / EXPORT_NAME).is_file() and saved.steps == config.steps:
+    if export_path(run).is_file() and saved.steps == config.steps:
         return "reused"
     train(config, resume=True)
     return "resumed"

@@ -103,7 +103,7 @@ def distill(
 
     Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import DISTILL, fill_from_params
-    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.run_dir import checkpoint_path
     from stages.distill.ddp import init_from_env
     from stages.distill.train import train
     from store_schema.errors import StoreError

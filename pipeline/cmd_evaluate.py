@@ -44,7 +44,8 @@ def evaluate_cmd(
     Options not given take their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import EVALUATE, fill_from_params
     from stages.evaluate.downstream import DownstreamConfig
-    from stages.evaluate.evaluate import eval_path, evaluate_run
+    from stages.distill.run_dir import eval_path
+    from stages.evaluate.evaluate import evaluate_run
     from store_schema.errors import StoreError
 
     v = fill_from_params(ctx, locals(), EVALUATE)
@@ -73,7 +74,7 @@ def evaluate_cmd(
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
         if dvc_out is not None:
             from stages.evaluate.dvc_files import write_dvc_files
-            from stages.evaluate.evaluate import read_history
+            from stages.distill.run_dir import read_history
 
             typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
         for teacher, kinds in res["teachers"].items():

@@ -296,14 +296,10 @@ def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path 
     # run_extract still checks each store against the config.
     use_ray = config.workers > 0 and (bool(config.redo_shards)
                                       or not all(_complete(teacher_store_path(root, t)) for t in configs))
-    started_ray = False
-    if use_ray:
-        from pipeline.ray_runtime import init_ray, ray_is_running
+    from stages.orchestrate.ray_session import ray_session
 
-        started_ray = not ray_is_running()
-        resources = init_ray(config.ray_address)
-    try:
-        if use_ray:
+    with ray_session(config.ray_address, needed=use_ray) as resources:
+        if resources is not None:
             check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                 gpus_per_worker=config.gpus_per_worker, device=config.device)
         for name, teacher_config in configs.items():
@@ -311,11 +307,6 @@ def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path 
             if receipt is not None:
                 store = open_teacher_store(teacher_store_path(root, name))
                 typer.echo(f"  receipt: {write_receipt(store, receipt)}")
-    finally:
-        if started_ray:
-            from pipeline.ray_runtime import shutdown_ray
-
-            shutdown_ray()
 
 
 def register(app: typer.Typer) -> None:

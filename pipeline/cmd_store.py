@@ -211,23 +211,15 @@ def transcode_cmd(
         new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
     except (ValueError, StoreError) as e:
         raise fail(str(e)) from e
-    started_ray = False
-    try:
-        if ray_address is not None:
-            from pipeline.ray_runtime import init_ray, ray_is_running
+    from stages.orchestrate.ray_session import ray_session
 
-            started_ray = not ray_is_running()
-            init_ray(ray_address)
-        report = transcode_store(root, teacher, as_location(to), storage_grid=grid, codec=new_codec,
-                                 scheduler="ray" if ray_address is not None else "threads", workers=workers,
-                                 lease=LeaseOptions(wait=wait))
+    try:
+        with ray_session(ray_address, needed=ray_address is not None):
+            report = transcode_store(root, teacher, as_location(to), storage_grid=grid, codec=new_codec,
+                                     scheduler="ray" if ray_address is not None else "threads", workers=workers,
+                                     lease=LeaseOptions(wait=wait))
     except (ValueError, StoreError) as e:
         raise fail(str(e)) from e
-    finally:
-        if started_ray:
-            from pipeline.ray_runtime import shutdown_ray
-
-            shutdown_ray()
     typer.echo(report.summary_line())
 
 

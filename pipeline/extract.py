@@ -347,7 +347,7 @@ def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractCo
     Returns the perf_counter time at which every actor had built its teacher (before any shard ran)."""
     import ray
 
-    from pipeline.ray_runtime import init_ray
+    from stages.orchestrate.ray_session import init_ray
 
     resources = init_ray(config.ray_address)
     need_cpu, need_gpu = config.workers * config.cpus_per_worker, config.workers * config.gpus_per_worker

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs, started once and shut down at the end of the session."""
-    from pipeline.ray_runtime import init_ray, shutdown_ray
+    from stages.orchestrate.ray_session import init_ray, shutdown_ray
 
     resources = init_ray(None, num_cpus=2, num_gpus=0, object_store_memory=200 * 2**20)
     yield resources

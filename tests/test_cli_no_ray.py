@@ -67,7 +67,7 @@ def test_command_modules_import_no_stage_code(tmp_path):
     """`pipeline --help` cost: the command modules import typer, the standard library and params only."""
     code = ("import sys\n"
             "import pipeline.cmd_corpus, pipeline.cmd_teachers, pipeline.cmd_extract, pipeline.cmd_store\n"
-            "import pipeline.cmd_evaluate, pipeline.cmd_report, pipeline.ray_runtime\n"
+            "import pipeline.cmd_evaluate, pipeline.cmd_report\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'stages', 'zarr', 'numpy', 'ray'})\n"
             "assert not heavy, heavy\n")
     res = _run(["-c", code], _env(tmp_path))

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from stages.distill.checkpoint import checkpoint_path
+from stages.distill.run_dir import checkpoint_path
 from stages.extract.receipt import check_receipt, write_receipt
 from store_schema.errors import DamagedFileError
 from store_schema.layout import manifest_path, teacher_store_path
@@ -94,7 +94,7 @@ def test_damaged_normalizer_is_never_refitted(copy: Path, damage) -> None:
 @pytest.mark.parametrize("damage", [_truncate, _flip])
 def test_damaged_checkpoint_is_never_retrained(copy: Path, damage) -> None:
     from pipeline.cmd_demo import train_variant
-    from stages.distill.run import read_run_config
+    from stages.distill.run_dir import read_run_config
 
     run = copy / "runs" / "phis"
     ckpt = checkpoint_path(run)

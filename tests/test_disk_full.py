@@ -200,7 +200,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_equals_unin
                                                                                             make_disk) -> None:
     import torch
 
-    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.run_dir import checkpoint_path
     from stages.distill.config import DistillConfig
     from stages.distill.train import train
     from test_distill_loader import make_tiny_stores

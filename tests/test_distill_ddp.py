@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stages.distill.config import DistillConfig
-from stages.distill.ddp import spawn_train
+from stages.distill.spawn import spawn_train
 from stages.distill.loader import StoreBatches, StoreSet
 from stages.distill.train import train
 from stages.normalize import NormVariant

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from stages.distill.config import DistillConfig
-from stages.distill.loader import student_pixels
-from stages.distill.run import load_export, load_run
+from stages.students.preprocess import student_pixels
+from stages.distill.exported import load_exported
+from stages.distill.run import load_run
 from stages.distill.train import summary_tokens_for, train
 from stages.normalize import NormVariant
 from stages.students import HeadTarget
@@ -68,7 +69,8 @@ def test_export_folds_denormalization_into_teacher_space(tiny_root: Path, tmp_pa
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     assert mode(run / "export.safetensors") == mode(run / "config.json")  # not 0600 while the rest is 0644
     config, student, heads, normalizers = load_run(run)
-    _, student_x, heads_x = load_export(run)
+    exported = load_exported(run)  # the one loader of export.safetensors
+    student_x, heads_x = exported.student, exported.heads
     x_BCHW = student_pixels(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8), device="cpu")
     with torch.no_grad():
         norm_preds, teacher_preds = heads(student(x_BCHW)), heads_x(student_x(x_BCHW))

@@ -22,6 +22,6 @@ def test_docs_cover_the_science_fidelity_toolchain_and_the_export() -> None:
         assert needed in science, needed
     export = (REPO / "docs" / "EXPORT.md").read_text()
     assert "load_export" in export and "0.485, 0.456, 0.406" in export and "student_pixels" in export
-    from stages.distill.loader import STUDENT_MEAN, STUDENT_STD  # the documented normalization is the code's
+    from stages.students.preprocess import STUDENT_MEAN, STUDENT_STD  # the documented normalization is the code's
 
     assert str(tuple(STUDENT_MEAN)) in export and str(tuple(STUDENT_STD)) in export

@@ -246,10 +246,11 @@ def test_evaluate_known_answer_when_heads_predict_zero(tmp_path):
     teacher-space MSE must equal the mean of (y − μ)² over the val samples, read from the store."""
     import torch
 
-    from stages.distill.checkpoint import checkpoint_path
+    from stages.distill.run_dir import checkpoint_path
     from stages.distill.loader import StoreSet
     from stages.distill.run import load_run
-    from stages.evaluate.evaluate import evaluate_run, read_eval
+    from stages.distill.run_dir import read_eval
+    from stages.evaluate.evaluate import evaluate_run
 
     run, root = _real_run(tmp_path, "phis")
     _, _, heads, normalizers = load_run(run)

@@ -28,7 +28,6 @@ from stages.distill.loader import LoaderState
 from store_schema.errors import DamagedFileError
 from store_schema.io_errors import storage_error, write_guard
 
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
@@ -38,11 +37,6 @@ class TrainState:
 
     step: int
     loader: LoaderState
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    """<run_dir>/checkpoint.pt"""
-    return Path(run_dir) / CHECKPOINT_NAME
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:

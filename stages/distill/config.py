@@ -28,8 +28,16 @@ from pathlib import Path
 from store_schema.location import as_location
 from typing import Any
 
-from stages.distill.view_source import check_student_views
 from stages.normalize import NormVariant, parse_summary_loss
+
+STUDENT_VIEW_MODES = ("auto", "store", "decode")
+
+
+def check_student_views(mode: str) -> str:
+    if mode not in STUDENT_VIEW_MODES:
+        raise ValueError(f"unknown student_views {mode!r}; valid: {', '.join(STUDENT_VIEW_MODES)}")
+    return mode
+
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers", "prefetch_factor", "device", "out_dir", "root",

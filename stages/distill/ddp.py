@@ -5,19 +5,17 @@ Each rank runs `stages.distill.train.train` with a `DistContext`: the model is w
 DistributedDataParallel (gradients averaged over ranks), the loader gives rank r the r-th slice of every
 global batch (no overlap; the global batch is batch_size × world size), and only rank 0 writes the run
 directory. Backends: gloo on CPU, nccl on CUDA. Launch with torchrun (`init_from_env` reads the
-variables torchrun sets, passed in explicitly) or spawn processes with `spawn_train`.
+variables torchrun sets, passed in explicitly) or spawn processes with `stages.distill.spawn.spawn_train`.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from stages.distill.config import DistillConfig
 
@@ -83,32 +81,3 @@ def all_reduce_mean(values_K: torch.Tensor, ctx: DistContext | None) -> torch.Te
 def barrier(ctx: DistContext | None) -> None:
     if ctx is not None and ctx.world_size > 1:
         dist.barrier()
-
-
-def free_port() -> int:
-    """A TCP port free on localhost right now (for spawned process groups)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int,
-             train_kwargs: dict[str, Any]) -> None:
-    from stages.distill.train import train  # here, not at import: train imports this module
-
-    torch.set_num_threads(1)
-    config = DistillConfig.from_dict(config_dict)
-    dist.init_process_group(backend_for(config.device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
-    try:
-        train(config, dist_ctx=DistContext(rank, world_size, local_rank=rank), **train_kwargs)
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn_train(config: DistillConfig, *, world_size: int, **train_kwargs: Any) -> None:
-    """Run `train(config, **train_kwargs)` on `world_size` spawned processes (one process group)."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    mp.spawn(_spawned, args=(config.to_dict(), world_size, free_port(), train_kwargs), nprocs=world_size,
-             join=True)

@@ -4,7 +4,10 @@ are mapped back to each teacher's space by the inverse of the fitted affine norm
 For each teacher, the last Linear of the summary head and of the feature head is replaced by
 `fold_denormalization(linear, normalizer)`, so the exported model outputs teacher-space values with no
 extra op (bilinear grid resizing after the Linear commutes with the affine map, see students/heads.py).
-The file is safetensors: "student.*" and "heads.*" tensors, config JSON in the metadata.
+The file is safetensors: "student.*" and "heads.*" tensors; in the metadata the run's resolved config
+(JSON, "config"), "outputs" = "teacher_space" and the student's input preprocessing (JSON,
+"preprocessing": mean, std, input size, patch size), so `stages.distill.exported.load_exported` needs
+nothing but the file.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from safetensors.torch import save
 
 from store_schema.io_errors import write_guard
 
-from stages.distill.run import EXPORT_NAME, load_run, read_run_config
+from stages.distill.run import load_run
+from stages.distill.run_dir import export_path, read_run_config
 from stages.normalize import Normalizer, fold_denormalization
 from stages.students import TeacherHeads
+from stages.students.preprocess import preprocessing
 
 
 def fold_heads(heads: TeacherHeads, normalizers: dict[str, dict[str, Normalizer]]) -> TeacherHeads:
@@ -41,9 +46,11 @@ def export_run(run_dir: Path) -> Path:
     fold_heads(heads, normalizers)
     tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     tensors.update({f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()})
-    path = run_dir / EXPORT_NAME
+    path = export_path(run_dir)
     tmp = path.with_name(path.name + ".tmp")
-    data = save(tensors, metadata={"config": json.dumps(resolved, sort_keys=True), "outputs": "teacher_space"})
+    prep = preprocessing(img_size=student.img_size, patch_size=student.stride)
+    data = save(tensors, metadata={"config": json.dumps(resolved, sort_keys=True), "outputs": "teacher_space",
+                                   "preprocessing": json.dumps(prep, sort_keys=True)})
     with write_guard(path, "the export", kept="the checkpoint is kept; re-run `pipeline export` once there is space"):
         try:
             tmp.write_bytes(data)  # serialized in memory first: a full disk is then a plain OSError

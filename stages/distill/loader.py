@@ -49,10 +49,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stages.distill.unit_cache import EpochPlan, UnitCache, format_bytes, plan_epoch
 from stages.distill.view_source import resolve_view_store
-from stages.normalize import NormVariant, kind_variant, load_or_fit
-from stages.stats import Moments
+from stages.normalize import NormVariant
+from stages.normalize.store_fit import fit_store_normalizers
 from store_schema.location import as_location
-from store_schema.layout import TOKEN_KINDS, hadamard_cache_dir, manifest_path, normalizer_path, teacher_store_path
+from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.shard_reader import compact_dtype_of
 from store_schema.teacher_store import TeacherStore, open_teacher_store
@@ -95,7 +95,8 @@ class StoreSet:
                                                 for t in self.teachers}
         self.manifest: Manifest = read_manifest(manifest_path(self.root))
         self._check_agreement()
-        self.normalizers = {t: self._fit(t) for t in self.teachers}
+        self.normalizers = {t: fit_store_normalizers(self.root, t, s, norm=self.norm, summary_loss=summary_loss)
+                            for t, s in self.stores.items()}
         self.valid_NV: dict[str, np.ndarray] = {t: np.asarray(s.valid[:], bool) for t, s in self.stores.items()}
 
     def _check_agreement(self) -> None:
@@ -122,18 +123,6 @@ class StoreSet:
         if ref.view_spec != m.view_spec:
             raise ValueError(f"the manifest's view spec {m.view_spec} differs from the stores' {ref.view_spec}")
 
-    def _fit(self, teacher: str) -> dict[str, Any]:
-        store = self.stores[teacher]
-        kinds = [k for k in TOKEN_KINDS if k != "summary" or store.summary_dim > 0]
-        fits = {}
-        for k in kinds:
-            variant = kind_variant(self.norm, k, self.summary_loss)
-            stats, split = normalizer_moments(store, k)
-            path = normalizer_path(self.root, teacher, k, variant.value, stats.content_hash())
-            fits[k] = load_or_fit(path, variant, stats, hadamard_cache=hadamard_cache_dir(self.root),
-                                  keepbits=store.codec.keepbits, split=split)
-        return fits
-
     @property
     def unit_size(self) -> int:
         """Images per read unit: the largest shard size among the stores."""
@@ -157,22 +146,6 @@ class StoreSet:
             for array in ([store.summary] if store.summary is not None else []) + [store.patches]:
                 total += int(np.prod(array.shape[1:])) * compact_dtype_of(array).itemsize
         return total * self.unit_size
-
-
-def normalizer_moments(store: TeacherStore, kind: str) -> tuple[Moments, str]:
-    """(moments a normalizer is fitted from, the manifest split they cover): the train split's, so that
-    no held-out image shapes the targets the student is scored against.
-
-    The one place that picks the fitting statistics. Per-split moments come from stage one
-    (``TeacherStore.stats(kind, split="train")``); a store written before stage one kept them has only
-    whole-store moments, which are used and recorded as split "all" in the normalizer file (the report
-    and ``pipeline store info`` print the split).
-    """
-    import inspect
-
-    if "split" in inspect.signature(store.stats).parameters:
-        return store.stats(kind, split="train"), "train"
-    return store.stats(kind), "all"
 
 
 def epoch_order(samples_M2: np.ndarray, *, unit_size: int, shuffle_block: int, seed: int,
@@ -495,16 +468,3 @@ def make_loader(dataset: StoreBatches, *, num_workers: int, prefetch_factor: int
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, **kwargs)
     return StoreLoader(dataset, loader, n, pin=pin_memory)
 
-
-# Student input normalization (ImageNet mean / std, the convention of timm's ViTs and of RADIO).
-STUDENT_MEAN = (0.485, 0.456, 0.406)
-STUDENT_STD = (0.229, 0.224, 0.225)
-
-
-def student_pixels(image_BHW3: torch.Tensor, *, device: torch.device | str) -> torch.Tensor:
-    """uint8 views [B, H, W, 3] -> normalized float pixels [B, 3, H, W] on `device` (done there, so loader
-    workers ship 4x fewer bytes)."""
-    x_BCHW = image_BHW3.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(STUDENT_MEAN, device=x_BCHW.device).view(1, 3, 1, 1)
-    std = torch.tensor(STUDENT_STD, device=x_BCHW.device).view(1, 3, 1, 1)
-    return (x_BCHW - mean) / std

@@ -3,7 +3,8 @@ PHI-S arXiv 2410.01680: teacher-matching errors are measured after the inverse m
 
 `load_run` rebuilds the student and heads from config.json + checkpoint.pt; the heads predict *normalized*
 targets, and the returned normalizers (loaded from the store root, never refitted) map them back with
-`invert`. `load_export` reads export.safetensors, whose heads already output teacher space.
+`invert`. The exported student (export.safetensors, heads in teacher space) has its own loader,
+`stages.distill.exported.load_exported`. The run directory's files: stages/distill/run_dir.py.
 """
 
 from __future__ import annotations
@@ -13,69 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
-from stages.distill.checkpoint import checkpoint_path, checkpoint_step, load_checkpoint
+from stages.distill.checkpoint import checkpoint_step, load_checkpoint
 from stages.distill.config import RESUMABLE_FIELDS, DistillConfig
-from stages.distill.train import CONFIG_NAME, METRICS_NAME, build_models
+from stages.distill.run_dir import (CONFIG_RECOVERY, check_config_matches_checkpoint, checkpoint_path,
+                                    read_run_config)
 from stages.normalize import Normalizer, kind_variant
+from stages.students import Student, TeacherHeads
+from stages.students.build import build_models, heads_from_json
 from store_schema.errors import DamagedFileError
-from stages.students import HeadTarget, Student, TeacherHeads
 from store_schema import location
 from store_schema.layout import normalizer_path
-
-EXPORT_NAME = "export.safetensors"
-
-
-CONFIG_RECOVERY = ("It cannot be rebuilt from the checkpoint alone: restore it from a backup, or delete the run "
-                   "directory (or pick another run name) to train again; nothing was retrained in its place")
-
-
-def read_run_config(run_dir: Path) -> tuple[DistillConfig, dict[str, Any]]:
-    """(config, the resolved config.json dict with manifest_hash and heads).
-
-    A config.json that does not parse, lacks the resolved fields (manifest hash, heads, store
-    fingerprints) or holds values no run could have been trained with raises DamagedFileError."""
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a distill run directory: no {CONFIG_NAME}")
-    try:
-        resolved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DamagedFileError(path, f"it is not valid JSON ({e})", CONFIG_RECOVERY) from e
-    if not isinstance(resolved, dict):
-        raise DamagedFileError(path, f"it holds a JSON {type(resolved).__name__}, not a run config", CONFIG_RECOVERY)
-    missing = [k for k in ("student", "teachers", "root", "out_dir", "norm", "manifest_hash", "heads")
-               if k not in resolved]
-    if missing:
-        raise DamagedFileError(path, f"fields {missing} are missing", CONFIG_RECOVERY)
-    try:
-        config = DistillConfig.from_dict(resolved)
-        for h in resolved["heads"]:
-            int(h["summary_dim"]), int(h["patch_dim"]), tuple(h["grid"]), str(h["name"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise DamagedFileError(path, f"its values are not a valid run config ({e})", CONFIG_RECOVERY) from e
-    return config, resolved
-
-
-def check_config_matches_checkpoint(run_dir: Path, config: DistillConfig, ckpt: dict[str, Any]) -> None:
-    """config.json and checkpoint.pt were written by the same run: the checkpoint records the config it was
-    trained with, so an altered config.json (or a checkpoint copied from another run) is caught here."""
-    saved = ckpt.get("config")
-    if not isinstance(saved, dict):
-        return
-    try:
-        conflicts = DistillConfig.from_dict(saved).resume_conflicts(config)
-    except (ValueError, TypeError) as e:
-        raise DamagedFileError(checkpoint_path(run_dir), f"the config it records is invalid ({e})",
-                               "Delete the run directory to train again") from e
-    if conflicts:
-        mine = config.to_dict()
-        detail = "; ".join(f"{k}: config.json {mine[k]!r}, checkpoint {saved.get(k)!r}" for k in conflicts)
-        raise DamagedFileError(Path(run_dir) / CONFIG_NAME,
-                               f"it disagrees with checkpoint.pt, which records the config it was trained "
-                               f"with ({detail}); one of the two files was altered or copied from another run",
-                               CONFIG_RECOVERY)
 
 
 def run_fingerprint(resolved: dict[str, Any]) -> str:
@@ -95,19 +43,9 @@ def run_progress(run_dir: Path) -> dict[str, Any]:
             "finished": step >= int(resolved["steps"])}
 
 
-def discard_run(run_dir: Path) -> None:
-    """Remove what training wrote into a run (checkpoint, config, metrics, export) so a new run can start
-    in its place; anything else in the folder (e.g. an old evaluation, rewritten by evaluate) is left."""
-    run_dir = Path(run_dir)
-    for path in (checkpoint_path(run_dir), run_dir / CONFIG_NAME, run_dir / METRICS_NAME, run_dir / EXPORT_NAME):
-        path.unlink(missing_ok=True)
-
-
 def build_run_models(config: DistillConfig, resolved: dict[str, Any]) -> tuple[Student, TeacherHeads]:
     """Student + heads shaped as recorded in config.json (random weights)."""
-    targets = [HeadTarget(h["name"], int(h["summary_dim"]), int(h["patch_dim"]), tuple(h["grid"]))
-               for h in resolved["heads"]]
-    return build_models(config, targets)  # the same K rule as training (summary_tokens_for)
+    return build_models(config, heads_from_json(resolved["heads"]))  # the same K rule as training
 
 
 def load_normalizers(config: DistillConfig, resolved: dict[str, Any]) -> dict[str, dict[str, Normalizer]]:
@@ -176,16 +114,3 @@ def load_run(run_dir: Path, *, root: Any = None) -> tuple[DistillConfig, Student
         raise DamagedFileError(checkpoint_path(run_dir), "its weights do not fit the models config.json "
                                f"describes ({str(e).splitlines()[0][:200]})", CONFIG_RECOVERY) from e
     return config, student.eval(), heads.eval(), load_normalizers(config, resolved)
-
-
-def load_export(run_dir: Path) -> tuple[DistillConfig, Student, TeacherHeads]:
-    """(config, student, heads) from export.safetensors: the heads output teacher-space values."""
-    config, resolved = read_run_config(run_dir)
-    student, heads = build_run_models(config, resolved)
-    path = Path(run_dir) / EXPORT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {EXPORT_NAME} in {run_dir}; run `pipeline export {run_dir}` first")
-    state = load_file(str(path))
-    student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
-    heads.load_state_dict({k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")})
-    return config, student.eval(), heads.eval()

@@ -44,22 +44,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stages.distill.checkpoint import (TrainState, checkpoint_path, load_checkpoint, restore_rng_states,
-                                       save_checkpoint)
+from stages.distill.checkpoint import TrainState, load_checkpoint, restore_rng_states, save_checkpoint
 from stages.distill.config import DistillConfig, check_resumable, parse_bytes
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
-from stages.distill.loader import (LoaderState, StoreBatches, StoreSet, make_loader, student_pixels,
+from stages.distill.loader import (LoaderState, StoreBatches, StoreSet, make_loader,
                                    targets_on_device)
+from stages.distill.export import export_run
+from stages.distill.run_dir import (CONFIG_NAME, check_config_matches_checkpoint, checkpoint_path, config_path,
+                                    metrics_path, read_run_config, write_run_config)
 from stages.distill.run_lease import run_lease
 from stages.normalize import kind_variant, target_loss
-from stages.students import HeadTarget, Student, TeacherHeads, build_student
-from stages.students.registry import student_max_summary_tokens
+from stages.students import HeadTarget, Student, TeacherHeads
+from stages.students.build import build_models, heads_to_json, summary_tokens_for
+from stages.students.preprocess import student_pixels
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions
-
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
-
 
 class TrainingInterrupted(Exception):
     """SIGINT / SIGTERM stopped a run after it wrote a checkpoint at `step` (resume with --resume)."""
@@ -120,26 +119,6 @@ class Distiller(nn.Module):
 def head_targets(stores: StoreSet) -> list[HeadTarget]:
     """One HeadTarget per selected teacher, from the stores' specs and storage grids."""
     return [HeadTarget(t, s.summary_dim, s.patch_dim, s.grid) for t, s in stores.stores.items()]
-
-
-def summary_tokens_for(config: DistillConfig, targets: list[HeadTarget]) -> int:
-    """The student's K: config.num_summary_tokens when set, else automatic. AM-RADIO gives the student one
-    summary (CLS) token per teacher that has a summary, so automatic K is that count, capped by what the
-    student family supports (E-RADIO: 1, its spatial mean) and at least 1."""
-    if config.num_summary_tokens is not None:
-        return config.num_summary_tokens
-    wanted = max(1, sum(1 for t in targets if t.summary_dim > 0))
-    cap = student_max_summary_tokens(config.student)
-    return wanted if cap is None else min(wanted, cap)
-
-
-def build_models(config: DistillConfig, targets: list[HeadTarget]) -> tuple[Student, TeacherHeads]:
-    """Student (K summary tokens from `summary_tokens_for`) and heads with random weights (seeded by the
-    caller). `load_run` rebuilds a run's models with this same function, so K is never stored twice."""
-    student = build_student(config.student, img_size=config.img_size,
-                            num_summary_tokens=summary_tokens_for(config, targets))
-    heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
-    return student, heads
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -240,10 +219,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         raise ValueError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose "
                          f"another output directory / run name")
     if resume:
-        if not (out / CONFIG_NAME).is_file():
+        if not config_path(out).is_file():
             raise ValueError(f"cannot resume {out}: {CONFIG_NAME} is missing, so its config cannot be checked")
-        from stages.distill.run import read_run_config  # here: run.py imports this module
-
         saved = read_run_config(out)[1]  # a damaged config.json: DamagedFileError naming it
         if saved.get("manifest_hash") != stores.manifest.hash:
             raise ValueError(f"cannot resume {out}: it was trained on manifest {saved.get('manifest_hash')}, "
@@ -257,8 +234,6 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
                              "(statistics, codec, grid or spec differ); train a new run")
         # Read (and check) the checkpoint before config.json is rewritten: a damaged checkpoint must leave
         # the run exactly as it was, never a config.json that claims the new step count.
-        from stages.distill.run import check_config_matches_checkpoint
-
         ckpt_data = load_checkpoint(ckpt)
         check_config_matches_checkpoint(out, DistillConfig.from_dict(saved), ckpt_data)
     else:
@@ -266,18 +241,14 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
-            (out / METRICS_NAME).unlink(missing_ok=True)
+            metrics_path(out).unlink(missing_ok=True)
         resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash, "run_id": run_id,
                     "extensions": extensions,
                     "stores": {t: s.fingerprint() for t, s in stores.stores.items()},
                     "normalizers": {t: {k: {"variant": n.variant.value, "stats_hash": n.stats_hash, "split": n.split}
                                         for k, n in kinds.items()} for t, kinds in stores.normalizers.items()},
-                    "heads": [{"name": h.name, "summary_dim": h.summary_dim, "patch_dim": h.patch_dim,
-                               "grid": list(h.grid)} for h in head_targets(stores)]}
-        tmp = out / (CONFIG_NAME + ".tmp")  # atomic: other ranks may be reading it
-        with write_guard(out / CONFIG_NAME, "the run's config.json", kept="the previous config.json is kept"):
-            tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
-            tmp.replace(out / CONFIG_NAME)
+                    "heads": heads_to_json(head_targets(stores))}
+        write_run_config(out, resolved)
     return ckpt_data
 
 
@@ -363,7 +334,7 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
     if resume:
         state = _restore(config, model, optimizer, scheduler, device, ckpt=ckpt_data)
         if is_main:
-            _truncate_metrics(config.out_dir / METRICS_NAME, state.step)
+            _truncate_metrics(metrics_path(config.out_dir), state.step)
     world = 1 if dist_ctx is None else dist_ctx.world_size
     wrapped: nn.Module = model
     if world > 1:
@@ -389,7 +360,6 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
         save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
                         scheduler=scheduler, state=state, config=config.to_dict(), device=device)
         if state.step >= config.steps:
-            from stages.distill.export import export_run
             export_run(config.out_dir)
     if stop.signum is not None:
         raise TrainingInterrupted(config.out_dir, state.step, config.steps, stop.signum)
@@ -461,13 +431,13 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
     """Optimization steps state.step+1 .. end; mutates `state`; logs and checkpoints on rank 0."""
     config, dist_ctx = run.config, run.dist_ctx
     world = 1 if dist_ctx is None else dist_ctx.world_size
-    metrics_path = config.out_dir / METRICS_NAME
+    metrics_file = metrics_path(config.out_dir)
     # disable=None: no bar when stderr is not a terminal (DVC logs, CI); metrics.jsonl has the numbers.
     bar = tqdm(total=config.steps, initial=state.step, desc="distill", disable=None if run.is_main else True,
                dynamic_ncols=True)
     t_last, images_since, clipped_since, steps_since = time.perf_counter(), 0, 0.0, 0
     t_ckpt = time.monotonic()
-    elapsed = _logged_elapsed(metrics_path) if run.is_main else 0.0  # training time before this resume
+    elapsed = _logged_elapsed(metrics_file) if run.is_main else 0.0  # training time before this resume
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
@@ -489,9 +459,9 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
                       "images_per_s": images_since / max(now - t_last, 1e-9), "elapsed_s": elapsed}
             t_last, images_since, clipped_since, steps_since = now, 0, 0.0, 0
             if run.is_main:
-                with write_guard(metrics_path, "a metrics line", kept="the last checkpoint is kept (a torn "
+                with write_guard(metrics_file, "a metrics line", kept="the last checkpoint is kept (a torn "
                                  "metrics line is dropped on resume)"):
-                    with metrics_path.open("a") as f:
+                    with metrics_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
         bar.update(1)

@@ -14,18 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from stages.distill.config import STUDENT_VIEW_MODES, check_student_views
 from store_schema.errors import StoreNotFoundError
 from store_schema.layout import student_views_path
 from store_schema.view_store import ViewStore, open_view_store
-
-STUDENT_VIEW_MODES = ("auto", "store", "decode")
-
-
-def check_student_views(mode: str) -> str:
-    if mode not in STUDENT_VIEW_MODES:
-        raise ValueError(f"unknown student_views {mode!r}; valid: {', '.join(STUDENT_VIEW_MODES)}")
-    return mode
-
 
 def resolve_view_store(root: Any, manifest: Any, size: int, mode: str) -> tuple[ViewStore | None, str]:
     """(the view store to read, or None to decode; one line saying which and why)."""

@@ -33,54 +33,22 @@ import numpy as np
 import torch
 
 from stages.corpus.samples import render_samples
-from stages.distill.loader import StoreSet, student_pixels
-from stages.distill.run import load_run, run_progress
-from stages.distill.train import CONFIG_NAME as CONFIG_FILE
-from stages.distill.train import METRICS_NAME as HISTORY_FILE
 from stages.distill.exported import load_exported
+from stages.distill.loader import StoreSet
+from stages.distill.run import load_run, run_progress
+from stages.distill.run_dir import eval_path
 from stages.evaluate.downstream import DownstreamConfig, clip_teachers, seg_eval, zeroshot_eval
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
 from store_schema.location import as_location
+from stages.students.preprocess import student_pixels
 from store_schema.layout import demo_probe_labels_path
-
-EVAL_DIR, EVAL_FILE = "eval", "metrics.json"
-
-
-def eval_path(run_dir: Path) -> Path:
-    """<run>/eval/metrics.json"""
-    return Path(run_dir) / EVAL_DIR / EVAL_FILE
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved distill config (config.json) as a dict."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG_FILE}")
-    return json.loads(path.read_text())
-
 
 def config_field(config: dict[str, Any], key: str, run: str) -> Any:
     """One field of a run's config, with an error naming the run and the keys it has."""
     if key not in config:
         raise ValueError(f"run {run!r}: config.json has no {key!r}; it has {sorted(config)}")
     return config[key]
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's logged training steps (metrics.jsonl), in file order."""
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"run {run_dir} has no {HISTORY_FILE}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_eval(run_dir: Path) -> dict[str, Any]:
-    """The run's eval/metrics.json; a clear error when the run was not evaluated yet."""
-    path = eval_path(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"run {run_dir} has not been evaluated: no {path}; run `pipeline evaluate {run_dir}`")
-    return json.loads(path.read_text())
 
 
 def read_probe_labels(path: Path) -> dict[str, str]:

@@ -29,7 +29,8 @@ from stages.evaluate import plots, report_context
 from stages.evaluate.comparability import RunFacts, check_runs, run_facts
 from stages.evaluate.categories import CATEGORIES, categorize, higher_is_better
 from stages.evaluate.ranking import AVG, rank_runs
-from stages.evaluate.evaluate import config_field, read_config, read_eval, read_history
+from stages.distill.run_dir import read_config_json, read_eval, read_history
+from stages.evaluate.evaluate import config_field
 
 REPORT_MD, REPORT_CSV = "report.md", "report.csv"
 # eval/metrics.json sections of downstream benchmarks whose numbers are flattened into metrics
@@ -256,7 +257,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
     """Markdown lines: per variant, teacher and token kind, the measured storage NMSE in the space that
     variant's loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``), a warning
     per failing variant, and the split the normalizers were fitted on."""
-    from stages.distill.loader import normalizer_moments
+    from stages.normalize.store_fit import normalizer_moments
     from stages.extract.fidelity import read_fidelity
     from stages.normalize import kind_variant
     from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE
@@ -380,7 +381,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     if not run_dirs or len(set(names)) != len(names):
         raise ValueError(f"need one or more run directories with distinct names, got {names}")
     evals = {r.name: read_eval(r) for r in run_dirs}
-    configs = {r.name: read_config(r) for r in run_dirs}
+    configs = {r.name: read_config_json(r) for r in run_dirs}
     facts: list[RunFacts] = [run_facts(r, evals[r.name], configs[r.name]) for r in run_dirs]
     notes = check_runs(facts, allow_stale=allow_stale, allow_unfinished=allow_unfinished,
                        allow_incomparable=allow_incomparable)

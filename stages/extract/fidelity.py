@@ -72,7 +72,7 @@ def measure_store_fidelity(store: TeacherStore, manifest: Manifest, *, root: Pat
                            checkpoint: Path | None = None, device: str = "cpu",
                            batch_size: int = 16) -> dict[str, Any]:
     """Measure every variant's fidelity on this store (see the module docstring); returns the JSON dict."""
-    from stages.distill.loader import normalizer_moments
+    from stages.normalize.store_fit import normalizer_moments
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -115,7 +115,7 @@ def write_fidelity(root: Path, result: dict[str, Any]) -> Path:
 
 def read_fidelity(root: Path, store: TeacherStore) -> tuple[list[FidelityCheck] | None, str]:
     """(checks, "") when a current measurement exists for this store; else (None, why not)."""
-    from stages.distill.loader import normalizer_moments
+    from stages.normalize.store_fit import normalizer_moments
 
     path = fidelity_path(root, store.spec.name)
     if not path.is_file():

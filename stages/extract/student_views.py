@@ -158,28 +158,25 @@ def _run_on_ray(root: str, size: int, pending: list[int], workers: int, ray_addr
     complete) as it arrives. A failed shard stops the run; what was finished stays complete."""
     import ray
 
-    from pipeline.ray_runtime import init_ray, ray_is_running, shutdown_ray
+    from stages.orchestrate.ray_session import ray_session
 
-    started = not ray_is_running()
-    init_ray(ray_address)
     actors = []
-    try:
-        actor_cls = ray.remote(num_cpus=1)(ShardRenderer)
-        actors = [actor_cls.remote(root, size) for _ in range(min(workers, len(pending)))]
-        todo, inflight = list(pending), {}
-        for a in actors:
-            inflight[a.render.remote(todo.pop(0))] = a
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            actor = inflight.pop(ready[0])
-            finish(ray.get(ready[0]))
-            if todo:
-                inflight[actor.render.remote(todo.pop(0))] = actor
-    finally:
-        for a in actors:
-            ray.kill(a)
-        if started:
-            shutdown_ray()
+    with ray_session(ray_address):
+        try:
+            actor_cls = ray.remote(num_cpus=1)(ShardRenderer)
+            actors = [actor_cls.remote(root, size) for _ in range(min(workers, len(pending)))]
+            todo, inflight = list(pending), {}
+            for a in actors:
+                inflight[a.render.remote(todo.pop(0))] = a
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                actor = inflight.pop(ready[0])
+                finish(ray.get(ready[0]))
+                if todo:
+                    inflight[actor.render.remote(todo.pop(0))] = actor
+        finally:
+            for a in actors:
+                ray.kill(a)
 
 
 def view_store_lines(root: Path | str) -> tuple[list[str], list[str]]:

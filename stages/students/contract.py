@@ -1,4 +1,6 @@
-"""The student contract shared by ViT and E-RADIO students.
+"""The student contract shared by ViT and E-RADIO students (AM-RADIO, arXiv 2312.06709): the `Student`
+base class every trunk derives from and the `StudentOutput` it returns. The family modules import both
+from here (never from the package, whose `__init__` imports them back).
 
 Shape legend: B batch, K summary tokens, C channels, h/w feature-map sides (stride 16 / patch grid).
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -17,3 +20,19 @@ class StudentOutput:
 
     summary_BKC: torch.Tensor
     features_BhwC: torch.Tensor
+
+
+class Student(nn.Module):
+    """Base class of every student trunk.
+
+    Attributes: embed_dim (C of the output), num_summary_tokens (K), stride (16: the output grid is
+    (H/16, W/16)), img_size (the square side the student was built for).
+    """
+
+    embed_dim: int
+    num_summary_tokens: int
+    stride: int = 16
+    img_size: int
+
+    def forward(self, x_BCHW: torch.Tensor) -> StudentOutput:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.students import Student
-from stages.students.contract import StudentOutput
+from stages.students.contract import Student, StudentOutput
 
 INPUT_MULTIPLE = 32
 

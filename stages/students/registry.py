@@ -12,7 +12,7 @@ from enum import Enum
 
 import timm
 
-from stages.students import Student
+from stages.students.contract import Student
 from stages.students.eradio import ERADIO_SIZES, build_eradio
 from stages.students.vit import PATCH_SIZE, VIT_SIZES, ViTStudent, build_vit
 

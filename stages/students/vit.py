@@ -16,8 +16,7 @@ from typing import Any
 import timm
 import torch
 
-from stages.students import Student
-from stages.students.contract import StudentOutput
+from stages.students.contract import Student, StudentOutput
 
 PATCH_SIZE = 16
 

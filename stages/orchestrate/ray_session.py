@@ -1,6 +1,7 @@
-"""Ray wiring for stage one (AM-RADIO arXiv 2312.06709's teachers run once into the feature store).
+"""The Ray session of a run (stage one of AM-RADIO arXiv 2312.06709: teachers run once into the feature store;
+student views rendered once; stores transcoded on Ray's dask scheduler).
 
-The one place Ray is started. Local by default (`ray.init` sized to this machine's CPUs / GPUs), or a
+The one place Ray is started and stopped: `ray_session()` is the block every caller wraps its Ray work in. Local by default (`ray.init` sized to this machine's CPUs / GPUs), or a
 connection to an existing cluster when an address is given. Ray 2.60 turns token authentication on by
 default for local clusters, so the mode is set explicitly here, in `os.environ` right before `ray.init`
 (never at import). An already initialised Ray in this process is reused, which is how tests share one
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 AUTH_MODES = ("disabled", "token")  # what Ray 2.60's RAY_AUTH_MODE accepts
 
@@ -66,3 +69,21 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, needed: bool = True, **init_kwargs: Any) -> Iterator[dict[str, float] | None]:
+    """Ray for the block: yields the cluster's resources (None when not `needed`: no Ray is touched).
+
+    A Ray this process already runs (a caller's, a test session's) is used and left running; a Ray started
+    here (local, or a connection to the cluster at `address`) is stopped when the block ends, also on an
+    error. init_kwargs go to `init_ray` (num_cpus, num_gpus, auth_mode, object_store_memory)."""
+    if not needed:
+        yield None
+        return
+    started = not ray_is_running()
+    try:
+        yield init_ray(address, **init_kwargs)
+    finally:
+        if started:
+            shutdown_ray()
