@@ -33,7 +33,8 @@ from PIL import Image
 from stages.corpus.build_manifest import build_manifest
 from stages.distill.config import DistillConfig
 from stages.distill.loader import StoreBatches, StoreSet, make_loader
-from stages.distill.train import Distiller, build_models, head_targets, make_optimizer, train_step
+from stages.distill.train import Distiller, head_targets, make_optimizer, train_step
+from stages.students.build import build_models
 from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from store_schema.codecs import CodecSpec

@@ -77,8 +77,8 @@ def _train(config: Any, *, online: bool) -> float:
     """`config.steps` optimization steps of one variant; seconds. Same loop body as stages.distill.train."""
     from stages.distill.loader import StoreBatches, StoreSet, make_loader, targets_on_device
     from stages.students.preprocess import student_pixels
-    from stages.distill.train import (Distiller, build_models, distill_loss, head_targets, make_optimizer,
-                                      normalize_targets)
+    from stages.distill.train import Distiller, distill_loss, head_targets, make_optimizer, normalize_targets
+    from stages.students.build import build_models
     from stages.teachers.registry import build_teacher
 
     t0 = time.perf_counter()

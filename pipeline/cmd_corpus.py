@@ -11,51 +11,39 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import ParamsOpt, Route, routed
 
-# The corpus builder's defaults, spelled here only for --help (stage code is imported inside the commands);
-# None passes nothing, so stages/corpus stays the one source of the values (tests/test_cli_errors.py
-# checks these against it).
-HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2}
+CORPUS = Route(sections=("corpus",), keys={"out": "store.root"}, required=("source", "out"))
+DEMO_CORPUS = Route(keys={"out_dir": "demo.dir"}, required=("out_dir",))
 
 
 def corpus(
-    ctx: typer.Context,
     source: Annotated[Optional[Path], typer.Argument(help="Folder of images (searched recursively), a text file of "
                                                           "paths (one per line), or a .parquet file with a 'uri' "
-                                                          "column. Default: corpus.source of ./params.yaml.")] = None,
+                                                          "column. Default: corpus.source of params.yaml.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Store root (a folder or an fsspec URL such as "
                                                              "s3://bucket/prefix); manifest.parquet is written here. "
-                                                             "Default: store.root of ./params.yaml.")] = None,
-    views: Annotated[int, typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = 1,
-    view_seed: Annotated[int, typer.Option(help="Seed of the view draw (with each image's sha256).")] = 0,
+                                                             "Default: store.root of params.yaml.")] = None,
+    views: Annotated[Optional[int], typer.Option(help="Views per image (view 0 is the full image, unflipped).")] = None,
+    view_seed: Annotated[Optional[int], typer.Option(help="Seed of the view draw (with each image's sha256).")] = None,
     pixel_limit: Annotated[Optional[int], typer.Option(help="Images with more pixels than this (checked from the "
-                                                            "header, before decoding) are recorded as bad. "
-                                                            f"Default: {HELP_DEFAULTS['pixel_limit']}.")] = None,
+                                                            "header, before decoding) are recorded as bad.")] = None,
     min_side: Annotated[Optional[int], typer.Option(help="Images with a side shorter than this many pixels are "
-                                                         f"recorded as bad. Default: {HELP_DEFAULTS['min_side']}.")] = None,
+                                                         "recorded as bad.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
-                                                               f"split. Default: {HELP_DEFAULTS['val_fraction']}.")] = None,
+                                                               "split.")] = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
 
-    Arguments and options not given take their values from ./params.yaml when there is one (printed on stderr)."""
-    from pipeline.flag_defaults import CORPUS, fill_from_params
+    Arguments and options not given take their values from params.yaml when there is one (printed on stderr),
+    else the corpus stage's defaults (stages/corpus/config.py)."""
     from stages.corpus.build_manifest import bad_summary, build_manifest
+    from store_schema.location import as_location
     from store_schema.manifest import ViewSpec
 
-    from store_schema.location import as_location
-
-    v = fill_from_params(ctx, locals(), CORPUS, required=("source", "out"))
-    source, out, views, view_seed = v["source"], as_location(v["out"]), v["views"], v["view_seed"]
-    min_side, val_fraction = v["min_side"], v["val_fraction"]
-    given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
-    try:
-        view_spec = ViewSpec(num_views=views, seed=view_seed)
-        manifest = build_manifest(source, out_dir=out, view_spec=view_spec,
-                                  **{k: v for k, v in given.items() if v is not None})
-    except ValueError as e:
-        raise fail(str(e)) from e
+    manifest = build_manifest(source, out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
+                              pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction)
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)
@@ -64,16 +52,15 @@ def corpus(
 
 
 def demo_corpus(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the demo corpus into (new, empty, or a "
-                                                 "previous demo export).")],
+    out_dir: Annotated[Optional[Path], typer.Argument(help="Folder to write the demo corpus into (new, empty, or a "
+                                                           "previous demo export). Default: demo.dir of "
+                                                           "params.yaml.")] = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Export the embedded demo corpus (scikit-image photos + LFW faces / non-faces), no download."""
     from stages.corpus.demo import export_demo_corpus
 
-    try:
-        demo = export_demo_corpus(out_dir)
-    except ValueError as e:
-        raise fail(str(e)) from e
+    demo = export_demo_corpus(out_dir)
     typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}  shapes: {demo.num_shapes} (masks in {demo.seg_masks})")
     typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
     typer.echo(f"probe labels: {demo.probe_labels}")
@@ -81,5 +68,5 @@ def demo_corpus(
 
 def register(app: typer.Typer) -> None:
     """Add the corpus commands to the pipeline app."""
-    app.command("corpus")(corpus)
-    app.command("demo-corpus")(demo_corpus)
+    app.command("corpus", cls=routed(CORPUS))(corpus)
+    app.command("demo-corpus", cls=routed(DEMO_CORPUS))(demo_corpus)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import Derived, ParamsOpt, Route, parse_only, routed
+from pipeline.errors import PipelineCommand, fail
 
 if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
     from stages.distill.config import DistillConfig
@@ -50,104 +51,146 @@ def resolve_config(*, norm: str, student: str, teachers: str | list[str], root: 
                                for t in v.split(",") if t.strip()))  # repeated options and comma lists
     weights = parse_teacher_weights(str(options.pop("teacher_weights") or ""))
     variant = NormVariant.parse(norm)
-    return DistillConfig(student=student, teachers=tuple(names), root=root, out_dir=out / (run_name or variant.value),
+    return DistillConfig(student=student, teachers=tuple(names), root=root, out_dir=Path(out) / (run_name or variant.value),
                          norm=variant, teacher_weights=weights, **options)  # type: ignore[arg-type]
+
+
+# ---- options, grouped as --help shows them (defaults: params.yaml's distill / extract / store keys, else
+# DistillConfig's) ----
+_RUN, _OPT, _DATA, _CTL = "What to train", "Optimization and loss", "Data and loader", "Checkpoints, resume, sweep"
+TeachersOpt = Annotated[Optional[list[str]], typer.Option("--teachers", "--teacher", "-t", rich_help_panel=_RUN, help="Teacher names, comma-separated or the option repeated (--teacher a --teacher b, as `pipeline extract` takes them); each needs <root>/<name>.zarr. Default: extract.teachers.")]
+NormOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Target normalization: " + ", ".join(NORM_NAMES))]
+StudentOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")]
+RootOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Store root holding manifest.parquet and the teacher stores: a folder or an fsspec URL (s3://bucket/prefix). Default: store.root.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", rich_help_panel=_RUN, help="Runs folder; the run goes to <out>/<run-name>.")]
+RunNameOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Run directory name (default: the --norm name).")]
+ImgSizeOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RUN, help="Student input side in pixels.")]
+TokensOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RUN, help="Student summary (CLS) tokens K (default: automatic, one per teacher with a summary; E-RADIO has 1).")]
+SeedOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RUN, help="Seed of initialization and of the sample order. Default: the first of distill.seeds.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Torch device (cpu, cuda, cuda:1); bf16 autocast on CUDA.")]
+StepsOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_OPT, help="Optimization steps.")]
+BatchOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_OPT, help="Batch per process (global batch = this x processes).")]
+LrOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Peak AdamW learning rate (linear warmup, then cosine).")]
+WdOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="AdamW weight decay (not on biases, norms, cls / register tokens, position embeddings).")]
+WarmupOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_OPT, help="Linear warmup steps.")]
+TeacherWeightsOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_OPT, help="Per-teacher loss weights, e.g. a=1,b=2 (default 1).")]
+SummaryWeightOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Weight of every summary (CLS) loss.")]
+FeatureWeightOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Weight of every dense feature loss.")]
+SummaryLossOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_OPT, help="Summary (CLS) loss: cosine (on raw summaries, every variant, as in AM-RADIO / PHI-S) or variant (the --norm's normalization and loss).")]
+ClipOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Gradient-norm clip (0: off; a fixed clip binds differently per variant). The clipped share of steps is logged as clip_frac.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", rich_help_panel=_DATA, help="DataLoader worker processes (0: load in the main process).")]
+BlockOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_DATA, help="Shards whose samples are shuffled together each epoch (the loader holds about this many).")]
+MemoryOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_DATA, help="Memory the loader may hold for decoded store units, all its workers together (8GiB, 512MiB, ...); about one --shuffle-block of units must fit, the error says how much.")]
+ViewsOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_DATA, help="Where the student's views come from: auto (the store `pipeline views --size <img-size>` renders, when complete; else decode), store (that store or an error), decode (the image files). Same pixels either way.")]
+LogOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_CTL, help="Write metrics.jsonl every this many steps.")]
+CkptOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_CTL, help="Also checkpoint every this many steps (0: off).")]
+CkptMinOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_CTL, help="Checkpoint whenever this many minutes passed since the last (0: off). Ctrl-C / SIGTERM always checkpoints first.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", rich_help_panel=_CTL, help="Continue the run from its checkpoint.pt (same --steps).")]
+ExtendOpt = Annotated[bool, typer.Option("--extend", rich_help_panel=_CTL, help="With --resume and more --steps: continue a run on a schedule recomputed for the new total (recorded in config.json); without it other steps are refused.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", rich_help_panel=_CTL, help="If another run is training into the same run directory (it holds the directory's lease), wait for it instead of failing at once.")]
+WaitTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_CTL, help="With --wait: give up after this many seconds (default: wait as long as it takes).")]
+SweepOpt = Annotated[bool, typer.Option("--sweep", rich_help_panel=_CTL, help="Train --norm / --seed as one run of params.yaml's sweep (distill.norms x distill.seeds) into <out>/<norm>-seed<seed>: a finished run with this config is reused, an interrupted one resumed, one that cannot be resumed (other config or steps, changed stores) refused (what `pipeline demo` runs).")]
+ReplaceOpt = Annotated[bool, typer.Option("--replace-conflicting", rich_help_panel=_CTL, help="With --sweep: replace a run that cannot be resumed by a new run instead of refusing (dvc.yaml's distill stage: DVC re-ran it because a declared dependency changed, and its cache keeps the old outputs).")]
+ReceiptsOpt = Annotated[Optional[Path], typer.Option(rich_help_panel=_CTL, help="Folder of the extract stages' receipts (dvc.yaml: receipts); each teacher's receipt must describe its store as it is now.")]
+DISTILL = Route(sections=("distill",), keys={"teachers": "extract.teachers", "root": "store.root",
+                                             "seed": Derived("distill.seeds", lambda p: p.distill.seeds[0])},
+                config="stages.distill.config:DistillConfig", required=("teachers", "root"))
 
 
 def distill(
     ctx: typer.Context,
-    teachers: Annotated[Optional[list[str]], typer.Option("--teachers", "--teacher", "-t", help="Teacher names, comma-separated or the option repeated (--teacher a --teacher b, as `pipeline extract` takes them); each needs <root>/<name>.zarr. Default: extract.teachers of ./params.yaml.")] = None,
-    norm: Annotated[str, typer.Option(help="Target normalization: " + ", ".join(NORM_NAMES))] = "phis",
-    student: Annotated[str, typer.Option(help="Student: a registered name (vit_tiny_test, vit_b16, vit_l16, vit_h16, eradio_{tiny_test,xt,t,s,b,l}) or timm:<name> for any timm ViT, built from scratch at patch 16.")] = "vit_tiny_test",
-    root: Annotated[str, typer.Option(help="Store root holding manifest.parquet and the teacher stores: a folder or an fsspec URL (s3://bucket/prefix).")] = "store",
-    out: Annotated[Path, typer.Option(help="Runs folder; the run goes to <out>/<run-name>.")] = Path("runs"),
-    run_name: Annotated[str | None, typer.Option(help="Run directory name (default: the --norm name).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimization steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Batch per process (global batch = this x processes).")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (linear warmup, then cosine).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not on biases, norms, cls / register tokens, position embeddings).")] = 0.05,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 50,
-    teacher_weights: Annotated[str, typer.Option(help="Per-teacher loss weights, e.g. a=1,b=2 (default 1).")] = "",
-    summary_weight: Annotated[float, typer.Option(help="Weight of every summary (CLS) loss.")] = 1.0,
-    feature_weight: Annotated[float, typer.Option(help="Weight of every dense feature loss.")] = 1.0,
-    summary_loss: Annotated[str, typer.Option(help="Summary (CLS) loss: cosine (on raw summaries, every variant, as in AM-RADIO / PHI-S) or variant (the --norm's normalization and loss).")] = "cosine",
-    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0: off, the default; a fixed clip binds differently per variant). The clipped share of steps is logged as clip_frac.")] = 0.0,
-    img_size: Annotated[int, typer.Option(help="Student input side in pixels.")] = 224,
-    num_summary_tokens: Annotated[Optional[int], typer.Option(
-        help="Student summary (CLS) tokens K (default: automatic, one per teacher with a summary; "
-             "E-RADIO has 1).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialization and of the sample order.")] = 0,
-    device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1); bf16 autocast on CUDA.")] = "cpu",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes (0: load in the main process).")] = 2,
-    shuffle_block: Annotated[int, typer.Option(
-        help="Shards whose samples are shuffled together each epoch (the loader holds about this many).")] = 4,
-    loader_memory: Annotated[str, typer.Option(
-        help="Memory the loader may hold for decoded store units, all its workers together (8GiB, 512MiB, ...); "
-             "about one --shuffle-block of units must fit, the error says how much.")] = "8GiB",
-    student_views: Annotated[str, typer.Option(
-        help="Where the student's views come from: auto (the store `pipeline views --size <img-size>` renders, "
-             "when complete; else decode), store (that store or an error), decode (the image files). Same "
-             "pixels either way.")] = "auto",
-    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every this many steps.")] = 10,
-    ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every this many steps (0: off).")] = 0,
-    ckpt_minutes: Annotated[float, typer.Option(help="Checkpoint whenever this many minutes passed since the last "
-                                                     "(0: off). Ctrl-C / SIGTERM always checkpoints first.")] = 10.0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its checkpoint.pt (same --steps).")] = False,
-    extend: Annotated[bool, typer.Option("--extend", help="With --resume and more --steps: continue a run on a "
-                                                          "schedule recomputed for the new total (recorded in "
-                                                          "config.json); without it other steps are refused.")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="If another run is training into the same run directory (it holds the directory's lease), wait for it instead of failing at once.")] = False,
-    wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
+    teachers: TeachersOpt = None, norm: NormOpt = None, student: StudentOpt = None, root: RootOpt = None,
+    runs_dir: OutOpt = None, run_name: RunNameOpt = None, img_size: ImgSizeOpt = None,
+    num_summary_tokens: TokensOpt = None, seed: SeedOpt = None, device: DeviceOpt = None,
+    steps: StepsOpt = None, batch_size: BatchOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None,
+    warmup_steps: WarmupOpt = None, teacher_weights: TeacherWeightsOpt = None, summary_weight: SummaryWeightOpt = None,
+    feature_weight: FeatureWeightOpt = None, summary_loss: SummaryLossOpt = None, grad_clip: ClipOpt = None,
+    num_workers: WorkersOpt = None, shuffle_block: BlockOpt = None, loader_memory: MemoryOpt = None,
+    student_views: ViewsOpt = None, log_every: LogOpt = None, ckpt_every: CkptOpt = None,
+    ckpt_minutes: CkptMinOpt = None, resume: ResumeOpt = False, extend: ExtendOpt = False, wait: WaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = None, sweep: SweepOpt = False, replace_conflicting: ReplaceOpt = False,
+    receipts: ReceiptsOpt = None, params: ParamsOpt = None,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher).
 
-    Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
-    from pipeline.flag_defaults import DISTILL, fill_from_params
-    from stages.distill.run_dir import checkpoint_path
+    Flags not given take their values from params.yaml when there is one (printed on stderr)."""
     from stages.distill.ddp import init_from_env
-    from stages.distill.train import train
-    from store_schema.errors import StoreError
+    from stages.distill.run_dir import checkpoint_path
+    from stages.distill.train import TrainingInterrupted, train
     from store_schema.lease import LeaseOptions
 
-    v = fill_from_params(ctx, locals(), DISTILL, required=("teachers",))
-    try:
-        config = resolve_config(norm=norm, student=v["student"], teachers=v["teachers"], root=v["root"],
-                                out=Path(v["out"]), run_name=run_name, steps=v["steps"], batch_size=v["batch_size"],
-                                lr=v["lr"], weight_decay=weight_decay, warmup_steps=v["warmup_steps"],
-                                teacher_weights=teacher_weights, summary_weight=summary_weight,
-                                feature_weight=feature_weight, summary_loss=v["summary_loss"],
-                                grad_clip=v["grad_clip"], img_size=v["img_size"], seed=v["seed"], device=v["device"],
-                                num_workers=v["workers"], loader_memory=v["loader_memory"],
-                                student_views=v["student_views"],
-                                shuffle_block=shuffle_block, log_every=v["log_every"], ckpt_every=v["ckpt_every"],
-                                ckpt_minutes=ckpt_minutes,
-                                num_summary_tokens=v["num_summary_tokens"])
-        lease = LeaseOptions(wait=wait, timeout_s=wait_timeout)
-    except ValueError as e:
-        raise fail(str(e)) from e
-    ctx = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
-        ctx = init_from_env(os.environ, device=config.device)
+    config = run_config(ctx)
+    if receipts is not None:
+        from stages.extract.receipt import check_receipts
+
+        check_receipts(receipts, config.root, config.teachers)
+    if sweep:
+        from stages.distill.sweep import train_variant
+
+        done = train_variant(config, replace_conflicting=replace_conflicting, say=typer.echo)
+        typer.echo(f"run: {config.out_dir} ({done})")
+        return
+    dist = init_from_env(os.environ, device=config.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     if extend and not resume:
         raise fail("--extend continues an existing run: give --resume too")
-    from stages.distill.train import TrainingInterrupted
-
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun --max-restarts
     if restarts > 0 and not resume and checkpoint_path(config.out_dir).is_file():
         # torchrun restarted the group after a rank died: the same command continues the same run
         resume = True
-        if ctx is None or ctx.is_main:
+        if dist is None or dist.is_main:
             typer.echo(f"restart {restarts} of the torchrun group: resuming {config.out_dir} from its "
                        "last checkpoint", err=True)
     try:
-        run_dir = train(config, resume=resume, extend=extend, dist_ctx=ctx, lease=lease)
+        run_dir = train(config, resume=resume, extend=extend, dist_ctx=dist,
+                        lease=LeaseOptions(wait=wait, timeout_s=wait_timeout))
     except TrainingInterrupted as e:
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from e
-    except (ValueError, FileNotFoundError, StoreError) as e:  # user mistakes, mismatched stores, no space, ...
-        raise fail(str(e)) from e
-    if ctx is None or ctx.is_main:
+    if dist is None or dist.is_main:
         typer.echo(f"run: {run_dir}")
+
+
+# options passed to DistillConfig as they are (the others are resolved above or are not the config's)
+_CONFIG_OPTIONS = ("img_size", "num_summary_tokens", "seed", "device", "steps", "batch_size", "lr",
+                   "weight_decay", "warmup_steps", "summary_weight", "feature_weight", "summary_loss", "grad_clip",
+                   "num_workers", "shuffle_block", "loader_memory", "student_views", "log_every", "ckpt_every",
+                   "ckpt_minutes")
+
+
+def run_config(ctx: typer.Context) -> "DistillConfig":
+    """The DistillConfig of `pipeline distill`'s resolved options (a --sweep run: <out>/<norm>-seed<seed>)."""
+    o = ctx.params
+    run_name = o["run_name"]
+    if o["sweep"]:
+        run_name = sweep_run_name(ctx, norm=o["norm"], seed=o["seed"], resume=o["resume"] or o["extend"],
+                                  run_name=run_name)
+    elif o["replace_conflicting"]:
+        raise ValueError("--replace-conflicting applies to a --sweep run")
+    return resolve_config(norm=o["norm"], student=o["student"], teachers=o["teachers"], root=o["root"],
+                          out=o["runs_dir"], run_name=run_name, teacher_weights=o["teacher_weights"],
+                          **{k: v for k, v in o.items() if k in _CONFIG_OPTIONS})
+
+
+def resolve_distill(args: list[str]) -> "DistillConfig":
+    """The DistillConfig `pipeline distill ARGS` would train (nothing is run)."""
+    app = typer.Typer()
+    register(app)
+    return run_config(parse_only(app, "distill", args))
+
+
+def sweep_run_name(ctx: typer.Context, *, norm: str, seed: int, resume: bool, run_name: str | None) -> str:
+    """<norm>-seed<seed>, after checking that (norm, seed) is a run of the params file's sweep."""
+    from pipeline.defaults import params_of
+
+    if resume or run_name is not None:
+        raise ValueError("--sweep decides itself whether to resume and names the run <norm>-seed<seed>: leave out "
+                         "--resume / --extend / --run-name")
+    d = params_of(ctx).distill
+    if norm not in d.norms:
+        raise ValueError(f"--norm {norm!r} is not in distill.norms {d.norms}")
+    if seed not in d.seeds:
+        raise ValueError(f"--seed {seed} is not in distill.seeds {d.seeds}")
+    return f"{norm}-seed{seed}"
 
 
 def export(
@@ -155,15 +198,11 @@ def export(
 ) -> None:
     """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
     from stages.distill.export import export_run
-    from store_schema.errors import StoreError
 
-    try:
-        typer.echo(f"export: {export_run(run)}")
-    except (ValueError, FileNotFoundError, StoreError) as e:
-        raise fail(str(e)) from e
+    typer.echo(f"export: {export_run(run)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the distill and export commands to the pipeline app."""
-    app.command("distill")(distill)
-    app.command("export")(export)
+    app.command("distill", cls=routed(DISTILL))(distill)
+    app.command("export", cls=PipelineCommand)(export)

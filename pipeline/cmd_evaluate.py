@@ -11,65 +11,59 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import ParamsOpt, Route, routed
+from pipeline.errors import fail, user_error_types
+
+
+EVALUATE = Route(sections=("evaluate",), keys={"device": "distill.device"})
 
 
 def evaluate_cmd(
-    ctx: typer.Context,
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by `pipeline distill`.")],
-    split: Annotated[str, typer.Option(help="Manifest split to evaluate on (train / val).")] = "val",
-    batch_size: Annotated[int, typer.Option(help="Views per student forward pass.")] = 32,
+    split: Annotated[Optional[str], typer.Option(help="Manifest split to evaluate on (train / val).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Views per student forward pass.")] = None,
     probe_labels: Annotated[Optional[Path], typer.Option(help="CSV uri,label for the kNN probe. Default: "
                                                               "probe_labels.csv beside the corpus image folder.")] = None,
-    knn_k: Annotated[int, typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = 20,
-    knn_temperature: Annotated[float, typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = 0.07,
-    device: Annotated[str, typer.Option(help="Torch device for the student (cpu, cuda).")] = "cpu",
+    knn_k: Annotated[Optional[int], typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = None,
+    knn_temperature: Annotated[Optional[float], typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Torch device for the student (cpu, cuda).")] = None,
     zeroshot_classes: Annotated[Optional[Path], typer.Option(help="Class file of the probe labels: zero-shot "
                                                                   "classification per CLIP teacher (needs extract-text).")] = None,
-    zeroshot_templates: Annotated[str, typer.Option(help="Templates the zero-shot prompt set was extracted with.")] = "imagenet",
+    zeroshot_templates: Annotated[Optional[str], typer.Option(help="Templates the zero-shot prompt set was extracted with.")] = None,
     seg_masks: Annotated[Optional[Path], typer.Option(help="Folder of PNG label masks named <image uri without "
                                                            "suffix>.png: linear-probe and open-vocabulary mIoU.")] = None,
     seg_classes: Annotated[Optional[Path], typer.Option(help="Segmentation class file (line k = mask value k).")] = None,
-    seg_templates: Annotated[str, typer.Option(help="Templates the segmentation prompt set was extracted with.")] = "segmentation",
-    seg_probe_steps: Annotated[int, typer.Option(help="Training steps of the linear segmentation probe.")] = 100,
+    seg_templates: Annotated[Optional[str], typer.Option(help="Templates the segmentation prompt set was extracted with.")] = None,
+    seg_probe_steps: Annotated[Optional[int], typer.Option(help="Training steps of the linear segmentation probe.")] = None,
     root: Annotated[Optional[str], typer.Option(help="Store root to read the run's stores from, when they moved "
                                                      "since training (default: the root in the run's config.json); "
                                                      "its stores must be the ones the run was trained on.")] = None,
     dvc_out: Annotated[Optional[Path], typer.Option(help="Also write DIR/metrics.json (flat scalars) and "
                                                          "DIR/loss.csv (training curve): small files DVC "
                                                          "experiments carry (dvc exp show, dvc plots). One RUN only.")] = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
 
-    Options not given take their values from ./params.yaml when there is one (printed on stderr)."""
-    from pipeline.flag_defaults import EVALUATE, fill_from_params
-    from stages.evaluate.downstream import DownstreamConfig
+    Options not given take their values from params.yaml when there is one (printed on stderr)."""
     from stages.distill.run_dir import eval_path
+    from stages.evaluate.config import EvaluateConfig
     from stages.evaluate.evaluate import evaluate_run
-    from store_schema.errors import StoreError
-
-    v = fill_from_params(ctx, locals(), EVALUATE)
-    split, batch_size, probe_labels, device = v["split"], v["batch_size"], v["probe_labels"], v["device"]
-    knn_k, knn_temperature = v["knn_k"], v["knn_temperature"]
-    zeroshot_classes, zeroshot_templates = v["zeroshot_classes"], v["zeroshot_templates"]
-    seg_masks, seg_classes, seg_templates = v["seg_masks"], v["seg_classes"], v["seg_templates"]
-    seg_probe_steps = v["seg_probe_steps"]
 
     if split not in ("train", "val"):
         raise fail(f"unknown split {split!r}; valid splits: train, val")
     if (seg_masks is None) != (seg_classes is None):
         raise fail("--seg-masks and --seg-classes go together")
-    downstream = DownstreamConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
-                                  seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
-                                  seg_probe_steps=seg_probe_steps)
+    downstream = EvaluateConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
+                                seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
+                                seg_probe_steps=seg_probe_steps).downstream()
     if dvc_out is not None and len(runs) != 1:
         raise fail(f"--dvc-out takes one RUN, got {len(runs)}")
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
-                               knn_temperature=knn_temperature, device=device, downstream=downstream,
-                               root=root)
-        except (ValueError, FileNotFoundError, StoreError) as e:
+                               knn_temperature=knn_temperature, device=device, downstream=downstream, root=root)
+        except user_error_types() as e:
             raise fail(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
         if dvc_out is not None:
@@ -96,4 +90,4 @@ def evaluate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `evaluate` to the pipeline CLI."""
-    app.command("evaluate")(evaluate_cmd)
+    app.command("evaluate", cls=routed(EVALUATE))(evaluate_cmd)

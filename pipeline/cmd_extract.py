@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import ParamsOpt, Route, given_on_command_line, parse_only, routed
 
 if TYPE_CHECKING:
-    from pipeline.extract import ExtractConfig, ExtractReport
+    from pipeline.extract import ExtractReport
+    from stages.extract.config import ExtractConfig
     from store_schema.lease import LeaseOptions
 
 DEVICE_TYPES = ("cpu", "cuda")
+
 T = TypeVar("T")
 
 
@@ -143,89 +145,102 @@ def _echo_report(report: ExtractReport) -> None:
         typer.echo(f"  ... {len(report.masked) - 20} more masked views")
 
 
+# ---- options, grouped as --help shows them (defaults: params.yaml's extract / store keys, else ExtractConfig) ----
+_WHAT, _LAYOUT, _RAY, _RUN = "What to extract", "Store layout (fixed when a store is created)", "Workers and Ray", "Run"
+TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "--teachers", "-t", rich_help_panel=_WHAT, help="Teacher name from the registry; repeat or comma-separate for several (--teachers a,b as `pipeline distill` takes them). Default: extract.teachers.")]
+RootOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_WHAT, help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root.")]
+CheckpointOpt = Annotated[Optional[list[str]], typer.Option(rich_help_panel=_WHAT, help="Local weights file: PATH (one teacher) or TEACHER=PATH, repeatable. Default: extract.checkpoints.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_WHAT, help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")]
+BatchOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_WHAT, help="Views per teacher forward pass.")]
+FidelityOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_WHAT, help="After extraction, measure the storage fidelity per normalization variant on this many train images (0: skip; `pipeline store fidelity`).")]
+ShardOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_LAYOUT, help="Images per shard (the unit of work and of resume); an existing store's is the default.")]
+GridOpt = Annotated[Optional[list[str]], typer.Option(rich_help_panel=_LAYOUT, help="Patch grid to store, HxW (every teacher) or TEACHER=HxW (repeatable), no larger than the teacher's (adaptive average pooling). Default: extract.storage_grids, an existing store's grid, else the teacher's.")]
+KeepbitsOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_LAYOUT, help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless. An existing store's codec is the default.")]
+FoldOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_LAYOUT, help="Fold the per-shard statistics into the store's totals every this many complete shards (bounds their disk use).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RAY, help="Ray actors, each holding one teacher copy.")]
+CpusOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RAY, help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 8 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")]
+GpusOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RAY, help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")]
+AddressOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RAY, help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")]
+NoRayOpt = Annotated[bool, typer.Option("--no-ray", rich_help_panel=_RAY, help="Run the shard worker in this process without Ray (same code path).")]
+AheadOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RAY, help="Images each worker decodes and renders ahead on its CPU threads, overlapping the teacher forward (useful on GPU; 0: inline).")]
+ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", rich_help_panel=_RUN, help="Show a progress bar.")]
+ReceiptOpt = Annotated[Optional[Path], typer.Option(rich_help_panel=_RUN, help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", rich_help_panel=_RUN, help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")]
+WaitTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RUN, help="With --wait: give up after this many seconds (default: wait as long as it takes).")]
+RedoOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Complete shards to extract again, e.g. 5,7 or 3-6 (damaged ones, as `pipeline store verify` names them): their complete flags and statistics are cleared first (one teacher only).")]
+EXTRACT = Route(sections=("extract",), keys={"teacher": "extract.teachers", "root": "store.root",
+                                             "checkpoint": "extract.checkpoints", "storage_grid": "extract.storage_grids"},
+                config="stages.extract.config:ExtractConfig", own=("gpus_per_worker",), required=("teacher", "root"))
+
+
 def extract_cmd(
     ctx: typer.Context,
-    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "--teachers", "-t", help="Teacher name from the registry; repeat or comma-separate for several (--teachers a,b as `pipeline distill` takes them). Default: extract.teachers of ./params.yaml.")] = None,
-    root: Annotated[Optional[str], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root of ./params.yaml.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,
-    shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created (an existing store's is the default).")] = 64,
-    storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: an existing store's grid, else the teacher's.")] = None,
-    keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless. An existing store's codec is the default.")] = "7",
-    workers: Annotated[int, typer.Option(help="Ray actors, each holding one teacher copy.")] = 1,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 8 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")] = 1.0,
-    gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")] = None,
-    device: Annotated[str, typer.Option(help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")] = "cpu",
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the shard worker in this process without Ray (same code path).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    decode_ahead: Annotated[int, typer.Option(help="Images each worker decodes and renders ahead on its CPU threads, overlapping the teacher forward (useful on GPU; 0: inline).")] = 0,
-    stats_fold_every: Annotated[int, typer.Option(help="Fold the per-shard statistics into the store's totals every this many complete shards (bounds their disk use); fixed when the store is created.")] = 16,
-    receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")] = False,
-    wait_timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds (default: wait as long as it takes).")] = None,
-    redo_shards: Annotated[Optional[str], typer.Option(help="Complete shards to extract again, e.g. 5,7 or 3-6 (damaged ones, as `pipeline store verify` names them): their complete flags and statistics are cleared first (one teacher only).")] = None,
+    teacher: TeacherOpt = None, root: RootOpt = None, checkpoint: CheckpointOpt = None, device: DeviceOpt = None,
+    batch_size: BatchOpt = None, fidelity_images: FidelityOpt = None,
+    shard_size: ShardOpt = None, storage_grid: GridOpt = None, keepbits: KeepbitsOpt = None,
+    stats_fold_every: FoldOpt = None,
+    workers: WorkersOpt = None, cpus_per_worker: CpusOpt = None, gpus_per_worker: GpusOpt = None,
+    ray_address: AddressOpt = None, no_ray: NoRayOpt = False, decode_ahead: AheadOpt = None,
+    progress: ProgressOpt = None, receipt: ReceiptOpt = None, wait: WaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = None, redo_shards: RedoOpt = None, params: ParamsOpt = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
 
-    Flags not given take their values from ./params.yaml when there is one (printed on stderr)."""
-    from dataclasses import replace
-
-    from pipeline.extract import ExtractConfig, ExtractionStopped, with_store_defaults
-    from pipeline.flag_defaults import EXTRACT, fill_from_params, given_on_command_line
-    from stages.teachers.errors import MissingWeightsError
-    from store_schema.codecs import CodecSpec
-    from store_schema.errors import StoreError
+    Flags not given take their values from params.yaml when there is one (printed on stderr)."""
+    from pipeline.extract import with_store_defaults
     from store_schema.lease import LeaseOptions
-
     from store_schema.location import as_location
 
-    v = fill_from_params(ctx, locals(), EXTRACT, required=("teacher", "root"))
-    root = as_location(v["root"])
-    try:
-        teachers = parse_teachers(v["teacher"])
-        # params.yaml gives storage grids and checkpoints per teacher; the flags give one for all
-        grids = _per_teacher(v["storage_grid"], teachers, parse_grid)
-        checkpoints = _per_teacher(v["checkpoint"], teachers, Path)
-        if isinstance(v["checkpoint"], Path) and len(teachers) > 1:
-            raise ValueError("--checkpoint applies to one teacher; extract the others in a separate call")
-        if receipt is not None and len(teachers) > 1:
-            raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
-        if redo_shards is not None and len(teachers) > 1:
-            raise ValueError("--redo-shards applies to one teacher (shard numbers are per store); "
-                             "redo the others in a separate call")
-        from stages.extract.redo import parse_shards
-
-        redo = tuple(parse_shards(redo_shards)) if redo_shards is not None else ()
-        device = v["device"]
-        gpus = resolve_gpus_per_worker(gpus_per_worker, device)
-        lease_options = LeaseOptions(wait=wait, timeout_s=wait_timeout)
-        base = ExtractConfig(batch_size=v["batch_size"], shard_size=v["shard_size"],
-                             codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
-                             workers=0 if no_ray else v["workers"], cpus_per_worker=v["cpus_per_worker"],
-                             gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
-                             decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every, redo_shards=redo)
-        configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
-        # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
-        explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
-                                      ("codec", "keepbits"), ("stats_fold_every", "stats_fold_every"))
-                    if given_on_command_line(ctx, name)}
-        for t in teachers:
-            configs[t], notes = with_store_defaults(root, t, configs[t], explicit=explicit)
-            if notes:
-                typer.echo(f"{t}: continuing the existing store with its own {'; '.join(notes)}", err=True)
-        local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
-        if local:
-            check_device(device, gpus_per_actor=None if base.workers == 0 else gpus)
-        for t in teachers:
-            preflight(root, [t], storage_grid=grids[t], checkpoint=checkpoints[t], local_weights=local)
-    except (ValueError, MissingWeightsError) as e:
-        raise fail(str(e)) from e
-    try:
-        _run(root, configs, receipt=receipt, lease_options=lease_options)
-    except (ValueError, StoreError, MissingWeightsError, ExtractionStopped) as e:
-        raise fail(str(e)) from e
+    root, configs = as_location(root), teacher_configs(ctx.params)
+    teachers, base = list(configs), next(iter(configs.values()))
+    # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
+    explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
+                                  ("codec", "keepbits"), ("stats_fold_every", "stats_fold_every"))
+                if given_on_command_line(ctx, name)}
+    for t in teachers:
+        configs[t], notes = with_store_defaults(root, t, configs[t], explicit=explicit)
+        if notes:
+            typer.echo(f"{t}: continuing the existing store with its own {'; '.join(notes)}", err=True)
+    local = base.workers == 0 or base.ray_address is None  # the teacher runs on this machine
+    if local:
+        check_device(device, gpus_per_actor=None if base.workers == 0 else base.gpus_per_worker)
+    for t in teachers:
+        preflight(root, [t], storage_grid=configs[t].storage_grid, checkpoint=configs[t].checkpoint, local_weights=local)
+    _run(root, configs, receipt=receipt, lease_options=LeaseOptions(wait=wait, timeout_s=wait_timeout))
     _echo_bad_images(root)
+
+
+def teacher_configs(o: dict) -> dict[str, "ExtractConfig"]:
+    """{teacher: ExtractConfig} of `pipeline extract`'s resolved options `o` (before an existing store's own
+    settings are applied)."""
+    from dataclasses import replace
+
+    from stages.extract.config import ExtractConfig
+    from stages.extract.redo import parse_shards
+    from store_schema.codecs import CodecSpec
+
+    teachers = parse_teachers(o["teacher"])
+    grids = per_teacher_values(o["storage_grid"], teachers, parse_grid, "--storage-grid")
+    checkpoints = per_teacher_values(o["checkpoint"], teachers, Path, "--checkpoint", one_teacher=True)
+    for flag, name in (("--receipt", "receipt"), ("--redo-shards", "redo_shards")):
+        if o[name] is not None and len(teachers) > 1:
+            raise ValueError(f"{flag} applies to one teacher (a receipt and shard numbers are per store); "
+                             "extract the others in a separate call")
+    base = ExtractConfig(
+        batch_size=o["batch_size"], shard_size=o["shard_size"], codec=CodecSpec(keepbits=parse_keepbits(o["keepbits"])),
+        device=o["device"], workers=0 if o["no_ray"] else o["workers"], cpus_per_worker=o["cpus_per_worker"],
+        gpus_per_worker=resolve_gpus_per_worker(o["gpus_per_worker"], o["device"]), ray_address=o["ray_address"],
+        progress=o["progress"], decode_ahead=o["decode_ahead"], stats_fold_every=o["stats_fold_every"],
+        fidelity_images=o["fidelity_images"],
+        redo_shards=tuple(parse_shards(o["redo_shards"])) if o["redo_shards"] is not None else ())
+    return {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
+
+
+def resolve_configs(args: list[str]) -> dict[str, "ExtractConfig"]:
+    """{teacher: ExtractConfig} that `pipeline extract ARGS` would run with (nothing is run or checked)."""
+    app = typer.Typer()
+    register(app)
+    return teacher_configs(parse_only(app, "extract", args).params)
 
 
 def _echo_bad_images(root) -> None:
@@ -241,11 +256,20 @@ def _echo_bad_images(root) -> None:
             typer.echo(f"  {line}")
 
 
-def _per_teacher(value: object, teachers: list[str], parse: Callable[[str], T]) -> dict[str, T | None]:
-    """One flag value for every teacher, or params.yaml's {teacher: value} mapping (absent -> None)."""
-    if isinstance(value, dict):
-        return {t: parse(str(value[t])) if t in value else None for t in teachers}
-    return {t: None if value is None else parse(str(value)) for t in teachers}
+def per_teacher_values(values: list[str] | None, teachers: list[str], parse: Callable[[str], T], flag: str, *,
+                       one_teacher: bool = False) -> dict[str, T | None]:
+    """{teacher: parsed value} from a per-teacher option: TEACHER=VALUE entries (params.yaml's mappings come
+    as these; entries of teachers not selected are ignored) and at most one plain VALUE for every teacher
+    (for only one teacher when `one_teacher`); a teacher without either gets None."""
+    plain = [v for v in values or [] if "=" not in v]
+    if len(plain) > 1 or (plain and one_teacher and len(teachers) > 1):
+        raise ValueError(f"{flag} {plain[0]} applies to one teacher; give TEACHER=VALUE for each of {teachers}, "
+                         "or extract the others in a separate call")
+    out: dict[str, T | None] = {t: parse(plain[0]) if plain else None for t in teachers}
+    for name, _, value in (v.partition("=") for v in values or [] if "=" in v):
+        if name in out:
+            out[name] = parse(value)
+    return out
 
 
 def _complete(store_path) -> bool:
@@ -287,7 +311,9 @@ def _take_leases(root: Path, teachers: list[str], options: "LeaseOptions", stack
 
 def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None, leases: dict) -> None:
     from pipeline.extract import run_extract
+    from stages.extract.fidelity import ensure_fidelity, fidelity_summary
     from stages.extract.receipt import write_receipt
+    from stages.orchestrate.ray_session import ray_session
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
@@ -296,19 +322,23 @@ def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path 
     # run_extract still checks each store against the config.
     use_ray = config.workers > 0 and (bool(config.redo_shards)
                                       or not all(_complete(teacher_store_path(root, t)) for t in configs))
-    from stages.orchestrate.ray_session import ray_session
-
     with ray_session(config.ray_address, needed=use_ray) as resources:
         if resources is not None:
             check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                 gpus_per_worker=config.gpus_per_worker, device=config.device)
         for name, teacher_config in configs.items():
             _echo_report(run_extract(root, name, teacher_config, lease=leases[name]))
+            store = open_teacher_store(teacher_store_path(root, name))
+            if teacher_config.fidelity_images > 0:
+                checks, written = ensure_fidelity(root, store, num_images=teacher_config.fidelity_images,
+                                                  device=teacher_config.device, checkpoint=teacher_config.checkpoint)
+                if written is not None:
+                    typer.echo(f"  fidelity: {written}")
+                typer.echo(f"  {fidelity_summary(store, checks)}")
             if receipt is not None:
-                store = open_teacher_store(teacher_store_path(root, name))
                 typer.echo(f"  receipt: {write_receipt(store, receipt)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add `extract` to the pipeline CLI."""
-    app.command("extract")(extract_cmd)
+    app.command("extract", cls=routed(EXTRACT))(extract_cmd)

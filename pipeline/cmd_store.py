@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import ParamsOpt, Route, routed
+from pipeline.errors import fail, user_error_types
 
 if TYPE_CHECKING:
     from store_schema.teacher_store import TeacherStore
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
     """The named stores under root, or every <teacher>.zarr there when none are named."""
-    from store_schema.errors import StoreError
     from store_schema.layout import list_teacher_stores, teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
@@ -36,24 +36,23 @@ def _stores(root: Path, teachers: list[str] | None) -> list[TeacherStore]:
     if unknown:
         raise fail(f"no store for teacher(s) {', '.join(map(repr, unknown))} under {root}; stores there: "
                     f"{', '.join(existing) if existing else 'none'}")
-    try:
-        return [open_teacher_store(teacher_store_path(root, n), mode="r") for n in names]
-    except (StoreError, ValueError) as e:
-        raise fail(str(e)) from e
+    return [open_teacher_store(teacher_store_path(root, n), mode="r") for n in names]
 
 
-RootOpt = Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores: a folder or an fsspec URL (s3://bucket/prefix). Default: store.root of ./params.yaml.")]
+RootOpt = Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet and <teacher>.zarr stores: a folder or an fsspec URL (s3://bucket/prefix). Default: store.root.")]
 TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher store(s) to look at; default: all under --root.")]
 
 
-def _root(ctx: typer.Context, root: str | None) -> Path | str:
-    from pipeline.flag_defaults import STORE, fill_from_params
+STORE = Route(keys={"root": "store.root"}, required=("root",))
+
+
+def _location(root: str) -> Path | str:
     from store_schema.location import as_location
 
-    return as_location(fill_from_params(ctx, {"root": root}, STORE, required=("root",))["root"])
+    return as_location(root)
 
 
-def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = None) -> None:
+def info_cmd(root: RootOpt = None, teacher: TeacherOpt = None, params: ParamsOpt = None) -> None:
     """Per teacher: images, views, shard progress, shapes, bytes on disk, bits per value, statistics;
     then each student-view store (`pipeline views`): shards complete, images rendered, bytes.
 
@@ -64,7 +63,7 @@ def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = Non
 
     from stages.extract.verify import manifest_problem
 
-    root = _root(ctx, root)
+    root = _location(root)
     wrong = []
     for store in _stores(root, teacher):
         typer.echo(format_info(store_info(store)))
@@ -90,45 +89,41 @@ def info_cmd(ctx: typer.Context, root: RootOpt = None, teacher: TeacherOpt = Non
 
 
 def fidelity_cmd(
-    ctx: typer.Context,
     root: RootOpt = None,
     teacher: TeacherOpt = None,
     images: Annotated[int, typer.Option(help="Train-split images (all their views) to run the teacher on.")] = 16,
     device: Annotated[str, typer.Option(help="Torch device of the teacher (bf16 autocast there).")] = "cpu",
     checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file of the teacher (one --teacher).")] = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Run each teacher in float32 and bf16 on a few images; write and print, per normalization variant,
     the storage NMSE in the loss space against the teacher's own bf16 noise (gate: at most a tenth)."""
     from stages.extract.fidelity import measure_store_fidelity, write_fidelity
     from stages.normalize.fidelity import FidelityCheck, format_checks
-    from stages.teachers.errors import MissingWeightsError
     from store_schema.layout import manifest_path
     from store_schema.manifest import read_manifest
 
-    root = _root(ctx, root)
+    root = _location(root)
     stores = _stores(root, teacher)
     if checkpoint is not None and len(stores) != 1:
         raise fail("--checkpoint needs exactly one --teacher")
     manifest = read_manifest(manifest_path(root))
     for store in stores:
-        try:
-            result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
-                                            checkpoint=checkpoint)
-        except (ValueError, MissingWeightsError) as e:
-            raise fail(str(e)) from e
+        result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
+                                        checkpoint=checkpoint)
         typer.echo(f"{store.spec.name}: {write_fidelity(root, result)}")
         for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]]):
             typer.echo(f"  {line}")
 
 
 def verify_cmd(
-    ctx: typer.Context,
     root: RootOpt = None,
     teacher: TeacherOpt = None,
     recompute_stats: Annotated[bool, typer.Option(help="Also recompute each shard's moments from its data and compare.")] = True,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Exit 0 when images are only missing (a store still being filled); damage still exits 1.")] = False,
     repair: Annotated[bool, typer.Option("--repair", help="Redo the damaged shards in this process (as `pipeline extract --redo-shards` does, with the store's own settings and recorded weights), then verify again.")] = False,
     device: Annotated[str, typer.Option(help="With --repair: torch device of the teacher.")] = "cpu",
+    params: ParamsOpt = None,
 ) -> None:
     """Read every shard (crc32c-checked), check completion and statistics; name damaged and missing images.
 
@@ -138,7 +133,7 @@ def verify_cmd(
     from stages.extract.verify import verify_store
 
     failed = False
-    root = _root(ctx, root)
+    root = _location(root)
     for store in _stores(root, teacher):
         report = verify_store(store, recompute_stats=recompute_stats, root=root)
         typer.echo(report.format())
@@ -154,13 +149,11 @@ def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, reco
     """Redo `shards` of `store` (pipeline.extract.repair_store) and return the new verify report."""
     from pipeline.extract import repair_store
     from stages.extract.verify import verify_store
-    from stages.teachers.errors import MissingWeightsError
-    from store_schema.errors import StoreError
     from store_schema.teacher_store import open_teacher_store
 
     try:
         done = repair_store(root, store.spec.name, shards, device=device)
-    except (ValueError, StoreError, MissingWeightsError) as e:
+    except user_error_types() as e:
         raise fail(f"repair of {store.path} shards {shards}: {e}") from e
     typer.echo(f"  repaired shards {sorted(done.computed_shards)} ({done.seconds:.1f} s"
                + (f"; statistics of {done.unfolded} folded shards unfolded and refolded)" if done.unfolded else ")"))
@@ -170,7 +163,6 @@ def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, reco
 
 
 def transcode_cmd(
-    ctx: typer.Context,
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher whose store <root>/<teacher>.zarr is transcoded.")],
     to: Annotated[str, typer.Option("--to", help="Destination store root (a folder or an fsspec URL); gets manifest.parquet and <teacher>.zarr.")],
     root: RootOpt = None,
@@ -180,6 +172,7 @@ def transcode_cmd(
     workers: Annotated[int, typer.Option(help="Shards transcoded at once (dask threads; ignored on Ray, which places the tasks).")] = 2,
     ray_address: Annotated[Optional[str], typer.Option(help="Run the dask tasks on this Ray cluster ('auto' or host:port) through Ray's dask scheduler; every node must see both roots.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run is writing the destination store (it holds its lease), wait for it instead of failing at once.")] = False,
+    params: ParamsOpt = None,
 ) -> None:
     """Re-encode a store without the teacher: pool its grid, change its codec or drop mantissa bits.
 
@@ -189,45 +182,34 @@ def transcode_cmd(
 
     from pipeline.cmd_extract import parse_grid, parse_keepbits
     from stages.extract.transcode import transcode_store
+    from stages.orchestrate.ray_session import ray_session
     from store_schema.codecs import CodecSpec
-    from store_schema.errors import StoreError
     from store_schema.layout import teacher_store_path
-    from store_schema.location import as_location
     from store_schema.lease import LeaseOptions
     from store_schema.teacher_store import open_teacher_store
 
-    root = _root(ctx, root)
-    try:
-        grid = parse_grid(storage_grid) if storage_grid else None
-        source_codec = open_teacher_store(teacher_store_path(root, teacher)).codec
-        new_codec = source_codec
-        if codec is not None:
-            name, _, level = codec.partition(":")
-            if level and not level.isdigit():
-                raise ValueError(f"--codec must look like COMPRESSOR[:LEVEL] (e.g. zstd:5), got {codec!r}")
-            new_codec = replace(new_codec, compressor=name, **({"clevel": int(level)} if level else {}))
-        if keepbits is not None:
-            new_codec = replace(new_codec, keepbits=parse_keepbits(keepbits))
-        new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
-    except (ValueError, StoreError) as e:
-        raise fail(str(e)) from e
-    from stages.orchestrate.ray_session import ray_session
-
-    try:
-        with ray_session(ray_address, needed=ray_address is not None):
-            report = transcode_store(root, teacher, as_location(to), storage_grid=grid, codec=new_codec,
-                                     scheduler="ray" if ray_address is not None else "threads", workers=workers,
-                                     lease=LeaseOptions(wait=wait))
-    except (ValueError, StoreError) as e:
-        raise fail(str(e)) from e
+    root = _location(root)
+    grid = parse_grid(storage_grid) if storage_grid else None
+    new_codec = open_teacher_store(teacher_store_path(root, teacher)).codec
+    if codec is not None:
+        name, _, level = codec.partition(":")
+        if level and not level.isdigit():
+            raise ValueError(f"--codec must look like COMPRESSOR[:LEVEL] (e.g. zstd:5), got {codec!r}")
+        new_codec = replace(new_codec, compressor=name, **({"clevel": int(level)} if level else {}))
+    if keepbits is not None:
+        new_codec = replace(new_codec, keepbits=parse_keepbits(keepbits))
+    new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
+    with ray_session(ray_address, needed=ray_address is not None):
+        report = transcode_store(root, teacher, _location(to), storage_grid=grid, codec=new_codec,
+                                 scheduler="ray" if ray_address is not None else "threads", workers=workers,
+                                 lease=LeaseOptions(wait=wait))
     typer.echo(report.summary_line())
 
 
 def register(app: typer.Typer) -> None:
     """Add the `store` command group (info, verify, transcode, fidelity) to the pipeline CLI."""
     store_app = typer.Typer(help="Inspect, verify and transcode teacher feature stores.", no_args_is_help=True)
-    store_app.command("info")(info_cmd)
-    store_app.command("verify")(verify_cmd)
-    store_app.command("transcode")(transcode_cmd)
-    store_app.command("fidelity")(fidelity_cmd)
+    for name, command in (("info", info_cmd), ("verify", verify_cmd), ("transcode", transcode_cmd),
+                          ("fidelity", fidelity_cmd)):
+        store_app.command(name, cls=routed(STORE))(command)
     app.add_typer(store_app, name="store")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.errors import PipelineCommand
 
 if TYPE_CHECKING:  # stage code (torch) is imported inside the functions: `pipeline --help` stays fast
     from stages.teachers.spec import TeacherSpec
@@ -78,10 +78,7 @@ def teachers_cli(
 ) -> None:
     """List registered teachers: family, architecture, weights (and whether they are on this machine),
     resolution, patch grid, summary/patch widths, stored bytes per image per view (≈11.5 bits/value), license."""
-    try:
-        rows = teacher_rows(names=names)
-    except ValueError as e:
-        raise fail(str(e)) from e
+    rows = teacher_rows(names=names)
     if output_format is OutputFormat.JSON:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -92,4 +89,4 @@ def teachers_cli(
 
 def register(app: typer.Typer) -> None:
     """Add the `teachers` command to the pipeline app."""
-    app.command("teachers")(teachers_cli)
+    app.command("teachers", cls=PipelineCommand)(teachers_cli)

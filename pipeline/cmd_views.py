@@ -4,7 +4,7 @@ Stage two's loader then reads each student view from <root>/student_views/<size>
 decoding the image file and rendering the view every epoch: the same pixels (same decode, crop box, flip
 and resize), a fraction of the loader's CPU (docs/STAGE_TWO.md). Run it after `pipeline corpus`, for each
 student input size; shards already rendered are kept, so an interrupted run continues where it stopped.
-Flags not given take their values from ./params.yaml when there is one (dvc.yaml's views stage).
+Flags not given take their values from params.yaml when there is one (dvc.yaml's views stage).
 """
 
 from __future__ import annotations
@@ -15,41 +15,38 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.errors import fail
+from pipeline.defaults import ParamsOpt, Route, routed
+
+
+VIEWS = Route(keys={"size": "distill.img_size", "root": "store.root", "workers": "extract.workers",
+                    "ray_address": "extract.ray_address"}, required=("size", "root"))
 
 
 def views_cmd(
-    ctx: typer.Context,
     size: Annotated[Optional[list[int]], typer.Option(
-        "--size", help="Student input side in pixels; repeat for several students. Default: distill.img_size "
-                       "of ./params.yaml.")] = None,
-    root: Annotated[str, typer.Option(help="Store root holding manifest.parquet (a local or shared folder).")] = "store",
+        "--size", help="Student input side in pixels; repeat for several students. Default: distill.img_size.")] = None,
+    root: Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet (a local or shared folder). "
+                                                     "Default: store.root.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(
         help="Images per shard (default: the teacher stores' shard size, so one unit of targets and its views "
              "are one read each; an existing view store keeps its own).")] = None,
-    workers: Annotated[int, typer.Option(help="Shards rendered at once (one-CPU Ray actors, each reading the manifest once); 0: in this process, without Ray.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(help="Shards rendered at once (one-CPU Ray actors, each reading the manifest once); 0: in this process, without Ray. Default: extract.workers.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (auto, host:port); default: local Ray.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Render in this process without Ray (same code path).")] = False,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the stores (what DVC tracks).")] = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Render every (image, view) of the manifest at the student's size into <root>/student_views/<size>px.zarr."""
-    from pipeline.flag_defaults import VIEWS, fill_from_params
     from stages.extract.student_views import run_views
-    from store_schema.errors import StoreError
     from store_schema.layout import student_views_path
     from store_schema.view_store import open_view_store
 
-    v = fill_from_params(ctx, locals(), VIEWS, required=("size",))
-    sizes = v["size"] if isinstance(v["size"], list) else [v["size"]]
     fingerprints = {}
-    try:
-        for s in dict.fromkeys(int(x) for x in sizes):
-            report = run_views(v["root"], s, shard_size=shard_size, workers=max(int(v["workers"]), 1),
-                               use_ray=not no_ray and int(v["workers"]) > 0, ray_address=v["ray_address"])
-            typer.echo(report.summary())
-            fingerprints[str(s)] = open_view_store(student_views_path(v["root"], s)).fingerprint()
-    except (ValueError, FileNotFoundError, StoreError) as e:
-        raise fail(str(e)) from e
+    for s in dict.fromkeys(size):
+        report = run_views(root, s, shard_size=shard_size, workers=max(workers, 1), use_ray=not no_ray and workers > 0,
+                           ray_address=ray_address)
+        typer.echo(report.summary())
+        fingerprints[str(s)] = open_view_store(student_views_path(root, s)).fingerprint()
     if receipt is not None:
         receipt.parent.mkdir(parents=True, exist_ok=True)
         receipt.write_text(json.dumps(fingerprints, indent=2, sort_keys=True) + "\n")
@@ -58,4 +55,4 @@ def views_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `views` to the pipeline CLI."""
-    app.command("views")(views_cmd)
+    app.command("views", cls=routed(VIEWS))(views_cmd)

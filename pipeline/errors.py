@@ -1,8 +1,9 @@
 """One way the command line reports a user's mistake: `Error: <what, where, how to fix>` on stderr, exit 2.
 
-Commands raise `fail(message)` for mistakes they find; `run_cli` (the console entry point) prints click's
-own usage errors (a flag that does not parse) and any user error a command did not catch in the same
-style, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
+Commands raise `fail(message)` for mistakes they find; every command runs as a `PipelineCommand`, which
+prints a user error the command raised in the same style (so commands need no `except ...: raise fail`
+of their own); `run_cli` (the console entry point) prints click's own usage errors (a flag that does not
+parse) and any user error raised outside a command, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
 damaged or mismatched files and missing resources (`ValueError`, `FileNotFoundError`, the store's
 `StoreError`, missing weights / tokenizers, an extraction that cannot go on); anything else is a bug and
 keeps its traceback. `PIPELINE_TRACEBACK=1` in the environment lets user errors raise with their
@@ -16,6 +17,7 @@ import sys
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperCommand
 
 EXIT_USER_ERROR = 2
 TRACEBACK_ENV = "PIPELINE_TRACEBACK"  # set to 1: user errors keep their traceback
@@ -61,3 +63,15 @@ def run_cli(invoke: Callable[..., Any]) -> int:
         typer.echo(f"Error: {e}", err=True)
         return EXIT_USER_ERROR
     return rv if isinstance(rv, int) else 0
+
+
+class PipelineCommand(TyperCommand):
+    """A typer command whose user errors (`user_error_types`) print as one `Error: ...` line, exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except user_error_types() as e:
+            if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                raise
+            raise fail(str(e)) from e

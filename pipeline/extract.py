@@ -32,18 +32,17 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from stages.extract.config import ExtractConfig
 from stages.extract.inspect import storage_footprint
 from stages.extract.pooling import check_storage_grid
 from stages.extract.redo import reopen_for_redo
 from stages.extract.worker import MaskedView, ShardResult, ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity
-from store_schema.codecs import CodecSpec
 from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.location import as_location
 from store_schema.lease import Lease, LeaseOptions
 from store_schema.manifest import read_manifest
-from store_schema.stats_ledger import DEFAULT_FOLD_EVERY
 from store_schema.teacher_store import TeacherStore, create_teacher_store
 
 ACTOR_MAX_RESTARTS = 2
@@ -52,39 +51,6 @@ SHARDS_IN_FLIGHT_PER_WORKER = 2  # one shard in its forwards while the previous 
 TASKS_PER_ACTOR = SHARDS_IN_FLIGHT_PER_WORKER  # so an actor never idles waiting for the driver
 NODE_POLL_S = 1.0  # how often the driver checks for dead Ray nodes while it waits for results
 STARTUP_GRACE_S = 20.0  # an actor not placed this long after a node died during start-up is given up
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """How to extract one teacher (typed config at the CLI boundary)."""
-
-    batch_size: int = 32
-    shard_size: int = 64
-    storage_grid: tuple[int, int] | None = None  # None: the teacher's own patch grid
-    codec: CodecSpec = field(default_factory=CodecSpec)
-    checkpoint: Path | None = None
-    device: str = "cpu"
-    workers: int = 1  # Ray actors; 0 runs the shard worker in this process without Ray
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    ray_address: str | None = None  # None: local Ray (reused when already initialised)
-    progress: bool = True
-    decode_ahead: int = 0  # images a worker decodes ahead on its decode threads (0: inline)
-    stats_fold_every: int = DEFAULT_FOLD_EVERY  # complete shards per fold of the statistics (store attribute)
-    redo_shards: tuple[int, ...] = ()  # complete shards to extract again (damaged ones; stages/extract/redo.py)
-
-    @property
-    def cpu_threads(self) -> int:
-        """Host threads per worker: the CPUs Ray grants it (at least one)."""
-        return max(1, int(self.cpus_per_worker))
-
-    def __post_init__(self) -> None:
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {self.workers}")
-        if self.stats_fold_every < 1:
-            raise ValueError(f"stats_fold_every must be >= 1, got {self.stats_fold_every}")
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")
 
 
 @dataclass

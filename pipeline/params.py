@@ -1,13 +1,21 @@
-"""The one reader of params.yaml: typed, strict dataclasses per section.
+"""The one reader of params.yaml: typed, strict sections, each mapping onto its stage's config.
 
 params.yaml drives the offline sweep of the PHI-S paper (arXiv 2410.01680) over an AM-RADIO
 (arXiv 2312.06709) store: corpus → extract (one store per teacher) → distill (one run per normalization
 variant) → evaluate → report. DVC declares these keys per stage (dvc.yaml), so changing ``distill.*``
-re-runs only stage two; this module turns the same file into typed objects for ``pipeline demo``.
+re-runs only stage two; every command takes the file's values as its option defaults
+(pipeline/defaults.py).
 
-The path is always passed explicitly. Unknown sections or keys, missing sections and values of the
-wrong type raise ``ValueError`` naming the key and the valid choices: a typo never silently becomes a
-default.
+A section is its stage's config (`corpus:` is `CorpusConfig`, `evaluate:` `EvaluateConfig`, `report:`
+`ReportConfig`) or, where the file names a sweep rather than one run (`extract:`, `distill:`), a section
+whose defaults are read from the stage config (`ExtractConfig`, `DistillConfig`, `SweepConfig`): a key left
+out takes the stage's default, which is spelled only there. `store.root`, `demo.dir`, `corpus.source` and
+`extract.teachers` have no default and must be set.
+
+The path is always passed explicitly. Unknown sections or keys, missing sections or required keys and
+values of the wrong type raise ``ValueError`` naming the key and the valid choices: a typo never silently
+becomes a default. Importing this module imports the stage configs (torch): command modules import it
+inside their commands, so `pipeline --help` stays fast.
 """
 
 from __future__ import annotations
@@ -21,124 +29,98 @@ from typing import Any
 
 import yaml
 
+from stages.corpus.config import CorpusConfig
+from stages.distill.config import DistillConfig, SweepConfig
+from stages.evaluate.config import EvaluateConfig, ReportConfig
+from stages.extract.config import ExtractConfig
+from store_schema.codecs import CodecSpec
+
 
 @dataclass(frozen=True)
 class StoreParams:
-    """Where the feature store lives (outside DVC outputs; see docs/SCIENCE.md, toolchain notes)."""
+    """Where the feature store lives (outside DVC outputs; see docs/SCIENCE.md, toolchain notes). No default:
+    a params file must set it."""
 
-    root: Path = Path("data/store")
+    root: Path | None = None
 
 
 @dataclass(frozen=True)
 class DemoParams:
-    """Where `pipeline demo-corpus` exports the embedded demo images."""
+    """Where `pipeline demo-corpus` exports the embedded demo images (no default: a params file sets it)."""
 
-    dir: Path = Path("data/demo_corpus")
-
-
-@dataclass(frozen=True)
-class CorpusParams:
-    """`pipeline corpus SOURCE --out ROOT ...` options."""
-
-    source: Path = Path("data/demo_corpus/images")
-    views: int = 2
-    view_seed: int = 0
-    val_fraction: float = 0.2
-    min_side: int = 16
+    dir: Path | None = None
 
 
 @dataclass(frozen=True)
 class ExtractParams:
-    """`pipeline extract` options, shared by every teacher's stage."""
+    """`extract:`: the teachers of the sweep and how each is extracted. Defaults: `ExtractConfig`'s (and the
+    codec's keepbits); storage grids, checkpoints and fidelity images per teacher; `text_teachers`: the
+    open_clip teachers whose text embeddings and projection go into their stores (`pipeline extract-text`)."""
 
-    teachers: list[str] = field(default_factory=lambda: ["tiny_dinov2", "tiny_clip", "tiny_sam"])
-    batch_size: int = 32
-    shard_size: int = 32
-    keepbits: int = 7
-    workers: int = 1
-    device: str = "cpu"
-    ray_address: str | None = None  # None: a local Ray sized to this machine; "auto" or host:port: a cluster
+    teachers: list[str] = field(default_factory=list)  # no default: a params file must list them
+    batch_size: int = ExtractConfig.batch_size
+    shard_size: int = ExtractConfig.shard_size
+    keepbits: int = CodecSpec.keepbits
+    workers: int = ExtractConfig.workers
+    device: str = ExtractConfig.device
+    ray_address: str | None = ExtractConfig.ray_address  # None: a local Ray; "auto" or host:port: a cluster
     storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
-    decode_ahead: int = 0  # images a worker decodes ahead on its CPU threads (overlaps a GPU forward)
-    cpus_per_worker: float = 1.0  # CPUs Ray grants each actor; its decode / codec threads (docs/STAGE_ONE.md)
-    fidelity_images: int = 16  # train images the storage-fidelity check runs the teacher on (0: skip it)
-    # open_clip teachers whose text embeddings (evaluate.*_classes prompt sets) and image-side projection
-    # `pipeline extract-text-stage` writes into their stores (zero-shot / open-vocabulary evaluation)
+    decode_ahead: int = ExtractConfig.decode_ahead
+    cpus_per_worker: float = ExtractConfig.cpus_per_worker
+    fidelity_images: int = ExtractConfig.fidelity_images
     text_teachers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class DistillParams:
-    """`pipeline distill` options; the sweep is ``norms`` × ``seeds`` (one run per variant and seed; the
-    report shows mean ± std over seeds). ``summary_loss``: "cosine" on raw summaries for every variant
-    (both papers) or "variant" (the variant's own). ``grad_clip``: 0 = off (the same optimizer for every
-    variant)."""
+    """`distill:`: one `DistillConfig` (its defaults) per variant and seed of the `SweepConfig` sweep
+    (norms × seeds into runs_dir)."""
 
-    student: str = "vit_tiny_test"
-    norms: list[str] = field(default_factory=lambda: ["phis", "mse", "standardize", "zca"])
-    runs_dir: Path = Path("runs")
-    img_size: int = 64
-    steps: int = 200
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    summary_loss: str = "cosine"
-    grad_clip: float = 0.0
-    device: str = "cpu"
-    log_every: int = 10
-    ckpt_every: int = 0  # checkpoint every this many steps (0: only at the end); what a killed run resumes from
-    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
-    loader_memory: str = "8GiB"  # decoded store units one rank's loader may hold (all workers), e.g. 32GiB
-    student_views: str = "auto"  # auto / store / decode: read <root>/student_views/<img_size>px.zarr or decode
-    num_summary_tokens: int | None = None  # student K; None: automatic (one per teacher with a summary)
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """`pipeline evaluate RUN` options (kNN protocol of the papers: cosine, τ = 0.07, k = 20)."""
-
-    split: str = "val"
-    batch_size: int = 32
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    probe_labels: Path = Path("data/demo_corpus/probe_labels.csv")
-    # Downstream evaluation (null: skipped). Class files: one class per line (label<TAB>prompt name allowed).
-    zeroshot_classes: Path | None = None  # classes of probe_labels for zero-shot through the text tower
-    zeroshot_templates: str = "imagenet"  # shipped template set (imagenet, segmentation, simple) or a file
-    seg_masks: Path | None = None  # PNG label masks named <image uri without suffix>.png
-    seg_classes: Path | None = None  # line k = mask value k; 255 = ignore
-    seg_templates: str = "segmentation"
-    seg_probe_steps: int = 100  # full-batch AdamW steps of the linear segmentation probe
-
-
-@dataclass(frozen=True)
-class ReportParams:
-    """`pipeline report RUNS... --out DIR` options."""
-
-    out: Path = Path("reports/sweep")
+    student: str = DistillConfig.student
+    norms: list[str] = field(default_factory=lambda: list(SweepConfig.norms))
+    runs_dir: Path = SweepConfig.runs_dir
+    img_size: int = DistillConfig.img_size
+    steps: int = DistillConfig.steps
+    batch_size: int = DistillConfig.batch_size
+    lr: float = DistillConfig.lr
+    warmup_steps: int = DistillConfig.warmup_steps
+    seeds: list[int] = field(default_factory=lambda: list(SweepConfig.seeds))
+    summary_loss: str = DistillConfig.summary_loss
+    grad_clip: float = DistillConfig.grad_clip
+    device: str = DistillConfig.device
+    log_every: int = DistillConfig.log_every
+    ckpt_every: int = DistillConfig.ckpt_every
+    num_workers: int = DistillConfig.num_workers
+    loader_memory: str = DistillConfig.loader_memory
+    student_views: str = DistillConfig.student_views
+    num_summary_tokens: int | None = DistillConfig.num_summary_tokens
 
 
 @dataclass(frozen=True)
 class Params:
-    """All of params.yaml."""
+    """All of params.yaml: one section per stage, each with its stage config's defaults."""
 
-    store: StoreParams
-    demo: DemoParams
-    corpus: CorpusParams
-    extract: ExtractParams
-    distill: DistillParams
-    evaluate: EvaluateParams
-    report: ReportParams
+    store: StoreParams = field(default_factory=StoreParams)
+    demo: DemoParams = field(default_factory=DemoParams)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    distill: DistillParams = field(default_factory=DistillParams)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def sweep(self) -> SweepConfig:
+        d = self.distill
+        return SweepConfig(norms=tuple(d.norms), seeds=tuple(d.seeds), runs_dir=d.runs_dir)
 
     def run_dir(self, norm: str, seed: int) -> Path:
         """Run directory of one sweep variant and seed: <distill.runs_dir>/<norm>-seed<seed>."""
-        return self.distill.runs_dir / f"{norm}-seed{seed}"
+        return self.sweep.run_dir(norm, seed)
 
     def sweep_runs(self) -> list[tuple[str, int]]:
         """Every (norm, seed) of the sweep, norms outer (the order DVC's matrix and `pipeline demo` use)."""
-        return [(n, s) for n in self.distill.norms for s in self.distill.seeds]
+        return self.sweep.runs()
 
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
@@ -214,8 +196,15 @@ def parse_params(raw: Any, *, source: str = "params") -> Params:
     return params
 
 
+REQUIRED_KEYS = ("store.root", "demo.dir", "corpus.source")  # and extract.teachers: a non-empty list
+
+
 def _validate(p: Params, source: str) -> None:
-    """Cross-field checks that need no imports of the heavy stages."""
+    """Required keys and cross-field checks."""
+    for key in REQUIRED_KEYS:
+        section, name = key.split(".")
+        if getattr(getattr(p, section), name) is None:
+            raise ValueError(f"{source}: {key} is not set (it has no default)")
     for where, value in (("corpus.views", p.corpus.views), ("extract.batch_size", p.extract.batch_size),
                          ("extract.shard_size", p.extract.shard_size), ("distill.steps", p.distill.steps),
                          ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k),

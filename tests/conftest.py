@@ -1,5 +1,5 @@
 """Every test runs in an empty current folder: commands read ./params.yaml for the flags they are not
-given (pipeline/flag_defaults.py), so the repository's own params.yaml must not leak into the tests."""
+given (pipeline/defaults.py), so the repository's own params.yaml must not leak into the tests."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline import cmd_corpus, cmd_extract, cmd_store
+from pipeline.defaults import parse_only
 from store_schema.layout import list_teacher_stores, teacher_store_path
 
 pytest_plugins = ["tests.ray_fixture"]
@@ -138,8 +139,12 @@ def test_corpus_help_defaults_are_the_builders():
     from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION
     from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
 
-    assert cmd_corpus.HELP_DEFAULTS == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
-                                        "val_fraction": DEFAULT_VAL_FRACTION}
+    app = typer.Typer()
+    cmd_corpus.register(app)  # its defaults (shown by --help) are the corpus stage's, through default_map
+    defaults = {k: v for k, v in parse_only(app, "corpus", []).params.items() if k in ("pixel_limit", "min_side",
+                                                                                        "val_fraction")}
+    assert defaults == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
+                        "val_fraction": DEFAULT_VAL_FRACTION}
 
 
 @pytest.mark.parametrize("content", ["state_dict", "text"])

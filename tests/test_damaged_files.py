@@ -93,7 +93,7 @@ def test_damaged_normalizer_is_never_refitted(copy: Path, damage) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate, _flip])
 def test_damaged_checkpoint_is_never_retrained(copy: Path, damage) -> None:
-    from pipeline.cmd_demo import train_variant
+    from stages.distill.sweep import train_variant
     from stages.distill.run_dir import read_run_config
 
     run = copy / "runs" / "phis"
@@ -104,7 +104,7 @@ def test_damaged_checkpoint_is_never_retrained(copy: Path, damage) -> None:
     code, out = _invoke("evaluate", run)
     _assert_clear(code, out, ckpt, "delete the run directory")
     config, _ = read_run_config(run)
-    (run / "export.safetensors").unlink()  # an unfinished run: DVC's distill-variant must resume it
+    (run / "export.safetensors").unlink()  # an unfinished run: DVC's distill --sweep must resume it
     with pytest.raises(DamagedFileError, match="checkpoint.pt is damaged"):
         train_variant(config, replace_conflicting=True)
     assert ckpt.read_bytes() == damaged
@@ -142,7 +142,7 @@ def test_damaged_receipt_names_the_file_and_how_to_rewrite_it(copy: Path, damage
         match = r"fields \['complete_shards'\] differ"
     with pytest.raises(DamagedFileError, match=match) as err:
         check_receipt(receipt, store)
-    assert str(receipt) in str(err.value) and "pipeline extract-stage --teacher alpha --receipt" in str(err.value)
+    assert str(receipt) in str(err.value) and "pipeline extract --teacher alpha --receipt" in str(err.value)
 
 
 @pytest.mark.parametrize("damage", [_truncate, _flip])

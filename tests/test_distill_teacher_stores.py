@@ -2,7 +2,7 @@
 2410.01680): tiny_clip and tiny_dinov2 (summary + patches) and tiny_sam (patches only), extracted
 in-process by pipeline.extract.run_extract over a small generated corpus. A short phis run must reduce every
 teacher's summary and patch loss; the automatic student K gives one CLS token per summary teacher; and
-`pipeline distill-variant` (dvc.yaml's distill stage) resumes / extends a run from params.yaml and replaces
+`pipeline distill --sweep` (dvc.yaml's distill stage) resumes / extends a run from params.yaml and replaces
 one trained with another config.
 """
 
@@ -73,15 +73,17 @@ def _write_params(path: Path, root: Path, runs: Path, **distill: object) -> Path
 
 
 def test_distill_variant_resumes_and_retrains_on_other_configs_and_steps(teacher_root: Path, tmp_path: Path) -> None:
-    from pipeline import cmd_demo
+    from pipeline.cli import app
+    from pipeline.cmd_distill import resolve_distill
+    from pipeline.params import read_params
+    from stages.distill.sweep import train_variant
 
-    app = typer.Typer()
-    cmd_demo.register(app)
     runs, params = tmp_path / "runs", tmp_path / "params.yaml"
     run = runs / "phis-seed0"
 
     def variant() -> str:
-        res = CliRunner().invoke(app, ["distill-variant", "--norm", "phis", "--params", str(params)])
+        res = CliRunner().invoke(app, ["distill", "--sweep", "--replace-conflicting", "--norm", "phis", "--params",
+                                       str(params)])
         said = "\n".join(ln for ln in res.output.splitlines() if not ln.startswith("student views: "))  # stderr note
         return f"{res.exit_code} {' '.join(said.replace('│', ' ').split())}"
 
@@ -107,13 +109,15 @@ def test_distill_variant_resumes_and_retrains_on_other_configs_and_steps(teacher
     out = variant()
     assert "steps 5 -> 4" in out and out.endswith("(retrained)"), out
     # `pipeline demo` (no DVC cache behind it) refuses instead of replacing
-    p = cmd_demo.read_params(_write_params(params, teacher_root, runs, steps=4, lr=0.02))
+    read_params(_write_params(params, teacher_root, runs, steps=4, lr=0.02))
     with pytest.raises(ValueError, match=r"cannot be resumed with this config: lr 0.01 -> 0.02"):
-        cmd_demo.train_variant(cmd_demo.distill_config(p, "phis", 0), replace_conflicting=False)
+        train_variant(resolve_distill(["--params", str(params), "--sweep", "--norm", "phis", "--seed", "0"]),
+                      replace_conflicting=False)
 
 
 def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path, tmp_path: Path) -> None:
-    from pipeline import cmd_demo
+    from pipeline.cmd_distill import resolve_distill
+    from stages.distill.sweep import train_variant
     from stages.stats import Moments
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
@@ -122,16 +126,16 @@ def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path
     shutil.copytree(teacher_root.parent, base)  # images + store root, as build_corpus laid them out
     root, runs = base / teacher_root.name, tmp_path / "runs"
     params = _write_params(tmp_path / "params.yaml", root, runs, steps=3)
-    config = cmd_demo.distill_config(cmd_demo.read_params(params), "phis", 0)
-    assert cmd_demo.train_variant(config, replace_conflicting=True) == "trained"
-    assert cmd_demo.train_variant(config, replace_conflicting=True) == "reused"
+    config = resolve_distill(["--params", str(params), "--sweep", "--norm", "phis", "--seed", "0"])
+    assert train_variant(config, replace_conflicting=True) == "trained"
+    assert train_variant(config, replace_conflicting=True) == "reused"
     store = open_teacher_store(teacher_store_path(root, "tiny_sam"), mode="r+")  # as if re-extracted differently
     from store_schema import layout
     _, slot = store.ledger.folded()  # the folded totals of the train split: shift their mean
     mean = store.group[layout.stats_array("patches", "mean", "total")]
     mean[slot, 0] = np.asarray(mean[slot, 0]) + 1.0
     with pytest.raises(ValueError, match=r"the stored targets of \['tiny_sam'\] changed"):
-        cmd_demo.train_variant(config, replace_conflicting=False)
-    assert cmd_demo.train_variant(config, replace_conflicting=True) == "retrained"
+        train_variant(config, replace_conflicting=False)
+    assert train_variant(config, replace_conflicting=True) == "retrained"
     _, _, _, normalizers = load_run(config.out_dir)  # the new run uses the normalizer fitted on the new stats
     assert normalizers["tiny_sam"]["patches"].stats_hash == store.stats("patches", split="train").content_hash()

@@ -126,11 +126,11 @@ def test_dvc_distill_stage_persists_what_a_resume_needs():
 
 
 def test_distill_variant_config_resolved_from_params():
-    """What `pipeline distill-variant` / `pipeline demo` train: every field comes from params.yaml."""
-    from pipeline.cmd_demo import distill_config
+    """What `pipeline distill --sweep` (dvc.yaml, `pipeline demo`) trains: every field comes from params.yaml."""
+    from pipeline.cmd_distill import resolve_distill
 
     p = read_params(REPO / "params.yaml")
-    c = distill_config(p, "zca", 1)
+    c = resolve_distill(["--params", str(REPO / "params.yaml"), "--sweep", "--norm", "zca", "--seed", "1"])
     assert c.norm.value == "zca" and c.out_dir == p.distill.runs_dir / "zca-seed1" and c.root == p.store.root
     assert c.teachers == tuple(p.extract.teachers) and c.student == p.distill.student
     assert (c.steps, c.batch_size, c.img_size, c.lr, c.seed) == (p.distill.steps, p.distill.batch_size,
@@ -151,15 +151,12 @@ def test_num_summary_tokens_is_checked_against_the_student():
 
 
 def test_distill_variant_cli_refuses_a_norm_outside_the_sweep():
-    import typer
     from typer.testing import CliRunner
 
-    from pipeline import cmd_demo
+    from pipeline.cli import app
 
-    app = typer.Typer()
-    cmd_demo.register(app)
-    res = CliRunner().invoke(app, ["distill-variant", "--norm", "hca", "--params", str(REPO / "params.yaml")])
+    res = CliRunner().invoke(app, ["distill", "--sweep", "--norm", "hca", "--params", str(REPO / "params.yaml")])
     assert res.exit_code == 2 and "not in distill.norms" in " ".join(res.output.replace("│", " ").split())
-    res = CliRunner().invoke(app, ["distill-variant", "--norm", "phis", "--seed", "7", "--params",
+    res = CliRunner().invoke(app, ["distill", "--sweep", "--norm", "phis", "--seed", "7", "--params",
                                    str(REPO / "params.yaml")])
     assert res.exit_code == 2 and "not in distill.seeds" in " ".join(res.output.replace("│", " ").split())

@@ -5,7 +5,7 @@
 into one, and everything in `stages/distill` reads only the fields it needs. It round-trips through
 JSON (`to_dict` / `from_dict`) so a run directory's `config.json` rebuilds the exact run.
 
-Resuming a run (`train(resume=True)`, `pipeline demo`, `pipeline distill-variant`) accepts a config that
+Resuming a run (`train(resume=True)`, `pipeline distill --sweep`, `pipeline demo`) accepts a config that
 differs from the saved one only in RESUMABLE_FIELDS: fields that change how often or where a run is
 computed, never what it computes. `steps` is listed there but guarded separately (stages/distill/train.py):
 a run of N steps is trained on an N-step schedule, so a resume with other steps is refused unless the user
@@ -63,7 +63,7 @@ def parse_bytes(text: str | int) -> int:
     return n
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     """Everything one distillation run needs.
 
@@ -85,7 +85,7 @@ class DistillConfig:
     optimizer; the share of clipped steps is logged (``clip_frac`` in metrics.jsonl) either way.
     """
 
-    student: str
+    student: str = "vit_tiny_test"
     teachers: tuple[str, ...]
     root: Path
     out_dir: Path
@@ -168,6 +168,26 @@ class DistillConfig:
         loss: it reads back as summary_loss "variant"."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{"summary_loss": "variant", **{k: v for k, v in d.items() if k in names}})
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The normalization sweep (PHI-S, arXiv 2410.01680) around one DistillConfig: every variant of `norms`
+    trained once per seed of `seeds` into <runs_dir>/<norm>-seed<seed>; the report shows mean ± std over
+    seeds. The first norm and seed are DistillConfig's defaults (a single run is the sweep's first)."""
+
+    norms: tuple[str, ...] = (NormVariant.PHIS.value, NormVariant.MSE.value, NormVariant.STANDARDIZE.value,
+                              NormVariant.ZCA.value)
+    seeds: tuple[int, ...] = (0, 1)
+    runs_dir: Path = Path("runs")
+
+    def run_dir(self, norm: str, seed: int) -> Path:
+        """Run directory of one variant and seed: <runs_dir>/<norm>-seed<seed>."""
+        return Path(self.runs_dir) / f"{norm}-seed{seed}"
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Every (norm, seed), norms outer (the order of dvc.yaml's matrix)."""
+        return [(n, s) for n in self.norms for s in self.seeds]
 
 
 def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: Path) -> None:

@@ -37,6 +37,7 @@ from stages.distill.exported import load_exported
 from stages.distill.loader import StoreSet
 from stages.distill.run import load_run, run_progress
 from stages.distill.run_dir import eval_path
+from stages.evaluate.config import EvaluateConfig
 from stages.evaluate.downstream import DownstreamConfig, clip_teachers, seg_eval, zeroshot_eval
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
@@ -150,8 +151,9 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
     return out
 
 
-def evaluate_run(run_dir: Path, *, split: str = "val", batch_size: int = 16, labels_path: Path | None = None,
-                 knn_k: int = 20, knn_temperature: float = 0.07, device: str = "cpu",
+def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size: int = EvaluateConfig.batch_size,
+                 labels_path: Path | None = EvaluateConfig.probe_labels, knn_k: int = EvaluateConfig.knn_k,
+                 knn_temperature: float = EvaluateConfig.knn_temperature, device: str = "cpu",
                  downstream: DownstreamConfig | None = None, root: Any = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 

@@ -7,7 +7,7 @@ in float32 and under bf16 autocast; the float32 output y is rounded exactly as t
 statistics, split, storage precision) and the storage NMSE and the teacher's bf16 NMSE are measured after
 it. The result is written to ``store_schema.layout.fidelity_path`` with the store's statistics hashes, so
 a later reader can tell a stale check from a current one. Stage two never runs this (it never touches a
-teacher): stage one does, after extraction (``pipeline extract-stage`` / ``pipeline demo``), or
+teacher): stage one does, after extraction (``pipeline extract`` with ``--fidelity-images``, as dvc.yaml and ``pipeline demo`` run it), or
 ``pipeline store fidelity``.
 
 Shape legend: B views, h/w storage grid, C channels, N tokens.
@@ -31,8 +31,8 @@ from stages.normalize.fidelity import FidelityCheck, check_variant
 from stages.teachers.preprocess import to_pixels
 from stages.teachers.registry import build_teacher
 from store_schema.codecs import round_as_stored
-from store_schema.layout import fidelity_path, hadamard_cache_dir
-from store_schema.manifest import Manifest
+from store_schema.layout import fidelity_path, hadamard_cache_dir, manifest_path
+from store_schema.manifest import Manifest, read_manifest
 from store_schema.teacher_store import TeacherStore
 
 FIDELITY_VERSION = 1
@@ -125,3 +125,22 @@ def read_fidelity(root: Path, store: TeacherStore) -> tuple[list[FidelityCheck] 
     if data.get("fidelity_version") != FIDELITY_VERSION or data.get("stats_hash") != current:
         return None, f"stale ({path} was measured on other statistics; rerun `pipeline store fidelity`)"
     return [FidelityCheck.from_dict(c) for c in data["checks"]], ""
+
+
+def ensure_fidelity(root: Path, store: TeacherStore, *, num_images: int, device: str = "cpu",
+                    checkpoint: Path | None = None) -> tuple[list[FidelityCheck], Path | None]:
+    """(the store's checks, the file written now or None): measured and written unless a current
+    measurement exists (what every extraction with `fidelity_images` > 0 ends with)."""
+    checks, _ = read_fidelity(root, store)
+    if checks is not None:
+        return checks, None
+    result = measure_store_fidelity(store, read_manifest(manifest_path(root)), root=root, num_images=num_images,
+                                    device=device, checkpoint=checkpoint)
+    return [FidelityCheck.from_dict(c) for c in result["checks"]], write_fidelity(root, result)
+
+
+def fidelity_summary(store: TeacherStore, checks: list[FidelityCheck]) -> str:
+    """One line: how many variant·kind checks pass, and the variants that fail the gate."""
+    failed = sorted({c.variant for c in checks if not c.passed})
+    return (f"fidelity {store.spec.name}: {len(checks) - sum(not c.passed for c in checks)}/{len(checks)} "
+            f"variant·kind checks pass" + (f"; WARNING: {', '.join(failed)} fail the gate" if failed else ""))

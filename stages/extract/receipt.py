@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from store_schema.errors import DamagedFileError
 from store_schema.io_errors import write_guard
-from store_schema.teacher_store import TeacherStore
+from store_schema.layout import teacher_store_path
+from store_schema.teacher_store import TeacherStore, open_teacher_store
 
 
 def store_receipt(store: TeacherStore) -> dict[str, Any]:
@@ -49,9 +50,9 @@ def check_receipt(path: Path, store: TeacherStore) -> None:
     (altered by hand, or the store changed since): DamagedFileError naming the file and how to recover.
     Stage two depends on receipts, so a wrong one would let DVC skip or run stages for the wrong store."""
     path = Path(path)
-    recovery = (f"Rewrite it from the store with `pipeline extract-stage --teacher {store.spec.name} --receipt "
-                f"{path}` (or `pipeline extract --teacher {store.spec.name} --root ROOT --receipt {path}`: "
-                "complete shards are skipped, so this only re-reads the store)")
+    recovery = (f"Rewrite it from the store with `pipeline extract --teacher {store.spec.name} --receipt {path}` "
+                "where params.yaml is (or with --root ROOT): complete shards are skipped, so this only re-reads "
+                "the store")
     try:
         found = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -64,3 +65,14 @@ def check_receipt(path: Path, store: TeacherStore) -> None:
         keys = sorted(k for k in set(found) | set(expected) if found.get(k) != json.loads(json.dumps(expected.get(k))))
         raise DamagedFileError(path, f"it does not describe {store.path} as it is now (fields {keys} differ)",
                                recovery)
+
+
+def check_receipts(receipts_dir: Path, root: Path | str, teachers: Sequence[str]) -> None:
+    """Every teacher's receipt in `receipts_dir` (what dvc.yaml's extract stages write) exists and describes
+    its store under `root` as it is now (`check_receipt`)."""
+    for teacher in teachers:
+        path = receipt_path(receipts_dir, teacher)
+        if not path.is_file():
+            raise FileNotFoundError(f"no receipt {path} for teacher {teacher}; run its extract stage "
+                                    f"(`pipeline extract --teacher {teacher} --receipt {path}`)")
+        check_receipt(path, open_teacher_store(teacher_store_path(root, teacher)))

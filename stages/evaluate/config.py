@@ -1,0 +1,45 @@
+"""The evaluate and report stages' settings (`pipeline evaluate`, `pipeline report`; params.yaml's
+`evaluate:` and `report:` sections). The kNN protocol of the papers (AM-RADIO arXiv 2312.06709, PHI-S
+arXiv 2410.01680): cosine, τ = 0.07, k = 20; downstream evaluation as in stages/evaluate/downstream.py.
+
+The one place these defaults are declared: the commands' option defaults, `evaluate_run`'s and
+params.yaml's missing keys all come from here (the downstream ones from `DownstreamConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.evaluate.downstream import DownstreamConfig
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """split: the manifest split evaluated; batch_size: views per student forward; probe_labels: CSV uri,label
+    of the kNN probe (None: probe_labels.csv beside the corpus image folder, skipped when absent); the
+    zeroshot_* / seg_* fields: the downstream evaluation (None class file / masks folder: skipped)."""
+
+    split: str = "val"
+    batch_size: int = 32
+    probe_labels: Path | None = None
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    zeroshot_classes: Path | None = DownstreamConfig.zeroshot_classes
+    zeroshot_templates: str = DownstreamConfig.zeroshot_templates
+    seg_masks: Path | None = DownstreamConfig.seg_masks
+    seg_classes: Path | None = DownstreamConfig.seg_classes
+    seg_templates: str = DownstreamConfig.seg_templates
+    seg_probe_steps: int = DownstreamConfig.seg_probe_steps
+
+    def downstream(self) -> DownstreamConfig:
+        """The downstream part (zero-shot, segmentation probes)."""
+        return DownstreamConfig(zeroshot_classes=self.zeroshot_classes, zeroshot_templates=self.zeroshot_templates,
+                                seg_masks=self.seg_masks, seg_classes=self.seg_classes,
+                                seg_templates=self.seg_templates, seg_probe_steps=self.seg_probe_steps)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """out: folder of report.md, report.csv, cost.json and the plots."""
+
+    out: Path = Path("reports/sweep")
