@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.orchestrate.ray_session import init_ray, shutdown_ray
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.images import load_rgb

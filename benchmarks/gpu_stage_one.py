@@ -62,7 +62,8 @@ def run_one(manifest, teacher: str, grid, batch: int, cpus: int) -> str:
     """The in-process extraction path (two shards in flight) with a real-size, randomly initialised teacher."""
     from dataclasses import replace
 
-    from pipeline.extract import _run_in_process, finalize_shard
+    from stages.extract.driver import SHARDS_IN_FLIGHT_PER_WORKER, finalize_shard
+    from stages.orchestrate.shards import in_process
     from stages.extract.worker import ShardWorker
     from stages.teachers.registry import build_teacher, get_teacher_spec, weights_identity
     from stages.teachers.spec import WeightsSource
@@ -79,7 +80,7 @@ def run_one(manifest, teacher: str, grid, batch: int, cpus: int) -> str:
     worker.run_shard(0)  # warm-up (cudnn / allocator), not timed; rewritten below
     phases: dict[str, float] = {}
 
-    def on_result(r) -> None:
+    def on_result(k, r, node) -> None:
         finalize_shard(store, r)
         for k, v in r.seconds.items():
             phases[k] = phases.get(k, 0.0) + v
@@ -87,7 +88,7 @@ def run_one(manifest, teacher: str, grid, batch: int, cpus: int) -> str:
     torch.cuda.synchronize()
     c0, t0 = time.process_time(), time.perf_counter()
     with GpuSampler() as gpu:
-        _run_in_process(worker, list(range(store.num_shards)), on_result)
+        in_process(worker, list(range(store.num_shards)), on_result, in_flight=SHARDS_IN_FLIGHT_PER_WORKER)
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     images = manifest.num_images

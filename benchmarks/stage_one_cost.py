@@ -148,7 +148,7 @@ def build_corpus(work: Path, images: int):
 
 def run_teacher(t: PaperTeacher, manifest, shard_size: int, batch_size: int) -> dict:
     """Real worker path for one teacher; CPU seconds per phase, summed over shards."""
-    from pipeline.extract import finalize_shard
+    from stages.extract.driver import finalize_shard
     from stages.extract.worker import ShardWorker
     from stages.teachers.registry import get_teacher_spec, weights_identity
     from store_schema.codecs import CodecSpec

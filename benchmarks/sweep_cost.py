@@ -44,7 +44,7 @@ def _setup_store(tmp: Path, *, num_images: int, views: int) -> Path:
 
 def _extract(root: Path, teachers: list[str], *, batch_size: int) -> float:
     """Stage one, in-process (no Ray, as on the GPU machine): seconds for all teachers."""
-    from pipeline.extract import ExtractConfig, run_extract
+    from stages.extract.driver import ExtractConfig, run_extract
 
     t0 = time.perf_counter()
     for t in teachers:

@@ -50,14 +50,14 @@ def demo_cmd(
 ) -> None:
     """Run the whole offline demo (corpus, extract, distill sweep, evaluate, report) from PARAMS: the stages
     of dvc.yaml, in its order."""
-    import yaml
+    from dataclasses import asdict
 
     from pipeline.params import read_params
     from stages.orchestrate.dvc_stages import stage_commands
     from stages.orchestrate.ray_session import ray_session
 
     p = read_params(params)
-    commands = stage_commands(_dvc_yaml(dvc_yaml), yaml.safe_load(params.read_text()))
+    commands = stage_commands(_dvc_yaml(dvc_yaml), asdict(p))  # keys the preset leaves out: their defaults
     root = ctx.find_root().command
     with ray_session(p.extract.ray_address, needed=p.extract.workers > 0):  # one Ray for every stage
         for stage in commands:

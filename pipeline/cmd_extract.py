@@ -1,6 +1,8 @@
 """`pipeline extract`: stage one of AM-RADIO-style distillation (arXiv 2312.06709), teachers into stores.
 
-Thin command over `pipeline.extract.run_extract`; views come from the manifest (it holds the view spec).
+Argument parsing and printing over `stages.extract.stage.extract_teachers` (leases, one Ray session,
+stages/extract/driver.py per teacher, fidelity, receipts) and `stages.extract.preflight` (the checks made
+before any store is created); views come from the manifest (it holds the view spec).
 Only typer and the standard library are imported at module level: stage code (torch, zarr) and Ray are
 imported inside the command, so `pipeline --help` stays fast and `--no-ray` runs where Ray is absent.
 Every user mistake found before or during extraction (a bad option, a store that does not match, missing
@@ -10,7 +12,6 @@ the checks that can be made up front run before any store is created.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
@@ -19,11 +20,9 @@ import typer
 from pipeline.defaults import ParamsOpt, Route, given_on_command_line, parse_only, routed
 
 if TYPE_CHECKING:
-    from pipeline.extract import ExtractReport
     from stages.extract.config import ExtractConfig
-    from store_schema.lease import LeaseOptions
-
-DEVICE_TYPES = ("cpu", "cuda")
+    from stages.extract.driver import ExtractReport
+    from stages.extract.stage import TeacherOutcome
 
 T = TypeVar("T")
 
@@ -62,71 +61,17 @@ def resolve_gpus_per_worker(gpus_per_worker: float | None, device: str) -> float
     return gpus_per_worker
 
 
-def check_device(device: str, *, gpus_per_actor: float | None = None) -> None:
-    """Refuse a torch device this machine cannot run, before any store is created.
-
-    gpus_per_actor: set when the device is used inside Ray actors; Ray shows each actor only its own GPUs
-    (CUDA_VISIBLE_DEVICES), so an explicit index must be below the GPUs one actor reserves."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"unknown torch device {device!r}; valid devices: cpu, cuda, cuda:N") from e
-    if dev.type not in DEVICE_TYPES:
-        raise ValueError(f"unsupported device {device!r}; valid devices: cpu, cuda, cuda:N")
-    if dev.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise ValueError(f"CUDA requested but torch.cuda.is_available() is False on this machine "
-                         f"(--device {device}); use --device cpu")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    if gpus_per_actor is not None and dev.index is not None and dev.index >= max(1, int(gpus_per_actor)):
-        raise ValueError(f"--device {device}: a Ray actor sees only the {gpus_per_actor:g} GPU(s) it reserves, "
-                         "numbered from 0; use --device cuda")
+def _echo_outcome(outcome: "TeacherOutcome") -> None:
+    _echo_report(outcome.report)
+    if outcome.fidelity_written is not None:
+        typer.echo(f"  fidelity: {outcome.fidelity_written}")
+    if outcome.fidelity is not None:
+        typer.echo(f"  {outcome.fidelity}")
+    if outcome.receipt is not None:
+        typer.echo(f"  receipt: {outcome.receipt}")
 
 
-def check_ray_resources(resources: dict[str, float], *, workers: int, cpus_per_worker: float,
-                        gpus_per_worker: float, device: str) -> None:
-    """Refuse a Ray run the cluster cannot place (before any store is created)."""
-    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
-    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise ValueError(f"{workers} workers need {need_cpu:g} CPUs and {need_gpu:g} GPUs; the Ray cluster has "
-                         f"{have_cpu:g} CPUs and {have_gpu:g} GPUs")
-    if device.startswith("cuda") and gpus_per_worker == 0:
-        raise ValueError(f"--device {device} with --gpus-per-worker 0: Ray would give the actors no GPU")
-
-
-def preflight(root: Path, teachers: list[str], *, storage_grid: tuple[int, int] | None,
-              checkpoint: Path | None, local_weights: bool) -> None:
-    """Checks that need stage code, run before any store exists: known teachers, a manifest, a storage grid
-    every teacher can pool to, and (when the workers run on this machine) weights that are here."""
-    from stages.extract.pooling import check_storage_grid
-    from stages.teachers.registry import check_checkpoint, get_teacher_spec
-    from stages.teachers.weights import resolve_weights
-    from store_schema.layout import manifest_path
-
-    specs = [get_teacher_spec(name) for name in teachers]  # unknown names: ValueError listing the valid ones
-    from store_schema.location import is_file
-
-    if not is_file(manifest_path(root)):
-        raise ValueError(f"no manifest at {manifest_path(root)}; build one with `pipeline corpus` first")
-    for spec in specs:
-        if storage_grid is not None:
-            try:
-                check_storage_grid(spec.grid, storage_grid)
-            except ValueError as e:
-                raise ValueError(f"--storage-grid for teacher {spec.name!r}: {e}") from e
-        if local_weights:
-            resolve_weights(spec, checkpoint, hash_file=False)  # MissingWeightsError says how to provide them
-            if checkpoint is not None:  # a file that is not this teacher's weights: refused before any store
-                check_checkpoint(spec, checkpoint)
-
-
-def _echo_report(report: ExtractReport) -> None:
+def _echo_report(report: "ExtractReport") -> None:
     typer.echo(report.summary_line())
     if report.redone:
         typer.echo(f"  redone shards {report.redone} (complete flags and statistics cleared"
@@ -187,7 +132,9 @@ def extract_cmd(
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
 
     Flags not given take their values from params.yaml when there is one (printed on stderr)."""
-    from pipeline.extract import with_store_defaults
+    from stages.extract.driver import with_store_defaults
+    from stages.extract.preflight import check_device, preflight
+    from stages.extract.stage import extract_teachers
     from store_schema.lease import LeaseOptions
     from store_schema.location import as_location
 
@@ -206,7 +153,8 @@ def extract_cmd(
         check_device(device, gpus_per_actor=None if base.workers == 0 else base.gpus_per_worker)
     for t in teachers:
         preflight(root, [t], storage_grid=configs[t].storage_grid, checkpoint=configs[t].checkpoint, local_weights=local)
-    _run(root, configs, receipt=receipt, lease_options=LeaseOptions(wait=wait, timeout_s=wait_timeout))
+    extract_teachers(root, configs, receipt=receipt, lease=LeaseOptions(wait=wait, timeout_s=wait_timeout),
+                     note=lambda line: typer.echo(line, err=True), on_teacher=_echo_outcome)
     _echo_bad_images(root)
 
 
@@ -270,73 +218,6 @@ def per_teacher_values(values: list[str] | None, teachers: list[str], parse: Cal
         if name in out:
             out[name] = parse(value)
     return out
-
-
-def _complete(store_path) -> bool:
-    """True when a store exists there with every shard complete."""
-    from store_schema.errors import StoreError
-    from store_schema.teacher_store import open_teacher_store
-
-    try:
-        return len(open_teacher_store(store_path).pending_shards()) == 0
-    except StoreError:
-        return False
-
-
-def _run(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None,
-         lease_options: "LeaseOptions") -> None:
-    """Take every store's lease (a second run on a store fails within seconds, naming the holder), start
-    Ray if needed (never stopping one someone else started), check its resources, extract."""
-    with ExitStack() as held:
-        leases = _take_leases(root, list(configs), lease_options, held)
-        _run_leased(root, configs, receipt=receipt, leases=leases)
-
-
-def _take_leases(root: Path, teachers: list[str], options: "LeaseOptions", stack: ExitStack) -> dict:
-    """{teacher: Lease} taken in sorted order (two multi-teacher runs cannot deadlock waiting on each other)."""
-    from store_schema.layout import teacher_store_path
-    from store_schema.lease import Lease
-
-    leases = {}
-    for name in sorted(teachers):
-        lease = Lease(teacher_store_path(root, name), purpose=f"extract {name}", options=options)
-        if options.wait:
-            typer.echo(f"taking the lease on {lease.target} (waiting while another run holds it)", err=True)
-        leases[name] = stack.enter_context(lease)
-        if lease.took_over:
-            typer.echo(f"took over a stale lease on {lease.target}: its holder is gone "
-                       f"({lease.took_over['reason']})", err=True)
-    return leases
-
-
-def _run_leased(root: Path, configs: dict[str, ExtractConfig], *, receipt: Path | None, leases: dict) -> None:
-    from pipeline.extract import run_extract
-    from stages.extract.fidelity import ensure_fidelity, fidelity_summary
-    from stages.extract.receipt import write_receipt
-    from stages.orchestrate.ray_session import ray_session
-    from store_schema.layout import teacher_store_path
-    from store_schema.teacher_store import open_teacher_store
-
-    config = next(iter(configs.values()))  # Ray settings are the same for every teacher
-    # Every store already complete (a re-run): nothing to schedule, so no Ray start-up (seconds) either;
-    # run_extract still checks each store against the config.
-    use_ray = config.workers > 0 and (bool(config.redo_shards)
-                                      or not all(_complete(teacher_store_path(root, t)) for t in configs))
-    with ray_session(config.ray_address, needed=use_ray) as resources:
-        if resources is not None:
-            check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
-                                gpus_per_worker=config.gpus_per_worker, device=config.device)
-        for name, teacher_config in configs.items():
-            _echo_report(run_extract(root, name, teacher_config, lease=leases[name]))
-            store = open_teacher_store(teacher_store_path(root, name))
-            if teacher_config.fidelity_images > 0:
-                checks, written = ensure_fidelity(root, store, num_images=teacher_config.fidelity_images,
-                                                  device=teacher_config.device, checkpoint=teacher_config.checkpoint)
-                if written is not None:
-                    typer.echo(f"  fidelity: {written}")
-                typer.echo(f"  {fidelity_summary(store, checks)}")
-            if receipt is not None:
-                typer.echo(f"  receipt: {write_receipt(store, receipt)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -146,8 +146,8 @@ def verify_cmd(
 
 
 def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, recompute_stats: bool):
-    """Redo `shards` of `store` (pipeline.extract.repair_store) and return the new verify report."""
-    from pipeline.extract import repair_store
+    """Redo `shards` of `store` (stages.extract.driver.repair_store) and return the new verify report."""
+    from stages.extract.driver import repair_store
     from stages.extract.verify import verify_store
     from store_schema.teacher_store import open_teacher_store
 

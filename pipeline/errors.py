@@ -37,7 +37,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ValueError, FileNotFoundError, LookupError]
     for module, name in (("store_schema.errors", "StoreError"), ("stages.teachers.errors", "MissingWeightsError"),
                          ("stages.teachers.text_tower", "MissingTokenizerError"),
-                         ("pipeline.extract", "ExtractionStopped")):
+                         ("stages.orchestrate.shards", "ShardRunStopped")):
         mod = sys.modules.get(module)
         if mod is not None:
             types.append(getattr(mod, name))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from pipeline import cmd_corpus, cmd_extract, cmd_store
 from pipeline.defaults import parse_only
+from stages.extract import preflight
 from store_schema.layout import list_teacher_stores, teacher_store_path
 
 pytest_plugins = ["tests.ray_fixture"]
@@ -127,11 +128,11 @@ def test_gpus_per_worker_default_follows_the_device():
     assert cmd_extract.resolve_gpus_per_worker(None, "cpu") == 0.0
     assert cmd_extract.resolve_gpus_per_worker(0.5, "cuda") == 0.5
     with pytest.raises(ValueError, match="cluster has 4 CPUs and 0 GPUs"):
-        cmd_extract.check_ray_resources({"CPU": 4}, workers=2, cpus_per_worker=1, gpus_per_worker=1, device="cuda")
+        preflight.check_ray_resources({"CPU": 4}, workers=2, cpus_per_worker=1, gpus_per_worker=1, device="cuda")
     with pytest.raises(ValueError, match="Ray would give the actors no GPU"):
-        cmd_extract.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
+        preflight.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
                                         device="cuda")
-    cmd_extract.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=1,
+    preflight.check_ray_resources({"CPU": 4, "GPU": 2}, workers=2, cpus_per_worker=1, gpus_per_worker=1,
                                     device="cuda")
 
 

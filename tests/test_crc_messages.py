@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from store_schema.errors import StoreCorruptionError
 from store_schema.layout import teacher_store_path
 from store_schema.shard_reader import ShardReader

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.extract import ExtractConfig, finalize_shard, run_extract
+from stages.extract.driver import ExtractConfig, finalize_shard, run_extract
 from stages.extract.verify import verify_store
 from stages.extract.worker import ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity

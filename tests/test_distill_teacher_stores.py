@@ -1,6 +1,6 @@
 """Stage two on stores extracted from the REAL tiny teachers (AM-RADIO arXiv 2312.06709, PHI-S arXiv
 2410.01680): tiny_clip and tiny_dinov2 (summary + patches) and tiny_sam (patches only), extracted
-in-process by pipeline.extract.run_extract over a small generated corpus. A short phis run must reduce every
+in-process by stages.extract.driver.run_extract over a small generated corpus. A short phis run must reduce every
 teacher's summary and patch loss; the automatic student K gives one CLS token per summary teacher; and
 `pipeline distill --sweep` (dvc.yaml's distill stage) resumes / extends a run from params.yaml and replaces
 one trained with another config.
@@ -20,7 +20,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.distill.config import DistillConfig
 from stages.distill.run import load_run
 from stages.distill.train import train

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.demo import SHAPE_CLASSES, shapes_image
 from stages.distill import load_exported

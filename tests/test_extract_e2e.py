@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.extract.verify import verify_store
 from stages.stats import Moments
 from store_schema.codecs import decode_from_store

@@ -46,7 +46,7 @@ SECOND = """
 import sys, time
 from pathlib import Path
 import torch, zarr  # noqa: F401 - warm imports: the timing below starts once the lease exists
-import pipeline.extract, stages.extract.worker, stages.teachers.registry, stages.teachers.weights  # noqa: F401
+import stages.extract.driver, stages.extract.worker, stages.teachers.registry, stages.teachers.weights  # noqa: F401
 from pipeline.cli import app
 print("ready", flush=True)
 lease = Path(sys.argv[1])

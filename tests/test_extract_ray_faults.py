@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline.extract import ExtractConfig, ExtractReport, run_extract
+from stages.extract.driver import ExtractConfig, ExtractReport, run_extract
 from stages.extract.verify import verify_store
 from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path

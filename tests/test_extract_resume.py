@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.extract import ExtractConfig, finalize_shard, run_extract
+from stages.extract.driver import ExtractConfig, finalize_shard, run_extract
 from stages.extract.worker import ShardWorker
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.errors import StoreError

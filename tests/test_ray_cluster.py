@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.extract.verify import verify_store
 from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.teacher_store import open_teacher_store

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.extract.transcode import transcode_store
 from stages.extract.verify import verify_store
 from store_schema import layout

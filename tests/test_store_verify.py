@@ -97,7 +97,7 @@ def test_folded_shard_cannot_be_rewritten(store_root):
 
 
 def test_incomplete_shard_names_missing_images_and_fails_unless_allowed(tmp_path, make_corpus):
-    from pipeline.extract import ExtractConfig, finalize_shard, run_extract
+    from stages.extract.driver import ExtractConfig, finalize_shard, run_extract
     from stages.extract.worker import ShardWorker
     from stages.teachers.registry import get_teacher_spec
     from store_schema.layout import manifest_path
@@ -165,7 +165,7 @@ def test_a_store_from_another_corpus_fails_verify_and_info(store_root, tmp_path,
 
 
 def test_info_on_an_empty_store_prints_no_nan(tmp_path, make_corpus):
-    from pipeline.extract import ExtractConfig
+    from stages.extract.driver import ExtractConfig
     from stages.teachers.registry import get_teacher_spec, weights_identity
     from store_schema.layout import manifest_path
     from store_schema.manifest import read_manifest

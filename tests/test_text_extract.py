@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.extract.text import extract_text
 from stages.prompts import PromptSet, load_templates
 from stages.teachers.registry import build_teacher, get_teacher_spec

@@ -5,9 +5,11 @@ loader can decode the image file and render that view every epoch (`UnitCache.st
 from a student-view store rendered here once (store_schema/view_store.py), by the same two functions
 (`load_checked_for_views` on all the image's views, then `render_view`), so both give the same pixels.
 
-Work is split by shard: a shard's images are decoded and rendered and the shard file written by one
-worker (local Ray actors by default, each holding the manifest, or in this process); the driver marks each shard complete after it
-was written, so a killed run resumes at the shards not yet marked and never counts a half-written one.
+Work is split by shard and run by the shard runner every store-building stage shares
+(stages/orchestrate/shards.py): a shard's images are decoded and rendered and the shard file written by one
+worker (one-CPU Ray actors by default, each holding the manifest, or in this process); the completion
+callback marks each shard complete after it was written, so a killed run resumes at the shards not yet
+marked and never counts a half-written one; a lost Ray node's shards go to the actors left.
 An image that no longer decodes, or whose bytes changed since the manifest, is recorded (`valid` False,
 listed in the report) and skipped; the loader then decodes it itself and fails as it would without the
 store (its targets no longer match it either).
@@ -26,6 +28,8 @@ import numpy as np
 
 from stages.corpus.samples import ImageChangedError, load_checked_for_views
 from stages.corpus.views import render_view
+from stages.orchestrate.ray_session import ray_session
+from stages.orchestrate.shards import RayWorkers, in_process, on_ray
 from store_schema import layout
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.view_store import ViewStore, create_view_store, open_view_store
@@ -66,7 +70,7 @@ class ShardRenderer:
                                      mode="r+")
         self.size = size
 
-    def render(self, k: int) -> dict[str, Any]:
+    def run_shard(self, k: int) -> dict[str, Any]:
         """Render and write shard k (not marked complete here: the driver does that); what the report needs."""
         t0 = time.process_time()
         lo, hi = self.store.shard_range(k)
@@ -135,7 +139,7 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
     report = ViewsReport(path=str(path), size=size, shards_kept=store.num_shards - len(pending))
     t0 = time.perf_counter()
 
-    def finish(result: dict[str, Any]) -> None:
+    def finish(k: int, result: dict[str, Any], node: str) -> None:
         store.mark_complete(result["shard"])
         report.shards_rendered += 1
         report.images += result["images"]
@@ -143,40 +147,14 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
         report.bad.update(result["bad"])
         report.cpu_s += result["cpu_s"]
 
-    if not use_ray or not pending:
-        renderer = ShardRenderer(root_s, size) if pending else None
-        for k in pending:
-            finish(renderer.render(k))
-    else:
-        _run_on_ray(root_s, size, pending, workers, ray_address, finish)
+    if pending and not use_ray:
+        in_process(ShardRenderer(root_s, size), pending, finish)
+    elif pending:
+        with ray_session(ray_address):
+            on_ray(ShardRenderer, (root_s, size), {}, pending, RayWorkers(workers), finish,
+                   resume_hint=f"Re-run `pipeline views --size {size}` to resume")
     report.wall_s = time.perf_counter() - t0
     return report
-
-
-def _run_on_ray(root: str, size: int, pending: list[int], workers: int, ray_address: str | None, finish) -> None:
-    """Shards dealt to `workers` one-CPU Ray actors as they free up; each result is finished (marked
-    complete) as it arrives. A failed shard stops the run; what was finished stays complete."""
-    import ray
-
-    from stages.orchestrate.ray_session import ray_session
-
-    actors = []
-    with ray_session(ray_address):
-        try:
-            actor_cls = ray.remote(num_cpus=1)(ShardRenderer)
-            actors = [actor_cls.remote(root, size) for _ in range(min(workers, len(pending)))]
-            todo, inflight = list(pending), {}
-            for a in actors:
-                inflight[a.render.remote(todo.pop(0))] = a
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                actor = inflight.pop(ready[0])
-                finish(ray.get(ready[0]))
-                if todo:
-                    inflight[actor.render.remote(todo.pop(0))] = actor
-        finally:
-            for a in actors:
-                ray.kill(a)
 
 
 def view_store_lines(root: Path | str) -> tuple[list[str], list[str]]:

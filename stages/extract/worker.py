@@ -18,7 +18,8 @@ Where the work runs (so that a GPU never waits for the host):
   buffer (one DMA); the shard file is then written by the direct shard writer
   (store_schema/shard_writer.py), its inner chunks compressed on `cpu_threads` threads.
 
-No Ray here: `pipeline/extract.py` wraps this class in a Ray actor, and the same class runs in-process
+No Ray here: the shard runner (stages/orchestrate/shards.py) makes this class a Ray actor for
+stages/extract/driver.py, and the same class runs in-process
 where Ray is absent (the GPU machine). The worker never marks a shard complete; the driver does that after
 writing the shard's statistics, so an interrupted run never leaves a shard that reads as complete.
 

@@ -1,9 +1,11 @@
-"""Stage one orchestration: run one teacher over the manifest into `<root>/<teacher>.zarr`.
+"""Stage one's driver: run one teacher over the manifest into `<root>/<teacher>.zarr`.
 
 AM-RADIO (arXiv 2312.06709) distils from frozen teachers; running them once into a store lets every
-PHI-S (arXiv 2410.01680) normalization variant train from the same targets. Ray schedules the in-process
-`ShardWorker` (one actor per worker, the teacher built once per actor, one shard per task); the same
-worker runs without Ray when `workers == 0` (machines without Ray, such as the GPU machine).
+PHI-S (arXiv 2410.01680) normalization variant train from the same targets. The shard runner
+(stages/orchestrate/shards.py) runs the in-process `ShardWorker` on Ray (one actor per worker, the teacher
+built once per actor, one shard per task) or, when `workers == 0`, in this process (machines without Ray,
+such as the GPU machine); this module is the extraction's side of it: the store, the completion callback,
+the report.
 
 Completion protocol: a worker writes a whole shard and returns its partial statistics (per split); the
 driver then writes those statistics and marks the shard complete, in that order, and the store folds the
@@ -19,24 +21,26 @@ take turns on the device. A worker uses `cpus_per_worker` host threads (decode a
 Retries: actors are created with `max_restarts=2, max_task_retries=2`, so a shard whose actor process
 dies (OOM kill, segfault, lost node) is retried on the restarted actor; whole-shard writes are idempotent,
 so a retried shard cannot leave mixed data. Python exceptions inside a shard are not retried (they are
-bugs or bad configuration, not transient): the run lets in-flight shards finish, then raises.
+bugs or bad configuration, not transient): the run lets in-flight shards finish, then raises. Losing every
+Ray worker raises ExtractionStopped (complete shards are kept; a re-run resumes).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from stages.extract.config import ExtractConfig
 from stages.extract.inspect import storage_footprint
+from stages.extract.preflight import check_ray_resources
 from stages.extract.pooling import check_storage_grid
 from stages.extract.redo import reopen_for_redo
 from stages.extract.worker import MaskedView, ShardResult, ShardWorker
+from stages.orchestrate.ray_session import ray_session
+from stages.orchestrate.shards import RayWorkers, ShardFailed, ShardRunStopped, in_process, on_ray
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path
@@ -48,9 +52,10 @@ from store_schema.teacher_store import TeacherStore, create_teacher_store
 ACTOR_MAX_RESTARTS = 2
 ACTOR_MAX_TASK_RETRIES = 2
 SHARDS_IN_FLIGHT_PER_WORKER = 2  # one shard in its forwards while the previous one is compressed / written
-TASKS_PER_ACTOR = SHARDS_IN_FLIGHT_PER_WORKER  # so an actor never idles waiting for the driver
-NODE_POLL_S = 1.0  # how often the driver checks for dead Ray nodes while it waits for results
-STARTUP_GRACE_S = 20.0  # an actor not placed this long after a node died during start-up is given up
+
+
+class ExtractionStopped(ShardRunStopped):
+    """The run cannot go on (every Ray worker was lost); complete shards are kept and a re-run resumes."""
 
 
 @dataclass
@@ -194,13 +199,15 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
     total = sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in pending)
     bar = tqdm(total=total, unit="img", desc=f"extract {teacher}", disable=not config.progress)
 
-    def on_result(result: ShardResult) -> None:
+    def on_result(k: int, result: ShardResult, node: str) -> None:
         lease.check()  # never mark a shard complete in a store another run has taken over
         finalize_shard(store, result)
         report.computed_shards.append(result.shard)
         if len(report.computed_shards) % store.stats_fold_every == 0:
             store.fold_stats()  # the driver is the one writer: keeps partials bounded on object stores too
         report.shard_workers[result.shard] = result.worker
+        if node:
+            report.shard_nodes[k] = node
         for phase, secs in result.seconds.items():
             report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + secs
         report.num_images += result.num_images
@@ -217,11 +224,9 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         if pending and config.workers == 0:
             worker = ShardWorker(spec, **worker_kwargs)
             report.startup_seconds = time.perf_counter() - t0
-            _run_in_process(worker, pending, on_result)
+            in_process(worker, pending, on_result, in_flight=SHARDS_IN_FLIGHT_PER_WORKER)
         elif pending:
-            ready_at = _run_on_ray(spec, worker_kwargs, pending, config, on_result,
-                                   on_node=lambda k, node: report.shard_nodes.__setitem__(k, node))
-            report.startup_seconds = ready_at - t0
+            report.startup_seconds = _run_on_ray(spec, worker_kwargs, pending, config, on_result) - t0
     finally:
         bar.close()
     if store.completed_shards().size:
@@ -231,162 +236,22 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
     return report
 
 
-class ExtractionStopped(RuntimeError):
-    """The run cannot go on (every Ray worker was lost); complete shards are kept and a re-run resumes."""
-
-
-class RayShardWorker(ShardWorker):
-    """The shard worker as a Ray actor, which also tells the driver which Ray node it runs on."""
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-
-def _start_actors(actors: dict, node_of: dict[int, str], drop: Callable[[int, str], None]) -> None:
-    """Wait until every actor has built its teacher (an error in a constructor fails the run at once), and
-    record each actor's node. An actor that is still not placed STARTUP_GRACE_S after a node died during
-    start-up (Ray would wait for resources the cluster no longer has) is dropped."""
-    import ray
-
-    dead_at_start, death_seen = _dead_nodes(), None
-    starting = {actors[i].node_id.remote(): i for i in actors}  # node_id runs after __init__: teacher built
-    while starting:
-        ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=NODE_POLL_S)
-        for ref in ready:
-            node_of[starting.pop(ref)] = ray.get(ref)
-        if starting and death_seen is None and _dead_nodes() - dead_at_start:
-            death_seen = time.monotonic()
-        if starting and death_seen is not None and time.monotonic() - death_seen > STARTUP_GRACE_S:
-            for ref, i in list(starting.items()):
-                del starting[ref]
-                drop(i, f"not started {STARTUP_GRACE_S:g} s after a node of the cluster died")
-
-
-def _dead_nodes() -> set[str]:
-    import ray
-
-    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
-
-
-def _run_in_process(worker: ShardWorker, pending: list[int], on_result: Callable[[ShardResult], None]) -> None:
-    """Shards on `SHARDS_IN_FLIGHT_PER_WORKER` threads of this process (no Ray), finalized in shard order.
-
-    Errors: the first failure stops new submissions; shards in flight finish (and are finalized if they
-    succeeded), then the error is raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    queue = deque(pending)
-    with ThreadPoolExecutor(SHARDS_IN_FLIGHT_PER_WORKER, thread_name_prefix="shard") as pool:
-        inflight: deque = deque()
-        error: BaseException | None = None
-        while queue and len(inflight) < SHARDS_IN_FLIGHT_PER_WORKER:
-            k = queue.popleft()
-            inflight.append((k, pool.submit(worker.run_shard, k)))
-        while inflight:
-            k, fut = inflight.popleft()
-            try:
-                result = fut.result()
-            except BaseException as e:  # noqa: BLE001 - the in-flight shard finishes, then this is raised
-                error = error or e
-                queue.clear()
-                continue
-            on_result(result)
-            if queue and error is None:
-                j = queue.popleft()
-                inflight.append((j, pool.submit(worker.run_shard, j)))
-        if error is not None:
-            raise error
-
-
-def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractConfig,
-                on_result: Callable[[ShardResult], None], on_node: Callable[[int, str], None] | None = None) -> float:
-    """Dispatch shards to `config.workers` Ray actors with ray.wait; results are finalized as they arrive.
-
-    Losing a node: an actor whose Ray node died (or that Ray gave up restarting) is dropped and its shards
-    go back to the queue for the actors left, so the run finishes on the remaining nodes; if no actor is
-    left it stops with ExtractionStopped (complete shards are kept, a re-run resumes). The node is polled
-    every NODE_POLL_S while waiting, because an actor of a dead node that Ray cannot place again would
-    otherwise wait for resources forever. on_node(k, node id) reports where shard k ran.
-
-    Returns the perf_counter time at which every actor had built its teacher (before any shard ran)."""
-    import ray
-
-    from stages.orchestrate.ray_session import init_ray
-
-    resources = init_ray(config.ray_address)
-    need_cpu, need_gpu = config.workers * config.cpus_per_worker, config.workers * config.gpus_per_worker
-    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
-        raise ValueError(f"{config.workers} workers need {need_cpu} CPUs and {need_gpu} GPUs; the Ray "
-                         f"cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} GPUs")
-    actor_cls = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
-                           max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES,
-                           max_concurrency=SHARDS_IN_FLIGHT_PER_WORKER)(RayShardWorker)
-    actors = {i: actor_cls.remote(spec, **worker_kwargs) for i in range(min(config.workers, len(pending)))}
-    queue, inflight, errors = deque(pending), {}, []
-    node_of: dict[int, str] = {}
-    lost: list[str] = []
-
-    def top_up() -> None:
-        for i, actor in actors.items():
-            while queue and not errors and sum(1 for _, a in inflight.values() if a == i) < TASKS_PER_ACTOR:
-                k = queue.popleft()
-                inflight[actor.run_shard.remote(k)] = (k, i)
-
-    def drop(i: int, why: str) -> None:
-        actor = actors.pop(i)
-        for ref, (k, a) in list(inflight.items()):
-            if a == i:
-                del inflight[ref]
-                queue.append(k)  # last: gives the lost worker's process time to be gone before a rewrite
-        ray.kill(actor, no_restart=True)
-        lost.append(f"worker on node {node_of.get(i, '?')[:12]}: {why}")
-        if not actors:
-            done = len(pending) - len(queue) - len(inflight)
-            raise ExtractionStopped(
-                f"every Ray worker was lost ({'; '.join(lost)}); {done} of {len(pending)} shards of this run are "
-                f"complete and kept. Re-run `pipeline extract` (with --workers the remaining cluster can place) "
-                f"to resume")
-
-    try:
-        _start_actors(actors, node_of, drop)
-        ready_at = time.perf_counter()
-        top_up()
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=NODE_POLL_S)
-            if not ready:
-                dead = _dead_nodes()
-                for i in [i for i in actors if node_of.get(i) in dead]:
-                    drop(i, "its node died")
-                top_up()
-                continue
-            k, i = inflight.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayActorError as e:  # died for good: restarts used up, or its node is gone
-                queue.append(k)
-                drop(i, str(e).strip().splitlines()[0][:200])
-                top_up()
-                continue
-            except Exception as e:  # noqa: BLE001 - collected, in-flight shards finish, then re-raised
-                errors.append((k, e))
-                continue
-            try:
-                on_result(result)
-                if on_node is not None:
-                    on_node(k, node_of.get(i, ""))
-            except Exception as e:  # noqa: BLE001 - as above
-                errors.append((k, e))
-            top_up()
-    finally:
-        for actor in actors.values():
-            ray.kill(actor)
-    if errors:
-        k, e = errors[0]
-        cause = getattr(e, "cause", e)  # a RayTaskError carries the worker's own exception as .cause
-        if isinstance(cause, StoreError):  # no space, lost lease, ...: the clear message, not a traceback
-            raise cause from None
-        raise RuntimeError(f"shard {k} failed ({len(errors)} shard(s) failed); complete shards are kept, "
-                           f"re-run to resume") from e
-    return ready_at
+def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractConfig, on_result) -> float:
+    """The shards on `config.workers` Ray actors (the Ray of the caller's session, else one started here);
+    returns when every actor had built its teacher (perf_counter)."""
+    workers = RayWorkers(config.workers, num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
+                         max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES,
+                         in_flight=SHARDS_IN_FLIGHT_PER_WORKER)
+    with ray_session(config.ray_address) as resources:
+        check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
+                            gpus_per_worker=config.gpus_per_worker, device=config.device)
+        try:
+            return on_ray(ShardWorker, (spec,), worker_kwargs, pending, workers, on_result,
+                          resume_hint="Re-run `pipeline extract` (with --workers the remaining cluster can place) "
+                                      "to resume")
+        except ShardRunStopped as e:
+            raise ExtractionStopped(str(e)) from None
+        except ShardFailed as e:
+            if isinstance(e.cause, StoreError):  # no space, lost lease, ...: the clear message, not a traceback
+                raise e.cause from None
+            raise

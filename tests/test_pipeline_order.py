@@ -1,0 +1,54 @@
+"""dvc.yaml is the one statement of the pipeline's order (issue 20): it calls only ordinary commands (each
+in the README's command table, each with `--params params.yaml`), and `pipeline demo` runs exactly its
+stages, in its order, expanded as `dvc repro` expands them (stages/orchestrate/dvc_stages.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import typer
+
+from pipeline.cli import app
+from pipeline.cmd_demo import _argv
+from pipeline.params import read_params
+from stages.orchestrate.dvc_stages import stage_commands
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stages():
+    return stage_commands(REPO / "dvc.yaml", asdict(read_params(REPO / "params.yaml")))
+
+
+def test_stages_expand_in_dvc_order():
+    p = read_params(REPO / "params.yaml")
+    runs = [f"{n}-{s}" for n, s in p.sweep_runs()]
+    assert [s.name for s in _stages()] == (
+        ["demo_corpus", "corpus"] + [f"extract@{t}" for t in p.extract.teachers]
+        + [f"extract_text@{t}" for t in p.extract.text_teachers] + ["views"]
+        + [f"distill@{r}" for r in runs] + [f"evaluate@{r}" for r in runs] + ["report"])
+    distill = next(s for s in _stages() if s.name == "distill@zca-1")
+    assert distill.argv[distill.argv.index("--norm") + 1] == "zca" and distill.argv[distill.argv.index("--seed") + 1] == "1"
+
+
+def test_dvc_yaml_calls_only_ordinary_commands_with_params():
+    group = typer.main.get_command(app)
+    registered = set(group.list_commands(group.make_context("pipeline", [], resilient_parsing=True)))
+    readme = (REPO / "README.md").read_text()
+    for stage in _stages():
+        assert stage.argv[0] == "pipeline" and stage.argv[1] in registered, stage
+        assert f"`pipeline {stage.argv[1]}" in readme, f"{stage.argv[1]} is not a documented command"
+        assert stage.argv[stage.argv.index("--params") + 1] == "params.yaml", stage
+    assert not registered & {"extract-stage", "extract-text-stage", "distill-variant"}
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_demo_runs_dvc_yamls_commands_with_the_preset(preset):
+    for stage in stage_commands(REPO / "dvc.yaml", asdict(read_params(preset))):
+        argv = _argv(stage.argv, preset)
+        assert argv[argv.index("--params") + 1] == str(preset) and "params.yaml" not in argv
+        assert "--replace-conflicting" not in argv  # without DVC's cache a run is refused, never replaced
+        assert [a for a in stage.argv[1:] if a not in ("params.yaml", "--replace-conflicting")] == \
+               [a for a in argv if a != str(preset)]
