@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --
 
 # The NormVariant CLI names, spelled here so the help text needs no torch import (a test keeps them equal).
 NORM_NAMES = ("mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std", "standardize", "pca_w", "zca", "hca",
-              "phis")
+              "phis", "ada_mse", "ada_phis", "standardize_nf", "pca_w_nf", "zca_nf", "hca_nf")
 
 
 def parse_teacher_weights(text: str) -> dict[str, float]:
