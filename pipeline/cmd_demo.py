@@ -119,7 +119,7 @@ def downstream_config(p: Params) -> "DownstreamConfig":
     e = p.evaluate
     return DownstreamConfig(zeroshot_classes=e.zeroshot_classes, zeroshot_templates=e.zeroshot_templates,
                             seg_masks=e.seg_masks, seg_classes=e.seg_classes, seg_templates=e.seg_templates,
-                            seg_probe_steps=e.seg_probe_steps)
+                            seg_probe_steps=e.seg_probe_steps, zeroshot_teacher=e.zeroshot_teacher)
 
 
 def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
@@ -226,7 +226,7 @@ def run_demo(p: Params) -> Path:
         raise FileNotFoundError(f"evaluate.probe_labels {e.probe_labels} does not exist")
     for run in runs:
         res = evaluate_run(run, split=e.split, batch_size=e.batch_size, labels_path=e.probe_labels, knn_k=e.knn_k,
-                           knn_temperature=e.knn_temperature, device=p.distill.device,
+                           knn_temperature=e.knn_temperature, knn_feature=e.knn_feature, device=p.distill.device,
                            downstream=downstream_config(p))
         typer.echo(f"evaluate {run.name}: teacher-space MSE " + ", ".join(
             f"{t}/{k} {v['mse']:.4g}" for t, kinds in res["teachers"].items() for k, v in kinds.items()))

@@ -81,6 +81,8 @@ EVALUATE: Table = {
     "probe_labels": ("evaluate.probe_labels", lambda p: p.evaluate.probe_labels),
     "knn_k": ("evaluate.knn_k", lambda p: p.evaluate.knn_k),
     "knn_temperature": ("evaluate.knn_temperature", lambda p: p.evaluate.knn_temperature),
+    "knn_feature": ("evaluate.knn_feature", lambda p: p.evaluate.knn_feature),
+    "zeroshot_teacher": ("evaluate.zeroshot_teacher", lambda p: p.evaluate.zeroshot_teacher),
     "device": ("distill.device", lambda p: p.distill.device),
     "zeroshot_classes": ("evaluate.zeroshot_classes", lambda p: p.evaluate.zeroshot_classes),
     "zeroshot_templates": ("evaluate.zeroshot_templates", lambda p: p.evaluate.zeroshot_templates),

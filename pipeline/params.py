@@ -103,10 +103,12 @@ class EvaluateParams:
     batch_size: int = 32
     knn_k: int = 20
     knn_temperature: float = 0.07
+    knn_feature: str = "concat"  # every student summary token concatenated (RADIO's kNN feature), or token0
     probe_labels: Path = Path("data/demo_corpus/probe_labels.csv")
     # Downstream evaluation (null: skipped). Class files: one class per line (label<TAB>prompt name allowed).
     zeroshot_classes: Path | None = None  # classes of probe_labels for zero-shot through the text tower
     zeroshot_templates: str = "imagenet"  # shipped template set (imagenet, segmentation, simple) or a file
+    zeroshot_teacher: str | None = None  # the zero-shot the ranking counts (null: first CLIP teacher with text)
     seg_masks: Path | None = None  # PNG label masks named <image uri without suffix>.png
     seg_classes: Path | None = None  # line k = mask value k; 255 = ignore
     seg_templates: str = "segmentation"
@@ -271,6 +273,8 @@ def _validate(p: Params, source: str) -> None:
     if p.distill.summary_loss not in SUMMARY_LOSSES:
         raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)}, got "
                          f"{p.distill.summary_loss!r}")
+    if p.evaluate.knn_feature not in ("concat", "token0"):
+        raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
     if p.evaluate.split not in ("train", "val"):
         raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
 

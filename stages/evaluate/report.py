@@ -1,9 +1,11 @@
 """Sweep report: one table across variants, ranks by category, storage fidelity, plots and the cost.
 
 Ranks variants the way the PHI-S paper does (arXiv 2410.01680, Table 1): per metric, ties averaged, the
-ranks averaged inside each category (Teacher MSE: per-teacher feature MSE in teacher space; Classification:
-zero-shot + kNN; Segmentation; declared in ``stages.evaluate.categories``), then over the categories.
-Summary MSE is reported, not ranked. Runs that differ only in their seed are one variant: every metric is
+ranks averaged inside each of its six categories (Teacher MSE, Classification, Segmentation, SAM-COCO,
+LLaVA-1.5, Probe 3D; declared in ``stages.evaluate.categories``), then over the categories the runs have.
+The report says which of the six its average covers, names the missing ones, and calls it "the paper's
+average" only when all six are there. Summary MSE, open-vocabulary mIoU, other teachers' zero-shot and
+teacher references are reported, not ranked. Runs that differ only in their seed are one variant: every metric is
 shown as mean ± std over seeds, the means are ranked, and the report names the pairs of variants that are
 within one std of each other. The storage-fidelity section prints, per variant and teacher, the storage
 NMSE in the space the loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``) and
@@ -25,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stages.evaluate import plots, report_context
+from stages.evaluate import plots, report_context, teacher_table
 from stages.evaluate.comparability import RunFacts, check_runs, run_facts
-from stages.evaluate.categories import CATEGORIES, categorize, higher_is_better
+from stages.evaluate.categories import CATEGORIES, PAPER_CATEGORIES, categorize, coverage_sentence, higher_is_better
 from stages.evaluate.ranking import AVG, rank_runs
 from stages.distill.run_dir import read_config_json, read_eval, read_history
 from stages.evaluate.evaluate import config_field
@@ -173,23 +175,40 @@ class Ranking:
     empty_categories: list[str]  # declared categories none of whose metrics the runs have
     reported: list[str]  # metrics every variant has but that are not ranked (summary MSE, ...)
     unranked: dict[str, list[str]]  # metric -> variants lacking it (so it cannot be ranked)
+    zeroshot_teacher: str | None = None  # the one teacher whose zero-shot is ranked
+
+    @property
+    def paper_average(self) -> bool:
+        """True when the average covers all six of the paper's categories."""
+        return set(PAPER_CATEGORIES) <= set(self.categories)
 
 
-def rank_variants(variants: list[Variant]) -> Ranking:
-    """Rank variants by their seed means (``rank_runs`` with the declared categories)."""
+def rank_variants(variants: list[Variant], zeroshot_teacher: str | None = None) -> Ranking:
+    """Rank variants by their seed means (``rank_runs`` with the declared categories; zero-shot counts for
+    ``zeroshot_teacher`` only)."""
     if not variants:
         raise ValueError("nothing to rank: no runs")
     every = set.union(*(set(v.mean) for v in variants))
     shared = set.intersection(*(set(v.mean) for v in variants))
     unranked = {m: sorted(v.name for v in variants if m not in v.mean) for m in sorted(every - shared)}
-    declared = categorize(shared)
+    declared = categorize(shared, zeroshot_teacher)
     cats = {c: ms for c, ms in declared.items() if ms}
     if not cats:
         raise ValueError(f"the runs share no ranked metric (shared: {sorted(shared)}; categories: {CATEGORIES})")
     ranked = {m for ms in cats.values() for m in ms}
     ranks = rank_runs({v.name: v.mean for v in variants}, cats, higher_is_better(ranked))
     return Ranking(ranks=ranks, categories=cats, empty_categories=[c for c, ms in declared.items() if not ms],
-                   reported=sorted(shared - ranked), unranked=unranked)
+                   reported=sorted(shared - ranked), unranked=unranked, zeroshot_teacher=zeroshot_teacher)
+
+
+def ranked_zeroshot(evals: dict[str, dict[str, Any]]) -> str | None:
+    """The zero-shot teacher the runs' evaluations designated (``zeroshot_ranked``); None when none was
+    evaluated. Runs that designated different teachers cannot be ranked together: ValueError."""
+    named = {ev["zeroshot_ranked"] for ev in evals.values() if ev.get("zeroshot_ranked")}
+    if len(named) > 1:
+        raise ValueError(f"the runs rank the zero-shot of different teachers {sorted(named)}: re-evaluate them with "
+                         "one --zeroshot-teacher")
+    return named.pop() if named else None
 
 
 def within_one_std(variants: list[Variant], metric: str) -> list[tuple[str, str]]:
@@ -213,7 +232,7 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
     if configs is None:
         configs = {r: {"norm": ev.get("norm", ""), "run": r} for r, ev in evals.items()}
     variants = group_variants(evals, configs)
-    ranking = rank_variants(variants)
+    ranking = rank_variants(variants, ranked_zeroshot(evals))
     rows = []
     for v in sorted(variants, key=lambda v: (ranking.ranks[v.name][AVG], v.name)):
         row: dict[str, Any] = {"variant": v.name, "norm": v.norm, "summary_loss": v.summary_loss,
@@ -309,17 +328,19 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
     ranked = [m for ms in ranking.categories.values() for m in ms]
     cats = list(ranking.categories)
     seeds = sorted({len(v.seeds) for v in variants})
-    cols = ["variant", "norm", "summary loss", "seeds", *ranked, *(f"rank: {c}" for c in cats), "avg rank"]
+    avg_name = "paper's average rank" if ranking.paper_average else f"average rank ({len(cats)} of 6 categories)"
+    cols = ["variant", "norm", "summary loss", "seeds", *ranked, *(f"rank: {c}" for c in cats), avg_name]
+    zs = (f"Zero-shot is ranked for one teacher, `{ranking.zeroshot_teacher}` (the paper ranks its DFN CLIP's "
+          "only); other teachers' zero-shot is reported, not ranked." if ranking.zeroshot_teacher else
+          "No zero-shot was evaluated.")
     lines = [
         "## Ranking", "",
         "How it is ranked (PHI-S paper, Table 1): each variant is ranked per metric on its mean over seeds "
-        "(1 = best, ties averaged), the ranks are averaged inside each category, then over the categories. "
-        "Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
-                                         for c, ms in ranking.categories.items()) + ".",
+        "(1 = best, ties averaged), the ranks are averaged inside each of the paper's six categories, then "
+        "over the categories. Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
+                                                           for c, ms in ranking.categories.items()) + ".",
+        coverage_sentence(ranking.categories), zs,
     ]
-    if ranking.empty_categories:
-        lines.append("Left out of the average (no run has a metric of theirs): "
-                     + ", ".join(f"**{c}**" for c in ranking.empty_categories) + ".")
     lines += [f"Values are mean ± std (sample std) over {'/'.join(map(str, seeds))} seed(s) per variant.", "",
               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -355,6 +376,7 @@ def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Varia
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
              *context["runs"], "", *context["reading"], "",
              *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
+             *context["teachers"], "",
              "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
@@ -412,9 +434,11 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         plot_names.append(PLOT_PROBE)
     ranked = sorted({m for ms in ranking.categories.values() for m in ms} | set(ranking.reported))
     context = {"runs": report_context.runs_lines(facts, notes, histories),
-               "reading": report_context.reading_lines(ranked, higher_is_better(ranked)),
+               "reading": report_context.reading_lines(ranked, higher_is_better(ranked),
+                                                       report_context.probe_feature_line(evals)),
                "normalized": report_context.normalized_error_lines(evals, teacher_var),
-               "time": report_context.time_cost_lines(facts, histories)}
+               "time": report_context.time_cost_lines(facts, histories),
+               "teachers": teacher_table.teacher_lines(Path(store_root), teachers, variants, configs)}
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
