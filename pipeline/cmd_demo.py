@@ -122,13 +122,15 @@ def downstream_config(p: Params) -> "DownstreamConfig":
                             seg_probe_steps=e.seg_probe_steps, zeroshot_teacher=e.zeroshot_teacher)
 
 
-def distill_config(p: Params, norm: str, seed: int) -> "DistillConfig":
-    """The DistillConfig of one sweep variant and seed, as `pipeline distill` builds it from the same params."""
+def distill_config(p: Params, norm: str, seed: int, summary_loss: str | None = None) -> "DistillConfig":
+    """The DistillConfig of one sweep variant, seed and summary loss (default: the first of
+    distill.summary_loss), as `pipeline distill` builds it from the same params."""
     from stages.distill.config import DistillConfig
 
     d = p.distill
+    summary_loss = p.summary_losses[0] if summary_loss is None else summary_loss
     return DistillConfig(student=d.student, teachers=tuple(p.extract.teachers), root=p.store.root,
-                         out_dir=p.run_dir(norm, seed), norm=norm, summary_loss=d.summary_loss,
+                         out_dir=p.run_dir(norm, seed, summary_loss), norm=norm, summary_loss=summary_loss,
                          img_size=d.img_size, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                          warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, seed=seed, device=d.device,
                          log_every=d.log_every, ckpt_every=d.ckpt_every, num_workers=d.num_workers,
@@ -202,8 +204,8 @@ def _views(p: Params) -> None:
 
 def _distill(p: Params) -> list[Path]:
     runs = []
-    for norm, seed in p.sweep_runs():
-        config = distill_config(p, norm, seed)
+    for norm, seed, summary_loss in p.sweep_runs():
+        config = distill_config(p, norm, seed, summary_loss)
         typer.echo(f"distill {norm} seed {seed}: {config.steps} steps -> {config.out_dir}")
         typer.echo(f"distill {norm} seed {seed}: {train_variant(config, replace_conflicting=False)}")
         runs.append(config.out_dir)
@@ -237,6 +239,8 @@ def run_demo(p: Params) -> Path:
 def distill_variant_cmd(
     norm: Annotated[str, typer.Option(help="The sweep variant to train (one of distill.norms).")],
     seed: Annotated[Optional[int], typer.Option(help="Its seed (one of distill.seeds; default: the first).")] = None,
+    summary_loss: Annotated[Optional[str], typer.Option(help="Its summary loss (one of distill.summary_loss; "
+                                                             "default: the first).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml the run is configured from.")] = Path("params.yaml"),
     receipts: Annotated[Optional[Path], typer.Option(help="Folder of the extract stages' receipts (dvc.yaml: receipts); each selected teacher's receipt must describe its store as it is now.")] = None,
 ) -> None:
@@ -253,7 +257,9 @@ def distill_variant_cmd(
         seed = p.distill.seeds[0] if seed is None else seed
         if seed not in p.distill.seeds:
             raise ValueError(f"--seed {seed} is not in distill.seeds {p.distill.seeds}")
-        config = distill_config(p, norm, seed)
+        if summary_loss is not None and summary_loss not in p.summary_losses:
+            raise ValueError(f"--summary-loss {summary_loss!r} is not in distill.summary_loss {p.summary_losses}")
+        config = distill_config(p, norm, seed, summary_loss)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     try:

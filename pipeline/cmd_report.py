@@ -39,7 +39,7 @@ def report_cmd(
             if runs or out or root:
                 raise ValueError("give either --params or RUNS... --out DIR, not both")
             p = read_params(params)
-            runs, out, root = [p.run_dir(n, s) for n, s in p.sweep_runs()], p.report.out, p.store.root
+            runs, out, root = [p.run_dir(n, s, sl) for n, s, sl in p.sweep_runs()], p.report.out, p.store.root
         else:
             from pipeline.flag_defaults import REPORT, fill_from_params
 

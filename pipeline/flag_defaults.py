@@ -66,7 +66,7 @@ DISTILL: Table = {
     "img_size": ("distill.img_size", lambda p: p.distill.img_size),
     "num_summary_tokens": ("distill.num_summary_tokens", lambda p: p.distill.num_summary_tokens),
     "seed": ("distill.seeds", lambda p: p.distill.seeds[0]),  # the first seed of the sweep
-    "summary_loss": ("distill.summary_loss", lambda p: p.distill.summary_loss),
+    "summary_loss": ("distill.summary_loss", lambda p: p.summary_losses[0]),  # the first of a summary-loss sweep
     "grad_clip": ("distill.grad_clip", lambda p: p.distill.grad_clip),
     "device": ("distill.device", lambda p: p.distill.device),
     "workers": ("distill.num_workers", lambda p: p.distill.num_workers),
@@ -93,7 +93,7 @@ EVALUATE: Table = {
 }
 REPORT: Table = {
     "runs": ("distill.runs_dir + distill.norms x distill.seeds",
-             lambda p: [p.run_dir(n, s) for n, s in p.sweep_runs()]),
+             lambda p: [p.run_dir(n, s, sl) for n, s, sl in p.sweep_runs()]),
     "out": ("report.out", lambda p: p.report.out),
     "root": ("store.root", lambda p: p.store.root),
 }

@@ -72,8 +72,10 @@ class ExtractParams:
 class DistillParams:
     """`pipeline distill` options; the sweep is ``norms`` × ``seeds`` (one run per variant and seed; the
     report shows mean ± std over seeds). ``summary_loss``: "cosine" on raw summaries for every variant
-    (both papers) or "variant" (the variant's own). ``grad_clip``: 0 = off (the same optimizer for every
-    variant)."""
+    (both papers) or "variant" (the variant's own); a list (``[cosine, variant]``) makes it a sweep axis
+    too: every norm and seed is trained once per summary loss, into runs named with it
+    (``Params.run_dir``), and the report says whether the ranking changes between them.
+    ``grad_clip``: 0 = off (the same optimizer for every variant)."""
 
     student: str = "vit_tiny_test"
     norms: list[str] = field(default_factory=lambda: ["phis", "mse", "standardize", "zca"])
@@ -84,7 +86,7 @@ class DistillParams:
     lr: float = 1e-3
     warmup_steps: int = 20
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    summary_loss: str = "cosine"
+    summary_loss: str | list[str] = "cosine"
     grad_clip: float = 0.0
     device: str = "cpu"
     log_every: int = 10
@@ -134,13 +136,25 @@ class Params:
     evaluate: EvaluateParams
     report: ReportParams
 
-    def run_dir(self, norm: str, seed: int) -> Path:
-        """Run directory of one sweep variant and seed: <distill.runs_dir>/<norm>-seed<seed>."""
-        return self.distill.runs_dir / f"{norm}-seed{seed}"
+    @property
+    def summary_losses(self) -> list[str]:
+        """distill.summary_loss as a list (a plain string: one summary loss)."""
+        sl = self.distill.summary_loss
+        return [sl] if isinstance(sl, str) else list(sl)
 
-    def sweep_runs(self) -> list[tuple[str, int]]:
-        """Every (norm, seed) of the sweep, norms outer (the order DVC's matrix and `pipeline demo` use)."""
-        return [(n, s) for n in self.distill.norms for s in self.distill.seeds]
+    def run_dir(self, norm: str, seed: int, summary_loss: str | None = None) -> Path:
+        """Run directory of one sweep variant and seed: <distill.runs_dir>/<norm>-seed<seed>; when
+        distill.summary_loss is a list (a sweep axis), <norm>-<summary loss>-seed<seed>."""
+        if isinstance(self.distill.summary_loss, str):
+            return self.distill.runs_dir / f"{norm}-seed{seed}"
+        if summary_loss not in self.summary_losses:
+            raise ValueError(f"summary loss {summary_loss!r} is not in distill.summary_loss {self.summary_losses}")
+        return self.distill.runs_dir / f"{norm}-{summary_loss}-seed{seed}"
+
+    def sweep_runs(self) -> list[tuple[str, int, str]]:
+        """Every (norm, seed, summary loss) of the sweep, norms outer (the order DVC's matrix and `pipeline
+        demo` use)."""
+        return [(n, s, sl) for n in self.distill.norms for s in self.distill.seeds for sl in self.summary_losses]
 
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
@@ -163,8 +177,12 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. str | list[str]: a list takes the list type, anything else the other
+            listed = [a for a in inner if typing.get_origin(a) is list]
+            other = [a for a in inner if typing.get_origin(a) is not list]
+            return _check_value(value, (listed if isinstance(value, list) else other)[0], where)
+        return _check_value(value, inner[0], where)
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
@@ -270,9 +288,10 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: extract.fidelity_images must be >= 0 (0: skip), got {p.extract.fidelity_images}")
     from stages.normalize import SUMMARY_LOSSES
 
-    if p.distill.summary_loss not in SUMMARY_LOSSES:
-        raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)}, got "
-                         f"{p.distill.summary_loss!r}")
+    losses = p.summary_losses
+    if not losses or any(sl not in SUMMARY_LOSSES for sl in losses) or len(set(losses)) != len(losses):
+        raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)} or a list of them "
+                         f"without repeats, got {p.distill.summary_loss!r}")
     if p.evaluate.knn_feature not in ("concat", "token0"):
         raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
     if p.evaluate.split not in ("train", "val"):

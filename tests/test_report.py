@@ -435,3 +435,23 @@ def test_evaluate_root_reads_a_moved_store_and_refuses_another_one(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(run), "--root", str(other)])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "the ta store there is not the one run" in text and "stats_hash" in text, text
+
+
+def test_summary_loss_sweep_is_ranked_per_loss_and_the_order_change_named():
+    """distill.summary_loss as a sweep axis: variants named <norm>/<loss>, each loss's norms ranked among
+    themselves, and the report says whether the order changes."""
+    from stages.evaluate.report import _ranking_lines
+
+    evals = {"phis-cosine-seed0": _eval("phis", 1.0, 1.0, 0.9), "mse-cosine-seed0": _eval("mse", 2.0, 2.0, 0.5),
+             "phis-variant-seed0": _eval("phis", 2.0, 2.0, 0.5), "mse-variant-seed0": _eval("mse", 1.0, 1.0, 0.9)}
+    configs = {r: {"norm": ev["norm"], "summary_loss": r.split("-")[1], "seed": 0, "out_dir": r}
+               for r, ev in evals.items()}
+    rows, ranking, variants = report_rows(evals, configs)
+    assert sorted(v.name for v in variants) == ["mse/cosine", "mse/variant", "phis/cosine", "phis/variant"]
+    text = "\n".join(_ranking_lines(rows, ranking, variants))
+    assert "- `cosine` summaries: phis > mse" in text and "- `variant` summaries: mse > phis" in text
+    assert "**The order of the normalizations changes with the summary loss**" in text
+    configs["mse-variant-seed0"]["summary_loss"] = configs["phis-variant-seed0"]["summary_loss"] = "variant"
+    evals["mse-variant-seed0"], evals["phis-variant-seed0"] = _eval("mse", 2.0, 2.0, 0.4), _eval("phis", 1.0, 1.0, 0.8)
+    rows, ranking, variants = report_rows(evals, configs)
+    assert "is **the same** under every summary loss" in "\n".join(_ranking_lines(rows, ranking, variants))

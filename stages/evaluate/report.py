@@ -142,23 +142,26 @@ class Variant:
 def group_variants(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]]) -> list[Variant]:
     """Group runs into variants (same config up to the seed), with per-metric mean and std over seeds.
 
-    A variant is named by its normalization (``norm``), or by its first run when two variants share a
-    norm (e.g. a sweep over summary losses). Two runs of one variant with the same seed are an error."""
+    A variant is named by its normalization (``norm``); when two variants share a norm, by
+    ``<norm>/<summary loss>`` if that tells them apart (a sweep over summary losses), else by its first
+    run. Two runs of one variant with the same seed are an error."""
     groups: dict[str, list[str]] = {}
     for run in evals:
         key = json.dumps({k: v for k, v in configs[run].items() if k not in _NOT_EXPERIMENT}, sort_keys=True,
                          default=str)
         groups.setdefault(key, []).append(run)
     norms = [configs[runs[0]].get("norm", evals[runs[0]].get("norm", "")) for runs in groups.values()]
+    by_loss = [f"{n}/{configs[runs[0]].get('summary_loss', 'variant')}" for n, runs in zip(norms, groups.values())]
     out = []
-    for (key, runs), norm in zip(groups.items(), norms):
+    for (key, runs), norm, with_loss in zip(groups.items(), norms, by_loss):
         seeds = [int(configs[r].get("seed", 0)) for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"runs {runs} are the same variant with repeated seeds {seeds}")
         flats = [flatten_metrics(evals[r]) for r in runs]
         shared = sorted(set.intersection(*(set(f) for f in flats)))
         vals = {m: np.array([f[m] for f in flats]) for m in shared}
-        out.append(Variant(name=norm if norms.count(norm) == 1 else runs[0], norm=norm,
+        name = norm if norms.count(norm) == 1 else with_loss if by_loss.count(with_loss) == 1 else runs[0]
+        out.append(Variant(name=name, norm=norm,
                            summary_loss=str(configs[runs[0]].get("summary_loss", "variant")),
                            runs=tuple(runs), seeds=tuple(seeds),
                            mean={m: float(v.mean()) for m, v in vals.items()},
@@ -366,6 +369,28 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
     if ranking.unranked:
         lines += ["", "**Not ranked** (missing from some variants, so left out of the table and the ranks):"]
         lines += [f"- `{m}`: missing from {', '.join(vs)}" for m, vs in ranking.unranked.items()]
+    return lines + summary_loss_lines(variants, ranking.zeroshot_teacher)
+
+
+def summary_loss_lines(variants: list[Variant], zeroshot_teacher: str | None) -> list[str]:
+    """When the sweep trained its norms under several summary losses (cosine on raw summaries, or the
+    variant's own): the norms ranked within each summary loss alone, and whether their order changes."""
+    losses = sorted({v.summary_loss for v in variants})
+    if len(losses) < 2:
+        return []
+    orders: dict[str, list[str]] = {}
+    for loss in losses:
+        group = [v for v in variants if v.summary_loss == loss]
+        ranks = rank_variants(group, zeroshot_teacher).ranks
+        orders[loss] = [v.norm for v in sorted(group, key=lambda v: (ranks[v.name][AVG], v.norm))]
+    common = set.intersection(*(set(o) for o in orders.values()))
+    same = len({tuple(n for n in o if n in common) for o in orders.values()}) == 1
+    lines = ["", "### Summary loss", "",
+             "Each summary loss's variants ranked among themselves (same categories), best first:", ""]
+    lines += [f"- `{loss}` summaries: " + " > ".join(orders[loss]) for loss in losses]
+    lines += ["", "The order of the normalizations is **the same** under every summary loss." if same else
+              "**The order of the normalizations changes with the summary loss**: which summary loss the "
+              "sweep uses is part of its answer."]
     return lines
 
 
