@@ -45,7 +45,7 @@ def _stats_rows(store_root: Path, teachers: Sequence[str]) -> list[str]:
 def _variance_rows(store_root: Path, variants: Sequence[Any], configs: dict[str, dict[str, Any]]) -> list[str]:
     """One row per variant, teacher and kind (its first run's normalizers)."""
     from stages.distill.config import DistillConfig
-    from stages.distill.loader import normalizer_moments
+    from stages.normalize.store_fit import normalizer_moments
     from stages.distill.run import load_normalizers
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
