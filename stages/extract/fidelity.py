@@ -122,6 +122,9 @@ def read_fidelity(root: Path, store: TeacherStore) -> tuple[list[FidelityCheck] 
         return None, f"not measured (no {path}; run `pipeline store fidelity --root {root}`)"
     data = json.loads(path.read_text())
     current = {k: normalizer_moments(store, k)[0].content_hash() for k in store.kinds}
-    if data.get("fidelity_version") != FIDELITY_VERSION or data.get("stats_hash") != current:
+    if data.get("fidelity_version") != FIDELITY_VERSION:
+        return None, (f"stale ({path} is fidelity version {data.get('fidelity_version')!r}, measured on other "
+                      f"variant fits than version {FIDELITY_VERSION}'s; rerun `pipeline store fidelity`)")
+    if data.get("stats_hash") != current:
         return None, f"stale ({path} was measured on other statistics; rerun `pipeline store fidelity`)"
     return [FidelityCheck.from_dict(c) for c in data["checks"]], ""
