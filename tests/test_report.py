@@ -399,9 +399,15 @@ def test_downstream_sections_are_flattened_and_ranked_in_their_categories():
     by = {r["variant"]: r for r in rows}
     assert by["mse"]["rank Classification"] == pytest.approx((1.5 + 1) / 2)  # knn tie, zero-shot better
     assert by["phis"]["rank Segmentation"] == 1.0
-    # without a designated teacher no zero-shot is ranked; two designations cannot be ranked together
+    # evaluations from before the designation was recorded: the run's first teacher with a zero-shot result
     del ev["zeroshot_ranked"], other["zeroshot_ranked"]
-    assert report_rows({"a": ev, "b": other})[1].categories["Classification"] == ["probe/knn_acc"]
+    ev["zeroshot"]["siglip"] = other["zeroshot"]["siglip"] = {"top1": 0.1, "teacher_top1": 0.2}
+    configs = {r: {"norm": e["norm"], "teachers": ["ta", "siglip", "clip"]} for r, e in (("a", ev), ("b", other))}
+    assert report_rows({"a": ev, "b": other}, configs)[1].categories["Classification"] == [
+        "probe/knn_acc", "zeroshot/siglip/top1"]
+    # without any zero-shot result none is ranked; two designations cannot be ranked together
+    assert report_rows({"a": _eval("phis", 1.0, 2.0, 0.9), "b": _eval("mse", 1.0, 2.0, 0.9)})[1].categories[
+        "Classification"] == ["probe/knn_acc"]
     ev["zeroshot_ranked"], other["zeroshot_ranked"] = "clip", "siglip"
     with pytest.raises(ValueError, match=r"different teachers \['clip', 'siglip'\]"):
         report_rows({"a": ev, "b": other})

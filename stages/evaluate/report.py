@@ -204,10 +204,18 @@ def rank_variants(variants: list[Variant], zeroshot_teacher: str | None = None) 
                    reported=sorted(shared - ranked), unranked=unranked, zeroshot_teacher=zeroshot_teacher)
 
 
-def ranked_zeroshot(evals: dict[str, dict[str, Any]]) -> str | None:
+def ranked_zeroshot(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]] | None = None) -> str | None:
     """The zero-shot teacher the runs' evaluations designated (``zeroshot_ranked``); None when none was
-    evaluated. Runs that designated different teachers cannot be ranked together: ValueError."""
-    named = {ev["zeroshot_ranked"] for ev in evals.values() if ev.get("zeroshot_ranked")}
+    evaluated. An evaluation from before the designation was recorded counts the first teacher of its
+    run (config.json order) with a zero-shot result, the default rule. Runs that designated different
+    teachers cannot be ranked together: ValueError."""
+    named = set()
+    for run, ev in evals.items():
+        if ev.get("zeroshot_ranked"):
+            named.add(ev["zeroshot_ranked"])
+        elif ev.get("zeroshot"):
+            order = list((configs or {}).get(run, {}).get("teachers", [])) + sorted(ev["zeroshot"])
+            named.add(next(t for t in order if t in ev["zeroshot"]))
     if len(named) > 1:
         raise ValueError(f"the runs rank the zero-shot of different teachers {sorted(named)}: re-evaluate them with "
                          "one --zeroshot-teacher")
@@ -235,7 +243,7 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
     if configs is None:
         configs = {r: {"norm": ev.get("norm", ""), "run": r} for r, ev in evals.items()}
     variants = group_variants(evals, configs)
-    ranking = rank_variants(variants, ranked_zeroshot(evals))
+    ranking = rank_variants(variants, ranked_zeroshot(evals, configs))
     rows = []
     for v in sorted(variants, key=lambda v: (ranking.ranks[v.name][AVG], v.name)):
         row: dict[str, Any] = {"variant": v.name, "norm": v.norm, "summary_loss": v.summary_loss,
