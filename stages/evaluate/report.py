@@ -290,7 +290,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
     from stages.normalize.store_fit import normalizer_moments
     from stages.extract.fidelity import read_fidelity
     from stages.normalize import kind_variant
-    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE
+    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE, remedy
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
@@ -298,7 +298,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
              f"in the same space; gate: ratio ≤ {GATE_RATIO} and minimum token cosine ≥ {MIN_COSINE}.", "",
              "| variant | teacher | kind | loss space | storage NMSE | teacher bf16 NMSE | ratio | min cos | |",
              "|---|---|---|---|---|---|---|---|---|"]
-    missing, failed, splits = [], {}, set()
+    missing, failed, splits, fixes = [], {}, set(), {}
     for t in teachers:
         store = open_teacher_store(teacher_store_path(store_root, t))
         splits |= {f"{t}/{k}: {normalizer_moments(store, k)[1]}" for k in store.kinds}
@@ -315,9 +315,13 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
                              f"{c.ratio:.3g} | {c.storage_min_cos:.6f} | {'ok' if c.passed else '**FAIL**'} |")
                 if not c.passed:
                     failed.setdefault(v.name, []).append(f"{t}/{kind}")
+                    passing = {x.variant for x in checks} - {x.variant for x in checks if not x.passed}
+                    fixes.setdefault(v.name, []).append(
+                        f"{t}/{kind}: " + remedy(space, [c], store.codec.keepbits, passing).split(": ", 1)[1])
     lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: storage noise "
                      "there is not negligible against the teacher's own bf16 noise, so part of what its rank "
-                     "measures is the storage, not the normalization." for name, where in failed.items()]
+                     "measures is the storage, not the normalization. To serve it: " + "; ".join(fixes[name]) + "."
+                     for name, where in failed.items()]
     if missing:
         lines += ["Fidelity not available for:", *missing]
     lines += ["", "Normalizers fitted on split: " + "; ".join(sorted(splits)) + "."]
