@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --
 
 # The NormVariant CLI names, spelled here so the help text needs no torch import (a test keeps them equal).
 NORM_NAMES = ("mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std", "standardize", "pca_w", "zca", "hca",
-              "phis")
+              "phis", "ada_mse", "ada_phis", "standardize_nf", "pca_w_nf", "zca_nf", "hca_nf")
 
 
 def parse_teacher_weights(text: str) -> dict[str, float]:
@@ -76,7 +76,7 @@ WarmupOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_OPT, help="Li
 TeacherWeightsOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_OPT, help="Per-teacher loss weights, e.g. a=1,b=2 (default 1).")]
 SummaryWeightOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Weight of every summary (CLS) loss.")]
 FeatureWeightOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Weight of every dense feature loss.")]
-SummaryLossOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_OPT, help="Summary (CLS) loss: cosine (on raw summaries, every variant, as in AM-RADIO / PHI-S) or variant (the --norm's normalization and loss).")]
+SummaryLossOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_OPT, help="Summary (CLS) loss: cosine (on raw summaries, every variant, as in AM-RADIO / PHI-S) or variant (the --norm's normalization and loss). Default: distill.summary_loss (its first when it lists several).")]
 ClipOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_OPT, help="Gradient-norm clip (0: off; a fixed clip binds differently per variant). The clipped share of steps is logged as clip_frac.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", rich_help_panel=_DATA, help="DataLoader worker processes (0: load in the main process).")]
 BlockOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_DATA, help="Shards whose samples are shuffled together each epoch (the loader holds about this many).")]
@@ -89,11 +89,13 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", rich_help_panel=_CTL, help=
 ExtendOpt = Annotated[bool, typer.Option("--extend", rich_help_panel=_CTL, help="With --resume and more --steps: continue a run on a schedule recomputed for the new total (recorded in config.json); without it other steps are refused.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", rich_help_panel=_CTL, help="If another run is training into the same run directory (it holds the directory's lease), wait for it instead of failing at once.")]
 WaitTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_CTL, help="With --wait: give up after this many seconds (default: wait as long as it takes).")]
-SweepOpt = Annotated[bool, typer.Option("--sweep", rich_help_panel=_CTL, help="Train --norm / --seed as one run of params.yaml's sweep (distill.norms x distill.seeds) into <out>/<norm>-seed<seed>: a finished run with this config is reused, an interrupted one resumed, one that cannot be resumed (other config or steps, changed stores) refused (what `pipeline demo` runs).")]
+SweepOpt = Annotated[bool, typer.Option("--sweep", rich_help_panel=_CTL, help="Train --norm / --seed as one run of params.yaml's sweep (distill.norms x distill.seeds) into <out>/<norm>-seed<seed> (with --summary-loss, when distill.summary_loss lists several: <out>/<norm>-<loss>-seed<seed>): a finished run with this config is reused, an interrupted one resumed, one that cannot be resumed (other config or steps, changed stores) refused (what `pipeline demo` runs).")]
 ReplaceOpt = Annotated[bool, typer.Option("--replace-conflicting", rich_help_panel=_CTL, help="With --sweep: replace a run that cannot be resumed by a new run instead of refusing (dvc.yaml's distill stage: DVC re-ran it because a declared dependency changed, and its cache keeps the old outputs).")]
 ReceiptsOpt = Annotated[Optional[Path], typer.Option(rich_help_panel=_CTL, help="Folder of the extract stages' receipts (dvc.yaml: receipts); each teacher's receipt must describe its store as it is now.")]
 DISTILL = Route(sections=("distill",), keys={"teachers": "extract.teachers", "root": "store.root",
-                                             "seed": Derived("distill.seeds", lambda p: p.distill.seeds[0])},
+                                             "seed": Derived("distill.seeds", lambda p: p.distill.seeds[0]),
+                                             "summary_loss": Derived("distill.summary_loss",  # a list: its first
+                                                                     lambda p: p.summary_losses[0])},
                 config="stages.distill.config:DistillConfig", required=("teachers", "root"))
 
 
@@ -162,8 +164,8 @@ def run_config(ctx: typer.Context) -> "DistillConfig":
     o = ctx.params
     run_name = o["run_name"]
     if o["sweep"]:
-        run_name = sweep_run_name(ctx, norm=o["norm"], seed=o["seed"], resume=o["resume"] or o["extend"],
-                                  run_name=run_name)
+        run_name = sweep_run_name(ctx, norm=o["norm"], seed=o["seed"], summary_loss=o["summary_loss"],
+                                  resume=o["resume"] or o["extend"], run_name=run_name)
     elif o["replace_conflicting"]:
         raise ValueError("--replace-conflicting applies to a --sweep run")
     return resolve_config(norm=o["norm"], student=o["student"], teachers=o["teachers"], root=o["root"],
@@ -178,19 +180,28 @@ def resolve_distill(args: list[str]) -> "DistillConfig":
     return run_config(parse_only(app, "distill", args))
 
 
-def sweep_run_name(ctx: typer.Context, *, norm: str, seed: int, resume: bool, run_name: str | None) -> str:
-    """<norm>-seed<seed>, after checking that (norm, seed) is a run of the params file's sweep."""
-    from pipeline.defaults import params_of
+def sweep_run_name(ctx: typer.Context, *, norm: str, seed: int, summary_loss: str, resume: bool,
+                   run_name: str | None) -> str:
+    """<norm>-seed<seed> (<norm>-<summary loss>-seed<seed> when distill.summary_loss lists several), after
+    checking that the run is one of the params file's sweep."""
+    from pipeline.defaults import given_on_command_line, params_of
 
     if resume or run_name is not None:
         raise ValueError("--sweep decides itself whether to resume and names the run <norm>-seed<seed>: leave out "
                          "--resume / --extend / --run-name")
-    d = params_of(ctx).distill
+    p = params_of(ctx)
+    d = p.distill
     if norm not in d.norms:
         raise ValueError(f"--norm {norm!r} is not in distill.norms {d.norms}")
     if seed not in d.seeds:
         raise ValueError(f"--seed {seed} is not in distill.seeds {d.seeds}")
-    return f"{norm}-seed{seed}"
+    if summary_loss not in p.summary_losses:
+        raise ValueError(f"--summary-loss {summary_loss!r} is not in distill.summary_loss {p.summary_losses}")
+    if len(p.summary_losses) > 1 and not given_on_command_line(ctx, "summary_loss"):
+        raise ValueError(f"distill.summary_loss lists {p.summary_losses}: give --summary-loss (one of them) with "
+                         "--sweep; dvc.yaml's matrix (and so `pipeline demo`) sweeps one summary loss per "
+                         "experiment (docs/SWEEP.md, 'The summary loss as a sweep axis')")
+    return p.run_dir(norm, seed, summary_loss).name
 
 
 def export(

@@ -26,10 +26,15 @@ def evaluate_cmd(
                                                               "probe_labels.csv beside the corpus image folder.")] = None,
     knn_k: Annotated[Optional[int], typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = None,
     knn_temperature: Annotated[Optional[float], typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = None,
+    knn_feature: Annotated[Optional[str], typer.Option(help="kNN / linear probe feature: concat (every student summary "
+                                                            "token, RADIO's) or token0.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Torch device for the student (cpu, cuda).")] = None,
     zeroshot_classes: Annotated[Optional[Path], typer.Option(help="Class file of the probe labels: zero-shot "
                                                                   "classification per CLIP teacher (needs extract-text).")] = None,
     zeroshot_templates: Annotated[Optional[str], typer.Option(help="Templates the zero-shot prompt set was extracted with.")] = None,
+    zeroshot_teacher: Annotated[Optional[str], typer.Option(help="The one teacher whose zero-shot the PHI-S "
+                                                                 "ranking counts (default: the first CLIP-family "
+                                                                 "teacher with text embeddings).")] = None,
     seg_masks: Annotated[Optional[Path], typer.Option(help="Folder of PNG label masks named <image uri without "
                                                            "suffix>.png: linear-probe and open-vocabulary mIoU.")] = None,
     seg_classes: Annotated[Optional[Path], typer.Option(help="Segmentation class file (line k = mask value k).")] = None,
@@ -56,13 +61,15 @@ def evaluate_cmd(
         raise fail("--seg-masks and --seg-classes go together")
     downstream = EvaluateConfig(zeroshot_classes=zeroshot_classes, zeroshot_templates=zeroshot_templates,
                                 seg_masks=seg_masks, seg_classes=seg_classes, seg_templates=seg_templates,
-                                seg_probe_steps=seg_probe_steps).downstream()
+                                seg_probe_steps=seg_probe_steps,
+                                zeroshot_teacher=zeroshot_teacher).downstream()
     if dvc_out is not None and len(runs) != 1:
         raise fail(f"--dvc-out takes one RUN, got {len(runs)}")
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
-                               knn_temperature=knn_temperature, device=device, downstream=downstream, root=root)
+                               knn_temperature=knn_temperature, knn_feature=knn_feature,
+                               device=device, downstream=downstream, root=root)
         except user_error_types() as e:
             raise fail(f"{run}: {e}") from e
         typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
@@ -75,7 +82,8 @@ def evaluate_cmd(
             parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
             typer.echo(f"  {teacher}: " + "; ".join(parts))
         probe = res["probe"]
-        typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val)"
+        typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
+                   f"feature: {probe['feature']})"
                    if probe else f"  probe: skipped ({res['probe_skipped']})")
         for t, z in (res.get("zeroshot") or {}).items():
             typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "

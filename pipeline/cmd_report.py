@@ -1,7 +1,8 @@
 """`pipeline report RUNS... --out DIR`: the normalization-sweep table, average ranks (PHI-S paper, arXiv
 2410.01680), plots and the store-vs-online cost (stages/evaluate/report.py). In a folder with a params.yaml
 (or with --params FILE, dvc.yaml's report stage) the runs default to the sweep's
-(<distill.runs_dir>/<norm>-seed<seed> for every distill.norms × distill.seeds), --out to report.out and
+(<distill.runs_dir>/<norm>-seed<seed> for every distill.norms × distill.seeds; <norm>-<loss>-seed<seed> when
+distill.summary_loss lists several), --out to report.out and
 --root to store.root: DVC cannot put a list parameter into a command line."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import typer
 from pipeline.defaults import Derived, ParamsOpt, Route, routed
 
 REPORT = Route(sections=("report",), keys={"root": "store.root", "runs": Derived(
-    "distill.runs_dir + distill.norms x distill.seeds", lambda p: [p.run_dir(n, s) for n, s in p.sweep_runs()], file_only=True)},
+    "distill.runs_dir + distill.norms x distill.seeds (x distill.summary_loss)",
+    lambda p: [p.run_dir(n, s, sl) for n, s, sl in p.sweep_runs()], file_only=True)},
     required=("runs", "out"))
 
 

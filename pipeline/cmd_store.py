@@ -74,7 +74,7 @@ def info_cmd(root: RootOpt = None, teacher: TeacherOpt = None, params: ParamsOpt
         checks, why = read_fidelity(root, store)
         typer.echo("  fidelity per variant (storage NMSE in the loss space vs the teacher's bf16 noise):"
                    if checks is not None else f"  fidelity: {why}")
-        for line in format_checks(checks or []):
+        for line in format_checks(checks or [], store.codec.keepbits):
             typer.echo(f"    {line}")
     if not teacher:
         from stages.extract.student_views import view_store_lines
@@ -112,7 +112,7 @@ def fidelity_cmd(
         result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
                                         checkpoint=checkpoint)
         typer.echo(f"{store.spec.name}: {write_fidelity(root, result)}")
-        for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]]):
+        for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]], result["keepbits"]):
             typer.echo(f"  {line}")
 
 

@@ -75,7 +75,10 @@ class ExtractParams:
 @dataclass(frozen=True)
 class DistillParams:
     """`distill:`: one `DistillConfig` (its defaults) per variant and seed of the `SweepConfig` sweep
-    (norms × seeds into runs_dir)."""
+    (norms × seeds into runs_dir). ``summary_loss``: "cosine" on raw summaries for every variant (both
+    papers) or "variant" (the variant's own); a list (``[cosine, variant]``) makes it a sweep axis too:
+    every norm and seed is trained once per summary loss, into runs named with it when there are several
+    (``SweepConfig.run_dir``), and the report says whether the ranking changes between them."""
 
     student: str = DistillConfig.student
     norms: list[str] = field(default_factory=lambda: list(SweepConfig.norms))
@@ -86,7 +89,7 @@ class DistillParams:
     lr: float = DistillConfig.lr
     warmup_steps: int = DistillConfig.warmup_steps
     seeds: list[int] = field(default_factory=lambda: list(SweepConfig.seeds))
-    summary_loss: str = DistillConfig.summary_loss
+    summary_loss: str | list[str] = DistillConfig.summary_loss
     grad_clip: float = DistillConfig.grad_clip
     device: str = DistillConfig.device
     log_every: int = DistillConfig.log_every
@@ -112,14 +115,22 @@ class Params:
     @property
     def sweep(self) -> SweepConfig:
         d = self.distill
-        return SweepConfig(norms=tuple(d.norms), seeds=tuple(d.seeds), runs_dir=d.runs_dir)
+        return SweepConfig(norms=tuple(d.norms), seeds=tuple(d.seeds), runs_dir=d.runs_dir,
+                           summary_losses=tuple(self.summary_losses))
 
-    def run_dir(self, norm: str, seed: int) -> Path:
-        """Run directory of one sweep variant and seed: <distill.runs_dir>/<norm>-seed<seed>."""
-        return self.sweep.run_dir(norm, seed)
+    @property
+    def summary_losses(self) -> list[str]:
+        """distill.summary_loss as a list (a plain string: one summary loss)."""
+        sl = self.distill.summary_loss
+        return [sl] if isinstance(sl, str) else list(sl)
 
-    def sweep_runs(self) -> list[tuple[str, int]]:
-        """Every (norm, seed) of the sweep, norms outer (the order DVC's matrix and `pipeline demo` use)."""
+    def run_dir(self, norm: str, seed: int, summary_loss: str | None = None) -> Path:
+        """Run directory of one sweep variant, seed (and summary loss, when distill.summary_loss lists several):
+        `SweepConfig.run_dir`."""
+        return self.sweep.run_dir(norm, seed, summary_loss)
+
+    def sweep_runs(self) -> list[tuple[str, int, str]]:
+        """Every (norm, seed, summary loss) of the sweep, norms outer (the order of dvc.yaml's matrix)."""
         return self.sweep.runs()
 
 
@@ -143,8 +154,12 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. str | list[str]: a list takes the list type, anything else the other
+            listed = [a for a in inner if typing.get_origin(a) is list]
+            other = [a for a in inner if typing.get_origin(a) is not list]
+            return _check_value(value, (listed if isinstance(value, list) else other)[0], where)
+        return _check_value(value, inner[0], where)
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
@@ -257,9 +272,12 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: extract.fidelity_images must be >= 0 (0: skip), got {p.extract.fidelity_images}")
     from stages.normalize import SUMMARY_LOSSES
 
-    if p.distill.summary_loss not in SUMMARY_LOSSES:
-        raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)}, got "
-                         f"{p.distill.summary_loss!r}")
+    losses = p.summary_losses
+    if not losses or any(sl not in SUMMARY_LOSSES for sl in losses) or len(set(losses)) != len(losses):
+        raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)} or a list of them "
+                         f"without repeats, got {p.distill.summary_loss!r}")
+    if p.evaluate.knn_feature not in ("concat", "token0"):
+        raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
     if p.evaluate.split not in ("train", "val"):
         raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
 

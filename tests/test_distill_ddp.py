@@ -64,3 +64,19 @@ def test_ranks_never_share_a_sample_in_an_epoch(tiny_root: Path, world: int) -> 
         for b in range(n):
             seen += [tuple(p) for p in order[ds.rank_slice(b)].tolist()]
     assert len(seen) == len(set(seen)) == n * 2 * world
+
+
+def test_adaloss_averages_are_the_mean_over_ranks(tiny_root: Path, tmp_path: Path) -> None:
+    """ada_phis on two gloo ranks: each term's moving average follows the all-reduced value, which equals
+    the single process's on the double batch, so the averages (and the losses they weight) match it."""
+    import dataclasses
+
+    single = train(dataclasses.replace(_config(tiny_root, tmp_path / "single", batch=4), norm="ada_phis"))
+    spawn_train(dataclasses.replace(_config(tiny_root, tmp_path / "ddp", batch=2), norm="ada_phis"), world_size=2)
+    ea = torch.load(single / "checkpoint.pt", weights_only=True)["adaloss"]
+    eb = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["adaloss"]
+    assert ea["steps"] == eb["steps"] == 6 and set(ea["ema"]) == set(eb["ema"])
+    for k, v in ea["ema"].items():
+        assert eb["ema"][k] == pytest.approx(v, rel=1e-4), k
+    a, b = _losses(single), _losses(tmp_path / "ddp")
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)

@@ -26,6 +26,7 @@ from stages.stats import Moments
 
 AFFINE = [v for v in NormVariant if v.is_affine]
 WHITENING = [NormVariant.PCA_W, NormVariant.ZCA, NormVariant.HCA]
+WHITENING_NF = [NormVariant.PCA_W_NF, NormVariant.ZCA_NF, NormVariant.HCA_NF]
 
 
 def correlated_data(n: int, d: int, *, seed: int) -> np.ndarray:
@@ -180,19 +181,26 @@ def test_rank_deficient_teacher(variant: NormVariant, rank_deficient) -> None:
     assert np.all(np.isfinite(z_ND))
     np.testing.assert_allclose(norm.invert(z_ND), y_ND, rtol=0, atol=1e-9 * np.abs(y_ND).max())
     cov_DD = output_cov(norm, m)
-    if variant in WHITENING:  # the 300 directions above the floor are white, the rest ~0
+    if variant in WHITENING_NF:  # the 300 directions above the floor are white, the rest ~0
         assert abs(np.trace(cov_DD) - 300) < 1e-6
-    if variant is NormVariant.PCA_W:
-        np.testing.assert_allclose(np.diag(cov_DD)[:300], 1.0, atol=1e-9)
+    if variant in WHITENING:  # paper-exact: the null space (eigenvalues ~1e-12, roundoff) sits at the guard
+        assert abs(np.trace(cov_DD) - 300) < 1e-2
+    if variant in (NormVariant.PCA_W, NormVariant.PCA_W_NF):
+        np.testing.assert_allclose(np.diag(cov_DD)[:300], 1.0, atol=1e-6 if variant is NormVariant.PCA_W else 1e-9)
     if variant is NormVariant.PHIS:
         np.testing.assert_allclose(np.diag(cov_DD), 1.0, atol=1e-9)
 
 
 def test_variant_properties_and_parse() -> None:
     assert [v.value for v in NormVariant] == ["mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std",
-                                              "standardize", "pca_w", "zca", "hca", "phis"]
+                                              "standardize", "pca_w", "zca", "hca", "phis", "ada_mse", "ada_phis",
+                                              "standardize_nf", "pca_w_nf", "zca_nf", "hca_nf"]
     assert NormVariant.HYB_SMOOTHL1.loss is LossKind.HYB_SMOOTHL1 and not NormVariant.COSINE.is_affine
-    assert all(v.loss is LossKind.MSE for v in AFFINE) and len(AFFINE) == 6
+    assert all(v.loss is LossKind.MSE for v in AFFINE) and len(AFFINE) == 11
+    assert sum(v.in_paper for v in NormVariant) == 12  # the paper's ten (Table 1) + AdaLoss's two (Table 12)
+    assert NormVariant.ADA_MSE.fit_as is NormVariant.MSE and not NormVariant.ADA_MSE.is_affine
+    assert NormVariant.ADA_PHIS.fit_as is NormVariant.PHIS and NormVariant.ADA_PHIS.adaptive
+    assert NormVariant.ZCA.floored_alternative is NormVariant.ZCA_NF and NormVariant.PHIS.floored_alternative is None
     with pytest.raises(ValueError, match="unknown normalization variant 'phi'.*phis"):
         NormVariant.parse("phi")
 
@@ -343,7 +351,7 @@ def test_storage_noise_var_matches_measured_bf16_rounding() -> None:
     assert np.all(variants.storage_noise_var(Moments.from_batch(y_ND), None) == 0.0)
 
 
-@pytest.mark.parametrize("variant", WHITENING + [NormVariant.STANDARDIZE])
+@pytest.mark.parametrize("variant", WHITENING_NF + [NormVariant.STANDARDIZE_NF])
 def test_noise_floor_binds_on_a_noise_only_direction(variant: NormVariant) -> None:
     """A direction whose stored variance is only storage noise is not lifted to unit variance: its
     variance after the map is at most 1 / NOISE_FLOOR_FACTOR (hand-built: channel 0 is a constant 100
@@ -355,6 +363,8 @@ def test_noise_floor_binds_on_a_noise_only_direction(variant: NormVariant) -> No
     m = Moments(1000, mean_D, 1000 * cov_DD)
     with_floor = fit_normalizer(variant, m, keepbits=k)
     without = fit_normalizer(variant, m, keepbits=None)
+    paper = fit_normalizer(NormVariant(variant.value.removesuffix("_nf")), m, keepbits=k)  # no floor at all
+    assert float(paper.W_DD[:, 0] @ paper.W_DD[:, 0]) * noise0 == pytest.approx(1.0, rel=1e-6)
     out_with, out_without = output_cov(with_floor, m), output_cov(without, m)
     noise_share_with = float(with_floor.W_DD[:, 0] @ with_floor.W_DD[:, 0]) * noise0
     noise_share_without = float(without.W_DD[:, 0] @ without.W_DD[:, 0]) * noise0
@@ -370,14 +380,58 @@ def test_noise_floor_binds_on_a_noise_only_direction(variant: NormVariant) -> No
 def test_normalizer_file_records_split_floor_and_construction(tmp_path) -> None:
     m = random_moments(12, seed=25)
     path = tmp_path / "n.safetensors"
-    norm = load_or_fit(path, "hca", m, keepbits=7, split="train")
+    norm = load_or_fit(path, "hca_nf", m, keepbits=7, split="train")
     back = Normalizer.load(path)
     assert (back.split, back.keepbits, back.noise_floor_factor) == ("train", 7, variants.NOISE_FLOOR_FACTOR)
     assert back.construction == norm.construction and back.construction
     np.testing.assert_array_equal(back.floor_D, norm.floor_D)
-    assert NORMALIZER_VERSION == 2
+    assert NORMALIZER_VERSION == 3
     load_or_fit(tmp_path / "p.safetensors", "phis", m, keepbits=7)
     assert Normalizer.load(tmp_path / "p.safetensors").floor_D is None  # PHI-S divides by no eigenvalue
     for key, kw in (("split", {"keepbits": 7, "split": "all"}), ("keepbits", {"keepbits": None, "split": "train"})):
         with pytest.raises(NormalizerMismatchError, match=key):
-            load_or_fit(path, "hca", m, **kw)
+            load_or_fit(path, "hca_nf", m, **kw)
+
+
+# ---- issue 21: the paper's exact formulas; the floored fits under their own names -----------------------
+
+@pytest.mark.parametrize("variant", WHITENING + [NormVariant.STANDARDIZE])
+def test_paper_exact_whitening_reaches_identity_on_a_steep_spectrum(variant: NormVariant) -> None:
+    """A spectrum reaching 1e-7 × its mean eigenvalue (far below the old floor of 1e-6 × mean, far above
+    the numerical guard) is whitened to the identity within 1e-6: no eigenvalue is floored."""
+    d = 64
+    top_D = np.geomspace(5.0, 1e-5, d - 1)
+    lam_D = np.append(top_D, 1e-7 * top_D.sum() / (d - 1e-7))  # smallest = 1e-7 × the mean, exactly
+    U_DD = _random_rotation(d, 31) if variant is not NormVariant.STANDARDIZE else np.eye(d)
+    cov_DD = (U_DD * lam_D) @ U_DD.T
+    m = Moments(1000, np.random.default_rng(32).normal(size=d), 1000 * 0.5 * (cov_DD + cov_DD.T))
+    assert lam_D.min() / (np.trace(cov_DD) / d) == pytest.approx(1e-7, rel=1e-6)
+    norm = fit_normalizer(variant, m, keepbits=7)  # the storage precision does not floor a paper variant
+    np.testing.assert_allclose(output_cov(norm, m), np.eye(d), rtol=0, atol=1e-6)
+    floored = fit_normalizer(NormVariant(variant.value + "_nf"), m, keepbits=7)
+    assert np.trace(output_cov(floored, m)) < d - 0.5  # floored: the smallest direction(s) below unit variance
+    assert norm.floor_D.max() < 1e-12 * lam_D.max()  # the guard: far below any real eigenvalue
+
+
+def test_version_2_fits_of_the_floored_variants_are_refused_not_reused(tmp_path) -> None:
+    """A version-2 file of zca (then noise-floored) must not be read as the paper's zca; a version-2 PHI-S
+    (whose fit did not change) still reads."""
+    from safetensors.numpy import save_file
+
+    m = random_moments(8, seed=33)
+    for variant in ("zca", "phis"):
+        norm = fit_normalizer(variant if variant == "phis" else "zca_nf", m)
+        tensors = {"mu_D": norm.mu_D, "W_DD": norm.W_DD, "W_inv_DD": norm.W_inv_DD}
+        meta = {**norm.meta, "variant": variant, "normalizer_version": "2"}
+        save_file(tensors, str(tmp_path / f"{variant}.safetensors"), metadata=meta)
+    with pytest.raises(NormalizerMismatchError, match="version-2 'zca'.*noise-aware floor.*zca_nf"):
+        load_or_fit(tmp_path / "zca.safetensors", "zca", m)
+    assert Normalizer.load(tmp_path / "phis.safetensors").variant is NormVariant.PHIS
+
+
+def test_ada_variants_train_against_their_base_normalizers() -> None:
+    m = random_moments(16, seed=34)
+    a, b = fit_normalizer("ada_phis", m), fit_normalizer("phis", m)
+    assert a.variant is NormVariant.PHIS and np.array_equal(a.W_DD, b.W_DD)
+    assert variants.kind_variant("ada_phis", "patches", "cosine") is NormVariant.PHIS
+    assert variants.kind_variant("ada_mse", "summary", "variant") is NormVariant.MSE

@@ -23,7 +23,7 @@ def test_repository_params_yaml_parses_to_typed_sections():
     assert isinstance(p.distill.lr, float) and p.evaluate.knn_temperature == pytest.approx(0.07)
     assert p.run_dir("phis", 1) == p.distill.runs_dir / "phis-seed1"
     assert len(p.distill.seeds) >= 2 and p.distill.summary_loss == "cosine" and p.distill.grad_clip == 0.0
-    assert p.sweep_runs() == [(n, s) for n in p.distill.norms for s in p.distill.seeds]
+    assert p.sweep_runs() == [(n, s, "cosine") for n in p.distill.norms for s in p.distill.seeds]
 
 
 def test_int_is_accepted_for_float_and_missing_keys_take_defaults():
@@ -139,6 +139,41 @@ def test_distill_variant_config_resolved_from_params():
     assert (c.ckpt_every, c.num_workers, c.num_summary_tokens) == (p.distill.ckpt_every, p.distill.num_workers,
                                                                    p.distill.num_summary_tokens)
     assert 0 < c.ckpt_every < c.steps and c.num_summary_tokens is None  # the demo checkpoints mid-run
+
+
+def test_summary_loss_list_is_a_sweep_axis(tmp_path):
+    """distill.summary_loss as a list: every norm and seed once per summary loss, runs named with it
+    (`pipeline distill --sweep --summary-loss L`); one loss (a plain string or a one-item list) keeps
+    <norm>-seed<seed>; an unknown or repeated loss is refused."""
+    from pipeline.cmd_distill import resolve_distill
+
+    raw = _raw()
+    raw["distill"]["summary_loss"] = ["cosine", "variant"]
+    p = parse_params(raw)
+    assert p.summary_losses == ["cosine", "variant"]
+    assert len(p.sweep_runs()) == 2 * len(p.distill.norms) * len(p.distill.seeds)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    sweep = ["--params", str(params), "--sweep", "--norm", "zca", "--seed", "1"]
+    c = resolve_distill([*sweep, "--summary-loss", "variant"])
+    assert c.summary_loss == "variant" and c.out_dir == p.distill.runs_dir / "zca-variant-seed1"
+    assert resolve_distill([*sweep, "--summary-loss", "cosine"]).out_dir == p.distill.runs_dir / "zca-cosine-seed1"
+    # without --sweep the default is the list's first; a sweep run must say which loss it is
+    assert resolve_distill(["--params", str(params), "--norm", "zca"]).summary_loss == "cosine"
+    with pytest.raises(ValueError, match=r"distill.summary_loss lists \['cosine', 'variant'\]: give --summary-loss"):
+        resolve_distill(sweep)
+    with pytest.raises(ValueError, match="not in distill.summary_loss"):
+        p.run_dir("zca", 1, "mse")
+    for bad in (["cosine", "cosine"], ["cos"], []):
+        raw["distill"]["summary_loss"] = bad
+        with pytest.raises(ValueError, match="distill.summary_loss must be one of"):
+            parse_params(raw)
+    for one in ("variant", ["variant"]):
+        raw["distill"]["summary_loss"] = one
+        assert parse_params(raw).run_dir("zca", 1) == parse_params(raw).distill.runs_dir / "zca-seed1"
+        params.write_text(yaml.safe_dump(raw))
+        c = resolve_distill(["--params", str(params), "--sweep", "--norm", "zca", "--seed", "1"])
+        assert c.summary_loss == "variant" and c.out_dir == p.distill.runs_dir / "zca-seed1"
 
 
 def test_num_summary_tokens_is_checked_against_the_student():

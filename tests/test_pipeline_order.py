@@ -24,7 +24,7 @@ def _stages():
 
 def test_stages_expand_in_dvc_order():
     p = read_params(REPO / "params.yaml")
-    runs = [f"{n}-{s}" for n, s in p.sweep_runs()]
+    runs = [f"{n}-{s}" for n, s, _ in p.sweep_runs()]
     assert [s.name for s in _stages()] == (
         ["demo_corpus", "corpus"] + [f"extract@{t}" for t in p.extract.teachers]
         + [f"extract_text@{t}" for t in p.extract.text_teachers] + ["views"]
@@ -52,3 +52,34 @@ def test_demo_runs_dvc_yamls_commands_with_the_preset(preset):
         assert "--replace-conflicting" not in argv  # without DVC's cache a run is refused, never replaced
         assert [a for a in stage.argv[1:] if a not in ("params.yaml", "--replace-conflicting")] == \
                [a for a in argv if a != str(preset)]
+
+
+def test_a_dvc_yaml_with_the_summary_loss_axis_trains_and_evaluates_the_same_runs(tmp_path):
+    """docs/SWEEP.md: a copy of dvc.yaml whose distill / evaluate matrices add the summary loss runs every
+    norm x seed x loss of a list-valued distill.summary_loss (`pipeline demo --dvc-yaml FILE`): each distill
+    command trains into the run path its evaluate command scores; the stock dvc.yaml refuses such a list."""
+    import yaml
+
+    from pipeline.cmd_distill import resolve_distill
+
+    text = (REPO / "dvc.yaml").read_text()
+    matrix = "      norm: ${distill.norms}\n      seed: ${distill.seeds}\n"
+    assert text.count(matrix) == 2
+    copy = (text.replace(matrix, matrix + "      summary_loss: ${distill.summary_loss}\n")
+            .replace("--seed ${item.seed}", "--seed ${item.seed} --summary-loss ${item.summary_loss}")
+            .replace("${item.norm}-seed${item.seed}", "${item.norm}-${item.summary_loss}-seed${item.seed}"))
+    (tmp_path / "dvc.yaml").write_text(copy)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["distill"]["summary_loss"] = ["cosine", "variant"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = read_params(tmp_path / "params.yaml")
+    stages = stage_commands(tmp_path / "dvc.yaml", asdict(p))
+    trained = [resolve_distill(_argv(s.argv, tmp_path / "params.yaml")[1:]) for s in stages
+               if s.name.startswith("distill@")]
+    evaluated = [Path(next(a for a in s.argv if a.startswith(str(p.distill.runs_dir)))) for s in stages
+                 if s.name.startswith("evaluate@")]
+    assert [c.out_dir for c in trained] == evaluated == [p.run_dir(*r) for r in p.sweep_runs()]
+    assert {(c.norm.value, c.seed, c.summary_loss) for c in trained} == set(p.sweep_runs())
+    stock = next(s for s in stage_commands(REPO / "dvc.yaml", asdict(p)) if s.name.startswith("distill@"))
+    with pytest.raises(ValueError, match="give --summary-loss"):
+        resolve_distill(_argv(stock.argv, tmp_path / "params.yaml")[1:])

@@ -26,7 +26,8 @@ def test_report_rows_rank_by_category_and_leave_summary_mse_unranked():
     rows, ranking, _ = report_rows({"x": _eval("mse", 3.0, 3.0, 0.5), "y": _eval("phis", 1.0, 2.0, 0.9)})
     assert ranking.categories == {"Teacher MSE": ["ta/patches/mse", "tb/patches/mse"],
                                   "Classification": ["probe/knn_acc"]}
-    assert ranking.empty_categories == ["Segmentation"]
+    assert ranking.empty_categories == ["Segmentation", "SAM-COCO", "LLaVA-1.5", "Probe 3D"]
+    assert not ranking.paper_average
     assert ranking.reported == ["ta/summary/mse"]  # reported, not ranked (PHI-S paper)
     assert [r["variant"] for r in rows] == ["phis", "mse"] and rows[0]["avg_rank"] == 1.0
     assert rows[1]["rank Teacher MSE"] == 2.0 and rows[1]["avg_rank"] == 2.0
@@ -149,7 +150,12 @@ def test_write_report_files_ranks_and_cost(tmp_path):
     assert "| r_phis | phis | tiny | 20 | 0 | val (4) | ta, tb | 8 s | ok |" in text
     assert "Lower is better: `ta/patches/mse`, `ta/summary/mse`, `tb/patches/mse`" in text
     assert "Higher is better: `probe/knn_acc`." in text
-    assert "Probe: the student's raw summary token 0" in text and "τ = 0.07" in text
+    # runs evaluated before the kNN feature was recorded used summary token 0: the report says so
+    assert "Probe feature: raw student summary token 0, view 0 (1 summary token(s))." in text and "τ = 0.07" in text
+    assert ("The average covers 2 of the paper's six categories (Teacher MSE, Classification); missing: "
+            "**Segmentation, SAM-COCO, LLaVA-1.5, Probe 3D**") in text and "not the paper's average" in text
+    assert "| variant | norm | summary loss | seeds |" in text and "average rank (2 of 6 categories) |" in text
+    assert "## Teachers" in text and "RankMe" in text, text
     assert "| run | teacher/kind | MSE | normalized error | err. var. range (teacher) | err. var. range (normalized) |" in text
     nerr = [ln for ln in text.splitlines() if ln.startswith("| r_phis | tb/patches |")]
     assert len(nerr) == 1 and nerr[0].split(" | ")[3] not in ("n/a", "0")  # MSE / teacher variance
@@ -336,8 +342,17 @@ def test_evaluate_and_report_cli_on_two_trained_runs(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", *map(str, runs), "--batch-size", "8"])
     assert res.exit_code == 0, res.output
     assert "ta: summary mse" in res.output and "probe: kNN acc" in res.output
+    assert "feature: the K raw student summary tokens concatenated (RADIO's _extract_final)" in res.output
+    assert json.loads((runs[0] / "eval" / "metrics.json").read_text())["probe"]["knn_feature"] == "concat"
     res = CliRunner().invoke(app, ["report", *map(str, runs), "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Probe feature: the K raw student summary tokens concatenated" in text
+    # the paper's standardize and PHI-S ask for unit variance in every channel; summaries train raw (cosine)
+    for norm in ("phis", "standardize"):
+        for teacher in ("ta", "tb"):
+            assert f"| {norm} | {teacher} | patches | {norm} | 1 | 1 | 1 |" in text, text
+        assert f"| {norm} | ta | summary | cosine |" in text
     with open(tmp_path / "rep" / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["norm"] for r in rows} == {"phis", "standardize"}
@@ -361,7 +376,7 @@ def test_metric_missing_from_some_runs_is_named_not_silently_dropped(tmp_path):
     runs = [_run_dir(tmp_path, root, name, ev) for name, ev in evals.items()]
     text = write_report(runs, tmp_path / "report").read_text()
     assert "**Not ranked**" in text and "- `probe/knn_acc`: missing from zca" in text
-    assert "Left out of the average (no run has a metric of theirs): **Classification**, **Segmentation**" in text
+    assert "missing: **Classification, Segmentation, SAM-COCO, LLaVA-1.5, Probe 3D**" in text
 
 
 def test_downstream_sections_are_flattened_and_ranked_in_their_categories():
@@ -375,13 +390,27 @@ def test_downstream_sections_are_flattened_and_ranked_in_their_categories():
     other = _eval("mse", 1.0, 2.0, 0.9)
     other["zeroshot"] = {"clip": {"top1": 0.5, "teacher_top1": 0.6}}
     other["seg"] = {"linear_miou": 0.1, "openvocab_miou": {"clip": 0.25}}
+    ev["zeroshot_ranked"] = other["zeroshot_ranked"] = "clip"  # the designated zero-shot teacher
     rows, ranking, _ = report_rows({"a": ev, "b": other})
     assert ranking.categories["Classification"] == ["probe/knn_acc", "zeroshot/clip/top1"]
-    assert ranking.categories["Segmentation"] == ["seg/linear_miou", "seg/openvocab_miou/clip"]
-    assert "zeroshot/clip/teacher_top1" in ranking.reported
+    # linear probes only: open-vocabulary segmentation is in neither paper's ranking
+    assert ranking.categories["Segmentation"] == ["seg/linear_miou"]
+    assert "zeroshot/clip/teacher_top1" in ranking.reported and "seg/openvocab_miou/clip" in ranking.reported
     by = {r["variant"]: r for r in rows}
     assert by["mse"]["rank Classification"] == pytest.approx((1.5 + 1) / 2)  # knn tie, zero-shot better
-    assert by["phis"]["rank Segmentation"] == pytest.approx((1 + 2) / 2)
+    assert by["phis"]["rank Segmentation"] == 1.0
+    # evaluations from before the designation was recorded: the run's first teacher with a zero-shot result
+    del ev["zeroshot_ranked"], other["zeroshot_ranked"]
+    ev["zeroshot"]["siglip"] = other["zeroshot"]["siglip"] = {"top1": 0.1, "teacher_top1": 0.2}
+    configs = {r: {"norm": e["norm"], "teachers": ["ta", "siglip", "clip"]} for r, e in (("a", ev), ("b", other))}
+    assert report_rows({"a": ev, "b": other}, configs)[1].categories["Classification"] == [
+        "probe/knn_acc", "zeroshot/siglip/top1"]
+    # without any zero-shot result none is ranked; two designations cannot be ranked together
+    assert report_rows({"a": _eval("phis", 1.0, 2.0, 0.9), "b": _eval("mse", 1.0, 2.0, 0.9)})[1].categories[
+        "Classification"] == ["probe/knn_acc"]
+    ev["zeroshot_ranked"], other["zeroshot_ranked"] = "clip", "siglip"
+    with pytest.raises(ValueError, match=r"different teachers \['clip', 'siglip'\]"):
+        report_rows({"a": ev, "b": other})
 
 
 def test_evaluate_root_reads_a_moved_store_and_refuses_another_one(tmp_path):
@@ -412,3 +441,23 @@ def test_evaluate_root_reads_a_moved_store_and_refuses_another_one(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(run), "--root", str(other)])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "the ta store there is not the one run" in text and "stats_hash" in text, text
+
+
+def test_summary_loss_sweep_is_ranked_per_loss_and_the_order_change_named():
+    """distill.summary_loss as a sweep axis: variants named <norm>/<loss>, each loss's norms ranked among
+    themselves, and the report says whether the order changes."""
+    from stages.evaluate.report import _ranking_lines
+
+    evals = {"phis-cosine-seed0": _eval("phis", 1.0, 1.0, 0.9), "mse-cosine-seed0": _eval("mse", 2.0, 2.0, 0.5),
+             "phis-variant-seed0": _eval("phis", 2.0, 2.0, 0.5), "mse-variant-seed0": _eval("mse", 1.0, 1.0, 0.9)}
+    configs = {r: {"norm": ev["norm"], "summary_loss": r.split("-")[1], "seed": 0, "out_dir": r}
+               for r, ev in evals.items()}
+    rows, ranking, variants = report_rows(evals, configs)
+    assert sorted(v.name for v in variants) == ["mse/cosine", "mse/variant", "phis/cosine", "phis/variant"]
+    text = "\n".join(_ranking_lines(rows, ranking, variants))
+    assert "- `cosine` summaries: phis > mse" in text and "- `variant` summaries: mse > phis" in text
+    assert "**The order of the normalizations changes with the summary loss**" in text
+    configs["mse-variant-seed0"]["summary_loss"] = configs["phis-variant-seed0"]["summary_loss"] = "variant"
+    evals["mse-variant-seed0"], evals["phis-variant-seed0"] = _eval("mse", 2.0, 2.0, 0.4), _eval("phis", 1.0, 1.0, 0.8)
+    rows, ranking, variants = report_rows(evals, configs)
+    assert "is **the same** under every summary loss" in "\n".join(_ranking_lines(rows, ranking, variants))

@@ -61,7 +61,7 @@ def test_clean_store_verifies_and_info_reports_statistics(store_root):
     assert info.exit_code == 0, info.output
     assert "images 12 x views 2; valid views 20; shards 3/3 complete" in info.output
     assert "summary none; patches [12, 2, 8, 8, 96]" in info.output
-    assert "effective rank (exp entropy)" in info.output and "bits/value" in info.output
+    assert "RankMe" in info.output and "eigenvalue entropy rank" in info.output and "bits/value" in info.output
 
 
 def test_flipped_byte_names_the_damaged_image(store_root):

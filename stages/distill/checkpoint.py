@@ -1,8 +1,8 @@
 """Checkpoints of a stage-two run (store-fed agglomerative distillation, AM-RADIO arXiv 2312.06709).
 
 A checkpoint holds everything needed to continue a run bit-for-bit on the same hardware: student and
-head weights, optimizer and scheduler state, the loader state (epoch, position), the step, and the RNG
-states. It contains only tensors and plain Python values, so `torch.load(path, weights_only=True)` reads
+head weights, optimizer and scheduler state, the loader state (epoch, position), the step, the RNG
+states, and for an AdaLoss variant the moving averages of its loss terms (``adaloss``). It contains only tensors and plain Python values, so `torch.load(path, weights_only=True)` reads
 it. Writes are atomic (temporary file, fsync, then rename): an interrupted save, or one that runs out of
 disk space (a StorageWriteError naming the path and the free space), leaves the previous checkpoint.
 
@@ -55,8 +55,9 @@ def restore_rng_states(states: dict[str, torch.Tensor], device: torch.device) ->
 
 def save_checkpoint(path: Path, *, student: torch.nn.Module, heads: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    state: TrainState, config: dict[str, Any], device: torch.device) -> None:
-    """Write a checkpoint atomically."""
+                    state: TrainState, config: dict[str, Any], device: torch.device,
+                    adaloss: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically (``adaloss``: an AdaLoss variant's state, ``AdaLoss.state_dict``)."""
     payload = {
         "version": CHECKPOINT_VERSION,
         "step": int(state.step),
@@ -68,6 +69,8 @@ def save_checkpoint(path: Path, *, student: torch.nn.Module, heads: torch.nn.Mod
         "rng": rng_states(device),
         "config": config,
     }
+    if adaloss is not None:
+        payload["adaloss"] = adaloss
     payload["digest"] = payload_digest(payload)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

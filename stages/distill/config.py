@@ -174,20 +174,30 @@ class DistillConfig:
 class SweepConfig:
     """The normalization sweep (PHI-S, arXiv 2410.01680) around one DistillConfig: every variant of `norms`
     trained once per seed of `seeds` into <runs_dir>/<norm>-seed<seed>; the report shows mean ± std over
-    seeds. The first norm and seed are DistillConfig's defaults (a single run is the sweep's first)."""
+    seeds. The first norm and seed are DistillConfig's defaults (a single run is the sweep's first).
+    `summary_losses` is a third axis (the paper does not say which summary loss it used): with more than one,
+    every norm and seed is trained once per summary loss into <runs_dir>/<norm>-<summary loss>-seed<seed>."""
 
     norms: tuple[str, ...] = (NormVariant.PHIS.value, NormVariant.MSE.value, NormVariant.STANDARDIZE.value,
                               NormVariant.ZCA.value)
     seeds: tuple[int, ...] = (0, 1)
     runs_dir: Path = Path("runs")
+    summary_losses: tuple[str, ...] = (DistillConfig.summary_loss,)
 
-    def run_dir(self, norm: str, seed: int) -> Path:
-        """Run directory of one variant and seed: <runs_dir>/<norm>-seed<seed>."""
-        return Path(self.runs_dir) / f"{norm}-seed{seed}"
+    def run_dir(self, norm: str, seed: int, summary_loss: str | None = None) -> Path:
+        """Run directory of one variant and seed: <runs_dir>/<norm>-seed<seed>; with several summary losses,
+        <runs_dir>/<norm>-<summary loss>-seed<seed> (`summary_loss` one of them)."""
+        if len(self.summary_losses) == 1:
+            if summary_loss not in (None, self.summary_losses[0]):
+                raise ValueError(f"summary loss {summary_loss!r} is not the sweep's ({self.summary_losses[0]!r})")
+            return Path(self.runs_dir) / f"{norm}-seed{seed}"
+        if summary_loss not in self.summary_losses:
+            raise ValueError(f"summary loss {summary_loss!r} is not in distill.summary_loss {list(self.summary_losses)}")
+        return Path(self.runs_dir) / f"{norm}-{summary_loss}-seed{seed}"
 
-    def runs(self) -> list[tuple[str, int]]:
-        """Every (norm, seed), norms outer (the order of dvc.yaml's matrix)."""
-        return [(n, s) for n in self.norms for s in self.seeds]
+    def runs(self) -> list[tuple[str, int, str]]:
+        """Every (norm, seed, summary loss), norms outer (the order of dvc.yaml's matrix)."""
+        return [(n, s, sl) for n in self.norms for s in self.seeds for sl in self.summary_losses]
 
 
 def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: Path) -> None:

@@ -4,7 +4,9 @@ it compares; loss-side variants train on raw targets with their own loss).
 
 Loss = Σ_t w_t · (summary_weight · L_s(summary_t) + feature_weight · L(patches_t)), L = target_loss of the
 variant's loss kind on normalized targets; L_s = cosine on raw summaries (summary_loss "cosine", the
-default, as in both papers) or the variant's own (summary_loss "variant"). AdamW (no weight decay on
+default, as in both papers) or the variant's own (summary_loss "variant"). The AdaLoss variants (ada_mse,
+ada_phis; PHI-S Table 12) divide every term by a moving average of itself (``stages.normalize.adaloss``),
+whose state is checkpointed with the run. AdamW (no weight decay on
 biases, norms, and the tokens / position embeddings the model's `no_weight_decay()` names, as in timm),
 linear warmup then cosine decay to zero, bf16 autocast on CUDA only, optional gradient-norm clipping (off by
 default, so every variant gets the same optimizer); the share of clipped steps is logged as ``clip_frac``
@@ -54,6 +56,7 @@ from stages.distill.run_dir import (CONFIG_NAME, check_config_matches_checkpoint
                                     metrics_path, read_run_config, write_run_config)
 from stages.distill.run_lease import run_lease
 from stages.normalize import kind_variant, target_loss
+from stages.normalize.adaloss import AdaLoss
 from stages.students import HeadTarget, Student, TeacherHeads
 from stages.students.build import build_models, heads_to_json
 from stages.students.preprocess import student_pixels
@@ -158,22 +161,37 @@ def normalize_targets(raw: dict[str, torch.Tensor], normalizers: dict[str, dict[
 
 
 def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
-                 targets: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 targets: dict[str, torch.Tensor], device: torch.device, *, ada: AdaLoss | None = None,
+                 reduce: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"}) against
-    normalized targets on `device` ({"<t>/patches", "<t>/summary"})."""
+    normalized targets on `device` ({"<t>/patches", "<t>/summary"}).
+
+    An AdaLoss variant (``config.norm.adaptive``) needs ``ada``: each term is divided by its moving
+    average (updated here with this step's values, averaged over ranks by ``reduce``), and the weights
+    are added to the parts as "ada_w/<t>/<kind>"."""
     kind = config.norm.loss
     summary_kind = kind_variant(config.norm, "summary", config.summary_loss).loss
-    total = torch.zeros((), device=device)
-    parts: dict[str, torch.Tensor] = {}
+    terms: dict[str, torch.Tensor] = {}
     for t in config.teachers:
         summary_BC, patches_BhwC = preds[t]
-        lp = target_loss(kind, patches_BhwC.float(), targets[f"{t}/patches"])
-        parts[f"loss/{t}/patches"] = lp.detach()
-        teacher_loss = config.feature_weight * lp
+        terms[f"loss/{t}/patches"] = target_loss(kind, patches_BhwC.float(), targets[f"{t}/patches"])
         if summary_BC is not None:
-            ls = target_loss(summary_kind, summary_BC.float(), targets[f"{t}/summary"])
-            parts[f"loss/{t}/summary"] = ls.detach()
-            teacher_loss = teacher_loss + config.summary_weight * ls
+            terms[f"loss/{t}/summary"] = target_loss(summary_kind, summary_BC.float(), targets[f"{t}/summary"])
+    parts: dict[str, torch.Tensor] = {name: term.detach() for name, term in terms.items()}
+    w = {name: 1.0 for name in terms}  # AdaLoss weights (1.0: the plain sum, bit-identical to it)
+    if config.norm.adaptive:
+        if ada is None:
+            raise ValueError(f"variant {config.norm.value} divides each loss term by its moving average: "
+                             "distill_loss needs its AdaLoss state (ada=)")
+        w = ada.update({name: float(term.detach()) for name, term in terms.items()}, reduce)
+        parts.update({"ada_w/" + name.removeprefix("loss/"): torch.tensor(v, device=device) for name, v in w.items()})
+    total = torch.zeros((), device=device)
+    for t in config.teachers:
+        key = f"loss/{t}/patches"
+        teacher_loss = (config.feature_weight * w[key]) * terms[key]
+        key = f"loss/{t}/summary"
+        if key in terms:
+            teacher_loss = teacher_loss + (config.summary_weight * w[key]) * terms[key]
         total = total + config.teacher_weight(t) * teacher_loss
     return total, parts
 
@@ -276,9 +294,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LambdaLR, device: torch.device,
-             ckpt: dict[str, Any] | None = None) -> TrainState:
-    """Load the run's checkpoint (`ckpt`: already read) into model / optimizer / scheduler / RNGs; returns
-    its TrainState."""
+             ckpt: dict[str, Any] | None = None, ada: AdaLoss | None = None) -> TrainState:
+    """Load the run's checkpoint (`ckpt`: already read) into model / optimizer / scheduler / RNGs (and the
+    AdaLoss averages, `ada`); returns its TrainState."""
     if ckpt is None:
         ckpt = load_checkpoint(checkpoint_path(config.out_dir))
     if config.steps < int(ckpt["step"]):
@@ -295,6 +313,11 @@ def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Opt
     for group, base_lr, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base_lr * fn(scheduler.last_epoch)
     restore_rng_states(ckpt["rng"], device)
+    if ada is not None:
+        if "adaloss" not in ckpt:
+            raise ValueError(f"{checkpoint_path(config.out_dir)} holds no AdaLoss state, which variant "
+                             f"{config.norm.value} needs to resume; train the run again from step 0")
+        ada.load_state_dict(ckpt["adaloss"])
     return TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
 
 
@@ -331,8 +354,9 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
     model = Distiller(student, heads).to(device)
     optimizer, scheduler = make_optimizer(config, model)
     state = TrainState(step=0, loader=LoaderState())
+    ada = AdaLoss() if config.norm.adaptive else None
     if resume:
-        state = _restore(config, model, optimizer, scheduler, device, ckpt=ckpt_data)
+        state = _restore(config, model, optimizer, scheduler, device, ckpt=ckpt_data, ada=ada)
         if is_main:
             _truncate_metrics(metrics_path(config.out_dir), state.step)
     world = 1 if dist_ctx is None else dist_ctx.world_size
@@ -352,13 +376,14 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
         with stop:
-            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx, lease), loader, state,
-                  end=end, stop=stop)
+            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx, lease, ada), loader,
+                  state, end=end, stop=stop)
     if is_main:
         if lease is not None:
             lease.check()  # never replace the checkpoint of a run directory another run has taken over
         save_checkpoint(checkpoint_path(config.out_dir), student=student, heads=heads, optimizer=optimizer,
-                        scheduler=scheduler, state=state, config=config.to_dict(), device=device)
+                        scheduler=scheduler, state=state, config=config.to_dict(), device=device,
+                        adaloss=None if ada is None else ada.state_dict())
         if state.step >= config.steps:
             export_run(config.out_dir)
     if stop.signum is not None:
@@ -369,17 +394,19 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
 
 def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
-               device: torch.device, normalizers: dict[str, dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+               device: torch.device, normalizers: dict[str, dict[str, Any]], ada: AdaLoss | None = None,
+               reduce: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """One optimization step on one batch: (loss, per-teacher parts, the lr it used).
 
     The batch's stored targets (compact dtype, from the loader) are copied to `device`, widened and
     normalized there (`normalize_targets`). parts also holds "grad_norm" (total gradient norm before any
-    clip) and "clipped" (1.0 when the clip bound this step, else 0.0)."""
+    clip) and "clipped" (1.0 when the clip bound this step, else 0.0). ``ada`` / ``reduce``: the AdaLoss
+    state of an adaptive variant and the mean over ranks (``distill_loss``)."""
     x_BCHW = student_pixels(batch["image_BHW3"], device=device)
     targets = normalize_targets(targets_on_device(batch, device), normalizers)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         preds = wrapped(x_BCHW)
-    loss, parts = distill_loss(config, preds, targets, device)
+    loss, parts = distill_loss(config, preds, targets, device, ada=ada, reduce=reduce)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")  # inf: measure, never clip
@@ -405,6 +432,7 @@ class _Loop:
     device: torch.device
     dist_ctx: DistContext | None
     lease: Lease | None = None  # rank 0's lease on the run directory
+    ada: AdaLoss | None = None  # the moving averages of an AdaLoss variant (None for the others)
 
     @property
     def is_main(self) -> bool:
@@ -415,7 +443,8 @@ class _Loop:
             self.lease.check()
         save_checkpoint(checkpoint_path(self.config.out_dir), student=self.model.student, heads=self.model.heads,
                         optimizer=self.optimizer, scheduler=self.scheduler, state=state,
-                        config=self.config.to_dict(), device=self.device)
+                        config=self.config.to_dict(), device=self.device,
+                        adaloss=None if self.ada is None else self.ada.state_dict())
 
 
 def _logged_elapsed(path: Path) -> float:
@@ -437,11 +466,16 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
                dynamic_ncols=True)
     t_last, images_since, clipped_since, steps_since = time.perf_counter(), 0, 0.0, 0
     t_ckpt = time.monotonic()
+
+    def reduce(values: list[float]) -> list[float]:  # AdaLoss: the same averages on every rank
+        return all_reduce_mean(torch.tensor(values, dtype=torch.float64, device=run.device), dist_ctx).tolist()
+
     elapsed = _logged_elapsed(metrics_file) if run.is_main else 0.0  # training time before this resume
     run.model.train()
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
-                                     device=run.device, normalizers=run.dataset.stores.normalizers)
+                                     device=run.device, normalizers=run.dataset.stores.normalizers, ada=run.ada,
+                                     reduce=reduce)
         state.step += 1
         position = batch["position"] + 1
         state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch

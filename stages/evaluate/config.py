@@ -16,7 +16,9 @@ from stages.evaluate.downstream import DownstreamConfig
 @dataclass(frozen=True)
 class EvaluateConfig:
     """split: the manifest split evaluated; batch_size: views per student forward; probe_labels: CSV uri,label
-    of the kNN probe (None: probe_labels.csv beside the corpus image folder, skipped when absent); the
+    of the kNN probe (None: probe_labels.csv beside the corpus image folder, skipped when absent); knn_feature:
+    the probe's feature, "concat" (every student summary token) or "token0"; zeroshot_teacher: the one
+    zero-shot the PHI-S ranking counts (None: the first CLIP-family teacher with text); the other
     zeroshot_* / seg_* fields: the downstream evaluation (None class file / masks folder: skipped)."""
 
     split: str = "val"
@@ -24,8 +26,10 @@ class EvaluateConfig:
     probe_labels: Path | None = None
     knn_k: int = 20
     knn_temperature: float = 0.07
+    knn_feature: str = "concat"  # every student summary token concatenated (RADIO's kNN feature), or token0
     zeroshot_classes: Path | None = DownstreamConfig.zeroshot_classes
     zeroshot_templates: str = DownstreamConfig.zeroshot_templates
+    zeroshot_teacher: str | None = DownstreamConfig.zeroshot_teacher  # the zero-shot the ranking counts
     seg_masks: Path | None = DownstreamConfig.seg_masks
     seg_classes: Path | None = DownstreamConfig.seg_classes
     seg_templates: str = DownstreamConfig.seg_templates
@@ -35,7 +39,8 @@ class EvaluateConfig:
         """The downstream part (zero-shot, segmentation probes)."""
         return DownstreamConfig(zeroshot_classes=self.zeroshot_classes, zeroshot_templates=self.zeroshot_templates,
                                 seg_masks=self.seg_masks, seg_classes=self.seg_classes,
-                                seg_templates=self.seg_templates, seg_probe_steps=self.seg_probe_steps)
+                                seg_templates=self.seg_templates, seg_probe_steps=self.seg_probe_steps,
+                                zeroshot_teacher=self.zeroshot_teacher)
 
 
 @dataclass(frozen=True)

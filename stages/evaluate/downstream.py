@@ -48,6 +48,7 @@ class DownstreamConfig:
     seg_probe_steps: int = 100
     seg_probe_lr: float = 2e-2
     seed: int = 0
+    zeroshot_teacher: str | None = None  # the zero-shot teacher the ranking counts (None: the first with text)
 
 
 @torch.no_grad()
@@ -91,6 +92,22 @@ def _usable_ids(manifest: Any, stores: dict[str, Any], ids: list[int]) -> np.nda
 def clip_teachers(stores: dict[str, Any]) -> list[str]:
     """Teachers of the run with an open_clip tower (a text tower exists for them)."""
     return [t for t, s in stores.items() if s.spec.family is Family.OPEN_CLIP]
+
+
+def ranked_zeroshot_teacher(stores: dict[str, Any], requested: str | None = None) -> str:
+    """The one teacher whose zero-shot the PHI-S ranking counts (the paper: DFN CLIP's): ``requested`` when
+    given, else the first CLIP-family teacher, in the run's teacher order, whose store holds text
+    embeddings (``pipeline extract-text``). ValueError naming the valid choices otherwise."""
+    valid = [t for t in clip_teachers(stores) if text_store.list_prompt_sets(stores[t].path)]
+    if requested is not None:
+        if requested not in valid:
+            raise ValueError(f"zero-shot teacher {requested!r} is not a CLIP-family teacher of this run with text "
+                             f"embeddings; valid: {', '.join(valid) or 'none'}")
+        return requested
+    if not valid:
+        raise ValueError(f"no CLIP-family teacher of this run ({', '.join(clip_teachers(stores)) or 'none'}) has "
+                         "text embeddings: run `pipeline extract-text` first")
+    return valid[0]
 
 
 def zeroshot_eval(model: Any, manifest: Any, stores: dict[str, Any], labels: dict[str, str], cfg: DownstreamConfig,

@@ -8,16 +8,19 @@ teacher-space MSE, mean / minimum token cosine, and the range of per-channel err
 and in normalized space (``stages.evaluate.metrics``).
 
 Downstream probe: when the corpus has labels (``probe_labels.csv`` with columns uri,label, as the demo
-corpus writes beside its images folder), the student's *raw* summary token 0 (before any head) of view 0 (the full image) of every
-labeled ok image is the feature; the kNN classifier (cosine, τ = 0.07, k = 20) is fitted on the manifest's
-train split and scored on the val split. kNN accuracy is also reported per teacher summary head
-(its teacher-space output) under ``probe.heads``.
+corpus writes beside its images folder), the student's *raw* summary tokens (before any head) of view 0
+(the full image) of every labeled ok image are the feature: by default (``knn_feature="concat"``) all K
+summary tokens concatenated, as RADIO's ``_extract_final`` forms its summary (one CLS token per teacher);
+``"token0"`` takes token 0 only. The kNN classifier (cosine, τ = 0.07, k = 20) is fitted on the manifest's
+train split and scored on the val split; ``probe.knn_feature`` / ``probe.feature`` record which feature.
+kNN accuracy is also reported per teacher summary head (its teacher-space output) under ``probe.heads``.
 
 Downstream (``stages.evaluate.downstream``, with a ``DownstreamConfig``): zero-shot classification,
 linear-probe and open-vocabulary segmentation of the exported student (``export.safetensors`` through
 ``stages.distill.exported.load_exported``) with its teachers' stored outputs as references, under the
 keys ``zeroshot`` and ``seg`` (metrics only; what they were measured on is under ``downstream_info``;
-``zeroshot_skipped`` / ``seg_skipped`` say why one was not run).
+``zeroshot_skipped`` / ``seg_skipped`` say why one was not run). ``zeroshot_ranked`` names the one
+zero-shot teacher the PHI-S ranking counts (``downstream.ranked_zeroshot_teacher``).
 
 Writes ``<run>/eval/metrics.json``. Shape legend: B batch, K summary tokens, C channels, h/w grid.
 """
@@ -38,12 +41,24 @@ from stages.distill.loader import StoreSet
 from stages.distill.run import load_run, run_progress
 from stages.distill.run_dir import eval_path
 from stages.evaluate.config import EvaluateConfig
-from stages.evaluate.downstream import DownstreamConfig, clip_teachers, seg_eval, zeroshot_eval
+from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_zeroshot_teacher, seg_eval,
+                                       zeroshot_eval)
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
 from store_schema.location import as_location
 from stages.students.preprocess import student_pixels
 from store_schema.layout import demo_probe_labels_path
+
+KNN_FEATURES = {"concat": "the K raw student summary tokens concatenated (RADIO's _extract_final), view 0",
+                "token0": "raw student summary token 0, view 0"}
+
+
+def summary_feature(summary_BKC: torch.Tensor, knn_feature: str) -> torch.Tensor:
+    """The probe feature [B, K·C] (concat) or [B, C] (token0) from the student's summary tokens."""
+    if knn_feature not in KNN_FEATURES:
+        raise ValueError(f"unknown kNN feature {knn_feature!r}; valid: {', '.join(KNN_FEATURES)}")
+    return summary_BKC.flatten(1) if knn_feature == "concat" else summary_BKC[:, 0]
+
 
 def config_field(config: dict[str, Any], key: str, run: str) -> Any:
     """One field of a run's config, with an error naming the run and the keys it has."""
@@ -64,10 +79,10 @@ def read_probe_labels(path: Path) -> dict[str, str]:
 @torch.no_grad()
 def _forward(student: torch.nn.Module, heads: torch.nn.Module, manifest: Any, pairs_B2: np.ndarray,
              img_size: int) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
-    """(raw student summary token 0 [B, C], head outputs in normalized space per teacher)."""
+    """(raw student summary tokens [B, K, C], head outputs in normalized space per teacher)."""
     device = next(student.parameters()).device
     out = student(student_pixels(torch.from_numpy(render_samples(manifest, pairs_B2, img_size)), device=device))
-    return out.summary_BKC[:, 0].float(), heads(out)
+    return out.summary_BKC.float(), heads(out)
 
 
 def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np.ndarray, *, img_size: int,
@@ -98,7 +113,7 @@ def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np
 
 
 def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, str], *, img_size: int,
-           batch_size: int, k: int, temperature: float) -> dict[str, Any]:
+           batch_size: int, k: int, temperature: float, knn_feature: str) -> dict[str, Any]:
     """kNN (and linear) probe on view 0 of labeled ok images: fit on train, score on val."""
     ids = np.array([i for i in manifest.ids if manifest.ok_N[i] and manifest.uris[i] in labels], np.int64)
     y_N = np.array([labels[manifest.uris[i]] for i in ids])
@@ -106,8 +121,8 @@ def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, s
     feats: dict[str, list[np.ndarray]] = {"student": []}
     for lo in range(0, len(ids), batch_size):
         pairs_B2 = np.stack([ids[lo : lo + batch_size], np.zeros(len(ids[lo : lo + batch_size]), np.int64)], 1)
-        raw_BC, preds = _forward(student, heads, manifest, pairs_B2, img_size)
-        feats["student"].append(raw_BC.cpu().numpy())
+        raw_BKC, preds = _forward(student, heads, manifest, pairs_B2, img_size)
+        feats["student"].append(summary_feature(raw_BKC, knn_feature).cpu().numpy())
         for t, (summary_BC, _) in preds.items():
             if summary_BC is not None:
                 feats.setdefault(t, []).append(normalizers[t]["summary"].invert(summary_BC.float().cpu()).numpy())
@@ -119,7 +134,9 @@ def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, s
            for name, x_NC in x.items()}
     linear = (linear_probe_accuracy(x["student"][tr], y_N[tr], x["student"][va], y_N[va])
               if len(np.unique(y_N[tr])) > 1 else None)
-    return {"feature": "raw student summary token 0, view 0", "knn_acc": acc.pop("student"),
+    return {"feature": KNN_FEATURES[knn_feature], "knn_feature": knn_feature,
+            "summary_tokens": int(student.num_summary_tokens) if knn_feature == "concat" else 1,
+            "knn_acc": acc.pop("student"),
             "linear_acc": linear, "heads": acc, "k": k, "temperature": temperature,
             "num_train": int(tr.sum()), "num_val": int(va.sum()), "num_classes": int(len(np.unique(y_N)))}
 
@@ -141,6 +158,7 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
     model = load_exported(run_dir, device=device)
     info: dict[str, Any] = {}
     if "zeroshot_skipped" not in out:
+        out["zeroshot_ranked"] = ranked_zeroshot_teacher(stores.stores, cfg.zeroshot_teacher)
         out["zeroshot"], info["zeroshot"] = zeroshot_eval(model, stores.manifest, stores.stores,
                                                           read_probe_labels(labels_path), cfg, split=split,
                                                           batch_size=batch_size)
@@ -153,7 +171,8 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
 
 def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size: int = EvaluateConfig.batch_size,
                  labels_path: Path | None = EvaluateConfig.probe_labels, knn_k: int = EvaluateConfig.knn_k,
-                 knn_temperature: float = EvaluateConfig.knn_temperature, device: str = "cpu",
+                 knn_temperature: float = EvaluateConfig.knn_temperature,
+                 knn_feature: str = EvaluateConfig.knn_feature, device: str = "cpu",
                  downstream: DownstreamConfig | None = None, root: Any = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
@@ -163,12 +182,14 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     malformed, is an error. ``downstream`` adds zero-shot (needs the probe labels) and segmentation
     results (see the module docstring). ``root`` reads the stores from another store root than the one
     the run recorded (a moved or copied root; its stores must be the run's, `stages.distill.run.moved_root`).
+    ``knn_feature``: "concat" (every student summary token, RADIO's kNN feature) or "token0".
 
     metrics.json records which training state it measured: ``checkpoint_step``, ``run_steps``,
     ``finished`` and ``run_fingerprint`` (stages.distill.run.run_fingerprint), so a report can tell an
     evaluation of an older or unfinished state of the run from a current one.
     """
     run_dir = Path(run_dir)
+    summary_feature(torch.zeros(1, 1, 1), knn_feature)  # an unknown feature name fails before any work
     if labels_path is not None and not Path(labels_path).is_file():
         raise FileNotFoundError(f"probe labels file {labels_path} does not exist (a CSV with columns uri,label); "
                                 "fix the path, or leave the option out to skip the probe")
@@ -198,7 +219,7 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     if labels_path.is_file():
         result["probe"] = _probe(student, heads, stores.manifest, normalizers, read_probe_labels(labels_path),
                                  img_size=cfg["img_size"], batch_size=batch_size, k=knn_k,
-                                 temperature=knn_temperature)
+                                 temperature=knn_temperature, knn_feature=knn_feature)
     else:
         result["probe"] = None
         result["probe_skipped"] = f"no labels file at {labels_path}"

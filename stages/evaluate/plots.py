@@ -3,7 +3,7 @@
 Three PNGs, each from plain data (no file reading here):
 - teacher-space error per teacher and token kind, one bar per run (log scale: teachers differ by orders
   of magnitude in scale, which is the PHI-S paper's point);
-- each teacher's patch-token covariance eigen-spectrum (log scale; effective rank shows as the knee) and
+- each teacher's patch-token covariance eigen-spectrum (log scale; the low rank shows as the knee) and
   its per-channel standard deviations, sorted;
 - training loss curves from each run's metrics.jsonl;
 - kNN / linear probe accuracy per run.

@@ -1,9 +1,11 @@
 """Sweep report: one table across variants, ranks by category, storage fidelity, plots and the cost.
 
 Ranks variants the way the PHI-S paper does (arXiv 2410.01680, Table 1): per metric, ties averaged, the
-ranks averaged inside each category (Teacher MSE: per-teacher feature MSE in teacher space; Classification:
-zero-shot + kNN; Segmentation; declared in ``stages.evaluate.categories``), then over the categories.
-Summary MSE is reported, not ranked. Runs that differ only in their seed are one variant: every metric is
+ranks averaged inside each of its six categories (Teacher MSE, Classification, Segmentation, SAM-COCO,
+LLaVA-1.5, Probe 3D; declared in ``stages.evaluate.categories``), then over the categories the runs have.
+The report says which of the six its average covers, names the missing ones, and calls it "the paper's
+average" only when all six are there. Summary MSE, open-vocabulary mIoU, other teachers' zero-shot and
+teacher references are reported, not ranked. Runs that differ only in their seed are one variant: every metric is
 shown as mean ± std over seeds, the means are ranked, and the report names the pairs of variants that are
 within one std of each other. The storage-fidelity section prints, per variant and teacher, the storage
 NMSE in the space the loss uses against the teacher's own bf16 noise (``stages.normalize.fidelity``) and
@@ -25,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stages.evaluate import plots, report_context
+from stages.evaluate import plots, report_context, teacher_table
 from stages.evaluate.comparability import RunFacts, check_runs, run_facts
-from stages.evaluate.categories import CATEGORIES, categorize, higher_is_better
+from stages.evaluate.categories import CATEGORIES, PAPER_CATEGORIES, categorize, coverage_sentence, higher_is_better
 from stages.evaluate.ranking import AVG, rank_runs
 from stages.distill.run_dir import read_config_json, read_eval, read_history
 from stages.evaluate.evaluate import config_field
@@ -140,23 +142,26 @@ class Variant:
 def group_variants(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]]) -> list[Variant]:
     """Group runs into variants (same config up to the seed), with per-metric mean and std over seeds.
 
-    A variant is named by its normalization (``norm``), or by its first run when two variants share a
-    norm (e.g. a sweep over summary losses). Two runs of one variant with the same seed are an error."""
+    A variant is named by its normalization (``norm``); when two variants share a norm, by
+    ``<norm>/<summary loss>`` if that tells them apart (a sweep over summary losses), else by its first
+    run. Two runs of one variant with the same seed are an error."""
     groups: dict[str, list[str]] = {}
     for run in evals:
         key = json.dumps({k: v for k, v in configs[run].items() if k not in _NOT_EXPERIMENT}, sort_keys=True,
                          default=str)
         groups.setdefault(key, []).append(run)
     norms = [configs[runs[0]].get("norm", evals[runs[0]].get("norm", "")) for runs in groups.values()]
+    by_loss = [f"{n}/{configs[runs[0]].get('summary_loss', 'variant')}" for n, runs in zip(norms, groups.values())]
     out = []
-    for (key, runs), norm in zip(groups.items(), norms):
+    for (key, runs), norm, with_loss in zip(groups.items(), norms, by_loss):
         seeds = [int(configs[r].get("seed", 0)) for r in runs]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"runs {runs} are the same variant with repeated seeds {seeds}")
         flats = [flatten_metrics(evals[r]) for r in runs]
         shared = sorted(set.intersection(*(set(f) for f in flats)))
         vals = {m: np.array([f[m] for f in flats]) for m in shared}
-        out.append(Variant(name=norm if norms.count(norm) == 1 else runs[0], norm=norm,
+        name = norm if norms.count(norm) == 1 else with_loss if by_loss.count(with_loss) == 1 else runs[0]
+        out.append(Variant(name=name, norm=norm,
                            summary_loss=str(configs[runs[0]].get("summary_loss", "variant")),
                            runs=tuple(runs), seeds=tuple(seeds),
                            mean={m: float(v.mean()) for m, v in vals.items()},
@@ -173,23 +178,48 @@ class Ranking:
     empty_categories: list[str]  # declared categories none of whose metrics the runs have
     reported: list[str]  # metrics every variant has but that are not ranked (summary MSE, ...)
     unranked: dict[str, list[str]]  # metric -> variants lacking it (so it cannot be ranked)
+    zeroshot_teacher: str | None = None  # the one teacher whose zero-shot is ranked
+
+    @property
+    def paper_average(self) -> bool:
+        """True when the average covers all six of the paper's categories."""
+        return set(PAPER_CATEGORIES) <= set(self.categories)
 
 
-def rank_variants(variants: list[Variant]) -> Ranking:
-    """Rank variants by their seed means (``rank_runs`` with the declared categories)."""
+def rank_variants(variants: list[Variant], zeroshot_teacher: str | None = None) -> Ranking:
+    """Rank variants by their seed means (``rank_runs`` with the declared categories; zero-shot counts for
+    ``zeroshot_teacher`` only)."""
     if not variants:
         raise ValueError("nothing to rank: no runs")
     every = set.union(*(set(v.mean) for v in variants))
     shared = set.intersection(*(set(v.mean) for v in variants))
     unranked = {m: sorted(v.name for v in variants if m not in v.mean) for m in sorted(every - shared)}
-    declared = categorize(shared)
+    declared = categorize(shared, zeroshot_teacher)
     cats = {c: ms for c, ms in declared.items() if ms}
     if not cats:
         raise ValueError(f"the runs share no ranked metric (shared: {sorted(shared)}; categories: {CATEGORIES})")
     ranked = {m for ms in cats.values() for m in ms}
     ranks = rank_runs({v.name: v.mean for v in variants}, cats, higher_is_better(ranked))
     return Ranking(ranks=ranks, categories=cats, empty_categories=[c for c, ms in declared.items() if not ms],
-                   reported=sorted(shared - ranked), unranked=unranked)
+                   reported=sorted(shared - ranked), unranked=unranked, zeroshot_teacher=zeroshot_teacher)
+
+
+def ranked_zeroshot(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """The zero-shot teacher the runs' evaluations designated (``zeroshot_ranked``); None when none was
+    evaluated. An evaluation from before the designation was recorded counts the first teacher of its
+    run (config.json order) with a zero-shot result, the default rule. Runs that designated different
+    teachers cannot be ranked together: ValueError."""
+    named = set()
+    for run, ev in evals.items():
+        if ev.get("zeroshot_ranked"):
+            named.add(ev["zeroshot_ranked"])
+        elif ev.get("zeroshot"):
+            order = list((configs or {}).get(run, {}).get("teachers", [])) + sorted(ev["zeroshot"])
+            named.add(next(t for t in order if t in ev["zeroshot"]))
+    if len(named) > 1:
+        raise ValueError(f"the runs rank the zero-shot of different teachers {sorted(named)}: re-evaluate them with "
+                         "one --zeroshot-teacher")
+    return named.pop() if named else None
 
 
 def within_one_std(variants: list[Variant], metric: str) -> list[tuple[str, str]]:
@@ -213,7 +243,7 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
     if configs is None:
         configs = {r: {"norm": ev.get("norm", ""), "run": r} for r, ev in evals.items()}
     variants = group_variants(evals, configs)
-    ranking = rank_variants(variants)
+    ranking = rank_variants(variants, ranked_zeroshot(evals, configs))
     rows = []
     for v in sorted(variants, key=lambda v: (ranking.ranks[v.name][AVG], v.name)):
         row: dict[str, Any] = {"variant": v.name, "norm": v.norm, "summary_loss": v.summary_loss,
@@ -260,7 +290,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
     from stages.normalize.store_fit import normalizer_moments
     from stages.extract.fidelity import read_fidelity
     from stages.normalize import kind_variant
-    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE
+    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE, remedy
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 
@@ -268,7 +298,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
              f"in the same space; gate: ratio ≤ {GATE_RATIO} and minimum token cosine ≥ {MIN_COSINE}.", "",
              "| variant | teacher | kind | loss space | storage NMSE | teacher bf16 NMSE | ratio | min cos | |",
              "|---|---|---|---|---|---|---|---|---|"]
-    missing, failed, splits = [], {}, set()
+    missing, failed, splits, fixes = [], {}, set(), {}
     for t in teachers:
         store = open_teacher_store(teacher_store_path(store_root, t))
         splits |= {f"{t}/{k}: {normalizer_moments(store, k)[1]}" for k in store.kinds}
@@ -285,9 +315,13 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
                              f"{c.ratio:.3g} | {c.storage_min_cos:.6f} | {'ok' if c.passed else '**FAIL**'} |")
                 if not c.passed:
                     failed.setdefault(v.name, []).append(f"{t}/{kind}")
+                    passing = {x.variant for x in checks} - {x.variant for x in checks if not x.passed}
+                    fixes.setdefault(v.name, []).append(
+                        f"{t}/{kind}: " + remedy(space, [c], store.codec.keepbits, passing).split(": ", 1)[1])
     lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: storage noise "
                      "there is not negligible against the teacher's own bf16 noise, so part of what its rank "
-                     "measures is the storage, not the normalization." for name, where in failed.items()]
+                     "measures is the storage, not the normalization. To serve it: " + "; ".join(fixes[name]) + "."
+                     for name, where in failed.items()]
     if missing:
         lines += ["Fidelity not available for:", *missing]
     lines += ["", "Normalizers fitted on split: " + "; ".join(sorted(splits)) + "."]
@@ -309,17 +343,19 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
     ranked = [m for ms in ranking.categories.values() for m in ms]
     cats = list(ranking.categories)
     seeds = sorted({len(v.seeds) for v in variants})
-    cols = ["variant", "norm", "summary loss", "seeds", *ranked, *(f"rank: {c}" for c in cats), "avg rank"]
+    avg_name = "paper's average rank" if ranking.paper_average else f"average rank ({len(cats)} of 6 categories)"
+    cols = ["variant", "norm", "summary loss", "seeds", *ranked, *(f"rank: {c}" for c in cats), avg_name]
+    zs = (f"Zero-shot is ranked for one teacher, `{ranking.zeroshot_teacher}` (the paper ranks its DFN CLIP's "
+          "only); other teachers' zero-shot is reported, not ranked." if ranking.zeroshot_teacher else
+          "No zero-shot was evaluated.")
     lines = [
         "## Ranking", "",
         "How it is ranked (PHI-S paper, Table 1): each variant is ranked per metric on its mean over seeds "
-        "(1 = best, ties averaged), the ranks are averaged inside each category, then over the categories. "
-        "Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
-                                         for c, ms in ranking.categories.items()) + ".",
+        "(1 = best, ties averaged), the ranks are averaged inside each of the paper's six categories, then "
+        "over the categories. Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
+                                                           for c, ms in ranking.categories.items()) + ".",
+        coverage_sentence(ranking.categories), zs,
     ]
-    if ranking.empty_categories:
-        lines.append("Left out of the average (no run has a metric of theirs): "
-                     + ", ".join(f"**{c}**" for c in ranking.empty_categories) + ".")
     lines += [f"Values are mean ± std (sample std) over {'/'.join(map(str, seeds))} seed(s) per variant.", "",
               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -345,6 +381,28 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
     if ranking.unranked:
         lines += ["", "**Not ranked** (missing from some variants, so left out of the table and the ranks):"]
         lines += [f"- `{m}`: missing from {', '.join(vs)}" for m, vs in ranking.unranked.items()]
+    return lines + summary_loss_lines(variants, ranking.zeroshot_teacher)
+
+
+def summary_loss_lines(variants: list[Variant], zeroshot_teacher: str | None) -> list[str]:
+    """When the sweep trained its norms under several summary losses (cosine on raw summaries, or the
+    variant's own): the norms ranked within each summary loss alone, and whether their order changes."""
+    losses = sorted({v.summary_loss for v in variants})
+    if len(losses) < 2:
+        return []
+    orders: dict[str, list[str]] = {}
+    for loss in losses:
+        group = [v for v in variants if v.summary_loss == loss]
+        ranks = rank_variants(group, zeroshot_teacher).ranks
+        orders[loss] = [v.norm for v in sorted(group, key=lambda v: (ranks[v.name][AVG], v.norm))]
+    common = set.intersection(*(set(o) for o in orders.values()))
+    same = len({tuple(n for n in o if n in common) for o in orders.values()}) == 1
+    lines = ["", "### Summary loss", "",
+             "Each summary loss's variants ranked among themselves (same categories), best first:", ""]
+    lines += [f"- `{loss}` summaries: " + " > ".join(orders[loss]) for loss in losses]
+    lines += ["", "The order of the normalizations is **the same** under every summary loss." if same else
+              "**The order of the normalizations changes with the summary loss**: which summary loss the "
+              "sweep uses is part of its answer."]
     return lines
 
 
@@ -355,6 +413,7 @@ def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Varia
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
              *context["runs"], "", *context["reading"], "",
              *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
+             *context["teachers"], "",
              "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
@@ -412,9 +471,11 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         plot_names.append(PLOT_PROBE)
     ranked = sorted({m for ms in ranking.categories.values() for m in ms} | set(ranking.reported))
     context = {"runs": report_context.runs_lines(facts, notes, histories),
-               "reading": report_context.reading_lines(ranked, higher_is_better(ranked)),
+               "reading": report_context.reading_lines(ranked, higher_is_better(ranked),
+                                                       report_context.probe_feature_line(evals)),
                "normalized": report_context.normalized_error_lines(evals, teacher_var),
-               "time": report_context.time_cost_lines(facts, histories)}
+               "time": report_context.time_cost_lines(facts, histories),
+               "teachers": teacher_table.teacher_lines(Path(store_root), teachers, variants, configs)}
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -51,8 +51,23 @@ def runs_lines(facts: Sequence[RunFacts], notes: Sequence[str],
     return lines
 
 
-def reading_lines(metric_names: Sequence[str], higher_is_better: set[str]) -> list[str]:
-    """How to read the columns: direction of each metric and what the probe is."""
+def probe_feature_line(evals: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which feature the kNN / linear probe used, from the runs' eval/metrics.json (runs evaluated before
+    the choice was recorded used summary token 0)."""
+    feats = sorted({(ev["probe"].get("feature", "raw student summary token 0, view 0"),
+                     ev["probe"].get("summary_tokens", 1)) for ev in evals.values() if ev.get("probe")})
+    if not feats:
+        return "Probe: not evaluated (no labels)."
+    if len(feats) > 1:
+        return ("**Probe features differ between runs** (" + "; ".join(f"{f} ({k} token(s))" for f, k in feats)
+                + "): their kNN accuracies are not comparable; re-evaluate with one `--knn-feature`.")
+    f, k = feats[0]
+    return f"Probe feature: {f} ({k} summary token(s))."
+
+
+def reading_lines(metric_names: Sequence[str], higher_is_better: set[str], probe_feature: str = "") -> list[str]:
+    """How to read the columns: direction of each metric and what the probe is (``probe_feature``: the
+    line ``probe_feature_line`` gives)."""
     lower = sorted(m for m in metric_names if m not in higher_is_better)
     higher = sorted(m for m in metric_names if m in higher_is_better)
     lines = ["## How to read the columns", ""]
@@ -62,8 +77,7 @@ def reading_lines(metric_names: Sequence[str], higher_is_better: set[str]) -> li
                      "teacher output, over every token and channel of the held-out split).")
     if higher:
         lines.append("Higher is better: " + ", ".join(f"`{m}`" for m in higher) + ".")
-    lines += ["",
-              "Probe: the student's raw summary token 0 (before any head) of the full image is the feature. "
+    lines += ["", probe_feature or "Probe feature: the student's raw summary tokens (before any head) of the full image.",
               "`probe/knn_acc` is a k-nearest-neighbour classifier (cosine similarity, votes weighted by "
               "exp(sim / τ), τ = 0.07) fitted on the labeled train-split images and scored on the val split; "
               "`probe/linear_acc` is an L2-regularized logistic-regression classifier on the same features. Both are "

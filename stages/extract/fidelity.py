@@ -35,7 +35,7 @@ from store_schema.layout import fidelity_path, hadamard_cache_dir, manifest_path
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.teacher_store import TeacherStore
 
-FIDELITY_VERSION = 1
+FIDELITY_VERSION = 2  # 2: the paper-exact whitenings and the noise-floored *_nf variants
 
 
 def _views(manifest: Manifest, store: TeacherStore, num_images: int) -> np.ndarray:
@@ -92,7 +92,7 @@ def measure_store_fidelity(store: TeacherStore, manifest: Manifest, *, root: Pat
         y_ND, yb_ND = np.concatenate(exact[kind]), np.concatenate(bf16[kind])
         stored_ND = round_as_stored(y_ND, store.codec)
         moments, splits[kind] = normalizer_moments(store, kind)
-        for variant in NormVariant:
+        for variant in (v for v in NormVariant if v.fit_as is v):  # an AdaLoss variant trains on its base's targets
             norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache_dir(root), keepbits=keepbits,
                                   split=splits[kind])
             checks.append(check_variant(norm, kind, exact_ND=y_ND, stored_ND=stored_ND, bf16_ND=yb_ND,
@@ -122,7 +122,10 @@ def read_fidelity(root: Path, store: TeacherStore) -> tuple[list[FidelityCheck] 
         return None, f"not measured (no {path}; run `pipeline store fidelity --root {root}`)"
     data = json.loads(path.read_text())
     current = {k: normalizer_moments(store, k)[0].content_hash() for k in store.kinds}
-    if data.get("fidelity_version") != FIDELITY_VERSION or data.get("stats_hash") != current:
+    if data.get("fidelity_version") != FIDELITY_VERSION:
+        return None, (f"stale ({path} is fidelity version {data.get('fidelity_version')!r}, measured on other "
+                      f"variant fits than version {FIDELITY_VERSION}'s; rerun `pipeline store fidelity`)")
+    if data.get("stats_hash") != current:
         return None, f"stale ({path} was measured on other statistics; rerun `pipeline store fidelity`)"
     return [FidelityCheck.from_dict(c) for c in data["checks"]], ""
 

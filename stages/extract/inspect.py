@@ -1,14 +1,18 @@
 """What a teacher store holds: progress, footprint and the statistics PHI-S normalizers are fitted from.
 
 PHI-S (arXiv 2410.01680) motivates normalization by how far teachers' scales are apart (global std of DFN
-CLIP 0.029 vs SAM-H 5.47) and by their low effective rank (SAM-H 776 of 1280); `store_info` reports both
-from the store's merged float64 moments, without reading feature data.
+CLIP 0.029 vs SAM-H 5.47) and by their low rank (its Table 6: RankMe, SAM-H 776 of 1280); `store_info`
+reports both from the store's merged float64 moments, without reading feature data.
 
 Definitions used here:
 - global std: the std of all values of all tokens and channels around ONE scalar mean (the
   `global_std` variant's σ_g): σ_g² = trace(Σ)/C + mean_c (μ_c − μ̄)².
 - per-channel std: sqrt(diag Σ), reported as min / max over channels.
-- effective rank: exp(entropy of the normalized eigenvalues p_i = λ_i / Σλ) (Roy & Vetterli 2007);
+- RankMe (Garrido et al. 2023, the paper's rank measure): exp(entropy of the normalized singular values of
+  the N × C token matrix as stored), exact from the moments (``stages.rankme``: σ_i = √(N λ_i) of the
+  uncentred second moment Σ + μμᵀ).
+- eigenvalue entropy rank: exp(entropy of the normalized covariance eigenvalues p_i = λ_i / Σλ) (Roy &
+  Vetterli 2007; printed as "effective rank" before, a different and much smaller number than RankMe);
   participation ratio (Σλ)² / Σλ² is reported alongside.
 
 Shape legend: C channels.
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.rankme import eigen_entropy_rank, rankme_from_moments
 from store_schema.teacher_store import TeacherStore
 
 
@@ -33,7 +38,8 @@ class KindStats:
     global_std: float
     channel_std_min: float
     channel_std_max: float
-    effective_rank: float  # exp(entropy of normalized eigenvalues)
+    rankme: float  # RankMe (Garrido et al. 2023) of the stored token matrix
+    eigen_entropy_rank: float  # exp(entropy of normalized covariance eigenvalues): not RankMe
     participation_ratio: float  # (Σλ)² / Σλ²
 
 
@@ -78,20 +84,15 @@ def kind_stats(store: TeacherStore, kind: str) -> KindStats:
     m = store.stats(kind)
     if m.count == 0:
         nan = float("nan")
-        return KindStats(kind, 0, m.dim, nan, nan, nan, nan, nan)
+        return KindStats(kind, 0, m.dim, nan, nan, nan, nan, nan, nan)
     cov_CC = m.covariance()
     var_C = np.clip(np.diag(cov_CC), 0.0, None)
     global_var = float(var_C.mean() + np.mean((m.mean_D - m.mean_D.mean()) ** 2))
     eig_C = np.clip(np.linalg.eigvalsh(cov_CC), 0.0, None)
     total = float(eig_C.sum())
-    if total > 0:
-        p_C = eig_C[eig_C > 0] / total
-        eff_rank = float(np.exp(-(p_C * np.log(p_C)).sum()))
-        pr = total**2 / float((eig_C**2).sum())
-    else:
-        eff_rank = pr = 0.0
+    pr = total**2 / float((eig_C**2).sum()) if total > 0 else 0.0
     return KindStats(kind, m.count, m.dim, float(np.sqrt(global_var)), float(np.sqrt(var_C.min())),
-                     float(np.sqrt(var_C.max())), eff_rank, pr)
+                     float(np.sqrt(var_C.max())), rankme_from_moments(m), eigen_entropy_rank(eig_C), pr)
 
 
 def store_info(store: TeacherStore) -> StoreInfo:
@@ -126,7 +127,7 @@ def format_info(info: StoreInfo) -> str:
             continue
         lines.append(
             f"  {k.kind:8s} tokens {k.count}: global std {k.global_std:.4g}; channel std "
-            f"[{k.channel_std_min:.4g}, {k.channel_std_max:.4g}]; effective rank (exp entropy) "
-            f"{k.effective_rank:.1f} / {k.dim}; participation ratio {k.participation_ratio:.1f}"
+            f"[{k.channel_std_min:.4g}, {k.channel_std_max:.4g}]; RankMe {k.rankme:.1f} / {k.dim}; "
+            f"eigenvalue entropy rank {k.eigen_entropy_rank:.1f}; participation ratio {k.participation_ratio:.1f}"
         )
     return "\n".join(lines)

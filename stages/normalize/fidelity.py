@@ -14,6 +14,12 @@ cosine between T(ŷ) and T(y) at least MIN_COSINE. A variant that fails is one w
 storage noise. ``storage_nmse_model`` is the noise-model prediction of the storage NMSE from statistics
 alone (rounding noise independent per value, variance E[y_c²]·2^-2k/24).
 
+For a variant that fails, ``remedy`` says what would serve it: the storage NMSE scales as 4^-k with the
+kept mantissa bits k, so the gate's ratio r at k bits needs about k + ⌈log₄(r / GATE_RATIO)⌉ bits
+(``pipeline extract --keepbits``; beyond 23 bits: lossless float32, ``--keepbits none``), or, for a
+paper-exact whitening / standardization, its noise-floored variant (``pca_w_nf``, ...), which is another
+method (``stages.normalize.variants``).
+
 Shape legend: N tokens, D channels.
 """
 
@@ -98,8 +104,40 @@ def check_variant(normalizer: Normalizer, kind: str, *, exact_ND: np.ndarray, st
                          model_nmse=storage_nmse_model(normalizer, moments, keepbits))
 
 
-def format_checks(checks: list[FidelityCheck]) -> list[str]:
-    """One line per variant and kind, with a WARNING line for each that fails the gate."""
+def bits_needed(check: FidelityCheck, keepbits: int | None) -> int | None:
+    """Kept mantissa bits at which ``check``'s storage NMSE would pass the ratio gate (NMSE ∝ 4^-k); None
+    when that is more than float32 holds (lossless storage is then needed) or the store is lossless."""
+    from store_schema.codecs import FLOAT32_MANTISSA_BITS
+
+    if keepbits is None or not np.isfinite(check.ratio):
+        return None
+    extra = max(1, int(np.ceil(np.log(check.ratio / GATE_RATIO) / np.log(4.0) - 1e-9)))  # exact powers of 4: no extra bit
+    needed = int(keepbits) + extra
+    return needed if needed <= FLOAT32_MANTISSA_BITS else None
+
+
+def remedy(variant: str, failing: list[FidelityCheck], keepbits: int | None, passing: set[str]) -> str:
+    """One sentence: what serves ``variant`` whose ``failing`` checks fail the gate on this store
+    (more kept bits at extraction, or the noise-floored variant where there is one; ``passing`` = the
+    variants that pass on every kind)."""
+    from stages.normalize.variants import NormVariant
+
+    if keepbits is None:
+        fix = "the store is already lossless: the teacher's own noise is the limit here"
+    else:
+        need = [bits_needed(c, keepbits) for c in failing]
+        fix = ("re-extract losslessly (`pipeline extract --keepbits none`)" if None in need else
+               f"re-extract with `pipeline extract --keepbits {max(need)}` (this store keeps {keepbits})")
+    alt = NormVariant.parse(variant).floored_alternative if variant in {v.value for v in NormVariant} else None
+    if alt is not None:
+        fix += (f", or train `{alt.value}` (this project's noise-floored variant, not the paper's method; "
+                f"{'it passes here' if alt.value in passing else 'it fails here too'})")
+    return f"{variant}: {fix}"
+
+
+def format_checks(checks: list[FidelityCheck], keepbits: int | None = None) -> list[str]:
+    """One line per variant and kind, with a WARNING line for the variants that fail the gate and one line
+    per failing variant saying what would serve it (``remedy``; ``keepbits``: the store's kept bits)."""
     lines = []
     for c in checks:
         verdict = "ok" if c.passed else "FAIL"
@@ -110,4 +148,7 @@ def format_checks(checks: list[FidelityCheck]) -> list[str]:
     if failed:
         lines.append(f"WARNING: storage noise is not negligible against the teacher's bf16 noise in the loss space "
                      f"of {', '.join(failed)} (store with more mantissa bits, or read their results with care)")
+        passing = {c.variant for c in checks} - set(failed)
+        lines += ["  to serve " + remedy(v, [c for c in checks if c.variant == v and not c.passed], keepbits, passing)
+                  for v in failed]
     return lines

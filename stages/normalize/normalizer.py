@@ -30,7 +30,11 @@ from stages.stats import Moments
 from store_schema.errors import DamagedFileError
 from store_schema.io_errors import write_guard
 
-NORMALIZER_VERSION = 2  # 2: noise-aware floor (keepbits, floor_D) and the fitted split
+# 2: noise-aware floor (keepbits, floor_D) and the fitted split. 3: standardize / pca_w / zca / hca are the
+# paper's exact formulas; their version-2 fits were noise-floored (now standardize_nf / pca_w_nf / ...)
+NORMALIZER_VERSION = 3
+# version-2 files still read as version 3: those of the variants whose fit did not change between them
+_V2_UNCHANGED = frozenset({"mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std", "phis"})
 _TENSORS = ("mu_D", "W_DD", "W_inv_DD")
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -157,10 +161,7 @@ class Normalizer:
         try:
             with safe_open(str(local), framework="np") as fh:
                 meta = fh.metadata() or {}
-                version = meta.get("normalizer_version")
-                if version != str(NORMALIZER_VERSION):
-                    raise NormalizerMismatchError(
-                        f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
+                _check_version(path, meta)
                 missing = [name for name in _TENSORS if name not in fh.keys()]
                 if missing:
                     raise _damaged_normalizer(path, f"tensors {missing} are missing")
@@ -186,6 +187,22 @@ class Normalizer:
                    keepbits=int(meta["keepbits"]) if meta["keepbits"] else None,
                    noise_floor_factor=float(meta["noise_floor_factor"]), floor_D=floor_D,
                    split=meta["split"], **tensors)
+
+
+def _check_version(path: object, meta: dict[str, str]) -> None:
+    """Refuse a file of another format version, except a version-2 fit of a variant whose formula did
+    not change in version 3. A version-2 standardize / pca_w / zca / hca was noise-floored: it is refused
+    (never silently reused as the paper-exact fit of the same name), with what to do instead."""
+    version, variant = meta.get("normalizer_version"), meta.get("variant", "")
+    if version == str(NORMALIZER_VERSION) or (version == "2" and variant in _V2_UNCHANGED):
+        return
+    if version == "2":
+        raise NormalizerMismatchError(
+            f"{path} is a version-2 {variant!r} normalizer, fitted with the noise-aware floor; since version "
+            f"{NORMALIZER_VERSION} {variant!r} means the PHI-S paper's exact formula and the floored fit is "
+            f"{variant}_nf. Delete the file to refit the paper's {variant} (runs trained with it trained the "
+            f"floored targets: retrain them as {variant}_nf to keep those targets)")
+    raise NormalizerMismatchError(f"{path} has normalizer version {version!r}, this code reads {NORMALIZER_VERSION}")
 
 
 def _tensors_digest(tensors: dict[str, np.ndarray]) -> str:
@@ -224,8 +241,9 @@ def fit_normalizer(
     ``keepbits``: mantissa bits the statistics' values were stored with; the eigenvalue / variance floor
     is then at least ``noise_floor_factor`` times the storage noise variance that precision implies
     (``storage_noise_var``).
-    ``split``: which manifest split the moments cover (recorded, not used in the fit)."""
-    variant = NormVariant.parse(variant)
+    ``split``: which manifest split the moments cover (recorded, not used in the fit). An AdaLoss variant
+    gives its base variant's normalizer (``NormVariant.fit_as``)."""
+    variant = NormVariant.parse(variant).fit_as
     if noise_floor_factor < 0:
         raise ValueError(f"noise_floor_factor must be >= 0, got {noise_floor_factor}")
     fit = fit_affine(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor,
@@ -253,7 +271,7 @@ def load_or_fit(
     the path.
     """
     path = location.as_location(path)
-    variant = NormVariant.parse(variant)
+    variant = NormVariant.parse(variant).fit_as
     if not location.exists(path):
         norm = fit_normalizer(variant, moments, hadamard_cache=hadamard_cache, eig_floor=eig_floor,
                               keepbits=keepbits, noise_floor_factor=noise_floor_factor, split=split)
