@@ -21,9 +21,12 @@ HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2}
 
 def corpus(
     ctx: typer.Context,
-    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (searched recursively), a text file of "
-                                                          "paths (one per line), or a .parquet file with a 'uri' "
-                                                          "column. Default: corpus.source of ./params.yaml.")] = None,
+    source: Annotated[Optional[str], typer.Argument(help="Folder of images and/or WebDataset .tar shards (searched "
+                                                         "recursively), shards as a glob ('shards/*.tar') or brace "
+                                                         "pattern ('shards/{00000..00123}.tar'), one .tar, a text "
+                                                         "file of paths (one per line), or a .parquet file with a "
+                                                         "'uri' column; local or any fsspec URL (s3://bucket/...). "
+                                                         "Default: corpus.source of ./params.yaml.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Store root (a folder or an fsspec URL such as "
                                                              "s3://bucket/prefix); manifest.parquet is written here. "
                                                              "Default: store.root of ./params.yaml.")] = None,
@@ -36,12 +39,21 @@ def corpus(
                                                          f"recorded as bad. Default: {HELP_DEFAULTS['min_side']}.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
                                                                f"split. Default: {HELP_DEFAULTS['val_fraction']}.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray tasks at once (one CPU each). Default: every CPU of "
+                                                        "the Ray cluster.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default "
+                                                            "starts a local Ray.")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Build every unit in this process without Ray (same "
+                                                          "code path).")] = False,
+    files_per_task: Annotated[int, typer.Option(help="Image files per task (each tar shard is one task).")] = 256,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
 
-    Arguments and options not given take their values from ./params.yaml when there is one (printed on stderr)."""
+    One Ray task per tar shard or batch of files, each writing a part under OUT/corpus_parts: a killed build
+    re-run with the same options resumes, reusing the finished parts. Arguments and options not given take
+    their values from ./params.yaml when there is one (printed on stderr)."""
     from pipeline.flag_defaults import CORPUS, fill_from_params
-    from stages.corpus.build_manifest import bad_summary, build_manifest
+    from stages.corpus.build_manifest import bad_summary, build_corpus
     from store_schema.manifest import ViewSpec
 
     from store_schema.location import as_location
@@ -50,12 +62,22 @@ def corpus(
     source, out, views, view_seed = v["source"], as_location(v["out"]), v["views"], v["view_seed"]
     min_side, val_fraction = v["min_side"], v["val_fraction"]
     given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
+    from pipeline.ray_runtime import ray_is_running, shutdown_ray
+
+    started_ray = not no_ray and not ray_is_running()
     try:
         view_spec = ViewSpec(num_views=views, seed=view_seed)
-        manifest = build_manifest(source, out_dir=out, view_spec=view_spec,
-                                  **{k: v for k, v in given.items() if v is not None})
-    except ValueError as e:
+        report = build_corpus(str(source), out_dir=out, view_spec=view_spec, workers=0 if no_ray else workers,
+                              ray_address=ray_address, files_per_task=files_per_task,
+                              **{k: v for k, v in given.items() if v is not None})
+    except (ValueError, OSError) as e:
         raise fail(str(e)) from e
+    finally:
+        if started_ray and ray_is_running():
+            shutdown_ray()
+    manifest, parts = report.manifest, report.parts
+    typer.echo(f"units: {report.units}  built: {parts.built} ({parts.engine or 'none left'})  reused: {parts.reused}"
+               f"  {report.seconds:.1f} s")
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)

@@ -60,6 +60,23 @@ def manifest_path(root: Location) -> Location:
     return location.join(root, "manifest.parquet")
 
 
+# The resumable corpus build (stages/corpus/build_runner.py): one Parquet part per input shard or batch of
+# files, named by the sha256 of its inputs and options, kept for the next build of the same inputs.
+CORPUS_PARTS_DIR = "corpus_parts"
+
+
+def corpus_parts_dir(root: Location) -> Location:
+    """<root>/corpus_parts: the finished parts of `pipeline corpus` builds into this root."""
+    return location.join(root, CORPUS_PARTS_DIR)
+
+
+def corpus_part_path(root: Location, key: str) -> Location:
+    """<root>/corpus_parts/<key>.parquet (key: hex digest of the part's inputs and options)."""
+    if not key or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"a corpus part key is a hex digest, got {key!r}")
+    return location.join(corpus_parts_dir(root), f"{key}.parquet")
+
+
 def teacher_store_path(root: Location, teacher: str) -> Location:
     """<root>/<teacher>.zarr"""
     return location.join(root, f"{_check_name('teacher name', teacher)}.zarr")
