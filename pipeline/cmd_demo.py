@@ -52,7 +52,7 @@ def extract_config(p: Params, teacher: str) -> "ExtractConfig":
 
     e = p.extract
     grid = e.storage_grids.get(teacher)
-    return ExtractConfig(batch_size=e.batch_size, shard_size=e.shard_size,
+    return ExtractConfig(batch_size=e.batch_size_for(teacher), shard_size=e.shard_size,
                          storage_grid=parse_grid(grid) if grid else None, codec=CodecSpec(keepbits=e.keepbits),
                          checkpoint=e.checkpoints.get(teacher), device=e.device, workers=e.workers,
                          gpus_per_worker=1.0 if e.device.startswith("cuda") else 0.0,

@@ -148,7 +148,7 @@ def extract_cmd(
     teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "--teachers", "-t", help="Teacher name from the registry; repeat or comma-separate for several (--teachers a,b as `pipeline distill` takes them). Default: extract.teachers of ./params.yaml.")] = None,
     root: Annotated[Optional[str], typer.Option(help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root of ./params.yaml.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Local weights file for the teacher (one teacher only). Default: extract.checkpoints of ./params.yaml.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Views per teacher forward pass (params.yaml's extract.batch_size may give one per teacher). Out of device memory halves it, down to 1, and redoes the shard whole (recorded in the store's batch_backoffs and printed).")] = 32,
     shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume); fixed when the store is created (an existing store's is the default).")] = 64,
     storage_grid: Annotated[Optional[str], typer.Option(help="Patch grid to store, HxW, no larger than the teacher's (adaptive average pooling). Default: an existing store's grid, else the teacher's.")] = None,
     keepbits: Annotated[str, typer.Option(help="Mantissa bits kept by BitRound (7 = bf16 precision), or 'none' for lossless. An existing store's codec is the default.")] = "7",
@@ -200,12 +200,16 @@ def extract_cmd(
         device = v["device"]
         gpus = resolve_gpus_per_worker(gpus_per_worker, device)
         lease_options = LeaseOptions(wait=wait, timeout_s=wait_timeout)
-        base = ExtractConfig(batch_size=v["batch_size"], shard_size=v["shard_size"],
+        base = ExtractConfig(shard_size=v["shard_size"],
                              codec=CodecSpec(keepbits=parse_keepbits(v["keepbits"])), device=device,
                              workers=0 if no_ray else v["workers"], cpus_per_worker=v["cpus_per_worker"],
                              gpus_per_worker=gpus, ray_address=v["ray_address"], progress=progress,
                              decode_ahead=v["decode_ahead"], stats_fold_every=stats_fold_every, redo_shards=redo)
-        configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
+        from pipeline.params import DEFAULT_BATCH_SIZE
+
+        batches = _per_teacher(v["batch_size"], teachers, int)  # params.yaml may give one size per teacher
+        configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],
+                              batch_size=batches[t] or DEFAULT_BATCH_SIZE) for t in teachers}
         # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
         explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
                                       ("codec", "keepbits"), ("stats_fold_every", "stats_fold_every"))

@@ -108,6 +108,7 @@ class ExtractReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)  # worker time per phase, summed over shards
     redone: list[int] = field(default_factory=list)  # shards reopened by --redo-shards
     unfolded: int = 0  # folded shards whose partials were recomputed from their stored values for the redo
+    backoffs: list[tuple[int, int, int]] = field(default_factory=list)  # (shard, from, to): out of memory, redone
 
     @property
     def images_per_s(self) -> float:
@@ -120,11 +121,19 @@ class ExtractReport:
         busy = self.seconds - self.startup_seconds
         return self.num_images / busy if busy > 0 else 0.0
 
+    def backoff_lines(self) -> list[str]:
+        """One line per out-of-memory back-off (also recorded in the store's `batch_backoffs`)."""
+        return [f"  {self.teacher}: out of device memory at batch {frm} in shard {k}: batch halved to {to}, "
+                f"shard {k} redone whole" for k, frm, to in self.backoffs]
+
     def summary_line(self) -> str:
-        return (f"extract {self.teacher}: {self.num_images} images, {self.num_views} views, "
-                f"{len(self.masked)} masked, {self.num_bad} bad, {len(self.computed_shards)} shards computed, "
-                f"{len(self.skipped_shards)} skipped, {self.seconds:.1f} s, {self.images_per_s:.2f} images/s, "
-                f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value")
+        """The run in one line, then one line per out-of-memory back-off (if any)."""
+        return "\n".join([
+            f"extract {self.teacher}: {self.num_images} images, {self.num_views} views, "
+            f"{len(self.masked)} masked, {self.num_bad} bad, {len(self.computed_shards)} shards computed, "
+            f"{len(self.skipped_shards)} skipped, {self.seconds:.1f} s, {self.images_per_s:.2f} images/s, "
+            f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value",
+            *self.backoff_lines()])
 
 
 # ExtractConfig fields fixed when a store is created: the flag, the store attribute it must match.
@@ -235,6 +244,9 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         if len(report.computed_shards) % store.stats_fold_every == 0:
             store.fold_stats()  # the driver is the one writer: keeps partials bounded on object stores too
         report.shard_workers[result.shard] = result.worker
+        for frm, to in result.backoffs:  # out of device memory: the shard was redone whole at `to`
+            store.record_batch_backoff(result.shard, from_size=frm, to_size=to, worker=result.worker)
+            report.backoffs.append((result.shard, frm, to))
         for phase, secs in result.seconds.items():
             report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + secs
         report.num_images += result.num_images

@@ -47,12 +47,17 @@ class CorpusParams:
     min_side: int = 16
 
 
+DEFAULT_BATCH_SIZE = 32  # extraction views per forward for a teacher extract.batch_size does not name
+
+
 @dataclass(frozen=True)
 class ExtractParams:
     """`pipeline extract` options, shared by every teacher's stage."""
 
     teachers: list[str] = field(default_factory=lambda: ["tiny_dinov2", "tiny_clip", "tiny_sam"])
-    batch_size: int = 32
+    # views per forward: one size for every teacher, or {teacher: size} (a teacher not named gets
+    # DEFAULT_BATCH_SIZE); out of device memory halves a teacher's size and redoes the shard
+    batch_size: int | dict[str, int] = 32
     shard_size: int = 32
     keepbits: int = 7
     workers: int = 1
@@ -66,6 +71,12 @@ class ExtractParams:
     # open_clip teachers whose text embeddings (evaluate.*_classes prompt sets) and image-side projection
     # `pipeline extract-text-stage` writes into their stores (zero-shot / open-vocabulary evaluation)
     text_teachers: list[str] = field(default_factory=list)
+
+    def batch_size_for(self, teacher: str) -> int:
+        """This teacher's extraction batch size (its entry of a per-teacher mapping, else the one size)."""
+        if isinstance(self.batch_size, dict):
+            return int(self.batch_size.get(teacher, DEFAULT_BATCH_SIZE))
+        return int(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -161,8 +172,13 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        for i, tp_i in enumerate(inner):  # the first type the value fits (int | dict: a size or a mapping)
+            try:
+                return _check_value(value, tp_i, where)
+            except ValueError:
+                if i == len(inner) - 1:
+                    raise
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
@@ -216,7 +232,9 @@ def parse_params(raw: Any, *, source: str = "params") -> Params:
 
 def _validate(p: Params, source: str) -> None:
     """Cross-field checks that need no imports of the heavy stages."""
-    for where, value in (("corpus.views", p.corpus.views), ("extract.batch_size", p.extract.batch_size),
+    sizes = p.extract.batch_size if isinstance(p.extract.batch_size, dict) else {"": p.extract.batch_size}
+    for where, value in (("corpus.views", p.corpus.views),
+                         *((f"extract.batch_size{'.' + t if t else ''}", b) for t, b in sizes.items()),
                          ("extract.shard_size", p.extract.shard_size), ("distill.steps", p.distill.steps),
                          ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k),
                          ("evaluate.seg_probe_steps", p.evaluate.seg_probe_steps)):
@@ -239,6 +257,11 @@ def _validate(p: Params, source: str) -> None:
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
     if unknown_teachers:
         raise ValueError(f"{source}: unknown extract.teachers {unknown_teachers}; valid teachers: {teacher_names()}")
+    if isinstance(p.extract.batch_size, dict):
+        stray_batch = sorted(set(p.extract.batch_size) - set(teacher_names()))
+        if stray_batch:
+            raise ValueError(f"{source}: extract.batch_size names unknown teachers {stray_batch}; valid teachers: "
+                             f"{teacher_names()}")
     stray_text = sorted(set(p.extract.text_teachers) - set(p.extract.teachers))
     if stray_text:
         raise ValueError(f"{source}: extract.text_teachers names {stray_text}, which are not in extract.teachers "

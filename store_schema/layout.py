@@ -37,6 +37,10 @@ REQUIRED_ATTRS: tuple[str, ...] = (
     "storage_grid", "shard_size", "num_images", "num_views", "stats_fold_every",
 )
 
+# Root attribute of a store whose extraction ran out of device memory: [{"shard", "from", "to", "worker"}],
+# each a shard redone whole at the halved batch size (pipeline/extract.py).
+BATCH_BACKOFFS_ATTR = "batch_backoffs"
+
 # Root attribute of a store made by `pipeline store transcode`: {"store": source path, "fingerprint": ...}.
 TRANSCODED_FROM_ATTR = "transcoded_from"
 

@@ -455,6 +455,20 @@ class TeacherStore:
             raise ValueError(f"teacher {self.spec.name} has no {kind} tokens; valid kinds: {', '.join(self.kinds)}")
         return C
 
+    def record_batch_backoff(self, k: int, *, from_size: int, to_size: int, worker: str) -> None:
+        """Record that shard k ran out of device memory at batch `from_size` and was redone whole at
+        `to_size` (the root attribute BATCH_BACKOFFS_ATTR, appended by the driver, the one writer)."""
+        self._require_writable()
+        entries = list(self.attrs.get(layout.BATCH_BACKOFFS_ATTR, []))
+        entries.append({"shard": int(k), "from": int(from_size), "to": int(to_size), "worker": str(worker)})
+        self.group.attrs[layout.BATCH_BACKOFFS_ATTR] = entries
+        self.attrs[layout.BATCH_BACKOFFS_ATTR] = entries
+
+    @property
+    def batch_backoffs(self) -> list[dict]:
+        """Every out-of-memory back-off of this store's extraction: {shard, from, to, worker}, in order."""
+        return list(self.attrs.get(layout.BATCH_BACKOFFS_ATTR, []))
+
     @_guarded("the complete flag of shard {k}")
     def mark_complete(self, k: int) -> None:
         """Mark shard k complete; the driver calls this last, after the shard's data and stats. Folds the

@@ -81,6 +81,8 @@ class ShardResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall s: decode / stage / device / fetch / write / total
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU s of the same phases
     worker: str = ""  # host:pid of the process that extracted the shard
+    batch_size: int = 0  # views per forward the shard was computed at
+    backoffs: list[tuple[int, int]] = field(default_factory=list)  # (from, to): out of memory, shard redone
 
     def moments(self, kind: str) -> Moments | None:
         """One kind's moments over both splits (train merged with val); None if the teacher lacks it."""
@@ -236,7 +238,41 @@ class ShardWorker:
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     def run_shard(self, k: int) -> ShardResult:
-        """Extract shard k in full, write it in one call, and return its partial statistics per split."""
+        """Extract shard k in full, write it in one call, and return its partial statistics per split.
+
+        Out of device memory (`torch.cuda.OutOfMemoryError`): the worker's batch size is halved (down to 1,
+        for this and every later shard) and the shard is redone whole from its first image, so no shard
+        ever mixes batches from two attempts and its arrays equal a run at the smaller batch. The result
+        lists each back-off (`ShardResult.backoffs`) for the driver to record in the store and print."""
+        backoffs: list[tuple[int, int]] = []
+        while True:
+            batch = self.batch_size
+            try:
+                result = self._run_shard_at(k, batch)
+            except torch.cuda.OutOfMemoryError as e:
+                if batch <= 1:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"teacher {self.spec.name} runs out of memory on {self.device} even at batch size 1 "
+                        f"(shard {k}): {str(e).splitlines()[0] if str(e) else 'out of memory'}") from None
+                smaller = max(1, batch // 2)
+                with self._device_lock:  # a concurrent shard that hit the same limit halves only once
+                    self.batch_size = min(self.batch_size, smaller)
+                backoffs.append((batch, self.batch_size))
+                del e  # the traceback holds the failed attempt's device buffers
+                self._free_device_memory()
+                continue
+            result.backoffs = backoffs
+            return result
+
+    def _free_device_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _run_shard_at(self, k: int, batch_size: int) -> ShardResult:
+        """One attempt at shard k with `batch_size` views per forward."""
         t0, c0 = time.perf_counter(), time.process_time()
         clock = _Clock()
         lo, hi = self.store.shard_range(k)
@@ -264,8 +300,8 @@ class ShardWorker:
             for view, arr in enumerate(rendered):
                 views.append(arr)
                 slots.append((row, view))
-            while len(views) >= self.batch_size:
-                n = self.batch_size
+            while len(views) >= batch_size:
+                n = batch_size
                 self._forward_into(views[:n], slots[:n], lo, buffers, acc, masked, clock)
                 del views[:n], slots[:n]
         if views:  # the last, partial batch
@@ -296,6 +332,7 @@ class ShardWorker:
             seconds=clock.wall,
             cpu_seconds=clock.cpu,
             worker=f"{socket.gethostname()}:{os.getpid()}",
+            batch_size=batch_size,
         )
 
     def _rendered(self, ids: list[int]) -> Iterator[tuple[int, tuple[list[np.ndarray], list[MaskedView]], float, float]]:
