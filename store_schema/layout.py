@@ -148,10 +148,12 @@ def fidelity_path(root: Path, teacher: str) -> Path:
     return Path(root) / "fidelity" / f"{_check_name('teacher name', teacher)}.json"
 
 
-def lease_path(target: Path) -> Path:
+def lease_path(target: Location) -> Location:
     """<target>.lease: the lease file guarding a store, a run directory or a transcode destination
-    (store_schema/lease.py). Beside the target, never inside it, so it exists before the target does.
-    Local / shared filesystems only (a lease needs an atomic create; object-store URLs have none here)."""
+    (store_schema/lease.py). Beside the target, never inside it, so it exists before the target does. On an
+    s3:// root it is an object (store_schema/lease_object.py: S3 conditional writes)."""
+    if location.is_url(target):
+        return str(target).rstrip("/") + ".lease"
     target = Path(target)
     return target.with_name(target.name + ".lease")
 

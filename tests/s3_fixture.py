@@ -23,6 +23,7 @@ def _free_port() -> int:
 def s3():
     """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables point every client at it."""
     import boto3
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
@@ -32,11 +33,15 @@ def s3():
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec caches filesystem instances by their arguments, not the environment: one made for another
+    # module's server (another port) must not be reused
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET)
         yield f"s3://{BUCKET}"
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
