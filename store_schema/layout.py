@@ -30,6 +30,10 @@ STATS_FOLDED = "stats/folded"  # int64 [2]: (shards folded into the totals, live
 DIMS_SUMMARY = ("image", "view", "channel")
 DIMS_PATCHES = ("image", "view", "y", "x", "channel")
 DIMS_VALID = ("image", "view")
+# float64 [N, V, 4]: each view's teacher frame (u0, v0, u1, v1) in view coordinates, for teachers whose
+# resize rule is not a squash (stages/teachers/resize.py); written once when the store is created
+FRAMES = "frames"
+DIMS_FRAMES = ("image", "view", "frame")
 
 # Root attributes every store carries.
 REQUIRED_ATTRS: tuple[str, ...] = (

@@ -348,6 +348,8 @@ class Manifest:
         flips = table.column("view_flips").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         self.view_boxes_NV4: np.ndarray = np.asarray(boxes, np.float64).reshape(N, V, 4)
         self.view_flips_NV: np.ndarray = np.asarray(flips, bool).reshape(N, V)
+        self.width_N: np.ndarray = table.column("width").to_numpy().astype(np.int64)  # upright, 0 if unknown
+        self.height_N: np.ndarray = table.column("height").to_numpy().astype(np.int64)
         if self.located:
             self.shards = ArrowStrings(table.column("shard"))
             self.members = ArrowStrings(table.column("member"))

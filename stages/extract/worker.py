@@ -44,11 +44,12 @@ import torch
 import zarr
 
 from stages.corpus.samples import decode_checked
-from stages.corpus.views import render_view
+from stages.corpus.views import render_teacher_view, render_view
 from stages.extract.device_stats import DeviceMoments
 from stages.extract.pooling import check_storage_grid, pool_patches
 from stages.stats import Moments
-from stages.teachers.preprocess import pixels_on_device
+from stages.teachers.preprocess import pixels_on_device, zero_padding
+from stages.teachers.resize import content_tokens
 from stages.teachers.registry import build_teacher
 from stages.teachers.spec import TeacherSpec
 from store_schema.codecs import float32_bits_high_half, torch_bitround
@@ -226,6 +227,7 @@ class ShardWorker:
         self._keepbits = codec.keepbits
         self.store.set_write_threads(cpu_threads)  # chunk-parallel compression on the granted CPUs
         self._pinned = _HostBuffers(self.device)
+        self._frames = self.store.frames_NV4  # None for a squash teacher (stages/teachers/resize.py)
 
     def _as_stored(self, x: torch.Tensor) -> np.ndarray:
         """A host tensor of the shard's stored values as the numpy array the store writes (no copy)."""
@@ -372,7 +374,10 @@ class ShardWorker:
         boxes_V4 = self.manifest.view_boxes_NV4[image_id]
         flips_V = self.manifest.view_flips_NV[image_id]
         res = self.spec.resolution
-        return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
+        if self._frames is None:  # squash: the view box resized to the square input
+            return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
+        return [render_teacher_view(img, boxes_V4[v], bool(flips_V[v]), res, self._frames[image_id, v])
+                for v in range(self.store.num_views)], []
 
     @torch.inference_mode()
     def _forward_into(self, views: list[np.ndarray], slots: list[tuple[int, int]], lo: int, buffers: tuple,
@@ -389,8 +394,13 @@ class ShardWorker:
                 u8_BHW3 = u8_BHW3.to(dev, non_blocking=True)
                 rows_B = np.array([r for r, _ in slots])
                 split_B = torch.from_numpy(self._split_N[lo + rows_B].astype(np.int64)).to(dev, non_blocking=True)
+                frames_B4 = None if self._frames is None else self._frames[lo + rows_B, [v for _, v in slots]]
             with clock.phase("device"):  # on the teacher's device: normalize, forward, pool, round, stats
                 pixels_BCHW = pixels_on_device(u8_BHW3, self.spec)
+                content_Bhw = None
+                if frames_B4 is not None:
+                    pixels_BCHW = zero_padding(pixels_BCHW, frames_B4, self.spec.resolution)
+                    content_Bhw = content_tokens(frames_B4, self.grid).to(dev)
                 with _forward_context(dev):
                     out = self.teacher(pixels_BCHW)
                 patches_BhwC = torch_bitround(pool_patches(out.patches_BhwC.float(), self.grid), self._keepbits)
@@ -404,7 +414,10 @@ class ShardWorker:
                     finite_B &= torch.isfinite(summary_BC).all(dim=1)
                 for p, sp in enumerate(STATS_SPLITS):
                     keep_B = finite_B & (split_B == p)
-                    acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
+                    if content_Bhw is None:
+                        acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
+                    else:  # padded tokens are stored but never counted
+                        acc[("patches", sp)].update(patches_BhwC[keep_B[:, None, None] & content_Bhw])
                     if summary_BC is not None:
                         acc[("summary", sp)].update(summary_BC[keep_B])
                 # into the shard's device buffers; a non-finite view stays zero (and invalid)
