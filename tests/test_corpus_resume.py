@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from PIL import Image
 from stages.corpus.build_manifest import build_corpus
 from store_schema import layout
 from store_schema.manifest import ViewSpec
+from tests.kill import sigkill_when
 
 pytest_plugins = ["tests.ray_fixture"]
 REPO = Path(__file__).resolve().parents[1]
@@ -43,15 +43,7 @@ def test_killed_corpus_build_resumes_and_equals_an_uninterrupted_one(tmp_path):
            "--files-per-task", "1", "--views", "2"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 120
-        while len(_parts(root)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(proc, lambda: len(_parts(root)) >= 3, poll_s=0.005)
     assert proc.returncode == -signal.SIGKILL, f"finished before it could be killed: {proc.stderr.read()}"
     kept = _parts(root)
     assert 3 <= len(kept) < 61 and not (root / "manifest.parquet").exists()

@@ -7,13 +7,9 @@ holder stops it, and roots whose object store offers no conditional writes are r
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -24,23 +20,15 @@ from store_schema.lease import Lease, LeaseHeldError, LeaseLostError, LeaseOptio
 from store_schema.lease_object import LeaseUnsupportedError
 
 pytest_plugins = ["tests.s3_fixture", "tests.ray_fixture"]
-REPO = Path(__file__).resolve().parents[1]
 # Last-Modified has a resolution of one second: heartbeats and stale times a few seconds apart
 S3_FAST = LeaseOptions(heartbeat_s=0.5, stale_after_s=3.0, poll_s=0.1)
 
 
 def _holder_process(target: str, *, hold_s: float) -> subprocess.Popen:
-    code = textwrap.dedent(f"""
-        import time
-        from store_schema.lease import Lease, LeaseOptions
-        with Lease({target!r}, purpose="test holder on s3", options=LeaseOptions(heartbeat_s=0.5, stale_after_s=3.0)):
-            print("held", flush=True)
-            time.sleep({hold_s})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    """A separate process holding the lease on an s3:// target (heartbeat 0.5 s, stale after 3 s)."""
+    from tests.test_lease import _holder_process as holder
+
+    return holder(target, hold_s=hold_s, heartbeat_s=0.5)
 
 
 def _foreign_lease(target: str, *, at: float | None = None) -> None:
@@ -61,7 +49,7 @@ def test_second_writer_on_an_s3_root_is_refused_naming_the_holder(s3):
             Lease(target, purpose="extract alpha").acquire()
         assert time.monotonic() - t < 5
         msg = str(err.value)
-        assert f"pid {proc.pid} on host" in msg and "test holder on s3" in msg and f"lease {target}.lease" in msg
+        assert f"pid {proc.pid} on host" in msg and "test holder" in msg and f"lease {target}.lease" in msg
         proc.send_signal(signal.SIGKILL)  # a dead holder on this host: taken over at once
         proc.wait()
         with Lease(target) as lease:
