@@ -62,9 +62,6 @@ def corpus(
     source, out, views, view_seed = v["source"], as_location(v["out"]), v["views"], v["view_seed"]
     min_side, val_fraction = v["min_side"], v["val_fraction"]
     given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
-    from pipeline.ray_runtime import ray_is_running, shutdown_ray
-
-    started_ray = not no_ray and not ray_is_running()
     try:
         view_spec = ViewSpec(num_views=views, seed=view_seed)
         report = build_corpus(str(source), out_dir=out, view_spec=view_spec, workers=0 if no_ray else workers,
@@ -72,9 +69,6 @@ def corpus(
                               **{k: v for k, v in given.items() if v is not None})
     except (ValueError, OSError) as e:
         raise fail(str(e)) from e
-    finally:
-        if started_ray and ray_is_running():
-            shutdown_ray()
     manifest, parts = report.manifest, report.parts
     typer.echo(f"units: {report.units}  built: {parts.built} ({parts.engine or 'none left'})  reused: {parts.reused}"
                f"  {report.seconds:.1f} s")

@@ -32,11 +32,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from store_schema.errors import StoreError
+from store_schema.lease_record import describe_holder, iso_time, lost_reason, parse_holder
 from store_schema.layout import lease_path
 
 DEFAULT_HEARTBEAT_S = 5.0
@@ -88,39 +88,11 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def describe_holder(holder: dict[str, Any], *, heartbeat_age_s: float | None = None) -> str:
-    """'pid 123 on host h (started 2026-..., took the lease at ..., doing "extract x")'."""
-    text = (f"pid {holder.get('pid')} on host {holder.get('host')} (process started "
-            f"{_iso(float(holder.get('process_started', 0)))}, lease taken {_iso(float(holder.get('acquired_at', 0)))}")
-    if holder.get("purpose"):
-        text += f", doing {holder['purpose']!r}"
-    if heartbeat_age_s is not None:
-        text += f", last heartbeat {heartbeat_age_s:.0f} s ago"
-    return text + ")"
-
-
 def read_holder(path: Path | str) -> tuple[dict[str, Any], float] | None:
     """(holder record, heartbeat time) of the lease at `path` (a file, or an s3:// object), or None when
     there is none. A local lease's heartbeat is the file's mtime, an object's its Last-Modified time."""
     found = lease_file_for_path(path).read()
     return None if found is None else (found[0], found[1])
-
-
-def _parse_holder(text: str) -> dict[str, Any]:
-    """A lease record. One that does not parse (a damaged filesystem; a holder killed while writing is
-    impossible: records are put in place complete) is a holder with unknown fields: it still goes stale
-    (its heartbeat is the file's time) and is taken over."""
-    try:
-        holder = json.loads(text)
-        if not isinstance(holder, dict):
-            raise ValueError
-    except ValueError:
-        holder = {"host": "?", "pid": None, "token": None, "damaged": True}
-    return holder
 
 
 class LocalLeaseFile:
@@ -140,7 +112,7 @@ class LocalLeaseFile:
             text = self.path.read_text()
         except FileNotFoundError:
             return None
-        holder = _parse_holder(text)
+        holder = parse_holder(text)
         return holder, st.st_mtime, (holder.get("token"), st.st_mtime)
 
     def create(self, record: dict[str, Any]) -> bool:
@@ -211,11 +183,6 @@ class LocalLeaseFile:
             self.path.unlink(missing_ok=True)
 
 
-def lost_reason(found: tuple | None) -> str:
-    return ("its lease file was removed" if found is None else
-            f"another run took it over: {describe_holder(found[0])}")
-
-
 def lease_file_for_path(path: Path | str):
     """The lease file at `path`: a LocalLeaseFile, or an ObjectLeaseFile for an s3:// URL; a LeaseUnsupported
     error for another object store (no atomic create-if-absent the pipeline can rely on there)."""
@@ -267,7 +234,7 @@ class Lease:
             if started is None:
                 return f"pid {holder['pid']} no longer runs on this host"
             if abs(started - float(holder.get("process_started", started))) > 1.0:
-                return f"pid {holder['pid']} now belongs to another process (started {_iso(started)})"
+                return f"pid {holder['pid']} now belongs to another process (started {iso_time(started)})"
         return None
 
     # ---- acquire / release ------------------------------------------------------------------------

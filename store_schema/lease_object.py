@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from store_schema.errors import StoreError
+from store_schema.lease_record import lost_reason, parse_holder
 
 _RETRIES = 5
 
@@ -102,8 +103,6 @@ class ObjectLeaseFile:
     def read(self) -> tuple[dict[str, Any], float, str] | None:
         """(holder, heartbeat time = Last-Modified, ETag) or None; the record and its ETag belong together
         (read again when the object changed between the calls)."""
-        from store_schema.lease import _parse_holder
-
         for _ in range(_RETRIES):
             head = self._head()
             if head is None:
@@ -114,7 +113,7 @@ class ObjectLeaseFile:
                 return None
             again = self._head()
             if again is not None and again["ETag"] == head["ETag"]:
-                return _parse_holder(body.decode("utf-8", "replace")), head["LastModified"].timestamp(), head["ETag"]
+                return parse_holder(body.decode("utf-8", "replace")), head["LastModified"].timestamp(), head["ETag"]
             time.sleep(0.01)
         raise OSError(f"the lease object {self.path} keeps changing while it is read")
 
@@ -133,8 +132,6 @@ class ObjectLeaseFile:
 
     def beat(self, token: str) -> str | None:
         """Rewrite the record (new Last-Modified) only if it is still ours; the reason when it is not."""
-        from store_schema.lease import lost_reason
-
         found = self.read()
         if found is None or found[0].get("token") != token:
             return lost_reason(found)

@@ -133,25 +133,26 @@ def _run_on_ray(todo: list[CorpusUnit], options: CorpusOptions, root: str, worke
     parts written so far are kept for the re-run."""
     import ray
 
-    from pipeline.ray_runtime import init_ray
+    from stages.orchestrate.ray_session import ray_session
 
-    resources = init_ray(ray_address)
-    n = int(workers) if workers else max(1, int(resources.get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=2)(build_part)
-    queue, inflight, errors = deque(todo), {}, []
-    opts_ref = ray.put(options)
-    while queue or inflight:
-        while queue and not errors and len(inflight) < TASKS_IN_FLIGHT_PER_WORKER * n:
-            unit = queue.popleft()
-            inflight[task.remote(unit, opts_ref, root)] = unit
-        if not inflight:
-            break
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        unit = inflight.pop(ready[0])
-        try:
-            finished(ray.get(ready[0]))
-        except Exception as e:  # noqa: BLE001 - collected, in-flight tasks finish, then raised
-            errors.append((unit, e))
+    errors: list = []
+    with ray_session(ray_address) as resources:  # a Ray started here is stopped when the build ends
+        n = int(workers) if workers else max(1, int(resources.get("CPU", 1)))
+        task = ray.remote(num_cpus=1, max_retries=2)(build_part)
+        queue, inflight = deque(todo), {}
+        opts_ref = ray.put(options)
+        while queue or inflight:
+            while queue and not errors and len(inflight) < TASKS_IN_FLIGHT_PER_WORKER * n:
+                unit = queue.popleft()
+                inflight[task.remote(unit, opts_ref, root)] = unit
+            if not inflight:
+                break
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            unit = inflight.pop(ready[0])
+            try:
+                finished(ray.get(ready[0]))
+            except Exception as e:  # noqa: BLE001 - collected, in-flight tasks finish, then raised
+                errors.append((unit, e))
     if errors:
         unit, e = errors[0]
         cause = getattr(e, "cause", e)
