@@ -16,7 +16,7 @@ from pipeline.errors import fail
 # The corpus builder's defaults, spelled here only for --help (stage code is imported inside the commands);
 # None passes nothing, so stages/corpus stays the one source of the values (tests/test_cli_errors.py
 # checks these against it).
-HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2}
+HELP_DEFAULTS = {"pixel_limit": 100_000_000, "min_side": 8, "val_fraction": 0.2, "files_per_task": 1024}
 
 
 def corpus(
@@ -45,7 +45,8 @@ def corpus(
                                                             "starts a local Ray.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Build every unit in this process without Ray (same "
                                                           "code path).")] = False,
-    files_per_task: Annotated[int, typer.Option(help="Image files per task (each tar shard is one task).")] = 256,
+    files_per_task: Annotated[Optional[int], typer.Option(help="Image files per task (each tar shard is one task). "
+                                                                f"Default: {HELP_DEFAULTS['files_per_task']}.")] = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
 
@@ -61,11 +62,12 @@ def corpus(
     v = fill_from_params(ctx, locals(), CORPUS, required=("source", "out"))
     source, out, views, view_seed = v["source"], as_location(v["out"]), v["views"], v["view_seed"]
     min_side, val_fraction = v["min_side"], v["val_fraction"]
-    given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction}
+    given = {"pixel_limit": pixel_limit, "min_side": min_side, "val_fraction": val_fraction,
+             "files_per_task": files_per_task}
     try:
         view_spec = ViewSpec(num_views=views, seed=view_seed)
         report = build_corpus(str(source), out_dir=out, view_spec=view_spec, workers=0 if no_ray else workers,
-                              ray_address=ray_address, files_per_task=files_per_task,
+                              ray_address=ray_address,
                               **{k: v for k, v in given.items() if v is not None})
     except (ValueError, OSError) as e:
         raise fail(str(e)) from e

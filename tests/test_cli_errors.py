@@ -138,8 +138,10 @@ def test_corpus_help_defaults_are_the_builders():
     from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION
     from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
 
+    from stages.corpus.build_runner import FILES_PER_TASK
+
     assert cmd_corpus.HELP_DEFAULTS == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
-                                        "val_fraction": DEFAULT_VAL_FRACTION}
+                                        "val_fraction": DEFAULT_VAL_FRACTION, "files_per_task": FILES_PER_TASK}
 
 
 @pytest.mark.parametrize("content", ["state_dict", "text"])

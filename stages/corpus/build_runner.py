@@ -31,7 +31,7 @@ from stages.corpus.units import CorpusOptions, CorpusUnit, build_unit_rows
 from store_schema import layout, location
 from store_schema.manifest import LOCATED_COLUMNS, ManifestWriter
 
-FILES_PER_TASK = 256  # image files per unit (a tar shard is one unit whatever its size)
+FILES_PER_TASK = 1024  # image files per unit (a tar shard is one unit whatever its size): seconds of work
 PART_FORMAT = 1  # bump when a part's columns or meaning change: old parts are then not reused
 TASKS_IN_FLIGHT_PER_WORKER = 2
 
