@@ -65,6 +65,10 @@ def test_out_of_memory_halves_the_batch_redoes_the_shard_and_equals_a_smaller_ba
     # recorded in the store and printed
     assert report.backoffs and all((frm, to) == (4, 2) for _, frm, to in report.backoffs)
     assert [(e["shard"], e["from"], e["to"]) for e in store.batch_backoffs] == report.backoffs
+    from stages.extract.inspect import format_info, store_info
+
+    assert f"out-of-memory back-offs {len(report.backoffs)} (shard {report.backoffs[0][0]}: 4 -> 2" in \
+        format_info(store_info(store))  # `pipeline store info`
     k = report.backoffs[0][0]
     assert (f"{TEACHER}: out of device memory at batch 4 in shard {k}: batch halved to 2, shard {k} redone whole"
             in report.summary_line())

@@ -108,6 +108,9 @@ def test_padded_tokens_carry_no_statistics_and_no_loss(tmp_path, make_corpus, pa
     stats = store.stats("patches")
     assert stats.count == int(content[valid_NV].sum()) < int(valid_NV.sum()) * 64  # only content tokens count
     assert verify_store(store).ok  # the recomputed statistics agree (padding excluded there too)
+    from stages.extract.inspect import format_info, store_info
+
+    assert "resize longest_side_pad" in format_info(store_info(store))
 
     # padding values do not move the statistics
     _, patches_SVhwC, valid_SV = store.read_shard(0)
