@@ -266,14 +266,14 @@ class ArrowStrings(Sequence):
     sequence of str."""
 
     def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
-        self._arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        self._arr = column  # chunks (row groups) kept as they are: combining them would copy every string
 
     def __len__(self) -> int:
         return len(self._arr)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self._arr[i].to_pylist()
+            return self._arr[i].to_pylist()  # a slice of a chunked array is zero-copy
         if isinstance(i, (np.integer, int)):
             i = int(i)
             if i < 0:
