@@ -177,3 +177,22 @@ def test_a_teachers_map_brought_back_onto_the_view_lines_up_with_it(rule: Resize
     assert seen.sum() >= 16
     err = (back - student).abs()[..., :2][seen]
     assert err.max() < 8.0, float(err.max())
+
+
+def test_a_padded_store_transcoded_to_a_coarser_grid_still_verifies(tmp_path, make_corpus, pad_teacher) -> None:
+    """Pooled cells that straddle the padding edge are padding too: the new statistics leave them out."""
+    import shutil
+
+    from stages.extract.transcode import transcode_store
+
+    root = make_corpus(tmp_path, n_ok=6, num_views=1)
+    run_extract(root, pad_teacher, ExtractConfig(workers=0, shard_size=4, batch_size=4, progress=False))
+    dst = tmp_path / "coarse"
+    dst.mkdir()
+    shutil.copy(layout.manifest_path(root), layout.manifest_path(dst))
+    transcode_store(root, pad_teacher, dst, storage_grid=(4, 4))
+    store = open_teacher_store(layout.teacher_store_path(dst, pad_teacher))
+    valid_NV = np.asarray(store.valid[:], bool)
+    content = store.content_mask(np.arange(store.num_images))
+    assert store.grid == (4, 4) and store.stats("patches").count == int(content[valid_NV].sum())
+    assert verify_store(store).ok
