@@ -28,7 +28,7 @@ from PIL import Image
 from stages.extract.driver import ExtractConfig, run_extract
 from stages.orchestrate.ray_session import init_ray, shutdown_ray
 from stages.corpus.build_manifest import build_manifest
-from stages.corpus.images import load_rgb
+from stages.corpus.samples import load_checked
 from stages.corpus.views import render_view
 from stages.teachers.preprocess import to_pixels
 from stages.teachers.registry import build_teacher, get_teacher_spec
@@ -74,7 +74,7 @@ def bare_forward(manifest: Manifest, teacher_name: str, *, batch_size: int, work
 
     spec = get_teacher_spec(teacher_name)
     V = manifest.view_spec.num_views
-    views = np.stack([render_view(load_rgb(manifest.image_path(i), pixel_limit=manifest.pixel_limit),
+    views = np.stack([render_view(load_checked(manifest, i),
                                   manifest.view_boxes_NV4[i, v], bool(manifest.view_flips_NV[i, v]),
                                   spec.resolution)
                       for i in range(manifest.num_images) for v in range(V)])

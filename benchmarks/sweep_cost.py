@@ -54,12 +54,12 @@ def _extract(root: Path, teachers: list[str], *, batch_size: int) -> float:
 
 def _online_targets(batch: dict[str, Any], stores: Any, teachers: dict[str, torch.nn.Module]) -> None:
     """Replace the batch's stored targets by online teacher forwards on the same views (normalized)."""
-    from stages.corpus.images import load_rgb
+    from stages.corpus.samples import load_checked
     from stages.corpus.views import render_view
     from stages.teachers.preprocess import to_pixels
 
     m = stores.manifest
-    imgs = [load_rgb(str(m.image_path(int(i))), pixel_limit=m.pixel_limit) for i in batch["image_B"]]
+    imgs = [load_checked(m, int(i)) for i in batch["image_B"]]  # the one reader, checked against the hash
     for name, teacher in teachers.items():
         spec = stores.stores[name].spec
         views_BHW3 = np.stack([render_view(img, m.view_boxes_NV4[int(i), int(v)], bool(m.view_flips_NV[int(i), int(v)]),

@@ -12,15 +12,19 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.defaults import ParamsOpt, Route, routed
+from pipeline.errors import fail
 
 CORPUS = Route(sections=("corpus",), keys={"out": "store.root"}, required=("source", "out"))
 DEMO_CORPUS = Route(keys={"out_dir": "demo.dir"}, required=("out_dir",))
 
 
 def corpus(
-    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (searched recursively), a text file of "
-                                                          "paths (one per line), or a .parquet file with a 'uri' "
-                                                          "column. Default: corpus.source of params.yaml.")] = None,
+    source: Annotated[Optional[str], typer.Argument(help="Folder of images and/or WebDataset .tar shards (searched "
+                                                         "recursively), shards as a glob ('shards/*.tar') or brace "
+                                                         "pattern ('shards/{00000..00123}.tar'), one .tar, a text "
+                                                         "file of paths (one per line), or a .parquet file with a "
+                                                         "'uri' column; local or any fsspec URL (s3://bucket/...). "
+                                                         "Default: corpus.source of params.yaml.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Store root (a folder or an fsspec URL such as "
                                                              "s3://bucket/prefix); manifest.parquet is written here. "
                                                              "Default: store.root of params.yaml.")] = None,
@@ -32,18 +36,36 @@ def corpus(
                                                          "recorded as bad.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
                                                                "split.")] = None,
+    files_per_task: Annotated[Optional[int], typer.Option(help="Image files per task (each tar shard is one "
+                                                                "task).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray tasks at once (one CPU each). Default: every CPU of "
+                                                        "the Ray cluster.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default "
+                                                            "starts a local Ray.")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Build every unit in this process without Ray (same "
+                                                          "code path).")] = False,
     params: ParamsOpt = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
 
-    Arguments and options not given take their values from params.yaml when there is one (printed on stderr),
-    else the corpus stage's defaults (stages/corpus/config.py)."""
-    from stages.corpus.build_manifest import bad_summary, build_manifest
+    One Ray task per tar shard or batch of files, each writing a part under OUT/corpus_parts: a killed build
+    re-run with the same options resumes, reusing the finished parts. Arguments and options not given take
+    their values from params.yaml when there is one (printed on stderr), else the corpus stage's defaults
+    (stages/corpus/config.py)."""
+    from stages.corpus.build_manifest import bad_summary, build_corpus
     from store_schema.location import as_location
     from store_schema.manifest import ViewSpec
 
-    manifest = build_manifest(source, out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
-                              pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction)
+    try:
+        report = build_corpus(str(source), out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
+                              pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction,
+                              files_per_task=files_per_task, workers=0 if no_ray else workers,
+                              ray_address=ray_address)
+    except OSError as e:  # an unreachable bucket, a permission: one error line (ValueError prints as one too)
+        raise fail(str(e)) from e
+    manifest, parts = report.manifest, report.parts
+    typer.echo(f"units: {report.units}  built: {parts.built} ({parts.engine or 'none left'})  reused: {parts.reused}"
+               f"  {report.seconds:.1f} s")
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)

@@ -96,7 +96,7 @@ TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "--teacher
 RootOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_WHAT, help="Store root: holds manifest.parquet; stores go to <root>/<teacher>.zarr. A folder or an fsspec URL (s3://bucket/prefix; AWS_ENDPOINT_URL etc. from the environment). Default: store.root.")]
 CheckpointOpt = Annotated[Optional[list[str]], typer.Option(rich_help_panel=_WHAT, help="Local weights file: PATH (one teacher) or TEACHER=PATH, repeatable. Default: extract.checkpoints.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_WHAT, help="Torch device for the teacher forward pass (cpu, cuda, cuda:0); checked before any store is created.")]
-BatchOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_WHAT, help="Views per teacher forward pass.")]
+BatchOpt = Annotated[Optional[list[str]], typer.Option(rich_help_panel=_WHAT, help="Views per teacher forward pass: N (every teacher) or TEACHER=N (repeatable; a teacher not named gets the default). Out of device memory halves it, down to 1, and redoes the shard whole (recorded in the store's batch_backoffs and printed). Default: extract.batch_size (one size, or one per teacher).")]
 FidelityOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_WHAT, help="After extraction, measure the storage fidelity per normalization variant on this many train images (0: skip; `pipeline store fidelity`).")]
 ShardOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_LAYOUT, help="Images per shard (the unit of work and of resume); an existing store's is the default.")]
 GridOpt = Annotated[Optional[list[str]], typer.Option(rich_help_panel=_LAYOUT, help="Patch grid to store, HxW (every teacher) or TEACHER=HxW (repeatable), no larger than the teacher's (adaptive average pooling). Default: extract.storage_grids, an existing store's grid, else the teacher's.")]
@@ -170,18 +170,26 @@ def teacher_configs(o: dict) -> dict[str, "ExtractConfig"]:
     teachers = parse_teachers(o["teacher"])
     grids = per_teacher_values(o["storage_grid"], teachers, parse_grid, "--storage-grid")
     checkpoints = per_teacher_values(o["checkpoint"], teachers, Path, "--checkpoint", one_teacher=True)
+    batches = per_teacher_values(o["batch_size"], teachers, _batch_size, "--batch-size")
     for flag, name in (("--receipt", "receipt"), ("--redo-shards", "redo_shards")):
         if o[name] is not None and len(teachers) > 1:
             raise ValueError(f"{flag} applies to one teacher (a receipt and shard numbers are per store); "
                              "extract the others in a separate call")
     base = ExtractConfig(
-        batch_size=o["batch_size"], shard_size=o["shard_size"], codec=CodecSpec(keepbits=parse_keepbits(o["keepbits"])),
+        shard_size=o["shard_size"], codec=CodecSpec(keepbits=parse_keepbits(o["keepbits"])),
         device=o["device"], workers=0 if o["no_ray"] else o["workers"], cpus_per_worker=o["cpus_per_worker"],
         gpus_per_worker=resolve_gpus_per_worker(o["gpus_per_worker"], o["device"]), ray_address=o["ray_address"],
         progress=o["progress"], decode_ahead=o["decode_ahead"], stats_fold_every=o["stats_fold_every"],
         fidelity_images=o["fidelity_images"],
         redo_shards=tuple(parse_shards(o["redo_shards"])) if o["redo_shards"] is not None else ())
-    return {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t]) for t in teachers}
+    return {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],
+                       batch_size=base.batch_size if batches[t] is None else batches[t]) for t in teachers}
+
+
+def _batch_size(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"--batch-size takes N or TEACHER=N (N a positive integer), got {text!r}")
+    return int(text)
 
 
 def resolve_configs(args: list[str]) -> dict[str, "ExtractConfig"]:

@@ -44,7 +44,8 @@ def teacher_rows(*, names: list[str] | None = None) -> list[dict]:
         rows.append({
             "name": spec.name, "family": spec.family.value, "arch": spec.arch,
             "weights": f"{spec.weights.value}:{spec.weights_id}" if spec.weights_id else spec.weights.value,
-            "available": weights_available(spec), "resolution": spec.resolution, "grid": f"{h}x{w}",
+            "available": weights_available(spec), "resolution": spec.resolution, "resize": spec.resize.value,
+            "grid": f"{h}x{w}",
             "summary_dim": spec.summary_dim, "patch_dim": spec.patch_dim,
             "bytes_per_view": stored_bytes_per_view(spec), "license": spec.license,
         })
@@ -61,7 +62,7 @@ def _human_bytes(n: int) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Fixed-width text table of `teacher_rows` output."""
-    cols = ["name", "family", "arch", "weights", "available", "resolution", "grid", "summary_dim",
+    cols = ["name", "family", "arch", "weights", "available", "resolution", "resize", "grid", "summary_dim",
             "patch_dim", "bytes_per_view", "license"]
     cells = [[_human_bytes(r[c]) if c == "bytes_per_view" else str(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]

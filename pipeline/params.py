@@ -58,7 +58,9 @@ class ExtractParams:
     open_clip teachers whose text embeddings and projection go into their stores (`pipeline extract-text`)."""
 
     teachers: list[str] = field(default_factory=list)  # no default: a params file must list them
-    batch_size: int = ExtractConfig.batch_size
+    # views per forward: one size for every teacher, or {teacher: size} (a teacher not named gets
+    # ExtractConfig's); out of device memory halves a teacher's size and redoes the shard
+    batch_size: int | dict[str, int] = ExtractConfig.batch_size
     shard_size: int = ExtractConfig.shard_size
     keepbits: int = CodecSpec.keepbits
     workers: int = ExtractConfig.workers
@@ -71,14 +73,19 @@ class ExtractParams:
     fidelity_images: int = ExtractConfig.fidelity_images
     text_teachers: list[str] = field(default_factory=list)
 
+    def batch_size_for(self, teacher: str) -> int:
+        """This teacher's extraction batch size (its entry of a per-teacher mapping, else the one size)."""
+        if isinstance(self.batch_size, dict):
+            return int(self.batch_size.get(teacher, ExtractConfig.batch_size))
+        return int(self.batch_size)
+
 
 @dataclass(frozen=True)
 class DistillParams:
     """`distill:`: one `DistillConfig` (its defaults) per variant and seed of the `SweepConfig` sweep
     (norms × seeds into runs_dir). ``summary_loss``: "cosine" on raw summaries for every variant (both
     papers) or "variant" (the variant's own); a list (``[cosine, variant]``) makes it a sweep axis too:
-    every norm and seed is trained once per summary loss, into runs named with it when there are several
-    (``SweepConfig.run_dir``), and the report says whether the ranking changes between them."""
+    every norm and seed is trained once per summary loss (runs named by ``SweepConfig.run_dir``)."""
 
     student: str = DistillConfig.student
     norms: list[str] = field(default_factory=lambda: list(SweepConfig.norms))
@@ -125,8 +132,7 @@ class Params:
         return [sl] if isinstance(sl, str) else list(sl)
 
     def run_dir(self, norm: str, seed: int, summary_loss: str | None = None) -> Path:
-        """Run directory of one sweep variant, seed (and summary loss, when distill.summary_loss lists several):
-        `SweepConfig.run_dir`."""
+        """Run directory of one sweep run (`SweepConfig.run_dir`)."""
         return self.sweep.run_dir(norm, seed, summary_loss)
 
     def sweep_runs(self) -> list[tuple[str, int, str]]:
@@ -155,11 +161,12 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:  # e.g. str | list[str]: a list takes the list type, anything else the other
-            listed = [a for a in inner if typing.get_origin(a) is list]
-            other = [a for a in inner if typing.get_origin(a) is not list]
-            return _check_value(value, (listed if isinstance(value, list) else other)[0], where)
-        return _check_value(value, inner[0], where)
+        for i, tp_i in enumerate(inner):  # the first type the value fits (int | dict, str | list[str])
+            try:
+                return _check_value(value, tp_i, where)
+            except ValueError:
+                if i == len(inner) - 1:
+                    raise
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where} must be a non-empty path string, got {value!r}")
@@ -220,7 +227,9 @@ def _validate(p: Params, source: str) -> None:
         section, name = key.split(".")
         if getattr(getattr(p, section), name) is None:
             raise ValueError(f"{source}: {key} is not set (it has no default)")
-    for where, value in (("corpus.views", p.corpus.views), ("extract.batch_size", p.extract.batch_size),
+    sizes = p.extract.batch_size if isinstance(p.extract.batch_size, dict) else {"": p.extract.batch_size}
+    for where, value in (("corpus.views", p.corpus.views),
+                         *((f"extract.batch_size{'.' + t if t else ''}", b) for t, b in sizes.items()),
                          ("extract.shard_size", p.extract.shard_size), ("distill.steps", p.distill.steps),
                          ("distill.batch_size", p.distill.batch_size), ("evaluate.knn_k", p.evaluate.knn_k),
                          ("evaluate.seg_probe_steps", p.evaluate.seg_probe_steps)):
@@ -236,13 +245,17 @@ def _validate(p: Params, source: str) -> None:
                          ("distill.seeds", p.distill.seeds)):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"{source}: {where} must be a non-empty list without repeats, got {names}")
-    from stages.normalize import NormVariant
+    from stages.normalize import SUMMARY_LOSSES, NormVariant
     from stages.students.registry import student_max_summary_tokens
     from stages.teachers.registry import teacher_names
 
     unknown_teachers = [t for t in p.extract.teachers if t not in teacher_names()]
     if unknown_teachers:
         raise ValueError(f"{source}: unknown extract.teachers {unknown_teachers}; valid teachers: {teacher_names()}")
+    stray_batch = sorted(set(sizes) - {""} - set(teacher_names()))  # sizes: {"": size} or {teacher: size}
+    if stray_batch:
+        raise ValueError(f"{source}: extract.batch_size names unknown teachers {stray_batch}; valid teachers: "
+                         f"{teacher_names()}")
     stray_text = sorted(set(p.extract.text_teachers) - set(p.extract.teachers))
     if stray_text:
         raise ValueError(f"{source}: extract.text_teachers names {stray_text}, which are not in extract.teachers "
@@ -259,7 +272,6 @@ def _validate(p: Params, source: str) -> None:
     if k is not None and cap is not None and k > cap:
         raise ValueError(f"{source}: distill.num_summary_tokens {k} exceeds what student {p.distill.student!r} "
                          f"supports ({cap}); use null (automatic)")
-
     valid_norms = [v.value for v in NormVariant]
     bad = [n for n in p.distill.norms if n not in valid_norms]
     if bad:
@@ -270,8 +282,6 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: distill.grad_clip must be >= 0 (0: off), got {p.distill.grad_clip}")
     if p.extract.fidelity_images < 0:
         raise ValueError(f"{source}: extract.fidelity_images must be >= 0 (0: skip), got {p.extract.fidelity_images}")
-    from stages.normalize import SUMMARY_LOSSES
-
     losses = p.summary_losses
     if not losses or any(sl not in SUMMARY_LOSSES for sl in losses) or len(set(losses)) != len(losses):
         raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)} or a list of them "

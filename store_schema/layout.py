@@ -30,12 +30,20 @@ STATS_FOLDED = "stats/folded"  # int64 [2]: (shards folded into the totals, live
 DIMS_SUMMARY = ("image", "view", "channel")
 DIMS_PATCHES = ("image", "view", "y", "x", "channel")
 DIMS_VALID = ("image", "view")
+# float64 [N, V, 4]: each view's teacher frame (u0, v0, u1, v1) in view coordinates, for teachers whose
+# resize rule is not a squash (stages/teachers/resize.py); written once when the store is created
+FRAMES = "frames"
+DIMS_FRAMES = ("image", "view", "frame")
 
 # Root attributes every store carries.
 REQUIRED_ATTRS: tuple[str, ...] = (
     "schema_version", "code_version", "teacher", "weights", "manifest_hash", "view_spec", "codec",
     "storage_grid", "shard_size", "num_images", "num_views", "stats_fold_every",
 )
+
+# Root attribute of a store whose extraction ran out of device memory: [{"shard", "from", "to", "worker"}],
+# each a shard redone whole at the halved batch size (stages/extract/driver.py).
+BATCH_BACKOFFS_ATTR = "batch_backoffs"
 
 # Root attribute of a store made by `pipeline store transcode`: {"store": source path, "fingerprint": ...}.
 TRANSCODED_FROM_ATTR = "transcoded_from"
@@ -58,6 +66,23 @@ CREATED_MARKER = ".created"
 def manifest_path(root: Location) -> Location:
     """<root>/manifest.parquet (root: a folder or an fsspec URL such as s3://bucket/prefix)"""
     return location.join(root, "manifest.parquet")
+
+
+# The resumable corpus build (stages/corpus/build_runner.py): one Parquet part per input shard or batch of
+# files, named by the sha256 of its inputs and options, kept for the next build of the same inputs.
+CORPUS_PARTS_DIR = "corpus_parts"
+
+
+def corpus_parts_dir(root: Location) -> Location:
+    """<root>/corpus_parts: the finished parts of `pipeline corpus` builds into this root."""
+    return location.join(root, CORPUS_PARTS_DIR)
+
+
+def corpus_part_path(root: Location, key: str) -> Location:
+    """<root>/corpus_parts/<key>.parquet (key: hex digest of the part's inputs and options)."""
+    if not key or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"a corpus part key is a hex digest, got {key!r}")
+    return location.join(corpus_parts_dir(root), f"{key}.parquet")
 
 
 def teacher_store_path(root: Location, teacher: str) -> Location:
@@ -127,10 +152,12 @@ def fidelity_path(root: Path, teacher: str) -> Path:
     return Path(root) / "fidelity" / f"{_check_name('teacher name', teacher)}.json"
 
 
-def lease_path(target: Path) -> Path:
+def lease_path(target: Location) -> Location:
     """<target>.lease: the lease file guarding a store, a run directory or a transcode destination
-    (store_schema/lease.py). Beside the target, never inside it, so it exists before the target does.
-    Local / shared filesystems only (a lease needs an atomic create; object-store URLs have none here)."""
+    (store_schema/lease.py). Beside the target, never inside it, so it exists before the target does. On an
+    s3:// root it is an object (store_schema/lease_object.py: S3 conditional writes)."""
+    if location.is_url(target):
+        return str(target).rstrip("/") + ".lease"
     target = Path(target)
     return target.with_name(target.name + ".lease")
 

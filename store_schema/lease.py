@@ -32,11 +32,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from store_schema.errors import StoreError
+from store_schema.lease_record import describe_holder, iso_time, lost_reason, parse_holder
 from store_schema.layout import lease_path
 
 DEFAULT_HEARTBEAT_S = 5.0
@@ -88,55 +88,126 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def read_holder(path: Path | str) -> tuple[dict[str, Any], float] | None:
+    """(holder record, heartbeat time) of the lease at `path` (a file, or an s3:// object), or None when
+    there is none. A local lease's heartbeat is the file's mtime, an object's its Last-Modified time."""
+    found = lease_file_for_path(path).read()
+    return None if found is None else (found[0], found[1])
 
 
-def describe_holder(holder: dict[str, Any], *, heartbeat_age_s: float | None = None) -> str:
-    """'pid 123 on host h (started 2026-..., took the lease at ..., doing "extract x")'."""
-    text = (f"pid {holder.get('pid')} on host {holder.get('host')} (process started "
-            f"{_iso(float(holder.get('process_started', 0)))}, lease taken {_iso(float(holder.get('acquired_at', 0)))}")
-    if holder.get("purpose"):
-        text += f", doing {holder['purpose']!r}"
-    if heartbeat_age_s is not None:
-        text += f", last heartbeat {heartbeat_age_s:.0f} s ago"
-    return text + ")"
+class LocalLeaseFile:
+    """A lease file on a local or shared filesystem: created by `os.link` of a complete temporary file
+    (atomic on NFS too), heartbeat = mtime (`utime`), stale holders broken under a break lock."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
 
-def read_holder(path: Path) -> tuple[dict[str, Any], float] | None:
-    """(holder record, heartbeat time = file mtime) of the lease at `path`, or None when there is none.
+    def prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    A lease file that does not parse (a holder killed while writing it is impossible: it is linked into
-    place complete; but a damaged filesystem is not) is reported as a holder with unknown fields whose
-    heartbeat is the file's mtime, so it still goes stale and is taken over."""
-    try:
-        st = os.stat(path)
-        text = Path(path).read_text()
-    except FileNotFoundError:
+    def read(self) -> tuple[dict[str, Any], float, Any] | None:
+        """(holder, heartbeat time, version) or None; the version is what `replace` compares."""
+        try:
+            st = os.stat(self.path)
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        holder = parse_holder(text)
+        return holder, st.st_mtime, (holder.get("token"), st.st_mtime)
+
+    def create(self, record: dict[str, Any]) -> bool:
+        """Link a complete temporary record to the lease name; True when this call created the lease."""
+        from store_schema.io_errors import write_guard
+
+        tmp = self.path.with_name(f"{self.path.name}.{record['token']}.tmp")
+        with write_guard(self.path, "the lease file"):
+            try:
+                tmp.write_text(json.dumps(record, indent=1))
+                try:
+                    os.link(tmp, self.path)
+                    return True
+                except FileExistsError:
+                    return False
+                except OSError:
+                    # Some network filesystems report a failed link whose effect happened: trust the link count.
+                    return os.stat(tmp).st_nlink == 2
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def replace(self, version: Any, record: dict[str, Any]) -> bool:
+        """Replace a stale lease (still at `version`) under the break lock; False if someone else changed
+        it first or is breaking it now."""
+        from store_schema.io_errors import write_guard
+
+        brk = self.path.with_name(self.path.name + ".break")
+        mine = self.path.with_name(f"{brk.name}.{record['token']}.tmp")
+        with write_guard(self.path, "the lease file"):
+            mine.write_text(record["token"])
+            try:
+                try:
+                    os.link(mine, brk)
+                except FileExistsError:
+                    try:
+                        if time.time() - os.stat(brk).st_mtime > BREAK_LOCK_STALE_S:
+                            brk.unlink(missing_ok=True)  # left by a breaker that died mid-way
+                    except FileNotFoundError:
+                        pass
+                    time.sleep(0.05)
+                    return False
+            finally:
+                mine.unlink(missing_ok=True)
+            try:
+                again = self.read()
+                if again is not None and again[2] != version:
+                    return False  # renewed or replaced since we looked: not ours to break
+                self.path.unlink(missing_ok=True)
+                return self.create(record)
+            finally:
+                brk.unlink(missing_ok=True)
+
+    def beat(self, token: str) -> str | None:
+        """Refresh the heartbeat (a `utime`: needs no free space); the reason if the lease is no longer ours."""
+        found = self.read()
+        if found is None or found[0].get("token") != token:
+            return lost_reason(found)
+        try:
+            now = time.time()
+            os.utime(self.path, (now, now))
+        except OSError:
+            pass  # the next beat tries again; a lease that goes stale is caught by check()
         return None
-    try:
-        holder = json.loads(text)
-        if not isinstance(holder, dict):
-            raise ValueError
-    except ValueError:
-        holder = {"host": "?", "pid": None, "token": None, "damaged": True}
-    return holder, st.st_mtime
+
+    def remove(self, token: str) -> None:
+        found = self.read()
+        if found is not None and found[0].get("token") == token:
+            self.path.unlink(missing_ok=True)
+
+
+def lease_file_for_path(path: Path | str):
+    """The lease file at `path`: a LocalLeaseFile, or an ObjectLeaseFile for an s3:// URL; a LeaseUnsupported
+    error for another object store (no atomic create-if-absent the pipeline can rely on there)."""
+    from store_schema.location import is_url
+
+    if not is_url(path):
+        return LocalLeaseFile(Path(path))
+    from store_schema.lease_object import ObjectLeaseFile
+
+    return ObjectLeaseFile(str(path))
 
 
 class Lease:
-    """An exclusive lease on `target` (a store, a run directory, a transcode destination).
+    """An exclusive lease on `target` (a store, a run directory, a transcode destination; a folder or an
+    s3:// URL).
 
     Use as a context manager (`with Lease(target, purpose="extract x", options=...) as lease:`) or with
     acquire() / release(). Not re-entrant: one Lease object per holder."""
 
     def __init__(self, target: Path | str, *, purpose: str = "", options: LeaseOptions | None = None) -> None:
-        from store_schema.location import is_url
+        from store_schema.location import as_location
 
-        # An object-store URL (s3://...) has no atomic create-if-absent through fsspec here, so no lease
-        # can be taken there: the Lease is inert and says so once (docs/RELIABILITY.md).
-        self.inert = is_url(target)
-        self.target = target if self.inert else Path(target)
-        self.path = None if self.inert else lease_path(self.target)
+        self.target = as_location(target)
+        self._file = lease_file_for_path(lease_path(self.target))
+        self.path = self._file.path
         self.purpose = purpose
         self.options = options or LeaseOptions()
         self.token = secrets.token_hex(16)
@@ -163,41 +234,32 @@ class Lease:
             if started is None:
                 return f"pid {holder['pid']} no longer runs on this host"
             if abs(started - float(holder.get("process_started", started))) > 1.0:
-                return f"pid {holder['pid']} now belongs to another process (started {_iso(started)})"
+                return f"pid {holder['pid']} now belongs to another process (started {iso_time(started)})"
         return None
 
     # ---- acquire / release ------------------------------------------------------------------------
     def acquire(self) -> "Lease":
         """Take the lease, taking over a stale one; wait for a live holder when options.wait, else raise
         LeaseHeldError naming it."""
-        from store_schema.io_errors import write_guard
-
-        if self.inert:
-            import warnings
-
-            warnings.warn(f"{self.target}: no lease on an object-store URL; make sure only one run writes it",
-                          stacklevel=2)
-            return self
         deadline = None if self.options.timeout_s is None else time.monotonic() + self.options.timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file.prepare()
         while True:
-            with write_guard(self.path, "the lease file"):
-                if self._try_create():
-                    break
-            found = read_holder(self.path)
+            if self._file.create(self._record()):
+                break
+            found = self._file.read()
             if found is None:
                 continue  # released between our attempt and the read: try again at once
-            holder, heartbeat_at = found
+            holder, heartbeat_at, version = found
             reason = self.stale_reason(holder, heartbeat_at)
             if reason is not None:
-                with write_guard(self.path, "the lease file"):
-                    if self._take_over(holder, heartbeat_at, reason):
-                        break
+                if self._file.replace(version, self._record()):
+                    self.took_over = {**holder, "reason": reason}
+                    break
                 continue
             if not self.options.wait or (deadline is not None and time.monotonic() >= deadline):
                 raise LeaseHeldError(self._held_message(holder, heartbeat_at), holder)
             time.sleep(self.options.poll_s)
-        self._thread = threading.Thread(target=self._beat, name=f"lease-heartbeat:{self.path.name}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"lease-heartbeat:{self.target}", daemon=True)
         self._thread.start()
         return self
 
@@ -209,74 +271,19 @@ class Lease:
                 f"automatically once its heartbeat is older than {self.options.stale_after_s:g} s "
                 f"(at once on its own host).")
 
-    def _try_create(self) -> bool:
-        """Link a complete temporary record to the lease name; True when this call created the lease."""
-        tmp = self.path.with_name(f"{self.path.name}.{self.token}.tmp")
-        try:
-            tmp.write_text(json.dumps(self._record(), indent=1))
-            try:
-                os.link(tmp, self.path)
-                return True
-            except FileExistsError:
-                return False
-            except OSError:
-                # Some network filesystems report a failed link whose effect happened: trust the link count.
-                return os.stat(tmp).st_nlink == 2
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _take_over(self, holder: dict[str, Any], heartbeat_at: float, reason: str) -> bool:
-        """Replace a stale lease under the break lock; False if someone else changed it first."""
-        brk = self.path.with_name(self.path.name + ".break")
-        mine = self.path.with_name(f"{brk.name}.{self.token}.tmp")
-        mine.write_text(self.token)
-        try:
-            try:
-                os.link(mine, brk)
-            except FileExistsError:
-                try:
-                    if time.time() - os.stat(brk).st_mtime > BREAK_LOCK_STALE_S:
-                        brk.unlink(missing_ok=True)  # left by a breaker that died mid-way
-                except FileNotFoundError:
-                    pass
-                time.sleep(0.05)
-                return False
-        finally:
-            mine.unlink(missing_ok=True)
-        try:
-            again = read_holder(self.path)
-            if again is not None and (again[0].get("token") != holder.get("token") or again[1] != heartbeat_at):
-                return False  # renewed or replaced since we looked: not ours to break
-            self.path.unlink(missing_ok=True)
-            if not self._try_create():
-                return False
-            self.took_over = {**holder, "reason": reason}
-            return True
-        finally:
-            brk.unlink(missing_ok=True)
-
     def _beat(self) -> None:
         while not self._stop.wait(self.options.heartbeat_s):
-            found = read_holder(self.path)
-            if found is None or found[0].get("token") != self.token:
-                self._lost = ("its lease file was removed" if found is None else
-                              f"another run took it over: {describe_holder(found[0])}")
+            lost = self._file.beat(self.token)
+            if lost is not None:
+                self._lost = lost
                 return
-            try:
-                now = time.time()
-                os.utime(self.path, (now, now))
-            except OSError:
-                pass  # the next beat tries again; a lease that goes stale is caught by check()
 
     def check(self) -> None:
         """Raise LeaseLostError if this lease is no longer held (call before each commit point)."""
-        if self.inert:
-            return
         if self._lost is None:
-            found = read_holder(self.path)
+            found = self._file.read()
             if found is None or found[0].get("token") != self.token:
-                self._lost = ("its lease file was removed" if found is None else
-                              f"another run took it over: {describe_holder(found[0])}")
+                self._lost = lost_reason(found)
         if self._lost is not None:
             raise LeaseLostError(f"this run no longer holds the lease on {self.target} ({self._lost}); it "
                                  f"stopped before writing more. Re-run once the other run is done")
@@ -287,11 +294,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self.inert:
-            return
-        found = read_holder(self.path)
-        if found is not None and found[0].get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+        self._file.remove(self.token)
 
     def __enter__(self) -> "Lease":
         return self.acquire()

@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from stages.stats import Moments
+from stages.teachers.resize import ResizeRule, content_mask_NVhw, teacher_frames
 from stages.teachers.spec import TeacherSpec
 from store_schema import codecs as codecs_mod
 from store_schema import layout, location
@@ -157,6 +158,11 @@ def _create_arrays(path: Path, attrs: dict, *, spec: TeacherSpec, codec: CodecSp
                        dimension_names=("image",), **exact)[:] = split_N
     dims = {kind: C for kind, C in (("summary", spec.summary_dim), ("patches", Cp)) if C > 0}
     create_stats_arrays(group, dims, n_shards)
+    if spec.resize != ResizeRule.SQUASH:  # where each view's teacher input lies (padding, centre crop)
+        frames_NV4 = teacher_frames(spec.resize, spec.resolution, manifest.view_boxes_NV4, manifest.width_N,
+                                    manifest.height_N)
+        group.create_array(layout.FRAMES, shape=(N, V, 4), chunks=(S, V, 4), dtype="float64", fill_value=0.0,
+                           dimension_names=layout.DIMS_FRAMES, **exact)[:] = frames_NV4
 
 
 def open_teacher_store(path: Path, *, expect_manifest_hash: str | None = None,
@@ -225,6 +231,7 @@ class TeacherStore:
         self._complete: zarr.Array = group[layout.SHARDS_COMPLETE]
         self.stats_fold_every = int(attrs["stats_fold_every"])
         self._writers: dict[str, ShardWriter] = {}
+        self._frames: np.ndarray | None = None
         self._write_threads = 1
         self.ledger = StatsLedger(group, self.path, {k: self.dim(k) for k in self.kinds}, self.num_shards,
                                   self.stats_fold_every)
@@ -246,6 +253,8 @@ class TeacherStore:
         }
         if self.summary_dim > 0:
             out[layout.SUMMARY] = ((N, V, self.summary_dim), dt, layout.DIMS_SUMMARY)
+        if self.spec.resize != ResizeRule.SQUASH:
+            out[layout.FRAMES] = ((N, V, 4), "float64", layout.DIMS_FRAMES)
         dims = {k: self.dim(k) for k in self.kinds}
         for name, (shape, dtype) in expected_stats_arrays(dims, K).items():
             out[name] = (shape, dtype, None)
@@ -270,6 +279,25 @@ class TeacherStore:
                                      found="present")
 
     # ---- geometry ---------------------------------------------------------------------------------
+    @property
+    def frames_NV4(self) -> np.ndarray | None:
+        """float64 [N, V, 4]: each view's teacher frame in view coordinates (stages/teachers/resize.py);
+        None for a squash teacher (every frame (0, 0, 1, 1): every store recorded before resize rules)."""
+        if self.spec.resize == ResizeRule.SQUASH:
+            return None
+        if self._frames is None:
+            self._frames = np.asarray(self.group[layout.FRAMES][:], np.float64)
+        return self._frames
+
+    def content_mask(self, ids: np.ndarray) -> np.ndarray | None:
+        """bool [n, V, h, w] on the storage grid: the tokens of images `ids` that hold the view (False:
+        padding), the ones the statistics, the loss and the evaluation count; None when all of them do."""
+        frames = self.frames_NV4
+        if frames is None:
+            return None
+        mask = content_mask_NVhw(frames[np.asarray(ids, np.int64)], self.grid)
+        return None if mask.all() else mask
+
     @property
     def kinds(self) -> tuple[str, ...]:
         """Token kinds this store holds ("patches", plus "summary" when summary_dim > 0)."""
@@ -454,6 +482,20 @@ class TeacherStore:
         if C == 0:
             raise ValueError(f"teacher {self.spec.name} has no {kind} tokens; valid kinds: {', '.join(self.kinds)}")
         return C
+
+    def record_batch_backoff(self, k: int, *, from_size: int, to_size: int, worker: str) -> None:
+        """Record that shard k ran out of device memory at batch `from_size` and was redone whole at
+        `to_size` (the root attribute BATCH_BACKOFFS_ATTR, appended by the driver, the one writer)."""
+        self._require_writable()
+        entries = list(self.attrs.get(layout.BATCH_BACKOFFS_ATTR, []))
+        entries.append({"shard": int(k), "from": int(from_size), "to": int(to_size), "worker": str(worker)})
+        self.group.attrs[layout.BATCH_BACKOFFS_ATTR] = entries
+        self.attrs[layout.BATCH_BACKOFFS_ATTR] = entries
+
+    @property
+    def batch_backoffs(self) -> list[dict]:
+        """Every out-of-memory back-off of this store's extraction: {shard, from, to, worker}, in order."""
+        return list(self.attrs.get(layout.BATCH_BACKOFFS_ATTR, []))
 
     @_guarded("the complete flag of shard {k}")
     def mark_complete(self, k: int) -> None:

@@ -67,7 +67,7 @@ FAULTS: tuple[Fault, ...] = (
           "error naming the file and how to recover; not refitted; the file is left as it was",
           "tests/test_damaged_files.py::test_damaged_normalizer_is_never_refitted"),
     Fault("a truncated or altered checkpoint",
-          "error naming the file and how to recover; never retrained (CLI, evaluate, DVC's distill-variant)",
+          "error naming the file and how to recover; never retrained (CLI, evaluate, DVC's `distill --sweep`)",
           "tests/test_damaged_files.py::test_damaged_checkpoint_is_never_retrained"),
     Fault("a truncated config.json",
           "error naming the file (not valid JSON) and how to recover",
@@ -97,4 +97,18 @@ FAULTS: tuple[Fault, ...] = (
           "verify names both shards and the repair command; `extract --redo-shards` refuses a partial list, then "
           "gives arrays identical to an uninterrupted run and statistics within 1e-12 relative",
           "tests/test_extract_redo.py::test_redo_of_damaged_folded_shards_equals_an_uninterrupted_run"),
+    Fault("a `pipeline corpus` build SIGKILLed mid-run",
+          "finished parts kept; the re-run builds only the unfinished units; the manifest is byte for byte an "
+          "uninterrupted build's",
+          "tests/test_corpus_resume.py::test_killed_corpus_build_resumes_and_equals_an_uninterrupted_one"),
+    Fault("damaged, empty, truncated or compressed tar shards, a corrupt or non-image member",
+          "each a manifest row with a reason, never a crash; every member of every shard accounted for",
+          "tests/test_corpus_shards.py::test_damaged_shards_are_rows_with_a_reason_never_a_crash"),
+    Fault("CUDA out of memory in a teacher forward (injected on the CPU)",
+          "the teacher's batch halves (down to 1), the shard is redone whole; arrays equal a run at the smaller "
+          "batch; recorded in the store and printed",
+          "tests/test_extract_oom.py::test_out_of_memory_halves_the_batch_redoes_the_shard_and_equals_a_smaller_batch_run"),
+    Fault("a second writer on an s3:// root (and a SIGKILLed holder there)",
+          "refused within seconds naming the holder; the dead holder's lease is taken over at once",
+          "tests/test_lease_s3.py::test_second_writer_on_an_s3_root_is_refused_naming_the_holder"),
 )

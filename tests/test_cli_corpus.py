@@ -160,6 +160,6 @@ def test_corpus_prints_bad_files_per_reason_and_keeps_urls(tmp_path):
     lines = res.output.splitlines()
     assert "  5 empty file (0 bytes): imgs/empty0.jpg, imgs/empty1.jpg, imgs/empty2.jpg, ... 2 more" in lines
     assert "  1 not an image (unrecognized format): imgs/text.png" in lines
-    assert "  1 remote image (URL): https://example.com/a/b.jpg" in lines
+    assert "  1 web URL (http / https): https://example.com/a/b.jpg" in lines
     m = read_manifest(layout.manifest_path(tmp_path / "store"))
     assert "https://example.com/a/b.jpg" in m.uris  # not folded to https:/example.com

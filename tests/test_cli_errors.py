@@ -140,12 +140,14 @@ def test_corpus_help_defaults_are_the_builders():
     from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION
     from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
 
+    from stages.corpus.build_runner import FILES_PER_TASK
+
     app = typer.Typer()
     cmd_corpus.register(app)  # its defaults (shown by --help) are the corpus stage's, through default_map
     defaults = {k: v for k, v in parse_only(app, "corpus", []).params.items() if k in ("pixel_limit", "min_side",
-                                                                                        "val_fraction")}
+                                                                                        "val_fraction", "files_per_task")}
     assert defaults == {"pixel_limit": DEFAULT_PIXEL_LIMIT, "min_side": MIN_SIDE,
-                        "val_fraction": DEFAULT_VAL_FRACTION}
+                        "val_fraction": DEFAULT_VAL_FRACTION, "files_per_task": FILES_PER_TASK}
 
 
 @pytest.mark.parametrize("content", ["state_dict", "text"])

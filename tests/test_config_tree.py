@@ -20,7 +20,7 @@ from pipeline.cli import app
 from pipeline.cmd_distill import resolve_distill
 from pipeline.cmd_extract import resolve_configs
 from pipeline.params import DistillParams, ExtractParams, Params
-from stages.corpus.build_manifest import build_manifest
+from stages.corpus.build_manifest import build_corpus, build_manifest
 from stages.corpus.config import CorpusConfig
 from stages.distill.config import DistillConfig, SweepConfig
 from stages.evaluate.config import EvaluateConfig, ReportConfig
@@ -63,8 +63,10 @@ EXPECTED = {
     ("corpus", "val_fraction"): _signature_default(build_manifest, "val_fraction"),
     ("corpus", "min_side"): _signature_default(build_manifest, "min_side"),
     ("corpus", "pixel_limit"): _signature_default(build_manifest, "pixel_limit"),
+    ("corpus", "files_per_task"): _signature_default(build_corpus, "files_per_task"),
     ("extract", "keepbits"): str(CodecSpec().keepbits),
-    **{("extract", f): _field_default(E, f) for f in ("batch_size", "shard_size", "workers", "cpus_per_worker",
+    ("extract", "batch_size"): [str(_field_default(E, "batch_size"))],  # per teacher: N or TEACHER=N
+    **{("extract", f): _field_default(E, f) for f in ("shard_size", "workers", "cpus_per_worker",
                                                       "device", "decode_ahead", "stats_fold_every", "progress",
                                                       "fidelity_images")},
     **{("distill", f): _field_default(D, f) for f in (
@@ -73,10 +75,10 @@ EXPECTED = {
         "loader_memory", "student_views", "log_every", "ckpt_every", "ckpt_minutes")},
     ("distill", "norm"): D.norm.value, ("distill", "runs_dir"): SweepConfig().runs_dir,
     **{("evaluate", f): _signature_default(evaluate_run, {"probe_labels": "labels_path"}.get(f, f))
-       for f in ("split", "batch_size", "probe_labels", "knn_k", "knn_temperature", "device")},
+       for f in ("split", "batch_size", "probe_labels", "knn_k", "knn_temperature", "knn_feature", "device")},
     **{("evaluate", f): _field_default(DownstreamConfig, f)
-       for f in ("zeroshot_classes", "zeroshot_templates", "seg_masks", "seg_classes", "seg_templates",
-                 "seg_probe_steps")},
+       for f in ("zeroshot_classes", "zeroshot_templates", "zeroshot_teacher", "seg_masks", "seg_classes",
+                 "seg_templates", "seg_probe_steps")},
     ("views", "size"): [_field_default(D, "img_size")], ("views", "workers"): _field_default(E, "workers"),
     ("extract-text", "templates"): [_field_default(DownstreamConfig, "zeroshot_templates")],
     ("extract-text", "device"): _field_default(E, "device"),

@@ -3,7 +3,7 @@ would) is restarted and its shards retried; a driver killed mid-run leaves only 
 recomputes exactly the unfinished ones. Either way the store equals an uninterrupted run's, byte for byte.
 
 (The completion protocol of docs/ARCHITECTURE.md; actors are created with max_restarts / max_task_retries
-by pipeline/extract.py; AM-RADIO arXiv 2312.06709 stage one.)
+by stages/extract/driver.py on stages/orchestrate/shards.py; AM-RADIO arXiv 2312.06709 stage one.)
 """
 
 from __future__ import annotations

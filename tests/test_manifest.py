@@ -62,14 +62,14 @@ def test_columns_ids_metadata(tmp_path):
 
 def test_list_and_parquet_sources_match_folder(tmp_path):
     src = _corpus(tmp_path / "corpus")
-    _, folder_uris = list_source(src)
+    folder_uris = list_source(src).uris
     listing = src / "list.txt"
     listing.write_text("# comment\n\n" + "\n".join(reversed(folder_uris[:-1]))
                        + f"\n{(src / folder_uris[-1]).resolve()}\n")
-    base, list_uris = list_source(listing)
-    assert base == src and list_uris == folder_uris  # absolute paths under the base become relative
+    listed = list_source(listing)
+    assert listed.base == src and listed.uris == folder_uris  # absolute paths under the base become relative
     pq.write_table(pa.table({"uri": folder_uris}), src / "uris.parquet")
-    assert list_source(src / "uris.parquet")[1] == folder_uris
+    assert list_source(src / "uris.parquet").uris == folder_uris
     m_list = build_manifest(listing, out_dir=tmp_path / "l")
     m_folder = build_manifest(src, out_dir=tmp_path / "f")
     assert m_list.sha256 == m_folder.sha256

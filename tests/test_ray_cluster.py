@@ -3,7 +3,7 @@ raylets: `ray start --head --num-cpus 1`, then `ray start --address HEAD --num-c
 with `--ray-address auto --workers 2` runs shards on both nodes, the pipeline leaves the cluster running,
 and losing the second node mid-run (its raylet and its workers SIGKILLed, as a crashed machine) lets the
 run finish on the head node; a re-run then finds the store complete and equal to an uninterrupted run.
-(pipeline/extract.py node-loss handling; AM-RADIO arXiv 2312.06709 stage one.)
+(stages/orchestrate/shards.py node-loss handling; AM-RADIO arXiv 2312.06709 stage one.)
 
 The cluster is this test's own: its own temp dir and ports, torn down by killing exactly its processes
 (never `ray stop`, which would stop every Ray on the machine).

@@ -1,125 +1,83 @@
-"""Build manifest.parquet from a corpus SOURCE: a folder, a text file of paths, or a Parquet `uri` column.
+"""Build manifest.parquet from a corpus SOURCE: folders, lists, Parquet, WebDataset tar shards, any fsspec URL.
 
 The first stage of offline agglomerative distillation (AM-RADIO, arXiv 2312.06709): fix the image set,
 each image's content hash, train/val split and its V views, so every teacher store is built from the
-same rows. Every image is decoded once here (stages/corpus/images.py) and broken files are recorded with
-a reason, never fatal. The split comes from the content hash, so duplicates share a split and adding
-images never moves existing ones between splits.
+same rows. The source is listed (stages/corpus/sources.py), cut into units that decode every image once
+on Ray or in this process (stages/corpus/build_runner.py, resumable), and the parts are merged into the
+manifest in uri order. Broken files and members are recorded with a reason, never fatal.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow.parquet as pq
+from typing import Callable
 
 import numpy as np
 
-from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SIDE, ImageRecord,
-                                  inspect_image, is_image_name)
-from stages.corpus.views import draw_views
+from stages.corpus.build_runner import (FILES_PER_TASK, PartsReport, drop_stale_parts, merge_parts, plan_units,
+                                        run_parts)
+from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
+from stages.corpus.sources import list_source
+from stages.corpus.units import CorpusOptions, split_of  # noqa: F401 - split_of: the split rule's one home
 from store_schema import layout
 from store_schema.location import as_location, is_file, is_url
-from store_schema.manifest import (STATUS_BAD, STATUS_OK, Manifest, ManifestRow, ViewSpec,
-                                   read_manifest, write_manifest)
+from store_schema.manifest import Manifest, ManifestWriter, ViewSpec, manifest_metadata, read_manifest
 
 DEFAULT_VAL_FRACTION = 0.2
-PARQUET_URI_COLUMN = "uri"
 
 
-def _to_uri(path: Path, base: Path) -> str:
-    """Posix path relative to base when the file lies under it, else the absolute path."""
-    rel = os.path.relpath(os.path.normpath(os.path.abspath(path)), os.path.abspath(base))
-    if rel == ".." or rel.startswith(".." + os.sep):
-        return Path(os.path.normpath(os.path.abspath(path))).as_posix()
-    return Path(rel).as_posix()
+@dataclass
+class CorpusReport:
+    """What one build did: the manifest, and how many parts were built now or reused."""
+
+    manifest: Manifest
+    parts: PartsReport
+    units: int
+    seconds: float
+    stale_parts_removed: int = 0
 
 
-def _entries_to_uris(entries: list[str], base: Path, what: str) -> list[str]:
-    # absolute entries stay absolute (Path join); URLs are kept as written (a Path would fold `//` to `/`)
-    uris = [e if is_url(e) else _to_uri(base / e, base) for e in entries]
-    seen: set[str] = set()
-    dups = sorted({u for u in uris if u in seen or seen.add(u)})
-    if dups:
-        raise ValueError(f"{what} lists the same image more than once: {dups[:5]}")
-    return sorted(uris)
-
-
-def list_source(source: Path) -> tuple[Path, list[str]]:
-    """(base folder, sorted uris) of a SOURCE; uris are relative to the base folder when under it.
-
-    A folder is searched recursively for IMAGE_EXTENSIONS (case-insensitive); a `.parquet` file needs a
-    `uri` column; any other file is a text list, one path per line (blank lines and `#` comments
-    skipped), relative to the list's folder or absolute.
-    """
-    source = Path(source)
-    if source.is_dir():
-        files = [p for p in source.rglob("*") if p.is_file() and is_image_name(p.name)]
-        uris = sorted(_to_uri(p, source) for p in files)
-        base = source
-    elif source.is_file() and source.suffix.lower() == ".parquet":
-        table = pq.read_table(source)
-        if PARQUET_URI_COLUMN not in table.column_names:
-            raise ValueError(f"{source} has no {PARQUET_URI_COLUMN!r} column; columns: {table.column_names}")
-        entries = [str(u) for u in table.column(PARQUET_URI_COLUMN).to_pylist() if u]
-        base, uris = source.parent, _entries_to_uris(entries, source.parent, str(source))
-    elif source.is_file():
-        lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines()]
-        entries = [ln for ln in lines if ln and not ln.startswith("#")]
-        base, uris = source.parent, _entries_to_uris(entries, source.parent, str(source))
-    else:
-        raise ValueError(f"corpus source {source} does not exist (give a folder, a text list or a .parquet)")
-    if not uris:
-        raise ValueError(f"corpus source {source} holds no images "
-                         f"(a folder is searched for {', '.join(IMAGE_EXTENSIONS)})")
-    return base, uris
-
-
-def split_of(sha256: str, *, val_fraction: float) -> str:
-    """'val' when the first 64 bits of the hash, as a fraction of 2^64, fall below val_fraction."""
-    return "val" if int(sha256[:16], 16) / 2.0**64 < val_fraction else "train"
-
-
-def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpec(),
+def build_manifest(source: str | Path, *, out_dir: Path | str, view_spec: ViewSpec = ViewSpec(),
                    pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
-                   val_fraction: float = DEFAULT_VAL_FRACTION) -> Manifest:
-    """Decode every image of SOURCE once and write <out_dir>/manifest.parquet deterministically.
+                   val_fraction: float = DEFAULT_VAL_FRACTION, workers: int | None = 0,
+                   ray_address: str | None = None, files_per_task: int = FILES_PER_TASK) -> Manifest:
+    """Decode every image of SOURCE once and write <out_dir>/manifest.parquet deterministically (in this
+    process by default; `workers` > 0 or None runs the units on Ray). Returns the manifest as read back."""
+    return build_corpus(source, out_dir=out_dir, view_spec=view_spec, pixel_limit=pixel_limit, min_side=min_side,
+                        val_fraction=val_fraction, workers=workers, ray_address=ray_address,
+                        files_per_task=files_per_task).manifest
 
-    Returns the manifest as read back (its hash is the sha256 of the written bytes).
-    """
+
+def build_corpus(source: str | Path, *, out_dir: Path | str, view_spec: ViewSpec = ViewSpec(),
+                 pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
+                 val_fraction: float = DEFAULT_VAL_FRACTION, workers: int | None = 0,
+                 ray_address: str | None = None, files_per_task: int = FILES_PER_TASK,
+                 on_done: Callable[[int], None] | None = None) -> CorpusReport:
+    """`build_manifest`, reporting the parts built and reused (a killed build resumes from its parts)."""
+    t0 = time.perf_counter()
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if pixel_limit < 1 or min_side < 1:
         raise ValueError(f"pixel_limit and min_side must be >= 1, got {pixel_limit}, {min_side}")
-    base, uris = list_source(Path(source))
-    rows: list[ManifestRow] = []
-    for uri in uris:
-        rec = (_remote(uri) if is_url(uri) else
-               inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side))
-        key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable file: key on its uri
-        boxes_V4, flips_V = draw_views(key, view_spec)
-        rows.append(ManifestRow(
-            uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height,
-            mode=rec.mode, split=split_of(key, val_fraction=val_fraction),
-            status=STATUS_OK if rec.ok else STATUS_BAD, reason=rec.reason, boxes_V4=boxes_V4, flips_V=flips_V))
+    src = list_source(source)
+    options = CorpusOptions(view_spec, pixel_limit, min_side, val_fraction)
+    units = plan_units(src, options, files_per_task=files_per_task)
     out_dir = as_location(out_dir)
     if not is_url(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+    parts = run_parts(units, options, out_dir, workers=workers, ray_address=ray_address, on_done=on_done)
+    meta = manifest_metadata(view_spec=view_spec, source=_portable(src.text, out_dir),
+                             image_root=_portable(src.base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
+                             val_fraction=val_fraction)
     path = layout.manifest_path(out_dir)
-    write_manifest(path, rows, view_spec=view_spec, source=_portable(Path(source), out_dir),
-                   image_root=_portable(base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
-                   val_fraction=val_fraction, before_write=lambda new: refuse_orphaning_stores(out_dir, new))
-    return read_manifest(path)
-
-
-REMOTE_REASON = "remote image (URL): corpus images are read from local files; download it and list the local path"
-
-
-def _remote(uri: str) -> ImageRecord:
-    """A URL entry of a text / Parquet list: kept as written in the manifest, recorded as bad (not fetched)."""
-    return ImageRecord("", 0, 0, 0, "", None, REMOTE_REASON)
+    with ManifestWriter(path, num_views=view_spec.num_views, metadata=meta, located=src.has_shards) as writer:
+        merge_parts(units, out_dir, writer, located=src.has_shards)
+        writer.finish(before_write=lambda new: refuse_orphaning_stores(out_dir, new))
+    removed = drop_stale_parts(out_dir, {u.key for u in units})
+    return CorpusReport(read_manifest(path), parts, len(units), time.perf_counter() - t0, removed)
 
 
 def refuse_orphaning_stores(root, new_hash: str) -> None:
@@ -171,9 +129,12 @@ def bad_summary(manifest: Manifest, *, first: int = 3) -> list[str]:
     return lines
 
 
-def _portable(path: Path, out_dir: Path | str) -> str:
+def _portable(path: str | Path, out_dir: Path | str) -> str:
     """path relative to out_dir (so a moved corpus + manifest pair keeps its hash), posix separators;
-    absolute when the manifest goes to object storage (no common folder)."""
+    absolute when the manifest goes to object storage (no common folder); a URL as it is."""
+    path = str(path)
+    if is_url(path):
+        return path
     if is_url(out_dir):
         return Path(os.path.abspath(path)).as_posix()
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()

@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.corpus.build_manifest import DEFAULT_VAL_FRACTION
+from stages.corpus.build_runner import FILES_PER_TASK
 from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
 from store_schema.manifest import ViewSpec
 
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """source: folder / list / Parquet of images (no default: an input). views: stored views per image (view
-    0 is the full image); view_seed: seed of the view draw; val_fraction: share of images (by content hash)
-    in the val split; min_side / pixel_limit: smaller / larger images are recorded as bad."""
+    """source: folder / list / Parquet of images or WebDataset tar shards (no default: an input). views:
+    stored views per image (view 0 is the full image); view_seed: seed of the view draw; val_fraction: share of images (by content hash)
+    in the val split; min_side / pixel_limit: smaller / larger images are recorded as bad; files_per_task: image
+    files per unit of the build (a Ray task; each WebDataset tar shard is one unit whatever its size)."""
 
     source: Path | None = None
     views: int = ViewSpec.num_views
@@ -27,3 +29,4 @@ class CorpusConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     min_side: int = MIN_SIDE
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    files_per_task: int = FILES_PER_TASK

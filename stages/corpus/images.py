@@ -120,18 +120,31 @@ def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE,
     return rgb, mode
 
 
-def inspect_image(path: Path, *, pixel_limit: int, min_side: int = MIN_SIDE) -> ImageRecord:
-    """Read a file once: content hash, size, header facts, and the RGB image or the reason it is bad."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return ImageRecord("", 0, 0, 0, "", None, f"cannot read file: {type(e).__name__}: {e.strerror or e}")
+def inspect_bytes(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE) -> ImageRecord:
+    """One image's bytes, decoded once: content hash, size, header facts, and the RGB image or the reason
+    it is bad."""
     sha = hashlib.sha256(data).hexdigest()
     try:
         rgb, mode = decode_rgb(data, pixel_limit=pixel_limit, min_side=min_side)
     except BadImage as bad:
         return ImageRecord(sha, len(data), bad.width, bad.height, bad.mode, None, bad.reason)
     return ImageRecord(sha, len(data), rgb.width, rgb.height, mode, rgb, "")
+
+
+def unreadable(e: OSError) -> ImageRecord:
+    """The record of an image whose bytes could not be read."""
+    return ImageRecord("", 0, 0, 0, "", None, f"cannot read file: {type(e).__name__}: {e.strerror or e}")
+
+
+def inspect_image(path: Path | str, *, pixel_limit: int, min_side: int = MIN_SIDE) -> ImageRecord:
+    """Read a file (a local path or an fsspec URL) once: `inspect_bytes` of its bytes."""
+    from store_schema.image_reader import read_whole
+
+    try:
+        data = read_whole(path)
+    except OSError as e:
+        return unreadable(e)
+    return inspect_bytes(data, pixel_limit=pixel_limit, min_side=min_side)
 
 
 def load_rgb(uri: str | Path, *, pixel_limit: int, min_side: int = MIN_SIDE) -> Image.Image:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from stages.corpus.images import BadImage, decode_rgb, inspect_image
+from stages.corpus.images import BadImage, decode_rgb
 from stages.corpus.views import render_view
 
 
@@ -25,25 +24,52 @@ class ImageChangedError(ValueError):
     """An image's file no longer decodes, or no longer matches the manifest's sha256."""
 
 
+def _bytes_or_reason(manifest: Any, image_id: int) -> tuple[bytes | None, str]:
+    """(bytes, "") read through the manifest's one reader (a whole file, or one ranged read of its tar
+    shard), or (None, reason) when they cannot be read or no longer hash to the manifest's sha256."""
+    try:
+        data = manifest.read_image_bytes(image_id)
+    except OSError as e:
+        return None, f"cannot read file: {type(e).__name__}: {e.strerror or e}"
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != manifest.sha256[image_id]:
+        return None, (f"content changed since the manifest (sha256 {sha[:12]} != "
+                      f"{manifest.sha256[image_id][:12]})")
+    return data, ""
+
+
+def checked_bytes(manifest: Any, image_id: int) -> bytes:
+    """The image's bytes as `_bytes_or_reason` reads them, or ImageChangedError naming it and the reason."""
+    data, reason = _bytes_or_reason(manifest, image_id)
+    if data is None:
+        raise ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: "
+                                f"{reason}; its stored targets no longer match it: rebuild the manifest and stores")
+    return data
+
+
 def decode_checked(manifest: Any, image_id: int) -> tuple[Image.Image | None, str]:
     """(RGB image, "") for a usable manifest image, or (None, reason) when it fails to decode or changed.
 
     Decoding uses the manifest's own pixel limit and minimum side, as `pipeline corpus` did."""
-    rec = inspect_image(manifest.image_path(image_id), pixel_limit=manifest.pixel_limit, min_side=manifest.min_side)
-    if not rec.ok:
-        return None, rec.reason
-    if rec.sha256 != manifest.sha256[image_id]:
-        return None, (f"content changed since the manifest (sha256 {rec.sha256[:12]} != "
-                      f"{manifest.sha256[image_id][:12]})")
-    return rec.rgb, ""
+    data, reason = _bytes_or_reason(manifest, image_id)
+    if data is None:
+        return None, reason
+    try:
+        img, _ = decode_rgb(data, pixel_limit=manifest.pixel_limit, min_side=manifest.min_side)
+    except BadImage as bad:
+        return None, bad.reason
+    return img, ""
 
 
 def load_checked(manifest: Any, image_id: int) -> Image.Image:
     """The RGB image, or ImageChangedError naming the file and what is wrong (for consumers of stored targets)."""
-    img, reason = decode_checked(manifest, image_id)
-    if img is None:
-        raise ImageChangedError(f"image {manifest.image_path(image_id)} (id {image_id}) cannot be used: {reason}; "
-                                "its stored targets no longer match it: rebuild the manifest and stores")
+    data = checked_bytes(manifest, image_id)
+    try:
+        img, _ = decode_rgb(data, pixel_limit=manifest.pixel_limit, min_side=manifest.min_side)
+    except BadImage as bad:
+        raise ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: "
+                                f"{bad.reason}; its stored targets no longer match it: rebuild the manifest and "
+                                "stores") from None
     return img
 
 
@@ -72,21 +98,13 @@ def load_checked_for_views(manifest: Any, image_id: int, boxes_K4: np.ndarray, s
     The crop box and flip of a view are applied to the image exactly as for the teachers (normalized
     coordinates, so the same region of the scene); only the resampling of the student-size pixels differs
     slightly from a full decode (measured in tests/test_student_views.py)."""
-    path = Path(manifest.image_path(image_id))
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageChangedError(f"image {path} (id {image_id}) cannot be read: {e}") from None
-    sha = hashlib.sha256(data).hexdigest()
-    if sha != manifest.sha256[image_id]:
-        raise ImageChangedError(f"image {path} (id {image_id}) cannot be used: content changed since the manifest "
-                                f"(sha256 {sha[:12]} != {manifest.sha256[image_id][:12]}); its stored targets no "
-                                "longer match it: rebuild the manifest and stores")
+    data = checked_bytes(manifest, image_id)
     try:
         img, _ = decode_rgb(data, pixel_limit=manifest.pixel_limit, min_side=manifest.min_side,
                             draft=draft_size(boxes_K4, size))
     except BadImage as bad:
-        raise ImageChangedError(f"image {path} (id {image_id}) cannot be used: {bad.reason}") from None
+        raise ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: "
+                                f"{bad.reason}") from None
     return img
 
 

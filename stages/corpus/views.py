@@ -74,3 +74,30 @@ def render_view(img: Image.Image, box_4: np.ndarray | tuple[float, ...], flip: b
     if flip:  # in PIL: ~6x faster than copying a reversed numpy view, same pixels
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
+def render_teacher_view(img: Image.Image, box_4, flip: bool, resolution: int, frame_4) -> np.ndarray:
+    """A view as a teacher takes it, by its frame (stages/teachers/resize.py): uint8 [R, R, 3].
+
+    The frame (u0, v0, u1, v1) is where the teacher's square input lies in the view's coordinates.
+    Inside the view (a squash, or a shortest-side centre crop): the sub-box of the view box it covers,
+    resized to R x R. Beyond the view (longest side + padding): the whole view resized to the content
+    rows x cols at the top left, the rest 0 here (the worker sets it to 0 after normalization, as SAM)."""
+    u0, v0, u1, v1 = (float(x) for x in np.asarray(frame_4, np.float64).reshape(4))
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box_4, np.float64).reshape(4))
+    if u1 <= 1.0 and v1 <= 1.0:
+        if flip:  # the frame is in the flipped view's coordinates: back to the image's
+            u0, u1 = 1.0 - u1, 1.0 - u0
+        bw, bh = x1 - x0, y1 - y0
+        sub = (x0 + u0 * bw, y0 + v0 * bh, x0 + u1 * bw, y0 + v1 * bh)
+        return render_view(img, sub, flip, resolution)
+    rows, cols = int(round(resolution / v1)), int(round(resolution / u1))
+    if img.mode != "RGB":
+        raise ValueError(f"render_teacher_view needs an RGB image, got {img.mode}")
+    W, H = img.size
+    content = img.resize((cols, rows), Image.Resampling.BICUBIC, box=(x0 * W, y0 * H, x1 * W, y1 * H))
+    if flip:
+        content = content.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = np.zeros((resolution, resolution, 3), np.uint8)
+    out[:rows, :cols] = np.asarray(content, dtype=np.uint8)
+    return out

@@ -99,6 +99,12 @@ class StoreSet:
                             for t, s in self.stores.items()}
         self.valid_NV: dict[str, np.ndarray] = {t: np.asarray(s.valid[:], bool) for t, s in self.stores.items()}
 
+    @property
+    def frames(self) -> dict[str, np.ndarray]:
+        """{teacher: float [N, V, 4]} for the teachers with their own resize rule (not a squash): where their
+        input lies in each view (stages/teachers/resize.py); what aligns predictions and masks padding."""
+        return {t: f for t, s in self.stores.items() if (f := s.frames_NV4) is not None}
+
     def _check_agreement(self) -> None:
         for t, s in self.stores.items():
             pending = [int(k) for k in s.pending_shards()]

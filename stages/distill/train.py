@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -60,6 +61,7 @@ from stages.normalize.adaloss import AdaLoss
 from stages.students import HeadTarget, Student, TeacherHeads
 from stages.students.build import build_models, heads_to_json
 from stages.students.preprocess import student_pixels
+from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions
 
@@ -115,8 +117,9 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.heads = student, heads
 
-    def forward(self, x_BCHW: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
-        return self.heads(self.student(x_BCHW))
+    def forward(self, x_BCHW: torch.Tensor, frames: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        return self.heads(self.student(x_BCHW), frames=frames)
 
 
 def head_targets(stores: StoreSet) -> list[HeadTarget]:
@@ -162,9 +165,11 @@ def normalize_targets(raw: dict[str, torch.Tensor], normalizers: dict[str, dict[
 
 def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
                  targets: dict[str, torch.Tensor], device: torch.device, *, ada: AdaLoss | None = None,
-                 reduce: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 reduce: Any = None, frames: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total weighted loss and the per-teacher parts ({"loss/<t>/summary", "loss/<t>/patches"}) against
-    normalized targets on `device` ({"<t>/patches", "<t>/summary"}).
+    normalized targets on `device` ({"<t>/patches", "<t>/summary"}). frames ({teacher: [B, 4]}, padded
+    teachers): tokens of padding (`content_tokens` False) carry no loss.
 
     An AdaLoss variant (``config.norm.adaptive``) needs ``ada``: each term is divided by its moving
     average (updated here with this step's values, averaged over ranks by ``reduce``), and the weights
@@ -174,7 +179,11 @@ def distill_loss(config: DistillConfig, preds: dict[str, tuple[torch.Tensor | No
     terms: dict[str, torch.Tensor] = {}
     for t in config.teachers:
         summary_BC, patches_BhwC = preds[t]
-        terms[f"loss/{t}/patches"] = target_loss(kind, patches_BhwC.float(), targets[f"{t}/patches"])
+        content_Bhw = None
+        if frames is not None and t in frames:
+            content_Bhw = content_tokens(frames[t], tuple(patches_BhwC.shape[1:3])).to(patches_BhwC.device)
+        terms[f"loss/{t}/patches"] = target_loss(kind, patches_BhwC.float(), targets[f"{t}/patches"],
+                                                 mask_N=content_Bhw)
         if summary_BC is not None:
             terms[f"loss/{t}/summary"] = target_loss(summary_kind, summary_BC.float(), targets[f"{t}/summary"])
     parts: dict[str, torch.Tensor] = {name: term.detach() for name, term in terms.items()}
@@ -395,8 +404,12 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
 def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
                device: torch.device, normalizers: dict[str, dict[str, Any]], ada: AdaLoss | None = None,
-               reduce: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+               reduce: Any = None, frames: dict[str, np.ndarray] | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """One optimization step on one batch: (loss, per-teacher parts, the lr it used).
+
+    frames: {teacher: float [N, V, 4]} of the teachers with their own resize rule (StoreSet.frames): the
+    batch's views' frames align the predictions and mask padded tokens out of the loss.
 
     The batch's stored targets (compact dtype, from the loader) are copied to `device`, widened and
     normalized there (`normalize_targets`). parts also holds "grad_norm" (total gradient norm before any
@@ -404,9 +417,10 @@ def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, opti
     state of an adaptive variant and the mean over ranks (``distill_loss``)."""
     x_BCHW = student_pixels(batch["image_BHW3"], device=device)
     targets = normalize_targets(targets_on_device(batch, device), normalizers)
+    frames_B = batch_frames(frames, batch["image_B"], batch["view_B"], device)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        preds = wrapped(x_BCHW)
-    loss, parts = distill_loss(config, preds, targets, device, ada=ada, reduce=reduce)
+        preds = wrapped(x_BCHW, frames_B) if frames_B else wrapped(x_BCHW)
+    loss, parts = distill_loss(config, preds, targets, device, ada=ada, reduce=reduce, frames=frames_B)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")  # inf: measure, never clip
@@ -475,7 +489,7 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
     for batch in loader:
         loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
                                      device=run.device, normalizers=run.dataset.stores.normalizers, ada=run.ada,
-                                     reduce=reduce)
+                                     reduce=reduce, frames=run.dataset.stores.frames)
         state.step += 1
         position = batch["position"] + 1
         state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch

@@ -75,7 +75,16 @@ def _student_view0(model: Any, manifest: Any, ids_N: np.ndarray, batch_size: int
 def _stored_view0(store: Any, ids_N: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     store.require_stored(ids_N, reader="evaluation")  # a lost chunk would read as zeros
     s_NVC, p_NVhwC, _ = store.read_images(ids_N)
-    return (None if s_NVC is None else np.asarray(s_NVC[:, 0], np.float32)), np.asarray(p_NVhwC[:, 0], np.float32)
+    p_NhwC = np.asarray(p_NVhwC[:, 0], np.float32)
+    frames = store.frames_NV4
+    if frames is not None:  # a teacher with its own resize rule: its map brought onto the view (as the masks)
+        import torch
+
+        from stages.teachers.resize import teacher_map_in_view
+
+        f_N4 = torch.from_numpy(frames[np.asarray(ids_N, np.int64), 0].astype(np.float32))
+        p_NhwC = teacher_map_in_view(torch.from_numpy(p_NhwC), f_N4, p_NhwC.shape[1:3]).numpy()
+    return (None if s_NVC is None else np.asarray(s_NVC[:, 0], np.float32)), p_NhwC
 
 
 def _usable_ids(manifest: Any, stores: dict[str, Any], ids: list[int]) -> np.ndarray:

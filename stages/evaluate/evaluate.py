@@ -47,6 +47,7 @@ from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
 from store_schema.location import as_location
 from stages.students.preprocess import student_pixels
+from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.layout import demo_probe_labels_path
 
 KNN_FEATURES = {"concat": "the K raw student summary tokens concatenated (RADIO's _extract_final), view 0",
@@ -78,20 +79,24 @@ def read_probe_labels(path: Path) -> dict[str, str]:
 
 @torch.no_grad()
 def _forward(student: torch.nn.Module, heads: torch.nn.Module, manifest: Any, pairs_B2: np.ndarray,
-             img_size: int) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
-    """(raw student summary tokens [B, K, C], head outputs in normalized space per teacher)."""
+             img_size: int, frames: dict[str, np.ndarray] | None = None
+             ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
+    """(raw student summary tokens [B, K, C], head outputs in normalized space per teacher); frames (StoreSet
+    .frames) align the predictions of teachers with their own resize rule to their stored grids."""
     device = next(student.parameters()).device
     out = student(student_pixels(torch.from_numpy(render_samples(manifest, pairs_B2, img_size)), device=device))
-    return out.summary_BKC.float(), heads(out)
+    frames_B = batch_frames(frames, pairs_B2[:, 0], pairs_B2[:, 1], device)
+    return out.summary_BKC.float(), heads(out, frames=frames_B or None)
 
 
 def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np.ndarray, *, img_size: int,
                     batch_size: int) -> dict[str, dict[str, dict[str, float]]]:
     """Per teacher and kind, metrics accumulated over all samples (teacher space and normalized space)."""
     accs = {t: {k: ErrorAccumulator() for k in normalizers[t]} for t in normalizers}
+    frames = stores.frames  # teachers with their own resize rule: padded tokens are not evaluated
     for lo in range(0, len(pairs_M2), batch_size):
         pairs_B2 = pairs_M2[lo : lo + batch_size]
-        _, preds = _forward(student, heads, stores.manifest, pairs_B2, img_size)
+        _, preds = _forward(student, heads, stores.manifest, pairs_B2, img_size, frames)
         for t, (summary_norm_BC, patches_norm_BhwC) in preds.items():
             s_IVC, p_IVhwC, _ = stores.stores[t].read_images(pairs_B2[:, 0])
             targets = {"patches": torch.from_numpy(np.asarray(p_IVhwC[np.arange(len(pairs_B2)), pairs_B2[:, 1]],
@@ -103,6 +108,9 @@ def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np
             for kind, acc in accs[t].items():
                 norm = normalizers[t][kind]
                 p_norm, target = pred_norm[kind].float().cpu(), targets[kind]
+                if kind == "patches" and t in frames:  # only the tokens that hold the view
+                    content_Bhw = content_tokens(frames[t][pairs_B2[:, 0], pairs_B2[:, 1]], tuple(target.shape[1:3]))
+                    p_norm, target = p_norm[content_Bhw], target[content_Bhw]
                 acc.add(norm.invert(p_norm), target, pred_norm=p_norm, target_norm=norm.apply(target))
     out = {t: {k: a.result() for k, a in kinds.items()} for t, kinds in accs.items()}
     for t, kinds in out.items():  # normalized error: MSE / mean per-channel variance of the stored targets

@@ -79,6 +79,7 @@ class ExtractReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)  # worker time per phase, summed over shards
     redone: list[int] = field(default_factory=list)  # shards reopened by --redo-shards
     unfolded: int = 0  # folded shards whose partials were recomputed from their stored values for the redo
+    backoffs: list[tuple[int, int, int]] = field(default_factory=list)  # (shard, from, to): out of memory, redone
 
     @property
     def images_per_s(self) -> float:
@@ -91,11 +92,19 @@ class ExtractReport:
         busy = self.seconds - self.startup_seconds
         return self.num_images / busy if busy > 0 else 0.0
 
+    def backoff_lines(self) -> list[str]:
+        """One line per out-of-memory back-off (also recorded in the store's `batch_backoffs`)."""
+        return [f"  {self.teacher}: out of device memory at batch {frm} in shard {k}: batch halved to {to}, "
+                f"shard {k} redone whole" for k, frm, to in self.backoffs]
+
     def summary_line(self) -> str:
-        return (f"extract {self.teacher}: {self.num_images} images, {self.num_views} views, "
-                f"{len(self.masked)} masked, {self.num_bad} bad, {len(self.computed_shards)} shards computed, "
-                f"{len(self.skipped_shards)} skipped, {self.seconds:.1f} s, {self.images_per_s:.2f} images/s, "
-                f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value")
+        """The run in one line, then one line per out-of-memory back-off (if any)."""
+        return "\n".join([
+            f"extract {self.teacher}: {self.num_images} images, {self.num_views} views, "
+            f"{len(self.masked)} masked, {self.num_bad} bad, {len(self.computed_shards)} shards computed, "
+            f"{len(self.skipped_shards)} skipped, {self.seconds:.1f} s, {self.images_per_s:.2f} images/s, "
+            f"{self.bytes_on_disk / 2**20:.2f} MiB on disk, {self.bits_per_value:.2f} bits/value",
+            *self.backoff_lines()])
 
 
 # ExtractConfig fields fixed when a store is created: the flag, the store attribute it must match.
@@ -156,7 +165,10 @@ def finalize_shard(store: TeacherStore, result: ShardResult) -> None:
     """Driver side of the completion protocol: the shard's statistics (every kind and split) first, then
     its complete flag (which may fold the complete prefix of shards into the store's totals)."""
     h, w = store.grid
-    assert result.patches.count == result.num_views * h * w, (result.shard, result.patches.count)
+    if store.frames_NV4 is None:
+        assert result.patches.count == result.num_views * h * w, (result.shard, result.patches.count)
+    else:  # a padded teacher's padding tokens are not counted
+        assert result.patches.count <= result.num_views * h * w, (result.shard, result.patches.count)
     if store.summary_dim > 0:
         assert result.summary is not None and result.summary.count == result.num_views
     for kind in store.kinds:
@@ -208,6 +220,9 @@ def _extract(root: Path, teacher: str, config: ExtractConfig, lease: Lease) -> E
         report.shard_workers[result.shard] = result.worker
         if node:
             report.shard_nodes[k] = node
+        for frm, to in result.backoffs:  # out of device memory: the shard was redone whole at `to`
+            store.record_batch_backoff(result.shard, from_size=frm, to_size=to, worker=result.worker)
+            report.backoffs.append((result.shard, frm, to))
         for phase, secs in result.seconds.items():
             report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + secs
         report.num_images += result.num_images

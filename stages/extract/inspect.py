@@ -61,6 +61,8 @@ class StoreInfo:
     bytes_on_disk: int
     bits_per_value: float
     kinds: tuple[KindStats, ...]
+    resize: str = "squash"  # the teacher's resize rule (stages/teachers/resize.py)
+    batch_backoffs: tuple[dict, ...] = ()  # out-of-memory back-offs of its extraction
 
 
 def storage_footprint(store: TeacherStore) -> tuple[int, float]:
@@ -105,6 +107,7 @@ def store_info(store: TeacherStore) -> StoreInfo:
         summary_dim=store.summary_dim, patch_dim=store.patch_dim, codec=store.codec.to_dict(),
         bytes_on_disk=bytes_on_disk, bits_per_value=bits,
         kinds=tuple(kind_stats(store, kind) for kind in store.kinds),
+        resize=store.spec.resize.value, batch_backoffs=tuple(store.batch_backoffs),
     )
 
 
@@ -120,7 +123,13 @@ def format_info(info: StoreInfo) -> str:
         f"  on disk {info.bytes_on_disk / 2**20:.2f} MiB; "
         + (f"{info.bits_per_value:.2f} bits/value" if np.isfinite(info.bits_per_value)
            else "bits/value: none yet (no complete shard)") + f"; codec {info.codec}",
+        f"  resize {info.resize}" + ("" if info.resize == "squash" else
+                                     " (each view's teacher frame in `frames`; padded tokens are not counted)"),
     ]
+    if info.batch_backoffs:
+        steps = ", ".join(f"shard {b['shard']}: {b['from']} -> {b['to']}" for b in info.batch_backoffs[:5])
+        more = f", ... {len(info.batch_backoffs) - 5} more" if len(info.batch_backoffs) > 5 else ""
+        lines.append(f"  out-of-memory back-offs {len(info.batch_backoffs)} ({steps}{more})")
     for k in info.kinds:
         if k.count == 0:
             lines.append(f"  {k.kind:8s} tokens 0: no statistics yet (no complete shard with valid views)")

@@ -51,8 +51,10 @@ def stored_partials(store: TeacherStore, k: int) -> dict[tuple[str, str], Moment
     lo, hi = store.shard_range(k)
     split_S = store.image_split()[lo:hi]
     out = {}
+    content_SVhw = store.content_mask(np.arange(lo, hi))  # padded tokens are never counted
     for p, split in enumerate(layout.STATS_SPLITS):
-        for kind, m in shard_moments(summary_SVC, patches_SVhwC, valid_SV & (split_S == p)[:, None]).items():
+        for kind, m in shard_moments(summary_SVC, patches_SVhwC, valid_SV & (split_S == p)[:, None],
+                                     content_SVhw).items():
             out[(kind, split)] = m
     return out
 

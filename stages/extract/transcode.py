@@ -201,22 +201,26 @@ def transcode_shard(dst_path: str, k: int, summary_SVC: np.ndarray | None, patch
     split_S = dst.image_split()[lo:hi]
     for p, split in enumerate(layout.STATS_SPLITS):  # one partial per split, as stage one writes them
         in_split_SV = stored_valid & (split_S == p)[:, None]
-        for kind, m in shard_moments(stored_summary, stored_patches, in_split_SV).items():
+        for kind, m in shard_moments(stored_summary, stored_patches, in_split_SV,
+                                     dst.content_mask(np.arange(lo, hi))).items():
             dst.write_shard_stats(k, kind, m, split=split)
     dst.mark_complete(k)
     return k
 
 
 def shard_moments(summary_SVC: np.ndarray | None, patches_SVhwC: np.ndarray,
-                  valid_SV: np.ndarray) -> dict[str, Moments]:
-    """float64 moments of the valid views of one shard, per token kind (patches in bounded blocks)."""
+                  valid_SV: np.ndarray, content_SVhw: np.ndarray | None = None) -> dict[str, Moments]:
+    """float64 moments of the valid views of one shard, per token kind (patches in bounded blocks);
+    content_SVhw (a padded teacher's content tokens, TeacherStore.content_mask): padded tokens not counted."""
     rows, views = np.nonzero(valid_SV)
     C = patches_SVhwC.shape[-1]
     per_view = int(np.prod(patches_SVhwC.shape[2:]))
     block = max(1, STATS_BLOCK_VALUES // max(per_view, 1))
     patches = Moments.empty(C)
     for a in range(0, len(rows), block):
-        patches = patches.merge(Moments.from_batch(patches_SVhwC[rows[a:a + block], views[a:a + block]].reshape(-1, C)))
+        r, v = rows[a:a + block], views[a:a + block]
+        x = patches_SVhwC[r, v] if content_SVhw is None else patches_SVhwC[r, v][content_SVhw[r, v]]
+        patches = patches.merge(Moments.from_batch(x.reshape(-1, C)))
     out = {"patches": patches}
     if summary_SVC is not None:
         out["summary"] = Moments.from_batch(summary_SVC[valid_SV])

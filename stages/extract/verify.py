@@ -160,10 +160,14 @@ def _shard_tokens(store: TeacherStore, k: int, data: tuple, split_N: np.ndarray)
     """(kind, split) -> the valid stored tokens of shard k, as the statistics count them."""
     summary_SVC, patches_SVhwC, valid_SV = data
     lo, hi = store.shard_range(k)
+    content_SVhw = store.content_mask(np.arange(lo, hi))  # padded tokens are never counted
     out = {}
     for p, split in enumerate(STATS_SPLITS):
         keep_SV = valid_SV & (split_N[lo:hi] == p)[:, None]
-        out[("patches", split)] = patches_SVhwC[keep_SV].reshape(-1, store.patch_dim)
+        if content_SVhw is None:
+            out[("patches", split)] = patches_SVhwC[keep_SV].reshape(-1, store.patch_dim)
+        else:
+            out[("patches", split)] = patches_SVhwC[keep_SV[:, :, None, None] & content_SVhw]
         if summary_SVC is not None:
             out[("summary", split)] = summary_SVC[keep_SV]
     return out

@@ -45,11 +45,12 @@ import torch
 import zarr
 
 from stages.corpus.samples import decode_checked
-from stages.corpus.views import render_view
+from stages.corpus.views import render_teacher_view, render_view
 from stages.extract.device_stats import DeviceMoments
 from stages.extract.pooling import check_storage_grid, pool_patches
 from stages.stats import Moments
-from stages.teachers.preprocess import pixels_on_device
+from stages.teachers.preprocess import pixels_on_device, zero_padding
+from stages.teachers.resize import content_tokens
 from stages.teachers.registry import build_teacher
 from stages.teachers.spec import TeacherSpec
 from store_schema.codecs import float32_bits_high_half, torch_bitround
@@ -82,6 +83,8 @@ class ShardResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall s: decode / stage / device / fetch / write / total
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU s of the same phases
     worker: str = ""  # host:pid of the process that extracted the shard
+    batch_size: int = 0  # views per forward the shard was computed at
+    backoffs: list[tuple[int, int]] = field(default_factory=list)  # (from, to): out of memory, shard redone
 
     def moments(self, kind: str) -> Moments | None:
         """One kind's moments over both splits (train merged with val); None if the teacher lacks it."""
@@ -225,6 +228,7 @@ class ShardWorker:
         self._keepbits = codec.keepbits
         self.store.set_write_threads(cpu_threads)  # chunk-parallel compression on the granted CPUs
         self._pinned = _HostBuffers(self.device)
+        self._frames = self.store.frames_NV4  # None for a squash teacher (stages/teachers/resize.py)
 
     def _as_stored(self, x: torch.Tensor) -> np.ndarray:
         """A host tensor of the shard's stored values as the numpy array the store writes (no copy)."""
@@ -237,7 +241,41 @@ class ShardWorker:
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     def run_shard(self, k: int) -> ShardResult:
-        """Extract shard k in full, write it in one call, and return its partial statistics per split."""
+        """Extract shard k in full, write it in one call, and return its partial statistics per split.
+
+        Out of device memory (`torch.cuda.OutOfMemoryError`): the worker's batch size is halved (down to 1,
+        for this and every later shard) and the shard is redone whole from its first image, so no shard
+        ever mixes batches from two attempts and its arrays equal a run at the smaller batch. The result
+        lists each back-off (`ShardResult.backoffs`) for the driver to record in the store and print."""
+        backoffs: list[tuple[int, int]] = []
+        while True:
+            batch = self.batch_size
+            try:
+                result = self._run_shard_at(k, batch)
+            except torch.cuda.OutOfMemoryError as e:
+                if batch <= 1:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"teacher {self.spec.name} runs out of memory on {self.device} even at batch size 1 "
+                        f"(shard {k}): {str(e).splitlines()[0] if str(e) else 'out of memory'}") from None
+                smaller = max(1, batch // 2)
+                with self._device_lock:  # a concurrent shard that hit the same limit halves only once
+                    self.batch_size = min(self.batch_size, smaller)
+                backoffs.append((batch, self.batch_size))
+                del e  # the traceback holds the failed attempt's device buffers
+                self._free_device_memory()
+                continue
+            result.backoffs = backoffs
+            return result
+
+    def _free_device_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _run_shard_at(self, k: int, batch_size: int) -> ShardResult:
+        """One attempt at shard k with `batch_size` views per forward."""
         t0, c0 = time.perf_counter(), time.process_time()
         clock = _Clock()
         lo, hi = self.store.shard_range(k)
@@ -265,8 +303,8 @@ class ShardWorker:
             for view, arr in enumerate(rendered):
                 views.append(arr)
                 slots.append((row, view))
-            while len(views) >= self.batch_size:
-                n = self.batch_size
+            while len(views) >= batch_size:
+                n = batch_size
                 self._forward_into(views[:n], slots[:n], lo, buffers, acc, masked, clock)
                 del views[:n], slots[:n]
         if views:  # the last, partial batch
@@ -297,6 +335,7 @@ class ShardWorker:
             seconds=clock.wall,
             cpu_seconds=clock.cpu,
             worker=f"{socket.gethostname()}:{os.getpid()}",
+            batch_size=batch_size,
         )
 
     def _rendered(self, ids: list[int]) -> Iterator[tuple[int, tuple[list[np.ndarray], list[MaskedView]], float, float]]:
@@ -336,7 +375,10 @@ class ShardWorker:
         boxes_V4 = self.manifest.view_boxes_NV4[image_id]
         flips_V = self.manifest.view_flips_NV[image_id]
         res = self.spec.resolution
-        return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
+        if self._frames is None:  # squash: the view box resized to the square input
+            return [render_view(img, boxes_V4[v], bool(flips_V[v]), res) for v in range(self.store.num_views)], []
+        return [render_teacher_view(img, boxes_V4[v], bool(flips_V[v]), res, self._frames[image_id, v])
+                for v in range(self.store.num_views)], []
 
     @torch.inference_mode()
     def _forward_into(self, views: list[np.ndarray], slots: list[tuple[int, int]], lo: int, buffers: tuple,
@@ -353,8 +395,13 @@ class ShardWorker:
                 u8_BHW3 = u8_BHW3.to(dev, non_blocking=True)
                 rows_B = np.array([r for r, _ in slots])
                 split_B = torch.from_numpy(self._split_N[lo + rows_B].astype(np.int64)).to(dev, non_blocking=True)
+                frames_B4 = None if self._frames is None else self._frames[lo + rows_B, [v for _, v in slots]]
             with clock.phase("device"):  # on the teacher's device: normalize, forward, pool, round, stats
                 pixels_BCHW = pixels_on_device(u8_BHW3, self.spec)
+                content_Bhw = None
+                if frames_B4 is not None:
+                    pixels_BCHW = zero_padding(pixels_BCHW, frames_B4, self.spec.resolution)
+                    content_Bhw = content_tokens(frames_B4, self.grid).to(dev)
                 with _forward_context(dev):
                     out = self.teacher(pixels_BCHW)
                 patches_BhwC = torch_bitround(pool_patches(out.patches_BhwC.float(), self.grid), self._keepbits)
@@ -368,7 +415,10 @@ class ShardWorker:
                     finite_B &= torch.isfinite(summary_BC).all(dim=1)
                 for p, sp in enumerate(STATS_SPLITS):
                     keep_B = finite_B & (split_B == p)
-                    acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
+                    if content_Bhw is None:
+                        acc[("patches", sp)].update(patches_BhwC[keep_B].reshape(-1, patches_BhwC.shape[-1]))
+                    else:  # padded tokens are stored but never counted
+                        acc[("patches", sp)].update(patches_BhwC[keep_B[:, None, None] & content_Bhw])
                     if summary_BC is not None:
                         acc[("summary", sp)].update(summary_BC[keep_B])
                 # into the shard's device buffers; a non-finite view stays zero (and invalid)

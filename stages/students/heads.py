@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.students.contract import StudentOutput
+from stages.teachers.resize import sample_on_frame
 
 
 def resize_grid(x_BhwC: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -116,8 +117,13 @@ class TeacherHeads(nn.Module):
                 self.summary_heads[t.name] = MLPHead(student_dim, hidden, t.summary_dim)
             self.patch_heads[t.name] = MLPHead(student_dim, hidden, t.patch_dim)
 
-    def forward(self, out: StudentOutput) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
-        """Map a StudentOutput to {teacher: (summary_BC or None, patches_BhwC on the teacher's grid)}."""
+    def forward(self, out: StudentOutput, frames: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        """Map a StudentOutput to {teacher: (summary_BC or None, patches_BhwC on the teacher's grid)}.
+
+        frames: {teacher: [B, 4]} for teachers whose input frame is not the student's view (their own
+        resize rule, stages/teachers/resize.py): the feature map is sampled over each teacher cell of the
+        frame (`sample_on_frame`) instead of resized, so prediction and target cover the same pixels."""
         summary_BKC, features_BhwC = out.summary_BKC, out.features_BhwC
         if features_BhwC.shape[-1] != self.student_dim or summary_BKC.shape[-1] != self.student_dim:
             raise ValueError(
@@ -134,7 +140,11 @@ class TeacherHeads(nn.Module):
             summary_BC = None
             if t.name in self.summary_heads:
                 summary_BC = self.summary_heads[t.name](summary_BKC[:, self.summary_token[t.name]])
-            patches_BhwC = resize_grid(self.patch_heads[t.name](features_BhwC), tuple(t.grid))
+            mapped_BhwC = self.patch_heads[t.name](features_BhwC)
+            if frames is not None and t.name in frames:
+                patches_BhwC = sample_on_frame(mapped_BhwC, frames[t.name], tuple(t.grid))
+            else:
+                patches_BhwC = resize_grid(mapped_BhwC, tuple(t.grid))
             preds[t.name] = (summary_BC, patches_BhwC)
         return preds
 

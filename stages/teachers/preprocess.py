@@ -60,3 +60,18 @@ def pixels_on_device(views_BHW3_uint8: torch.Tensor, spec: TeacherSpec) -> torch
     mean_13 = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     std_13 = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     return x_BCHW.div_(255.0).sub_(mean_13).div_(std_13)
+
+
+def zero_padding(pixels_BCHW: torch.Tensor, frames_B4, resolution: int) -> torch.Tensor:
+    """Normalized pixels with each view's padding (rows / columns beyond its content, longest-side + pad
+    frames) set to exactly 0, as SAM pads after normalizing; views without padding are unchanged."""
+    from stages.teachers.resize import content_px
+
+    rows_cols = [content_px(f, resolution) for f in frames_B4]
+    if all(rc == (resolution, resolution) for rc in rows_cols):
+        return pixels_BCHW
+    dev = pixels_BCHW.device
+    rc_B2 = torch.tensor(rows_cols, device=dev)
+    ar = torch.arange(resolution, device=dev)
+    keep_BHW = (ar[None, :, None] < rc_B2[:, 0, None, None]) & (ar[None, None, :] < rc_B2[:, 1, None, None])
+    return pixels_BCHW * keep_BHW[:, None].to(pixels_BCHW.dtype)

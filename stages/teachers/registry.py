@@ -22,6 +22,7 @@ from stages.teachers.dinov2 import build_dinov2_teacher
 from stages.teachers.open_clip_family import build_open_clip_teacher
 from stages.teachers.sam import build_sam_teacher
 from stages.teachers.errors import MissingWeightsError
+from stages.teachers.resize import ResizeRule
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from stages.teachers.weights import (
     ResolvedWeights,
@@ -51,8 +52,10 @@ def _dinov2(name: str, arch: str, width: int, registers: int, **kw: Any) -> Teac
 
 
 def _sam(name: str, arch: str, width: int, **kw: Any) -> TeacherSpec:
+    # SAM's own preprocessing: longest side to the input side, zero padding (ResizeLongestSide + pad)
     defaults = dict(weights_id="sa1b", weights=WeightsSource.PRETRAINED, resolution=1024, license="apache-2.0",
-                    description="SAM image encoder (timm samvit), last block before the neck, no summary")
+                    description="SAM image encoder (timm samvit), last block before the neck, no summary",
+                    resize=ResizeRule.LONGEST_PAD)
     return TeacherSpec(name=name, family=Family.SAM, arch=arch, patch_size=16, summary_dim=0, patch_dim=width,
                        num_prefix_tokens=0, mean=IMAGENET_MEAN, std=IMAGENET_STD, **{**defaults, **kw})
 
@@ -82,7 +85,8 @@ TEACHERS: dict[str, TeacherSpec] = {spec.name: spec for spec in (
     # OpenAI CLIP was trained with QuickGELU: the -quickgelu config matches its weights.
     _open_clip("clip_l_openai", "ViT-L-14-336-quickgelu", "openai", resolution=336, patch_size=14,
                summary_dim=768, patch_dim=1024, num_prefix_tokens=1, mean=OPENAI_MEAN, std=OPENAI_STD,
-               license="mit", description="OpenAI CLIP ViT-L/14 at 336 px (grid 24×24)"),
+               license="mit", description="OpenAI CLIP ViT-L/14 at 336 px (grid 24×24)",
+               resize=ResizeRule.SHORTEST_CROP),  # OpenAI's Resize(shortest side) + CenterCrop
     _open_clip("siglip_so400m", "ViT-SO400M-14-SigLIP-384", "webli", resolution=384, patch_size=14,
                summary_dim=1152, patch_dim=1152, num_prefix_tokens=0, mean=SIGLIP_MEAN, std=SIGLIP_STD,
                license="apache-2.0",
@@ -111,6 +115,9 @@ TEACHERS: dict[str, TeacherSpec] = {spec.name: spec for spec in (
          arch_kwargs=dict(embed_dim=96, depth=3, num_heads=3, global_attn_indexes=[2], window_size=4,
                           neck_chans=32),
          activation_scale=8.0, license="n/a (random weights)",
+         # squashed, as before per-teacher resize rules: the demo's stores and golden numbers stay valid
+         # (tests run SAM's own rule on a LONGEST_PAD variant of this teacher)
+         resize=ResizeRule.SQUASH,
          description=TINY_NOTE + " SAM ViT/16 encoder before the neck, 128 px, grid 8×8, activation_scale 8."),
 )}
 

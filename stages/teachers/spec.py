@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from stages.teachers.resize import ResizeRule
+
 
 class Family(str, Enum):
     """Which model library builds the teacher; adapters dispatch on this, never on name substrings."""
@@ -53,6 +55,9 @@ class TeacherSpec:
     # orders of magnitude as real ones do (DFN CLIP global std 0.029, SAM-H 5.47). 1.0 for real teachers.
     activation_scale: float = 1.0
     description: str = ""
+    # How a view becomes the square input (stages/teachers/resize.py): the teacher's own preprocessing.
+    # Stores recorded before the field existed were squashed, and their spec (without it) reads as SQUASH.
+    resize: ResizeRule = ResizeRule.SQUASH
 
     def __post_init__(self) -> None:
         # Canonical JSON form (tuples -> lists) so a spec read back from a store's attributes compares
@@ -73,6 +78,10 @@ class TeacherSpec:
         d["family"] = self.family.value
         d["weights"] = self.weights.value
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.resize == ResizeRule.SQUASH:  # the rule every store recorded before the field existed:
+            del d["resize"]  # left out, so a squash teacher's spec equals the one its existing stores hold
+        else:
+            d["resize"] = self.resize.value
         return d
 
     @classmethod
@@ -81,6 +90,7 @@ class TeacherSpec:
         d["family"] = Family(d["family"])
         d["weights"] = WeightsSource(d["weights"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d["resize"] = ResizeRule(d.get("resize", ResizeRule.SQUASH.value))
         return cls(**d)
 
 
