@@ -1,4 +1,4 @@
-"""`pipeline distill` and `pipeline export`: thin commands over stages/distill (store-fed agglomerative
+"""`pipeline distill`: a thin command over stages/distill (store-fed agglomerative
 distillation, AM-RADIO arXiv 2312.06709, with PHI-S target normalization, arXiv 2410.01680).
 
 `distill` trains a student + per-teacher heads from <root>/<teacher>.zarr into <out>/<run-name>
@@ -150,20 +150,6 @@ def distill(
         typer.echo(f"run: {run_dir}")
 
 
-def export(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `pipeline distill`.")],
-) -> None:
-    """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
-    from stages.distill.export import export_run
-    from store_schema.errors import StoreError
-
-    try:
-        typer.echo(f"export: {export_run(run)}")
-    except (ValueError, FileNotFoundError, StoreError) as e:
-        raise fail(str(e)) from e
-
-
 def register(app: typer.Typer) -> None:
-    """Add the distill and export commands to the pipeline app."""
+    """Add the distill command to the pipeline app (`pipeline export`: pipeline/cmd_export.py)."""
     app.command("distill")(distill)
-    app.command("export")(export)
