@@ -318,7 +318,7 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `demo` to the pipeline CLI."""
+    """Add `demo` to the pipeline CLI, and the two commands only dvc.yaml runs (hidden from --help)."""
     app.command("demo")(demo_cmd)
-    app.command("extract-stage")(extract_stage_cmd)
-    app.command("distill-variant")(distill_variant_cmd)
+    app.command("extract-stage", hidden=True)(extract_stage_cmd)
+    app.command("distill-variant", hidden=True)(distill_variant_cmd)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pipeline.errors import fail
+
+if TYPE_CHECKING:
+    from pipeline.params import Params
 
 
 def _run(root: Path, teacher: str, class_sets: list[tuple[Path, str]], *, checkpoint: Path | None, device: str,
@@ -80,7 +83,7 @@ def extract_text_stage_cmd(
          device=p.extract.device, receipt=receipt)
 
 
-def text_class_sets(p) -> list[tuple[Path, str]]:  # noqa: ANN001 - pipeline.params.Params
+def text_class_sets(p: Params) -> list[tuple[Path, str]]:
     """(class file, templates) of every prompt set params.yaml's evaluation needs."""
     e = p.evaluate
     return [(c, t) for c, t in ((e.zeroshot_classes, e.zeroshot_templates), (e.seg_classes, e.seg_templates))
@@ -88,6 +91,6 @@ def text_class_sets(p) -> list[tuple[Path, str]]:  # noqa: ANN001 - pipeline.par
 
 
 def register(app: typer.Typer) -> None:
-    """Add `extract-text` and `extract-text-stage` to the pipeline CLI."""
+    """Add `extract-text` and `extract-text-stage` (only dvc.yaml runs it: hidden from --help) to the CLI."""
     app.command("extract-text")(extract_text_cmd)
-    app.command("extract-text-stage")(extract_text_stage_cmd)
+    app.command("extract-text-stage", hidden=True)(extract_text_stage_cmd)

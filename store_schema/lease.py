@@ -25,6 +25,7 @@ flag, a checkpoint).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -38,6 +39,8 @@ from typing import Any
 
 from store_schema.errors import StoreError
 from store_schema.layout import lease_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_S = 5.0
 DEFAULT_STALE_AFTER_S = 30.0
@@ -173,10 +176,7 @@ class Lease:
         from store_schema.io_errors import write_guard
 
         if self.inert:
-            import warnings
-
-            warnings.warn(f"{self.target}: no lease on an object-store URL; make sure only one run writes it",
-                          stacklevel=2)
+            log.warning("%s: no lease on an object-store URL; make sure only one run writes it", self.target)
             return self
         deadline = None if self.options.timeout_s is None else time.monotonic() + self.options.timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
