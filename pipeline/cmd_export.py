@@ -31,6 +31,10 @@ def export(
     except (ValueError, FileNotFoundError, StoreError) as e:
         raise fail(str(e)) from e
     typer.echo(f"export: {files.safetensors}")
+    kept = {p for p in (files.timm, files.onnx) if p is not None}
+    for path in files.replaced:
+        if path not in kept and path.with_suffix("") not in kept:  # export.onnx.data goes with export.onnx
+            typer.echo(f"removed: {path} (made from the earlier export; not asked for this time)")
     if files.timm is not None:
         typer.echo(f"timm: {files.timm} (timm.create_model('local-dir:{files.timm}', pretrained=True))")
     if files.onnx is not None and files.onnx_check is not None:

@@ -197,8 +197,11 @@ def test_timm_student_trunk_loads_with_timm_create_model_and_matches(runs):
 def test_export_of_a_vit_writes_the_timm_layout_and_eradio_none(runs):
     from pipeline.cli import app
 
-    assert CliRunner().invoke(app, ["export", str(runs["vit"])]).exit_code == 0
-    assert (runs["vit"] / "timm" / "model.safetensors").is_file()
+    (runs["vit"] / "export.onnx").write_bytes(b"made from an earlier export")
+    res = CliRunner().invoke(app, ["export", str(runs["vit"])])
+    assert res.exit_code == 0 and (runs["vit"] / "timm" / "model.safetensors").is_file()
+    assert f"removed: {runs['vit'] / 'export.onnx'}" in res.output and not (runs["vit"] / "export.onnx").exists()
+    assert "removed:" not in res.output.replace(f"removed: {runs['vit'] / 'export.onnx'}", "")  # timm/ rewritten
     res = CliRunner().invoke(app, ["export", str(runs["eradio"])])
     assert res.exit_code == 0 and "timm:" not in res.output and not (runs["eradio"] / "timm").exists()
 

@@ -73,6 +73,21 @@ def timm_dir(run_dir: Path) -> Path:
     return Path(run_dir) / TIMM_DIR
 
 
+def derived_export_paths(run_dir: Path) -> list[Path]:
+    """The forms `pipeline export` derives from export.safetensors (ONNX graph and its external data, timm
+    folder) that exist now: stale once export.safetensors is rewritten."""
+    onnx = onnx_path(run_dir)
+    return [p for p in (onnx, onnx.with_name(onnx.name + ".data"), timm_dir(run_dir)) if p.exists()]
+
+
+def remove_derived_exports(run_dir: Path) -> list[Path]:
+    """Remove the derived forms (see derived_export_paths); returns what was removed."""
+    gone = derived_export_paths(run_dir)
+    for path in gone:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return gone
+
+
 def eval_path(run_dir: Path) -> Path:
     """<run>/eval/metrics.json"""
     return Path(run_dir) / EVAL_DIR / EVAL_FILE
@@ -165,8 +180,6 @@ def discard_run(run_dir: Path) -> None:
     """Remove what training and `pipeline export` wrote into a run (checkpoint, config, metrics, exports) so a
     new run can start in its place; anything else in the folder (e.g. an old evaluation, rewritten by
     evaluate) is left."""
-    onnx = onnx_path(run_dir)
-    for path in (checkpoint_path(run_dir), config_path(run_dir), metrics_path(run_dir), export_path(run_dir), onnx,
-                 onnx.with_name(onnx.name + ".data")):
+    for path in (checkpoint_path(run_dir), config_path(run_dir), metrics_path(run_dir), export_path(run_dir)):
         path.unlink(missing_ok=True)
-    shutil.rmtree(timm_dir(run_dir), ignore_errors=True)
+    remove_derived_exports(run_dir)
