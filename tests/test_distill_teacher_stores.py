@@ -114,7 +114,6 @@ def test_distill_variant_resumes_and_retrains_on_other_configs_and_steps(teacher
 
 def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path, tmp_path: Path) -> None:
     from pipeline import cmd_demo
-    from stages.stats import Moments
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 

@@ -15,7 +15,8 @@ from stages.distill.config import DistillConfig
 from stages.students.preprocess import student_pixels
 from stages.distill.exported import load_exported
 from stages.distill.run import load_run
-from stages.distill.train import summary_tokens_for, train
+from stages.distill.train import train
+from stages.students.build import summary_tokens_for
 from stages.normalize import NormVariant
 from stages.students import HeadTarget
 from test_distill_loader import make_tiny_stores

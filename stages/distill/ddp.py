@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.distributed as dist

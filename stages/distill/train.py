@@ -55,7 +55,7 @@ from stages.distill.run_dir import (CONFIG_NAME, check_config_matches_checkpoint
 from stages.distill.run_lease import run_lease
 from stages.normalize import kind_variant, target_loss
 from stages.students import HeadTarget, Student, TeacherHeads
-from stages.students.build import build_models, heads_to_json, summary_tokens_for
+from stages.students.build import build_models, heads_to_json
 from stages.students.preprocess import student_pixels
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions

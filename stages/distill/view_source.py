@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.distill.config import STUDENT_VIEW_MODES, check_student_views
+from stages.distill.config import check_student_views
 from store_schema.errors import StoreNotFoundError
 from store_schema.layout import student_views_path
 from store_schema.view_store import ViewStore, open_view_store
