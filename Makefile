@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv
+.PHONY: demo test venv lint
 
 venv: $(STAMP)
 
@@ -26,3 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(VENV)/bin/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; exit $$rc
+
+# The linter, as pyproject.toml [tool.ruff] configures it (.ci/run runs it before the tests).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -113,7 +113,6 @@ def main() -> None:
              f"cpus_per_worker {args.cpus}, in-process worker"]
     with tempfile.TemporaryDirectory(prefix="gpu_stage_one_") as tmp:
         manifest = build_corpus(Path(tmp), args.images)
-        root = manifest.path.parent
         for teacher, grid, batch in RUNS:
             lines.append(run_one(manifest, teacher, grid, batch, args.cpus))
             print(lines[-1], flush=True)

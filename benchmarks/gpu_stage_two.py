@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stage_two_cost import TEACHERS, build_stores  # noqa: E402
-from stages.distill.config import DistillConfig  # noqa: E402
-from stages.distill.loader import StoreBatches, StoreSet, make_loader  # noqa: E402
-from stages.distill.train import Distiller, head_targets, make_optimizer, train_step  # noqa: E402
-from stages.students.build import build_models  # noqa: E402
-from store_schema.codecs import CodecSpec  # noqa: E402
+from stage_two_cost import TEACHERS, build_stores
+from stages.distill.config import DistillConfig
+from stages.distill.loader import StoreBatches, StoreSet, make_loader
+from stages.distill.train import Distiller, head_targets, make_optimizer, train_step
+from stages.students.build import build_models
+from store_schema.codecs import CodecSpec
 
 
 def rate(config: DistillConfig, stores: StoreSet, batches, steps: int) -> float:

@@ -324,13 +324,13 @@ def main() -> None:
         for label, r in rows.items():
             host_total[label] = sum(1e3 * r["cpu"].get(p, 0.0) for p in HOST_PHASES) / r["images"]
             gpu_total[label] = r["gpu_ms"]
-        print("| **host CPU total** | " + " | ".join(f"{host_total[l]:.1f}" for l in rows)
+        print("| **host CPU total** | " + " | ".join(f"{host_total[lab]:.1f}" for lab in rows)
               + f" | {sum(host_total.values()):.1f} |")
         print("| GPU: forward FLOPs at 50% of 790 TFLOP/s | " + " | ".join(f"{r['forward_ms']:.2f}" for r in rows.values())
               + f" | {sum(r['forward_ms'] for r in rows.values()):.2f} |")
         print("| **GPU ms per image** (+ stats at 67 TFLOP/s fp64, element-wise at 790) | "
-              + " | ".join(f"{gpu_total[l]:.2f}" for l in rows) + f" | {sum(gpu_total.values()):.2f} |")
-        print("| cores per GPU (host / GPU) | " + " | ".join(f"{host_total[l] / gpu_total[l]:.2f}" for l in rows)
+              + " | ".join(f"{gpu_total[lab]:.2f}" for lab in rows) + f" | {sum(gpu_total.values()):.2f} |")
+        print("| cores per GPU (host / GPU) | " + " | ".join(f"{host_total[lab] / gpu_total[lab]:.2f}" for lab in rows)
               + f" | {sum(host_total.values()) / sum(gpu_total.values()):.2f} |")
         print("| stored bits/value | " + " | ".join(f"{r['bits']:.2f}" for r in rows.values()) + " | |")
         most, end, secs = simulate_million(work)

@@ -66,14 +66,13 @@ from stages.corpus.samples import render_samples, render_student_views
 from stages.distill import unit_cache as unit_cache_mod
 from stages.distill.loader import StoreBatches, StoreSet, make_loader, targets_on_device
 from stages.distill.train import normalize_targets
-from stages.distill.unit_cache import UnitCache
 from stages.extract.student_views import run_views
 from stages.stats import Moments
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from store_schema.codecs import CodecSpec, bulk_io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stage_one_cost import StandIn  # noqa: E402  (the stand-in teacher both stage benchmarks use)
+from stage_one_cost import StandIn
 from store_schema.layout import student_views_path, teacher_store_path
 from store_schema.manifest import ViewSpec
 from store_schema.teacher_store import create_teacher_store

@@ -7,6 +7,8 @@ own small `pipeline/cmd_*.py` exposing `register(app)`; commands stay thin over 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from pipeline import (
@@ -14,6 +16,7 @@ from pipeline import (
     cmd_demo,
     cmd_distill,
     cmd_evaluate,
+    cmd_export,
     cmd_extract,
     cmd_report,
     cmd_store,
@@ -39,9 +42,39 @@ app = PipelineApp(
     name="pipeline",
     help="Agglomerative distillation of vision foundation models from an offline Zarr feature store.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
+
+DISTRIBUTION = "agglo-distill"
+
+
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata), or what is known when running from a
+    checkout that is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: running from a source checkout; `pip install -e .` records the version)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the package version and exit.")] = False,
+) -> None:
+    """Agglomerative distillation of vision foundation models from an offline Zarr feature store."""
+    from pipeline.log_output import show_project_logs
+
+    show_project_logs()  # the library logs through `logging`; the command line shows its records on stderr
 
 # ---- command groups, registered explicitly (add new ones here, in pipeline order) -----------------
 COMMAND_GROUPS = (
@@ -52,6 +85,7 @@ COMMAND_GROUPS = (
     cmd_views,
     cmd_store,
     cmd_distill,
+    cmd_export,
     cmd_evaluate,
     cmd_report,
     cmd_demo,

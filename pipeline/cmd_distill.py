@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from pipeline.defaults import Derived, ParamsOpt, Route, parse_only, routed
-from pipeline.errors import PipelineCommand, fail
+from pipeline.errors import fail
 
 if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
     from stages.distill.config import DistillConfig
@@ -204,16 +204,6 @@ def sweep_run_name(ctx: typer.Context, *, norm: str, seed: int, summary_loss: st
     return p.run_dir(norm, seed, summary_loss).name
 
 
-def export(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `pipeline distill`.")],
-) -> None:
-    """Write RUN/export.safetensors: student + heads with denormalization folded in (teacher space)."""
-    from stages.distill.export import export_run
-
-    typer.echo(f"export: {export_run(run)}")
-
-
 def register(app: typer.Typer) -> None:
-    """Add the distill and export commands to the pipeline app."""
+    """Add the distill command to the pipeline app (`pipeline export`: pipeline/cmd_export.py)."""
     app.command("distill", cls=routed(DISTILL))(distill)
-    app.command("export", cls=PipelineCommand)(export)

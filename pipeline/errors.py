@@ -5,7 +5,7 @@ prints a user error the command raised in the same style (so commands need no `e
 of their own); `run_cli` (the console entry point) prints click's own usage errors (a flag that does not
 parse) and any user error raised outside a command, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
 damaged or mismatched files and missing resources (`ValueError`, `FileNotFoundError`, the store's
-`StoreError`, missing weights / tokenizers, an extraction that cannot go on); anything else is a bug and
+`StoreError`, missing weights / tokenizers, a package of an optional extra that is not installed, an extraction that cannot go on); anything else is a bug and
 keeps its traceback. `PIPELINE_TRACEBACK=1` in the environment lets user errors raise with their
 traceback too (a ValueError can also be a bug: this is how to see where it came from). Only typer and the standard library are imported here (`pipeline --help` stays fast).
 """
@@ -37,7 +37,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ValueError, FileNotFoundError, LookupError]
     for module, name in (("store_schema.errors", "StoreError"), ("stages.teachers.errors", "MissingWeightsError"),
                          ("stages.teachers.text_tower", "MissingTokenizerError"),
-                         ("stages.orchestrate.shards", "ShardRunStopped")):
+                         ("stages.orchestrate.shards", "ShardRunStopped"),
+                         ("stages.optional", "MissingExtraError")):
         mod = sys.modules.get(module)
         if mod is not None:
             types.append(getattr(mod, name))

@@ -33,11 +33,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store_schema.errors import StoreError
 from store_schema.lease_record import describe_holder, iso_time, lost_reason, parse_holder
 from store_schema.layout import lease_path
+
+if TYPE_CHECKING:
+    from store_schema.lease_object import ObjectLeaseFile
 
 DEFAULT_HEARTBEAT_S = 5.0
 DEFAULT_STALE_AFTER_S = 30.0
@@ -183,7 +186,7 @@ class LocalLeaseFile:
             self.path.unlink(missing_ok=True)
 
 
-def lease_file_for_path(path: Path | str):
+def lease_file_for_path(path: Path | str) -> LocalLeaseFile | ObjectLeaseFile:
     """The lease file at `path`: a LocalLeaseFile, or an ObjectLeaseFile for an s3:// URL; a LeaseUnsupported
     error for another object store (no atomic create-if-absent the pipeline can rely on there)."""
     from store_schema.location import is_url

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import crc32c as _crc32c
 import numpy as np

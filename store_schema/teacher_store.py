@@ -115,7 +115,7 @@ def create_teacher_store(path: Path, *, spec: TeacherSpec, weights_identity: dic
         return store
     if location.list_dir(path):
         raise StoreMismatchError(path, "store", expected="a zarr v3 group or nothing",
-                                 found=f"a non-empty folder without zarr.json")
+                                 found="a non-empty folder without zarr.json")
     if remote:
         # No atomic rename on object stores: build the group at its final path and write the creation
         # marker last; a store without the marker is removed and rebuilt by the next create.

@@ -7,7 +7,6 @@ finder that makes importing them raise ImportError, and `python -m pipeline.cli`
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,39 +16,15 @@ import numpy as np
 from stages.extract.verify import verify_store
 from store_schema.layout import teacher_store_path
 from store_schema.teacher_store import open_teacher_store
+from tests.absent_packages import MARK, REPO, env_without, loaded_modules
 
 pytest_plugins = ["tests.ray_fixture"]
 
 ABSENT = ("ray", "matplotlib", "dvc", "open_clip")
 TEACHER = "tiny_dinov2"  # timm only
-REPO = Path(__file__).resolve().parents[1]
-
-_SITECUSTOMIZE = f'''
-import sys
-
-ABSENT = {ABSENT!r}
-
-
-class _Absent:
-    """Refuses the packages the GPU machine does not have."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ABSENT:
-            raise ImportError(f"No module named {{name!r}} (absent on the GPU machine)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _Absent())
-'''
-
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    shim = tmp_path / "shim"
-    shim.mkdir(exist_ok=True)
-    (shim / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), str(REPO)]), OMP_NUM_THREADS="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
+    return env_without(tmp_path, ABSENT)
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -60,7 +35,7 @@ def test_shim_really_hides_the_packages(tmp_path):
     env = _env(tmp_path)
     for name in ABSENT:
         res = _run(["-c", f"import {name}"], env)
-        assert res.returncode != 0 and "absent on the GPU machine" in res.stderr, (name, res.stderr)
+        assert res.returncode != 0 and MARK in res.stderr, (name, res.stderr)
 
 
 def test_command_modules_import_no_stage_code(tmp_path):
@@ -68,7 +43,7 @@ def test_command_modules_import_no_stage_code(tmp_path):
     code = ("import sys\n"
             "import pipeline.cmd_corpus, pipeline.cmd_teachers, pipeline.cmd_extract, pipeline.cmd_store\n"
             "import pipeline.cmd_evaluate, pipeline.cmd_report\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'stages', 'zarr', 'numpy', 'ray'})\n"
+            f"heavy = {loaded_modules(('torch', 'stages', 'zarr', 'numpy', 'ray'))}\n"
             "assert not heavy, heavy\n")
     res = _run(["-c", code], _env(tmp_path))
     assert res.returncode == 0, res.stderr

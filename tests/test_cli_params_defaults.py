@@ -24,8 +24,11 @@ pytest_plugins = ["tests.ray_fixture"]
 def _invoke(args: list[str]) -> tuple[int, str, str]:
     res = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300", "NO_COLOR": "1"})
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    clean = lambda t: " ".join(re.sub(r"[│╭╮╰╯─]", " ", re.sub(r"\x1b\[[0-9;]*m", "", t)).split())
-    return res.exit_code, clean(res.stdout), clean(res.stderr)
+    return res.exit_code, _clean(res.stdout), _clean(res.stderr)
+
+
+def _clean(t: str) -> str:
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", re.sub(r"\x1b\[[0-9;]*m", "", t)).split())
 
 
 def _write_params(folder: Path, root: Path, **sections: dict) -> Path:

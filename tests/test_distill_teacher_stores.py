@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -118,7 +117,6 @@ def test_distill_variant_resumes_and_retrains_on_other_configs_and_steps(teacher
 def test_a_run_is_not_resumed_on_stores_whose_targets_changed(teacher_root: Path, tmp_path: Path) -> None:
     from pipeline.cmd_distill import resolve_distill
     from stages.distill.sweep import train_variant
-    from stages.stats import Moments
     from store_schema.layout import teacher_store_path
     from store_schema.teacher_store import open_teacher_store
 

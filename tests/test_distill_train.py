@@ -110,10 +110,11 @@ def test_cli_distill_and_export(tiny_root: Path, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from pipeline import cmd_distill
+    from pipeline import cmd_distill, cmd_export
 
     app = typer.Typer()
     cmd_distill.register(app)
+    cmd_export.register(app)
     runner = CliRunner()
     args = ["distill", "--norm", "standardize", "--student", "vit_tiny_test", "--teachers", "alpha,gamma",
             "--root", str(tiny_root), "--out", str(tmp_path / "runs"), "--steps", "2", "--batch-size", "2",

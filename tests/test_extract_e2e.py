@@ -13,7 +13,6 @@ import pytest
 
 from stages.extract.driver import ExtractConfig, run_extract
 from stages.extract.verify import verify_store
-from stages.stats import Moments
 from store_schema.codecs import decode_from_store
 from store_schema.layout import manifest_path, teacher_store_path
 from store_schema.manifest import read_manifest

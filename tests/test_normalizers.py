@@ -356,7 +356,7 @@ def test_noise_floor_binds_on_a_noise_only_direction(variant: NormVariant) -> No
     """A direction whose stored variance is only storage noise is not lifted to unit variance: its
     variance after the map is at most 1 / NOISE_FLOOR_FACTOR (hand-built: channel 0 is a constant 100
     plus rounding noise, the others carry signal)."""
-    d, k = 4, 7
+    k = 7
     mean_D = np.array([100.0, 0.0, 0.0, 0.0])
     noise0 = (100.0 ** 2) * 2.0 ** (-2 * k) / 24.0  # the noise variance keepbits 7 implies on channel 0
     cov_DD = np.diag([noise0, 1.0, 2.0, 3.0])

@@ -94,7 +94,7 @@ def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE,
         raise BadImage("not an image (unrecognized format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb refused by PIL: {e}") from None
-    except Exception as e:  # untrusted bytes: any header parser error means "bad image", never a crash
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any header parser error means "bad image", never a crash
         raise BadImage(f"unreadable header: {type(e).__name__}: {e}") from None
     w, h, mode = im.width, im.height, im.mode
     if w * h > pixel_limit:
@@ -115,7 +115,7 @@ def decode_rgb(data: bytes, *, pixel_limit: int, min_side: int = MIN_SIDE,
         raise
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb refused by PIL: {e}", width=w, height=h, mode=mode) from None
-    except Exception as e:  # truncated / corrupt data surfaces as OSError, SyntaxError, ValueError, ...
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt data surfaces as OSError, SyntaxError, ValueError, ...
         raise BadImage(f"decode failed: {type(e).__name__}: {e}", width=w, height=h, mode=mode) from None
     return rgb, mode
 

@@ -6,7 +6,16 @@ submodules directly (`from stages.distill.train import train`).
 """
 
 
-def load_exported(path, **kwargs):  # noqa: ANN001, ANN201 - see stages.distill.exported.load_exported
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stages.distill.exported import ExportedStudent
+
+
+def load_exported(path: Path | str, **kwargs: Any) -> ExportedStudent:
     """The exported student as a backbone with teacher-space adaptors (`stages.distill.exported`)."""
     from stages.distill.exported import load_exported as _load
 

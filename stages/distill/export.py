@@ -21,7 +21,7 @@ from safetensors.torch import save
 from store_schema.io_errors import write_guard
 
 from stages.distill.run import load_run
-from stages.distill.run_dir import export_path, read_run_config
+from stages.distill.run_dir import export_path, read_run_config, remove_derived_exports
 from stages.normalize import Normalizer, fold_denormalization
 from stages.students import TeacherHeads
 from stages.students.preprocess import preprocessing
@@ -39,7 +39,8 @@ def fold_heads(heads: TeacherHeads, normalizers: dict[str, dict[str, Normalizer]
 
 
 def export_run(run_dir: Path) -> Path:
-    """Write <run_dir>/export.safetensors from the latest checkpoint; returns its path."""
+    """Write <run_dir>/export.safetensors from the latest checkpoint; returns its path. The forms derived
+    from an earlier export (export.onnx, timm/) are removed first: they would describe other weights."""
     run_dir = Path(run_dir)
     _, resolved = read_run_config(run_dir)
     _, student, heads, normalizers = load_run(run_dir)
@@ -47,6 +48,7 @@ def export_run(run_dir: Path) -> Path:
     tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     tensors.update({f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()})
     path = export_path(run_dir)
+    remove_derived_exports(run_dir)
     tmp = path.with_name(path.name + ".tmp")
     prep = preprocessing(img_size=student.img_size, patch_size=student.stride)
     data = save(tensors, metadata={"config": json.dumps(resolved, sort_keys=True), "outputs": "teacher_space",

@@ -34,7 +34,8 @@ from stages.students.preprocess import STUDENT_MEAN, STUDENT_STD, student_pixels
 
 # What an export without a "preprocessing" record was trained with: the student input of every version before
 # the record (if the student's normalization ever changes, spell these numbers out here).
-LEGACY_PREPROCESSING = {"mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "patch_size": 16}
+LEGACY_PREPROCESSING = {"mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "patch_size": 16,
+                        "interpolation": "bicubic"}
 
 
 @dataclass
@@ -66,10 +67,12 @@ class ExportedStudent(nn.Module):
         self.student = student
         self.heads = heads
         self.config = config
+        self.preprocessing = dict(preprocessing)  # as recorded in the file (timm's pretrained_cfg keys)
         self.input_mean = tuple(float(x) for x in preprocessing["mean"])
         self.input_std = tuple(float(x) for x in preprocessing["std"])
         self.img_size = int(preprocessing["input_size"])
         self.patch_size = int(preprocessing["patch_size"])
+        self.interpolation = str(preprocessing.get("interpolation", "bicubic"))
         self.adaptor_names: list[str] = [t.name for t in heads.targets]
 
     def pixels(self, images_BHW3_uint8: np.ndarray | torch.Tensor, *, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -92,8 +95,12 @@ def read_preprocessing(meta: dict[str, str], config: DistillConfig) -> dict[str,
     return {**LEGACY_PREPROCESSING, "input_size": int(config.img_size)}
 
 
-def load_exported(path: Path | str, *, device: str | torch.device = "cpu") -> ExportedStudent:
-    """Load ``export.safetensors`` (a file, or the run directory holding it) in eval mode."""
+def load_exported(path: Path | str, *, adaptor_names: list[str] | None = None,
+                  device: str | torch.device = "cpu") -> ExportedStudent:
+    """Load ``export.safetensors`` (a file, or the run directory holding it) in eval mode.
+
+    adaptor_names: the teacher adaptors to keep, in this order (None: all of them, in training order; []: the
+    backbone alone). An unknown name is a ValueError listing the valid ones."""
     path = Path(path)
     if path.is_dir():
         path = path / EXPORT_NAME
@@ -109,5 +116,7 @@ def load_exported(path: Path | str, *, device: str | torch.device = "cpu") -> Ex
     state = load_file(str(path))
     student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
     heads.load_state_dict({k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")})
+    if adaptor_names is not None:
+        heads.keep_only(list(adaptor_names))
     model = ExportedStudent(student, heads, config, read_preprocessing(meta, config))
     return model.to(device).eval().requires_grad_(False)

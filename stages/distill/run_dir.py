@@ -9,6 +9,9 @@ store_schema/layout.py is for the store.
   checkpoint.pt                latest training state (stages/distill/checkpoint.py writes it)
   metrics.jsonl                one JSON line per logged step (the loss curve)
   export.safetensors           student + teacher-space heads + preprocessing (stages/distill/export.py)
+  export.onnx                  the same as one ONNX graph, dynamic batch (`pipeline export --onnx`; onnx_export.py)
+  timm/                        a ViT student's trunk in timm's layout: model.safetensors + config.json
+                               (`pipeline export`; stages/distill/timm_layout.py)
   eval/metrics.json            `pipeline evaluate`'s result (stages/evaluate/evaluate.py)
 <runs_dir>/<run>.lease         held while a run trains into the directory (store_schema.layout.lease_path)
 ```
@@ -17,6 +20,7 @@ store_schema/layout.py is for the store.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,8 @@ CONFIG_NAME = "config.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 EXPORT_NAME = "export.safetensors"
+ONNX_NAME = "export.onnx"
+TIMM_DIR = "timm"
 EVAL_DIR, EVAL_FILE = "eval", "metrics.json"
 
 CONFIG_RECOVERY = ("It cannot be rebuilt from the checkpoint alone: restore it from a backup, or delete the run "
@@ -55,6 +61,31 @@ def metrics_path(run_dir: Path) -> Path:
 def export_path(run_dir: Path) -> Path:
     """<run>/export.safetensors"""
     return Path(run_dir) / EXPORT_NAME
+
+
+def onnx_path(run_dir: Path) -> Path:
+    """<run>/export.onnx"""
+    return Path(run_dir) / ONNX_NAME
+
+
+def timm_dir(run_dir: Path) -> Path:
+    """<run>/timm (model.safetensors + config.json in timm's layout)"""
+    return Path(run_dir) / TIMM_DIR
+
+
+def derived_export_paths(run_dir: Path) -> list[Path]:
+    """The forms `pipeline export` derives from export.safetensors (ONNX graph and its external data, timm
+    folder) that exist now: stale once export.safetensors is rewritten."""
+    onnx = onnx_path(run_dir)
+    return [p for p in (onnx, onnx.with_name(onnx.name + ".data"), timm_dir(run_dir)) if p.exists()]
+
+
+def remove_derived_exports(run_dir: Path) -> list[Path]:
+    """Remove the derived forms (see derived_export_paths); returns what was removed."""
+    gone = derived_export_paths(run_dir)
+    for path in gone:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return gone
 
 
 def eval_path(run_dir: Path) -> Path:
@@ -146,7 +177,9 @@ def read_eval(run_dir: Path) -> dict[str, Any]:
 
 
 def discard_run(run_dir: Path) -> None:
-    """Remove what training wrote into a run (checkpoint, config, metrics, export) so a new run can start
-    in its place; anything else in the folder (e.g. an old evaluation, rewritten by evaluate) is left."""
+    """Remove what training and `pipeline export` wrote into a run (checkpoint, config, metrics, exports) so a
+    new run can start in its place; anything else in the folder (e.g. an old evaluation, rewritten by
+    evaluate) is left."""
     for path in (checkpoint_path(run_dir), config_path(run_dir), metrics_path(run_dir), export_path(run_dir)):
         path.unlink(missing_ok=True)
+    remove_derived_exports(run_dir)

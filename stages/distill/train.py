@@ -31,9 +31,9 @@ Shape legend: B batch, h/w teacher grid, C channels, H/W pixel sides.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -64,6 +64,9 @@ from stages.students.preprocess import student_pixels
 from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions
+
+log = logging.getLogger(__name__)
+
 
 class TrainingInterrupted(Exception):
     """SIGINT / SIGTERM stopped a run after it wrote a checkpoint at `step` (resume with --resume)."""
@@ -349,8 +352,8 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
            dist_ctx: DistContext | None, lease: Lease | None) -> Path:
     is_main = dist_ctx is None or dist_ctx.is_main
     if is_main and config.warmup_steps >= config.steps:
-        print(f"warning: warmup_steps={config.warmup_steps} >= steps={config.steps}: the learning rate never "
-              f"reaches its peak {config.lr:g} and the cosine decay never starts", file=sys.stderr)
+        log.warning("warmup_steps=%d >= steps=%d: the learning rate never reaches its peak %g and the cosine "
+                    "decay never starts", config.warmup_steps, config.steps, config.lr)
     device = device_for(config, dist_ctx)
     torch.manual_seed(config.seed)
     if is_main:  # rank 0 fits and persists the normalizers first; the others then load them
@@ -381,7 +384,7 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
                                start=state.loader, loader_memory=parse_bytes(config.loader_memory),
                                student_views=config.student_views)
         if is_main:
-            print(dataset.views_note, file=sys.stderr)
+            log.info("%s", dataset.views_note)
         loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
                              pin_memory=device.type == "cuda")
         with stop:

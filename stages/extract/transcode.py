@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from store_schema.codecs import CodecSpec, decode_from_store
 from store_schema.errors import StoreMismatchError
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import TeacherStore, create_teacher_store, open_teacher_store
+
+if TYPE_CHECKING:
+    from store_schema.lease import LeaseOptions
 
 SCHEDULERS = ("threads", "sync", "ray")
 STATS_BLOCK_VALUES = 1 << 24  # float64 copy bound when the moments of one shard are taken
@@ -73,7 +76,7 @@ def provenance(source: TeacherStore) -> dict[str, Any]:
     return {"store": str(source.path), "fingerprint": source.fingerprint()}
 
 
-def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, lease: "LeaseOptions | None" = None,
+def transcode_store(src_root: Path, teacher: str, dst_root: Path, *, lease: LeaseOptions | None = None,
                     **options: Any) -> TranscodeReport:
     """`_transcode_store` under the destination store's lease (store_schema/lease.py): a second transcode,
     or an extraction, into the same destination fails naming the holder (or waits: LeaseOptions(wait=True))."""

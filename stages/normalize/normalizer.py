@@ -13,7 +13,6 @@ Shape legend: D channels; ``...`` any leading dimensions (tokens, batch, grid).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -169,7 +168,7 @@ class Normalizer:
                 floor_D = fh.get_tensor("floor_D") if "floor_D" in fh.keys() else None
         except (NormalizerMismatchError, DamagedFileError):
             raise
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (not exported)
+        except Exception as e:  # safetensors raises its own SafetensorError (not exported)
             raise _damaged_normalizer(path, f"safetensors cannot read it ({str(e).splitlines()[0][:160]})") from e
         stored = tensors if floor_D is None else {**tensors, "floor_D": floor_D}
         if "digest" in meta and _tensors_digest(stored) != meta["digest"]:

@@ -148,6 +148,22 @@ class TeacherHeads(nn.Module):
             preds[t.name] = (summary_BC, patches_BhwC)
         return preds
 
+    def keep_only(self, names: list[str]) -> TeacherHeads:
+        """Drop every teacher's heads but `names` (in that order), in place; returns self. A summary head keeps
+        the summary token it was trained on. ValueError naming the valid teachers for an unknown name."""
+        unknown = [n for n in names if n not in self.patch_heads]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"unknown or repeated adaptor name(s) {unknown or names}; valid: {list(self.patch_heads)}")
+        by_name = {t.name: t for t in self.targets}
+        self.targets = [by_name[n] for n in names]
+        for name in list(self.patch_heads):
+            if name not in names:
+                del self.patch_heads[name]
+                if name in self.summary_heads:
+                    del self.summary_heads[name]
+                    del self.summary_token[name]
+        return self
+
     def last_linears(self, name: str) -> tuple[nn.Linear | None, nn.Linear]:
         """(summary head's last Linear or None, feature head's last Linear) of teacher `name`."""
         if name not in self.patch_heads:

@@ -30,4 +30,4 @@ def student_pixels(image_BHW3: torch.Tensor, *, device: torch.device | str, mean
 def preprocessing(*, img_size: int, patch_size: int) -> dict[str, Any]:
     """What a user of the trained student must do to an image: the record stored in the export's metadata."""
     return {"mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "input_size": int(img_size),
-            "patch_size": int(patch_size)}
+            "patch_size": int(patch_size), "interpolation": "bicubic"}  # views are resized bicubic (corpus/views.py)

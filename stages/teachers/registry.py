@@ -149,7 +149,7 @@ def check_checkpoint(spec: TeacherSpec, checkpoint: Path) -> None:
         build_teacher(spec, checkpoint=checkpoint, device="cpu")
     except MissingWeightsError:
         raise
-    except Exception as e:  # any loader failure here means "not this teacher's checkpoint"
+    except Exception as e:  # noqa: BLE001 - any loader failure here means "not this teacher's checkpoint"
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         short = "; ".join(ln if len(ln) <= 200 else ln[:200] + " ..." for ln in lines[:4])
         raise ValueError(f"--checkpoint {checkpoint} is not a checkpoint of teacher {spec.name!r} ({spec.arch}): "

@@ -1,0 +1,72 @@
+"""The command line's habits: `--version`, shell completion, DVC-only commands hidden from `--help`, the
+library's warnings through `logging` (shown by the CLI on stderr as before), `py.typed`."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.log_output import show_project_logs
+
+REPO = Path(__file__).resolve().parents[1]
+DVC_ONLY = ("extract-stage", "extract-text-stage", "distill-variant")
+
+
+def test_version_prints_the_package_version():
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert res.returncode == 0 and res.stdout == f"agglo-distill {metadata.version('agglo-distill')}\n", res
+    assert CliRunner().invoke(app, ["--version"]).output.strip() == f"agglo-distill {metadata.version('agglo-distill')}"
+
+
+def test_shell_completion_is_available(monkeypatch):
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    res = CliRunner().invoke(app, ["--show-completion", "bash"])
+    assert res.exit_code == 0 and "complete " in res.output and "_COMPLETE=complete_bash" in res.output
+    assert "--install-completion" in CliRunner().invoke(app, ["--help"]).output
+
+
+def test_dvc_only_commands_are_hidden_but_still_run():
+    listing = CliRunner().invoke(app, ["--help"]).output
+    for name in DVC_ONLY:
+        assert f" {name} " not in listing
+        assert CliRunner().invoke(app, [name, "--help"]).exit_code == 0  # dvc.yaml still calls them
+    assert " export " in listing and " distill " in listing
+
+
+def test_library_warnings_are_log_records_and_the_cli_prints_them(caplog, capsys):
+    logger = logging.getLogger("stages.distill.train")
+    with caplog.at_level(logging.INFO, logger="stages"):
+        logger.warning("warmup_steps=%d >= steps=%d", 2, 2)
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("stages.distill.train", "WARNING", "warmup_steps=2 >= steps=2")]
+    capsys.readouterr()
+    show_project_logs()
+    show_project_logs()  # once per process, however often a command runs
+    logger.warning("a warning")
+    logging.getLogger("store_schema.lease").info("a note")
+    assert capsys.readouterr().err == "warning: a warning\na note\n"
+
+
+def test_a_library_user_can_silence_the_project(capsys):
+    logging.getLogger("stages").setLevel(logging.ERROR)
+    try:
+        logging.getLogger("stages.distill.train").warning("not shown")
+    finally:
+        logging.getLogger("stages").setLevel(logging.NOTSET)
+    assert "not shown" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("package", ["stages", "store_schema", "pipeline"])
+def test_packages_are_typed(package):
+    assert (REPO / package / "py.typed").is_file()
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in data["*"]
