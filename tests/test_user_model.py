@@ -97,7 +97,10 @@ save_file({k: v.contiguous() for k, v in flat.items()}, out_path)
 print("adaptors:", ",".join(direct.adaptor_names), "|", ",".join(hub.adaptor_names))
 print("loaded:", %s)
 print("training code:", sorted(m for m in ("stages.distill.loader", "stages.distill.train", "stages.extract",
-                                           "stages.teachers", "store_schema.teacher_store") if m in sys.modules))
+                                           "stages.teachers.registry", "stages.teachers.weights",
+                                           "stages.teachers.dinov2", "stages.teachers.open_clip_family",
+                                           "stages.teachers.sam", "store_schema.teacher_store")
+                                 if m in sys.modules))
 """
 
 
