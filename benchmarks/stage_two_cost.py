@@ -36,8 +36,13 @@ Device side, timed apart and charged to the GPU at its FLOP count, not to the ho
 float32 and each teacher's normalizer (one batched C x C matmul per teacher and token kind).
 
 Budgets: 6 · parameters · tokens FLOPs per sample (forward + backward) at 50% of an H200's 790 TFLOP/s
-(bf16 dense): ViT-L/16 @224 and ViT-B/16 @432. The last line is `cores per H200: X` = (loader total +
-pin copy) / ViT-L/16 @224 budget. Also prints `store read: X GB/s per core` (bytes of bf16 values
+(bf16 dense): ViT-L/16 @224 and ViT-B/16 @432. `cores per H200: X` = (loader total + pin copy) / ViT-L/16
+@224 budget. The last line, `partition mix: cores per H200: X`, is AM-RADIO's resolution-partition mix
+(stages/distill/partitions.py): ViT-L/16, per step 1024 samples at 432 px against DINOv2-g, CLIP-H and SigLIP
+(their stores above) and 64 at 1024 px against SAM-H's full 64x64 grid (its own store of --mix-images photos,
+views pre-rendered at 1024), each partition's loader measured on its own; X = host ms·core of one step's
+samples / ViT-L/16 GPU ms of the same samples (attention FLOPs beyond 6·params·tokens not counted: at 1024 px
+the true GPU time is longer, so X is an upper bound). The load average is printed before the two figures. Also prints `store read: X GB/s per core` (bytes of bf16 values
 delivered into the loader's unit buffers per CPU second of the store read phase) with the store's
 bits/value, and zarr-python's own read of the same shards (the store is standard Zarr v3).
 
@@ -131,14 +136,15 @@ def standin_features(manifest, pairs_B2: np.ndarray, res: int, g: int, cp: int, 
 
 
 def build_stores(tmp: Path, *, images: int, shard_size: int, codec: CodecSpec, photo: tuple[int, int],
-                 features: str = "standin", seed: int = 0) -> tuple[Path, float]:
-    """Photos + manifest + the four complete stores; returns (root, bits per stored value)."""
+                 features: str = "standin", seed: int = 0, teachers: dict | None = None) -> tuple[Path, float]:
+    """Photos + manifest + the complete stores of `teachers` (default TEACHERS); returns (root, bits per
+    stored value)."""
     rng = np.random.default_rng(seed)
     write_photos(tmp / "images", images, rng, photo)
     root = tmp / "store"
     manifest = build_manifest(tmp / "images", out_dir=root, view_spec=ViewSpec(num_views=2), val_fraction=0.0)
     V, stored_bytes, values = 2, 0, 0
-    for name, (res, patch, g, cp, cs) in TEACHERS.items():
+    for name, (res, patch, g, cp, cs) in (TEACHERS if teachers is None else teachers).items():
         spec = TeacherSpec(name=name, family=Family.DINOV2, arch="synthetic", weights_id="", weights=WeightsSource.RANDOM,
                            resolution=res, patch_size=patch, summary_dim=cs, patch_dim=cp,
                            num_prefix_tokens=1 if cs else 0, mean=(0.5,) * 3, std=(0.5,) * 3, license="none")
@@ -213,12 +219,14 @@ class PhaseTimer:
         unit_cache_mod.UnitCache._read, unit_cache_mod.UnitCache.student_views = self._orig
 
 
-def run_loader(stores: StoreSet, args, timer: PhaseTimer, *, student_views: str, img_size: int) -> dict:
+def run_loader(stores: StoreSet, args, timer: PhaseTimer, *, student_views: str, img_size: int,
+               batch_size: int | None = None) -> dict:
     """1 + MEASURED_EPOCHS epochs of the real loader in this process; host CPU seconds per phase of the
     measured epoch with the least loader CPU (steady state: unit and piece buffers recycled; best of a
     few, as timeit does, because other processes on a shared machine slow this one's memory traffic),
     and the spread of loader CPU over the measured epochs."""
-    ds = StoreBatches(stores, split="train", batch_size=args.batch_size, img_size=img_size, seed=0,
+    batch_size = args.batch_size if batch_size is None else batch_size
+    ds = StoreBatches(stores, split="train", batch_size=batch_size, img_size=img_size, seed=0,
                       epochs=1 + MEASURED_EPOCHS, loader_memory=64 * 2**30, student_views=student_views)
     keys = ("loader_s", "read_s", "view_s", "read_bytes", "pin_s", "pin_targets_s", "loaded", "shipped", "decodes")
     per_epoch = {e: dict.fromkeys(keys, 0) for e in range(1, 1 + MEASURED_EPOCHS)}
@@ -242,13 +250,13 @@ def run_loader(stores: StoreSet, args, timer: PhaseTimer, *, student_views: str,
         # torch DataLoader's pin_memory, would cost) is reported apart.
         t = time.process_time()
         img = batch["image_BHW3"]
-        pin_pool.setdefault("image", torch.empty((args.batch_size, *img.shape[1:]), dtype=img.dtype))[: len(img)].copy_(img)
+        pin_pool.setdefault("image", torch.empty((batch_size, *img.shape[1:]), dtype=img.dtype))[: len(img)].copy_(img)
         t_pin = time.process_time() - t
         t = time.process_time()
         pinned = []
         for key, parts in batch["targets"].items():
             for j, p in enumerate(parts):
-                dst = pin_pool.setdefault((key, j), torch.empty((args.batch_size, *p.shape[1:]), dtype=p.dtype))
+                dst = pin_pool.setdefault((key, j), torch.empty((batch_size, *p.shape[1:]), dtype=p.dtype))
                 pinned.append(dst[: len(p)].copy_(p))
         t_pin_targets = time.process_time() - t
         e = batch["epoch"]
@@ -276,6 +284,54 @@ def run_loader(stores: StoreSet, args, timer: PhaseTimer, *, student_views: str,
     return {**best, **dev, "loader_ms_per_epoch": spread}
 
 
+# AM-RADIO's partition mix (arXiv 2312.06709 §3; docs/STAGE_TWO.md): ViT-L/16 students, per step 1024 samples
+# at 432 px against DFN CLIP, SigLIP and DINOv2 and 64 at 1024 px against SAM-H (64 GPUs: 32 at batch 32, 32 at
+# batch 2). The SAM-H partition reads SAM-H's full 64x64 grid (its student grid at 1024 px), the heaviest
+# targets there are.
+MIX_LOW = ("dinov2_g", "clip_h_dfn", "siglip_so400m")
+MIX_SAM = {"sam_h": (1024, 16, 64, 1280, 0)}  # full grid: 10.5 MB of bf16 targets per view
+MIX_BATCH = {432: 1024, 1024: 64}  # samples per step, all ranks (the paper's 32 x 32 and 32 x 2)
+VIT_L_PARAMS = STUDENTS["ViT-L/16 @224"][0]
+
+
+def partition_mix(tmp: Path, args, stores: StoreSet, timer: PhaseTimer, codec: CodecSpec,
+                  photo: tuple[int, int]) -> dict:
+    """Host ms·core per sample of each partition (its own loader run, views pre-rendered at its side), and
+    cores per H200 when every rank draws both partitions per step in the paper's shares (this project's
+    scheme: per rank 1024/G samples at 432 px and 64/G at 1024 px), and when half the GPUs train each
+    partition (the paper's split, the step waiting for the slower half)."""
+    low = run_loader(stores.subset(MIX_LOW), args, timer, student_views="store", img_size=432)
+    root_sam, bits_sam = build_stores(tmp / "mix", images=args.mix_images, shard_size=args.shard_size, codec=codec,
+                                      photo=photo, features=args.features, teachers=MIX_SAM, seed=1)
+    run_views(root_sam, 1024, use_ray=False)
+    sam = run_loader(StoreSet(root_sam, tuple(MIX_SAM), norm="phis"), args, timer, student_views="store",
+                     img_size=1024, batch_size=2)
+    host = {432: (low["loader_s"] + low["pin_s"]) / low["loaded"] * 1e3,
+            1024: (sam["loader_s"] + sam["pin_s"]) / sam["loaded"] * 1e3}
+    budget = {side: student_budget_ms(VIT_L_PARAMS, side) for side in host}
+    host_step = sum(MIX_BATCH[side] * host[side] for side in host)  # all ranks, one step
+    gpu_step = sum(MIX_BATCH[side] * budget[side] for side in host)
+    split_step = max(MIX_BATCH[side] / 32 * budget[side] for side in host)  # 32 GPUs per partition
+    return {"host_ms_per_sample": host, "budget_ms_per_sample": budget, "sam_bits_per_value": bits_sam,
+            "store_read_GBps_per_core": {432: low["read_bytes"] / low["read_s"] / 1e9,
+                                         1024: sam["read_bytes"] / sam["read_s"] / 1e9},
+            "cores_per_H200_each": {side: host[side] / budget[side] for side in host},
+            "cores_per_H200_paper_split": host_step / (64 * split_step),
+            "cores_per_H200": host_step / gpu_step}
+
+
+def print_mix(mix: dict) -> None:
+    """The partition mix's detail line (its figure is the last line of the output)."""
+    print(f"partition mix (AM-RADIO: ViT-L/16, per step 1024 samples at 432 px with DINOv2-g, CLIP-H, SigLIP and "
+          f"64 at 1024 px with SAM-H's full 64x64 grid, {mix['sam_bits_per_value']:.2f} bits/value): host "
+          f"{mix['host_ms_per_sample'][432]:.3f} / {mix['host_ms_per_sample'][1024]:.3f} ms·core per sample, budget "
+          f"{mix['budget_ms_per_sample'][432]:.3f} / {mix['budget_ms_per_sample'][1024]:.3f} ms, store read "
+          f"{mix['store_read_GBps_per_core'][432]:.2f} / {mix['store_read_GBps_per_core'][1024]:.2f} GB/s per core "
+          f"(432 / 1024 px); each alone {mix['cores_per_H200_each'][432]:.2f} / {mix['cores_per_H200_each'][1024]:.2f}"
+          f" cores per H200; half the GPUs per partition (the paper's split) "
+          f"{mix['cores_per_H200_paper_split']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=256)
@@ -287,6 +343,8 @@ def main() -> None:
                     help="stage one's stand-in teachers on the views (default) or synthetic low-rank tokens")
     ap.add_argument("--codec", default="", help="override the store codec, e.g. lz4:5:bitshuffle:0 "
                                                 "(cname:clevel:shuffle[:blocksize bytes])")
+    ap.add_argument("--mix-images", type=int, default=32, help="photos of the SAM-H 1024 px partition's store "
+                                                                  "(full 64x64 grid: ~15 MB per image on disk)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -336,6 +394,7 @@ def main() -> None:
         r = run_loader(stores, args, timer, student_views="store", img_size=args.img_size)
         r_dec = run_loader(stores, args, timer, student_views="decode", img_size=args.img_size)
         r432 = run_loader(stores, args, timer, student_views="store", img_size=432)
+        mix = partition_mix(Path(tmp), args, stores, timer, codec, photo)
         flops = 0.0
         for t_name, s in stores.stores.items():
             g = s.grid[0] * s.grid[1]
@@ -380,6 +439,7 @@ def main() -> None:
                     "loader_total_ms_per_measured_epoch": r432["loader_ms_per_epoch"]},
         "cores_per_H200_vitb432": host432 / budgets["ViT-B/16 @432"],
         "cores_per_H200": host_ms / budgets["ViT-L/16 @224"],
+        "partition_mix": mix,
     })
     print(f"stores: 4 teachers at the papers' shapes ({args.features} features), {args.images} JPEG photos "
           f"{args.photo} x 2 views, shards of {args.shard_size}; codec {codec.compressor}-{codec.clevel} "
@@ -416,7 +476,10 @@ def main() -> None:
     print(f"store read: {gbps:.2f} GB/s per core at {bits:.2f} bits/value")
     if args.out:
         args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print_mix(mix)
+    print(f"load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"cores per H200: {res['cores_per_H200']:.2f}")
+    print(f"partition mix: cores per H200: {mix['cores_per_H200']:.2f}")
 
 
 if __name__ == "__main__":

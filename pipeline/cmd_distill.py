@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.defaults import Derived, ParamsOpt, Route, parse_only, routed
+from pipeline.defaults import Derived, ParamsOpt, Route, given_on_command_line, parse_only, routed
 from pipeline.errors import fail
 
 if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
@@ -47,7 +47,7 @@ def resolve_config(*, norm: str, student: str, teachers: str | list[str], root: 
     from stages.distill.config import DistillConfig
     from stages.normalize import NormVariant
 
-    names = list(dict.fromkeys(t.strip() for v in ([teachers] if isinstance(teachers, str) else teachers)
+    names = list(dict.fromkeys(t.strip() for v in ([teachers] if isinstance(teachers, str) else teachers or [])
                                for t in v.split(",") if t.strip()))  # repeated options and comma lists
     weights = parse_teacher_weights(str(options.pop("teacher_weights") or ""))
     variant = NormVariant.parse(norm)
@@ -92,11 +92,21 @@ WaitTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_CTL, h
 SweepOpt = Annotated[bool, typer.Option("--sweep", rich_help_panel=_CTL, help="Train --norm / --seed as one run of params.yaml's sweep (distill.norms x distill.seeds) into <out>/<norm>-seed<seed> (with --summary-loss, when distill.summary_loss lists several: <out>/<norm>-<loss>-seed<seed>): a finished run with this config is reused, an interrupted one resumed, one that cannot be resumed (other config or steps, changed stores) refused (what `pipeline demo` runs).")]
 ReplaceOpt = Annotated[bool, typer.Option("--replace-conflicting", rich_help_panel=_CTL, help="With --sweep: replace a run that cannot be resumed by a new run instead of refusing (dvc.yaml's distill stage: DVC re-ran it because a declared dependency changed, and its cache keeps the old outputs).")]
 ReceiptsOpt = Annotated[Optional[Path], typer.Option(rich_help_panel=_CTL, help="Folder of the extract stages' receipts (dvc.yaml: receipts); each teacher's receipt must describe its store as it is now.")]
+_RECIPE = "The papers' student recipe (docs/RECIPE.md)"
+PartitionOpt = Annotated[Optional[list[str]], typer.Option("--partition", rich_help_panel=_RECIPE, help="A resolution partition SIZE:BATCH:STORES, repeatable (e.g. --partition 64:16:tiny_dinov2,tiny_clip,tiny_sam --partition 128:4:tiny_sam@256): every step trains one batch of each at its student side against its stores (<teacher>@<side>: a store extracted at another side); losses summed. Replaces --img-size / --batch-size / --teachers. Default: distill.partitions.")]
+StudentWeightsOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RECIPE, help="Student initialization: random, pretrained (timm's weights for the student from the Hugging Face hub cache; never downloaded) or a weights file (its sha256 is recorded).")]
+CpeOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="ViT students: AM-RADIO's cropped position embeddings, a table of this many tokens per side (0: off; the paper: 128).")]
+WindowOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="ViT students: windowed attention in training, tokens per window side (0: off).")]
+WindowEveryOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="With --window-size: every N-th block (and the last) attends globally.")]
+WindowMinOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="With --window-size: only partitions of at least this side train windowed.")]
+CheckpointingOpt = Annotated[Optional[bool], typer.Option("--grad-checkpointing", rich_help_panel=_RECIPE, help="Recompute the student's block activations in the backward pass (~10x less activation memory, about one more forward of compute).")]
+CompileOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RECIPE, help="Train under torch.compile with this backend: inductor or aot_eager (eager: no compile).")]
+TeacherBatchesOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RECIPE, help="shared (every teacher's loss on every image of its partition) or split (PHI-S: each teacher its own rows of the batch).")]
 DISTILL = Route(sections=("distill",), keys={"teachers": "extract.teachers", "root": "store.root",
                                              "seed": Derived("distill.seeds", lambda p: p.distill.seeds[0]),
                                              "summary_loss": Derived("distill.summary_loss",  # a list: its first
                                                                      lambda p: p.summary_losses[0])},
-                config="stages.distill.config:DistillConfig", required=("teachers", "root"))
+                config="stages.distill.config:DistillConfig", required=("root",))
 
 
 def distill(
@@ -111,7 +121,10 @@ def distill(
     student_views: ViewsOpt = None, log_every: LogOpt = None, ckpt_every: CkptOpt = None,
     ckpt_minutes: CkptMinOpt = None, resume: ResumeOpt = False, extend: ExtendOpt = False, wait: WaitOpt = False,
     wait_timeout: WaitTimeoutOpt = None, sweep: SweepOpt = False, replace_conflicting: ReplaceOpt = False,
-    receipts: ReceiptsOpt = None, params: ParamsOpt = None,
+    receipts: ReceiptsOpt = None, partitions: PartitionOpt = None, student_weights: StudentWeightsOpt = None,
+    cpe_grid: CpeOpt = None, window_size: WindowOpt = None, window_global_every: WindowEveryOpt = None,
+    window_min_size: WindowMinOpt = None, grad_checkpointing: CheckpointingOpt = None,
+    torch_compile: CompileOpt = None, teacher_batches: TeacherBatchesOpt = None, params: ParamsOpt = None,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher).
 
@@ -156,7 +169,8 @@ def distill(
 _CONFIG_OPTIONS = ("img_size", "num_summary_tokens", "seed", "device", "steps", "batch_size", "lr",
                    "weight_decay", "warmup_steps", "summary_weight", "feature_weight", "summary_loss", "grad_clip",
                    "num_workers", "shuffle_block", "loader_memory", "student_views", "log_every", "ckpt_every",
-                   "ckpt_minutes")
+                   "ckpt_minutes", "student_weights", "cpe_grid", "window_size", "window_global_every",
+                   "window_min_size", "grad_checkpointing", "torch_compile", "teacher_batches")
 
 
 def run_config(ctx: typer.Context) -> "DistillConfig":
@@ -168,8 +182,15 @@ def run_config(ctx: typer.Context) -> "DistillConfig":
                                   resume=o["resume"] or o["extend"], run_name=run_name)
     elif o["replace_conflicting"]:
         raise ValueError("--replace-conflicting applies to a --sweep run")
-    return resolve_config(norm=o["norm"], student=o["student"], teachers=o["teachers"], root=o["root"],
+    teachers = o["teachers"]
+    if o["partitions"] and not given_on_command_line(ctx, "teachers"):
+        teachers = []  # the partitions name the stores (extract.teachers does not list <teacher>@<side> ones)
+    elif not teachers:
+        raise ValueError("missing option --teachers: give it (or --partition) on the command line, or run where a "
+                         "params.yaml sets extract.teachers (or distill.partitions)")
+    return resolve_config(norm=o["norm"], student=o["student"], teachers=teachers, root=o["root"],
                           out=o["runs_dir"], run_name=run_name, teacher_weights=o["teacher_weights"],
+                          partitions=tuple(o["partitions"] or ()),
                           **{k: v for k, v in o.items() if k in _CONFIG_OPTIONS})
 
 

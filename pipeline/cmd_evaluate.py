@@ -88,6 +88,12 @@ def evaluate_cmd(
         for t, z in (res.get("zeroshot") or {}).items():
             typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
                        f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
+        if res.get("resolutions"):
+            from stages.evaluate.resolutions import format_resolutions
+
+            typer.echo("  per resolution (student sides trained and not):")
+            for line in format_resolutions(res["resolutions"]):
+                typer.echo(f"  {line}")
         seg = res.get("seg")
         if seg:
             typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 
-from pipeline.defaults import ParamsOpt, Route, given_on_command_line, parse_only, routed
+from pipeline.defaults import Derived, ParamsOpt, Route, given_on_command_line, parse_only, routed
 
 if TYPE_CHECKING:
     from stages.extract.config import ExtractConfig
@@ -112,9 +112,13 @@ ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress",
 ReceiptOpt = Annotated[Optional[Path], typer.Option(rich_help_panel=_RUN, help="Write a JSON receipt of the finished store here (one teacher only): manifest hash, spec, complete shards, statistics hashes. DVC stages depend on it instead of the store.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", rich_help_panel=_RUN, help="If another run is writing a store (it holds the store's lease), wait for it instead of failing at once.")]
 WaitTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RUN, help="With --wait: give up after this many seconds (default: wait as long as it takes).")]
+ResolutionOpt = Annotated[Optional[list[str]], typer.Option("--resolution", rich_help_panel=_WHAT, help="Also extract a teacher at further input sides, each into its own store <teacher>@<side>.zarr (own statistics and normalizers; docs/RECIPE.md): SIDE[,SIDE] (every teacher) or TEACHER=SIDE[,SIDE], repeatable; with --receipt, each store's receipt goes beside it as extract_<teacher>@<side>.json. `--teacher sam_h@512` extracts one such store alone. Default: extract.resolutions.")]
 RedoOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RUN, help="Complete shards to extract again, e.g. 5,7 or 3-6 (damaged ones, as `pipeline store verify` names them): their complete flags and statistics are cleared first (one teacher only).")]
 EXTRACT = Route(sections=("extract",), keys={"teacher": "extract.teachers", "root": "store.root",
-                                             "checkpoint": "extract.checkpoints", "storage_grid": "extract.storage_grids"},
+                                             "checkpoint": "extract.checkpoints", "storage_grid": "extract.storage_grids",
+                                             "resolution": Derived("extract.resolutions", lambda p: [
+                                                 f"{t}={','.join(map(str, sides))}"
+                                                 for t, sides in p.extract.resolutions.items()])},
                 config="stages.extract.config:ExtractConfig", own=("gpus_per_worker",), required=("teacher", "root"))
 
 
@@ -127,13 +131,15 @@ def extract_cmd(
     workers: WorkersOpt = None, cpus_per_worker: CpusOpt = None, gpus_per_worker: GpusOpt = None,
     ray_address: AddressOpt = None, no_ray: NoRayOpt = False, decode_ahead: AheadOpt = None,
     progress: ProgressOpt = None, receipt: ReceiptOpt = None, wait: WaitOpt = False,
-    wait_timeout: WaitTimeoutOpt = None, redo_shards: RedoOpt = None, params: ParamsOpt = None,
+    wait_timeout: WaitTimeoutOpt = None, redo_shards: RedoOpt = None, resolution: ResolutionOpt = None,
+    params: ParamsOpt = None,
 ) -> None:
     """Run teachers over the manifest into per-teacher Zarr stores; complete shards are skipped.
 
     Flags not given take their values from params.yaml when there is one (printed on stderr)."""
     from stages.extract.driver import with_store_defaults
     from stages.extract.preflight import check_device, preflight
+    from stages.extract.receipt import receipt_path
     from stages.extract.stage import extract_teachers
     from store_schema.lease import LeaseOptions
     from store_schema.location import as_location
@@ -153,7 +159,9 @@ def extract_cmd(
         check_device(device, gpus_per_actor=None if base.workers == 0 else base.gpus_per_worker)
     for t in teachers:
         preflight(root, [t], storage_grid=configs[t].storage_grid, checkpoint=configs[t].checkpoint, local_weights=local)
-    extract_teachers(root, configs, receipt=receipt, lease=LeaseOptions(wait=wait, timeout_s=wait_timeout),
+    receipts = None if receipt is None else {t: receipt if i == 0 else receipt_path(receipt.parent, t)
+                                             for i, t in enumerate(configs)}
+    extract_teachers(root, configs, receipt=receipts, lease=LeaseOptions(wait=wait, timeout_s=wait_timeout),
                      note=lambda line: typer.echo(line, err=True), on_teacher=_echo_outcome)
     _echo_bad_images(root)
 
@@ -182,14 +190,33 @@ def teacher_configs(o: dict) -> dict[str, "ExtractConfig"]:
         progress=o["progress"], decode_ahead=o["decode_ahead"], stats_fold_every=o["stats_fold_every"],
         fidelity_images=o["fidelity_images"],
         redo_shards=tuple(parse_shards(o["redo_shards"])) if o["redo_shards"] is not None else ())
-    return {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],
-                       batch_size=base.batch_size if batches[t] is None else batches[t]) for t in teachers}
+    configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],
+                          batch_size=base.batch_size if batches[t] is None else batches[t]) for t in teachers}
+    return {**configs, **further_resolutions(o["resolution"], configs)}
 
 
 def _batch_size(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"--batch-size takes N or TEACHER=N (N a positive integer), got {text!r}")
     return int(text)
+
+
+def further_resolutions(values: list[str] | None, configs: dict[str, "ExtractConfig"]) -> dict[str, "ExtractConfig"]:
+    """{"<teacher>@<side>": its ExtractConfig} for --resolution (TEACHER=SIDE[,SIDE] or SIDE[,SIDE]): the
+    teacher's config with its own grid at that side (a --storage-grid names the teacher's own store)."""
+    from dataclasses import replace
+
+    from store_schema.layout import store_key
+
+    sides = per_teacher_values(values, list(configs), lambda text: [int(x) for x in text.split(",") if x.strip()],
+                               "--resolution")
+    out = {}
+    for teacher, config in configs.items():
+        for side in sides[teacher] or []:
+            key = store_key(teacher, side)
+            if key not in configs:
+                out[key] = replace(config, storage_grid=None, redo_shards=())
+    return out
 
 
 def resolve_configs(args: list[str]) -> dict[str, "ExtractConfig"]:

@@ -69,7 +69,7 @@ def info_cmd(root: RootOpt = None, teacher: TeacherOpt = None, params: ParamsOpt
         typer.echo(format_info(store_info(store)))
         problem = manifest_problem(store, root)
         if problem is not None:
-            wrong.append(store.spec.name)
+            wrong.append(store.key)
             typer.echo(f"  WRONG MANIFEST: {problem}")
         checks, why = read_fidelity(root, store)
         typer.echo("  fidelity per variant (storage NMSE in the loss space vs the teacher's bf16 noise):"
@@ -111,7 +111,7 @@ def fidelity_cmd(
     for store in stores:
         result = measure_store_fidelity(store, manifest, root=root, num_images=images, device=device,
                                         checkpoint=checkpoint)
-        typer.echo(f"{store.spec.name}: {write_fidelity(root, result)}")
+        typer.echo(f"{store.key}: {write_fidelity(root, result)}")
         for line in format_checks([FidelityCheck.from_dict(c) for c in result["checks"]], result["keepbits"]):
             typer.echo(f"  {line}")
 
@@ -152,7 +152,7 @@ def _repair(root, store: "TeacherStore", shards: list[int], *, device: str, reco
     from store_schema.teacher_store import open_teacher_store
 
     try:
-        done = repair_store(root, store.spec.name, shards, device=device)
+        done = repair_store(root, store.key, shards, device=device)
     except user_error_types() as e:
         raise fail(f"repair of {store.path} shards {shards}: {e}") from e
     typer.echo(f"  repaired shards {sorted(done.computed_shards)} ({done.seconds:.1f} s"

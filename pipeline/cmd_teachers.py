@@ -37,12 +37,13 @@ def teacher_rows(*, names: list[str] | None = None) -> list[dict]:
     """The registry as rows of plain values (unknown names raise ValueError listing the valid ones)."""
     from stages.teachers.registry import TEACHERS, get_teacher_spec, weights_available
 
-    specs = [get_teacher_spec(n) for n in names] if names else list(TEACHERS.values())
+    keys = names or list(TEACHERS)  # a name, or a store key <teacher>@<side>: the teacher at that resolution
+    specs = [get_teacher_spec(n) for n in keys]
     rows = []
-    for spec in specs:
+    for key, spec in zip(keys, specs):
         h, w = spec.grid
         rows.append({
-            "name": spec.name, "family": spec.family.value, "arch": spec.arch,
+            "name": key, "family": spec.family.value, "arch": spec.arch,
             "weights": f"{spec.weights.value}:{spec.weights_id}" if spec.weights_id else spec.weights.value,
             "available": weights_available(spec), "resolution": spec.resolution, "resize": spec.resize.value,
             "grid": f"{h}x{w}",
@@ -73,7 +74,9 @@ def format_table(rows: list[dict]) -> str:
 
 def teachers_cli(
     names: Annotated[list[str] | None, typer.Argument(
-        help="Teachers to list (default: the whole registry). Unknown names are an error listing valid ones.")] = None,
+        help="Teachers to list (default: the whole registry); <teacher>@<side> shows a teacher at another input "
+             "side (the store `pipeline extract --teacher <teacher>@<side>` writes). Unknown names are an error "
+             "listing valid ones.")] = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="'table' for people, 'json' (a list of row objects) for scripts.")] = OutputFormat.TABLE,
 ) -> None:

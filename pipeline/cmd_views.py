@@ -15,16 +15,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.defaults import ParamsOpt, Route, routed
+from pipeline.defaults import Derived, ParamsOpt, Route, routed
 
 
-VIEWS = Route(keys={"size": "distill.img_size", "root": "store.root", "workers": "extract.workers",
+VIEWS = Route(keys={"size": Derived("distill.img_size / distill.partitions", lambda p: p.distill.sizes()),
+                    "root": "store.root", "workers": "extract.workers",
                     "ray_address": "extract.ray_address"}, required=("size", "root"))
 
 
 def views_cmd(
     size: Annotated[Optional[list[int]], typer.Option(
-        "--size", help="Student input side in pixels; repeat for several students. Default: distill.img_size.")] = None,
+        "--size", help="Student input side in pixels; repeat for several students. Default: distill.img_size, or every side of distill.partitions.")] = None,
     root: Annotated[Optional[str], typer.Option(help="Store root holding manifest.parquet (a local or shared folder). "
                                                      "Default: store.root.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(

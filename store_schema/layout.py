@@ -57,6 +57,37 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
+# A store key names one teacher store: the teacher's name for its store at the teacher's own resolution
+# (the path every store had before several resolutions existed), "<teacher>@<side>" for a store extracted
+# at another input side (AM-RADIO / RADIOv2.5 train a teacher at two resolutions, each its own store with
+# its own statistics and normalizers, sharing the manifest's views).
+RESOLUTION_SEP = "@"
+
+
+def store_key(teacher: str, resolution: int | None = None) -> str:
+    """"<teacher>" (resolution None: the teacher's own) or "<teacher>@<resolution>"."""
+    _check_name("teacher name", teacher)
+    if resolution is None:
+        return teacher
+    if int(resolution) != resolution or resolution < 1:
+        raise ValueError(f"a store's resolution must be a positive integer, got {resolution!r}")
+    return f"{teacher}{RESOLUTION_SEP}{int(resolution)}"
+
+
+def split_store_key(key: str) -> tuple[str, int | None]:
+    """Inverse of `store_key`: (teacher, resolution or None); ValueError for a malformed key."""
+    teacher, sep, res = key.partition(RESOLUTION_SEP)
+    if sep and not (res.isdigit() and int(res) > 0 and not res.startswith("0")):
+        raise ValueError(f"store {key!r}: after {RESOLUTION_SEP!r} comes the input side in pixels, e.g. tiny_sam@256")
+    _check_name("teacher name", teacher)
+    return teacher, (int(res) if sep else None)
+
+
+def _check_key(key: str) -> str:
+    split_store_key(key)
+    return key
+
+
 # Inside <teacher>.zarr: the group's metadata, and the object written last when the group was created
 # (object stores have no atomic rename, so a store without it is a creation that was interrupted).
 ZARR_JSON = "zarr.json"
@@ -86,8 +117,8 @@ def corpus_part_path(root: Location, key: str) -> Location:
 
 
 def teacher_store_path(root: Location, teacher: str) -> Location:
-    """<root>/<teacher>.zarr"""
-    return location.join(root, f"{_check_name('teacher name', teacher)}.zarr")
+    """<root>/<teacher>.zarr, or <root>/<teacher>@<side>.zarr for a store key of another resolution"""
+    return location.join(root, f"{_check_key(teacher)}.zarr")
 
 
 def store_file(store: Location, name: str) -> Location:
@@ -97,7 +128,7 @@ def store_file(store: Location, name: str) -> Location:
 
 
 def list_teacher_stores(root: Location) -> list[str]:
-    """Teacher names with a store under root (<root>/<teacher>.zarr holding a zarr.json), sorted."""
+    """Store keys with a store under root (<root>/<key>.zarr holding a zarr.json), sorted."""
     names = [n for n in location.list_dir(root) if n.endswith(".zarr")]
     return sorted(n[: -len(".zarr")] for n in names
                   if location.is_file(store_file(location.join(root, n), ZARR_JSON)))
@@ -143,13 +174,13 @@ def normalizer_path(root: Path, teacher: str, kind: str, variant: str, stats_has
     check_kind(kind)
     if len(stats_hash) < 16 or any(c not in "0123456789abcdef" for c in stats_hash):
         raise ValueError(f"stats_hash must be a hex sha256, got {stats_hash!r}")
-    return location.join(root, "normalizers", _check_name("teacher name", teacher), kind,
+    return location.join(root, "normalizers", _check_key(teacher), kind,
                          f"{_check_name('variant', variant)}-{stats_hash[:16]}.safetensors")
 
 
 def fidelity_path(root: Path, teacher: str) -> Path:
     """<root>/fidelity/<teacher>.json: the measured storage-fidelity check of one teacher's store."""
-    return Path(root) / "fidelity" / f"{_check_name('teacher name', teacher)}.json"
+    return Path(root) / "fidelity" / f"{_check_key(teacher)}.json"
 
 
 def lease_path(target: Location) -> Location:

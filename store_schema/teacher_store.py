@@ -236,6 +236,13 @@ class TeacherStore:
         self.ledger = StatsLedger(group, self.path, {k: self.dim(k) for k in self.kinds}, self.num_shards,
                                   self.stats_fold_every)
 
+    @property
+    def key(self) -> str:
+        """The store's key under its root (store_schema/layout.py): the teacher's name for a store at the
+        teacher's own resolution, "<teacher>@<side>" for one extracted at another side."""
+        name = str(self.path).rstrip("/").rsplit("/", 1)[-1]
+        return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
     def __repr__(self) -> str:
         return (f"TeacherStore({self.path}, teacher={self.spec.name}, images={self.num_images}, "
                 f"views={self.num_views}, grid={self.grid}, shards={len(self.completed_shards())}"
@@ -399,7 +406,7 @@ class TeacherStore:
         return StoreCorruptionError(
             f"{self.path}: {array} of shard{'s' if len(shards) > 1 else ''} {which} is damaged (a checksum or decode "
             f"error while reading {len(np.asarray(ids).reshape(-1))} images); `pipeline store verify` names the "
-            f"images, `pipeline extract --teacher {self.spec.name} --redo-shards <shards>` redoes them. "
+            f"images, `pipeline extract --teacher {self.key} --redo-shards <shards>` redoes them. "
             f"(zarr: {str(cause).split('.')[0]})")  # not the stored / computed checksum bytes that follow
 
     def lost_images(self, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -439,7 +446,7 @@ class TeacherStore:
         raise StoreCorruptionError(
             f"{self.path}: {'; '.join(parts)} have valid views but no stored chunk, although the shard is marked "
             f"complete: a chunk or shard file was lost, and {reader} would read zeros for it. Run `pipeline store "
-            f"verify` on it, then redo those shards (`pipeline extract --teacher {self.spec.name} --redo-shards "
+            f"verify` on it, then redo those shards (`pipeline extract --teacher {self.key} --redo-shards "
             f"{','.join(str(k) for k in sorted({int(i) // self.shard_size for x in lost.values() for i in x}))}`)")
 
     def image_split(self) -> np.ndarray:

@@ -39,14 +39,19 @@ def _losses(run: Path) -> list[dict]:
 def test_two_gloo_ranks_match_one_process_with_double_batch(tiny_root: Path, tmp_path: Path) -> None:
     single = train(_config(tiny_root, tmp_path / "single", batch=4))
     spawn_train(_config(tiny_root, tmp_path / "ddp", batch=2), world_size=2)
-    a, b = _losses(single), _losses(tmp_path / "ddp")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    assert_same_run(single, tmp_path / "ddp", steps=6)
+
+
+def assert_same_run(single: Path, ddp: Path, *, steps: int) -> None:
+    """The DDP run logged the single-process run's losses and ended with its student weights."""
+    a, b = _losses(single), _losses(ddp)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
     for ra, rb in zip(a, b):
         for k in ra:
             if k.startswith("loss"):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
     wa = torch.load(single / "checkpoint.pt", weights_only=True)["student"]
-    wb = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["student"]
+    wb = torch.load(ddp / "checkpoint.pt", weights_only=True)["student"]
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)  # Adam amplifies fp noise of ~0 grads
 

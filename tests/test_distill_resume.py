@@ -73,7 +73,8 @@ def test_resume_conflicts_ignores_only_the_resumable_fields(tiny_root: Path, tmp
     assert saved.resume_conflicts(cadence) == []
     assert set(RESUMABLE_FIELDS) == {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers",
                                      "prefetch_factor", "device", "out_dir", "root",
-                                     "loader_memory", "student_views"}  # stores: checked by fingerprint
+                                     "loader_memory", "student_views", "grad_checkpointing",
+                                     "torch_compile"}  # stores: checked by fingerprint
     changed = dataclasses.replace(saved, seed=1, teachers=("beta", "alpha"), num_summary_tokens=2, batch_size=4)
     assert saved.resume_conflicts(changed) == ["batch_size", "num_summary_tokens", "seed", "teachers"]
 

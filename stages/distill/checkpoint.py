@@ -33,10 +33,21 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class TrainState:
-    """The mutable progress of a run (besides module / optimizer / scheduler state)."""
+    """The mutable progress of a run (besides module / optimizer / scheduler state): the step and, per
+    resolution partition, where its sample stream stands."""
 
     step: int
-    loader: LoaderState
+    loader: tuple[LoaderState, ...]
+
+    def loader_json(self) -> dict[str, int] | list[dict[str, int]]:
+        """As a checkpoint stores it: one partition's state as a dict (the form of every checkpoint before
+        partitions existed), several as a list."""
+        states = [s.to_dict() for s in self.loader]
+        return states[0] if len(states) == 1 else states
+
+    @staticmethod
+    def loader_from_json(value: Any) -> tuple[LoaderState, ...]:
+        return tuple(LoaderState.from_dict(v) for v in (value if isinstance(value, list) else [value]))
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -61,7 +72,7 @@ def save_checkpoint(path: Path, *, student: torch.nn.Module, heads: torch.nn.Mod
     payload = {
         "version": CHECKPOINT_VERSION,
         "step": int(state.step),
-        "loader": state.loader.to_dict(),
+        "loader": state.loader_json(),
         "student": student.state_dict(),
         "heads": heads.state_dict(),
         "optimizer": optimizer.state_dict(),

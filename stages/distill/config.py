@@ -28,9 +28,13 @@ from pathlib import Path
 from store_schema.location import as_location
 from typing import Any
 
+from stages.distill.partitions import Partition, resolve_partitions
 from stages.normalize import NormVariant, parse_summary_loss
+from stages.students.contract import StudentOptions
 
 STUDENT_VIEW_MODES = ("auto", "store", "decode")
+TEACHER_BATCHES = ("shared", "split")  # every teacher's loss on every image / each teacher its own rows (PHI-S)
+COMPILE_MODES = ("eager", "inductor", "aot_eager")  # eager: no torch.compile; else its backend
 
 
 def check_student_views(mode: str) -> str:
@@ -41,7 +45,7 @@ def check_student_views(mode: str) -> str:
 
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
     {"steps", "log_every", "ckpt_every", "ckpt_minutes", "num_workers", "prefetch_factor", "device", "out_dir", "root",
-     "loader_memory", "student_views"})
+     "loader_memory", "student_views", "grad_checkpointing", "torch_compile"})
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -83,6 +87,18 @@ class DistillConfig:
     grad_clip: gradient-norm clip (0, the default: off). A fixed clip binds on a different share of
     steps for each variant (targets of very different scales), i.e. gives each variant another
     optimizer; the share of clipped steps is logged (``clip_frac`` in metrics.jsonl) either way.
+    partitions: resolution partitions (stages/distill/partitions.py); empty: one, (img_size, batch_size,
+    teachers) (`train_partitions`; config.json lists it too). With partitions, teachers / img_size /
+    batch_size are derived: the partitions' store keys, and the first partition's side and batch (the side
+    the student is built at), whatever was passed for them.
+    student_weights: "random", "pretrained" (timm weights from the hub cache) or a weights file
+    (stages/students/weights.py). cpe_grid / window_size / window_global_every / window_min_size /
+    grad_checkpointing: the ViT student's options (stages/students/contract.py StudentOptions).
+    torch_compile: "eager" (no compile), or a torch.compile backend the training model runs under ("inductor",
+    "aot_eager"). grad_checkpointing and torch_compile change how a step is computed (memory, speed,
+    float rounding), never what: both may change on resume. teacher_batches: "shared" (every teacher's
+    loss on every image of its partition's batch) or "split" (PHI-S: each teacher of a partition gets its
+    own contiguous share of the batch's rows).
     """
 
     student: str = "vit_tiny_test"
@@ -112,9 +128,40 @@ class DistillConfig:
     log_every: int = 10
     ckpt_every: int = 0
     ckpt_minutes: float = 10.0
+    partitions: tuple[Partition, ...] = ()
+    student_weights: str = "random"
+    cpe_grid: int = 0
+    window_size: int = 0
+    window_global_every: int = 4
+    window_min_size: int = 0
+    grad_checkpointing: bool = False
+    torch_compile: str = "eager"
+    teacher_batches: str = "shared"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "teachers", tuple(self.teachers))
+        given = tuple(Partition.coerce(p) for p in self.partitions)
+        if len(given) == 1 and (given[0].img_size, given[0].batch_size, given[0].teachers) == (
+                self.img_size, self.batch_size, tuple(self.teachers)):
+            given = ()  # the one partition a run without partitions has (as config.json records it)
+        parts, teachers = resolve_partitions(given, img_size=self.img_size, batch_size=self.batch_size,
+                                             teachers=tuple(self.teachers))
+        object.__setattr__(self, "partitions", given)
+        object.__setattr__(self, "teachers", teachers)
+        object.__setattr__(self, "img_size", parts[0].img_size)
+        object.__setattr__(self, "batch_size", parts[0].batch_size)
+        self.student_options  # validates the student options
+        for name, value, valid in (("teacher_batches", self.teacher_batches, TEACHER_BATCHES),
+                                   ("torch_compile", self.torch_compile, COMPILE_MODES)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if not isinstance(self.student_weights, str) or not self.student_weights.strip():
+            raise ValueError(f"student_weights must be 'random', 'pretrained' or a weights file, got "
+                             f"{self.student_weights!r}")
+        if self.teacher_batches == "split":
+            short = [p for p in parts if p.batch_size < len(p.teachers)]
+            if short:
+                raise ValueError(f"teacher_batches split gives each teacher its own rows of the batch: partition(s) "
+                                 f"{[p.to_dict() for p in short]} have fewer rows than teachers")
         object.__setattr__(self, "root", as_location(self.root))  # a folder, or an fsspec URL (str)
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         object.__setattr__(self, "norm", NormVariant.parse(self.norm))
@@ -146,10 +193,23 @@ class DistillConfig:
     def teacher_weight(self, teacher: str) -> float:
         return self.teacher_weights.get(teacher, 1.0)
 
+    @property
+    def train_partitions(self) -> tuple[Partition, ...]:
+        """The partitions a step trains: the given ones, or the one (img_size, batch_size, teachers)."""
+        return self.partitions or (Partition(self.img_size, self.batch_size, self.teachers),)
+
+    @property
+    def student_options(self) -> StudentOptions:
+        """The student trunk's build options (stages/students/build.py reads them)."""
+        return StudentOptions(cpe_grid=self.cpe_grid, window_size=self.window_size,
+                              window_global_every=self.window_global_every, window_min_size=self.window_min_size,
+                              grad_checkpointing=self.grad_checkpointing)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings, the variant by its CLI name)."""
         d = dataclasses.asdict(self)
         d["teachers"] = list(self.teachers)
+        d["partitions"] = [p.to_dict() for p in self.train_partitions]
         d["root"], d["out_dir"] = str(self.root), str(self.out_dir)
         d["norm"] = self.norm.value
         return d
@@ -158,7 +218,8 @@ class DistillConfig:
         """Sorted names of the fields in which `other` (the config asked for now) differs from this one
         (the saved run's) and which a resume may not change (all fields but RESUMABLE_FIELDS)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return sorted(k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k])
+        implied = set() if (self.partitions or other.partitions) else {"partitions"}  # named by its own fields
+        return sorted(k for k in mine if k not in RESUMABLE_FIELDS | implied and mine[k] != theirs[k])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":

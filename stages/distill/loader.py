@@ -129,6 +129,20 @@ class StoreSet:
         if ref.view_spec != m.view_spec:
             raise ValueError(f"the manifest's view spec {m.view_spec} differs from the stores' {ref.view_spec}")
 
+    def subset(self, teachers: tuple[str, ...]) -> "StoreSet":
+        """The same opened stores and fitted normalizers, restricted to `teachers` (a resolution partition's
+        stores, stages/distill/partitions.py): nothing is opened or fitted again."""
+        unknown = sorted(set(teachers) - set(self.teachers))
+        if unknown:
+            raise ValueError(f"stores {unknown} are not in this store set ({list(self.teachers)})")
+        sub = object.__new__(StoreSet)
+        sub.__dict__.update(self.__dict__)
+        sub.teachers = tuple(teachers)
+        sub.stores = {t: self.stores[t] for t in teachers}
+        sub.normalizers = {t: self.normalizers[t] for t in teachers}
+        sub.valid_NV = {t: self.valid_NV[t] for t in teachers}
+        return sub
+
     @property
     def unit_size(self) -> int:
         """Images per read unit: the largest shard size among the stores."""
@@ -155,9 +169,10 @@ class StoreSet:
 
 
 def epoch_order(samples_M2: np.ndarray, *, unit_size: int, shuffle_block: int, seed: int,
-                epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's sample order (see the module docstring) and each sample's block index in that order."""
-    rng = np.random.default_rng([seed, epoch])
+                epoch: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's sample order (see the module docstring) and each sample's block index in that order.
+    stream: which of a run's sample streams (resolution partition p > 0 draws its own order)."""
+    rng = np.random.default_rng([seed, epoch] if stream == 0 else [seed, epoch, stream])
     unit_M = samples_M2[:, 0] // unit_size
     units = np.unique(unit_M)
     units = units[rng.permutation(len(units))]
@@ -187,13 +202,14 @@ class StoreBatches(IterableDataset):
     def __init__(self, stores: StoreSet, *, split: str, batch_size: int, img_size: int, seed: int,
                  shuffle_block: int = 4, rank: int = 0, world_size: int = 1,
                  start: LoaderState = LoaderState(), loader_memory: int = DEFAULT_LOADER_MEMORY,
-                 epochs: int | None = None, student_views: str = "auto") -> None:
+                 epochs: int | None = None, student_views: str = "auto", stream: int = 0) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.stores, self.split = stores, split
         self.batch_size, self.img_size, self.seed = batch_size, img_size, seed
         self.shuffle_block, self.rank, self.world_size, self.start = shuffle_block, rank, world_size, start
+        self.stream = stream  # the partition index: partition p > 0 shuffles with its own generator
         self.loader_memory = int(loader_memory)
         self.epochs = epochs  # stop after this many epochs (counted from start.epoch); None: endless
         self.samples_M2 = stores.samples(split)
@@ -224,7 +240,7 @@ class StoreBatches(IterableDataset):
     def epoch_samples(self, epoch: int) -> np.ndarray:
         """The global sample order of one epoch (int64 [M, 2]), before dropping the remainder."""
         return epoch_order(self.samples_M2, unit_size=self.stores.unit_size, shuffle_block=self.shuffle_block,
-                           seed=self.seed, epoch=epoch)[0]
+                           seed=self.seed, epoch=epoch, stream=self.stream)[0]
 
     def rank_slice(self, position: int) -> slice:
         """The slice of an epoch's order that is this rank's part of global batch `position`."""

@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,9 @@ from tqdm import tqdm
 from stages.distill.checkpoint import TrainState, load_checkpoint, restore_rng_states, save_checkpoint
 from stages.distill.config import DistillConfig, check_resumable, parse_bytes
 from stages.distill.ddp import DistContext, all_reduce_mean, barrier, device_for
-from stages.distill.loader import (LoaderState, StoreBatches, StoreSet, make_loader,
-                                   targets_on_device)
+from stages.distill.loader import LoaderState, StoreBatches, StoreSet, targets_on_device
+from stages.distill.partition_loader import (make_partition_loader, partition_datasets, states_after,
+                                             teacher_rows)
 from stages.distill.export import export_run
 from stages.distill.run_dir import (CONFIG_NAME, check_config_matches_checkpoint, checkpoint_path, config_path,
                                     metrics_path, read_run_config, write_run_config)
@@ -61,6 +62,8 @@ from stages.normalize.adaloss import AdaLoss
 from stages.students import HeadTarget, Student, TeacherHeads
 from stages.students.build import build_models, heads_to_json
 from stages.students.preprocess import student_pixels
+from stages.students.registry import student_pretrained_name
+from stages.students.weights import StudentInit, load_student_weights, resolve_student_weights
 from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions
@@ -113,16 +116,39 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+@dataclass(frozen=True)
+class PartInput:
+    """One resolution partition's input to a step: pixels, the stores it trains, the rows each store's heads
+    run on (None: all; PHI-S per-teacher batches) and whether the student attends in windows."""
+
+    x_BCHW: torch.Tensor
+    teachers: tuple[str, ...]
+    rows: dict[str, slice] | None = None
+    windowed: bool = False
+    frames: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, 4] per store with its own resize rule
+
+    def loss_frames(self) -> dict[str, torch.Tensor]:
+        """The frames of the rows each store's loss is computed on."""
+        return {t: f if self.rows is None else f[self.rows[t]] for t, f in self.frames.items()}
+
+
 class Distiller(nn.Module):
-    """Student trunk + teacher heads as one module (what DDP wraps)."""
+    """Student trunk + teacher heads as one module (what DDP wraps). `forward(x)` predicts every teacher;
+    `forward(parts=[...])` runs every resolution partition in one call (one DDP forward per step)."""
 
     def __init__(self, student: Student, heads: TeacherHeads) -> None:
         super().__init__()
         self.student, self.heads = student, heads
 
-    def forward(self, x_BCHW: torch.Tensor, frames: dict[str, torch.Tensor] | None = None
-                ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
-        return self.heads(self.student(x_BCHW), frames=frames)
+    def forward(self, x_BCHW: torch.Tensor | None = None, frames: dict[str, torch.Tensor] | None = None, *,
+                parts: list[PartInput] | None = None) -> Any:
+        if parts is None:
+            return self.heads(self.student(x_BCHW), frames=frames)
+        out = []
+        for p in parts:
+            trunk = self.student(p.x_BCHW, windowed=True) if p.windowed else self.student(p.x_BCHW)
+            out.append(self.heads(trunk, frames=p.frames or None, only=p.teachers, rows=p.rows))
+        return out
 
 
 def head_targets(stores: StoreSet) -> list[HeadTarget]:
@@ -237,7 +263,7 @@ def _schedule_change(saved: dict[str, Any], config: DistillConfig, *, extend: bo
 
 
 def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, is_main: bool,
-                     extend: bool = False) -> dict[str, Any] | None:
+                     extend: bool = False, student_init: StudentInit | None = None) -> dict[str, Any] | None:
     """Refuse a resume whose saved config or manifest differs; (re)write config.json on rank 0."""
     out = config.out_dir
     ckpt = checkpoint_path(out)
@@ -258,6 +284,7 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         check_resumable(DistillConfig.from_dict(saved), config, run_dir=out)
         extensions = _schedule_change(saved, config, extend=extend, run_dir=out)
         run_id = saved.get("run_id", run_id)
+        init_identity = saved.get("student_init")
         changed = changed_stores(saved, stores)
         if changed:
             raise ValueError(f"cannot resume {out}: the stored targets of {changed} changed since it was trained "
@@ -268,6 +295,7 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         check_config_matches_checkpoint(out, DistillConfig.from_dict(saved), ckpt_data)
     else:
         ckpt_data = None
+        init_identity = None if student_init is None else student_init.identity()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
@@ -278,6 +306,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
                     "normalizers": {t: {k: {"variant": n.variant.value, "stats_hash": n.stats_hash, "split": n.split}
                                         for k, n in kinds.items()} for t, kinds in stores.normalizers.items()},
                     "heads": heads_to_json(head_targets(stores))}
+        if init_identity is not None:  # where the student's initial weights came from (sha256 of a file)
+            resolved["student_init"] = init_identity
         write_run_config(out, resolved)
     return ckpt_data
 
@@ -330,7 +360,7 @@ def _restore(config: DistillConfig, model: Distiller, optimizer: torch.optim.Opt
             raise ValueError(f"{checkpoint_path(config.out_dir)} holds no AdaLoss state, which variant "
                              f"{config.norm.value} needs to resume; train the run again from step 0")
         ada.load_state_dict(ckpt["adaloss"])
-    return TrainState(step=int(ckpt["step"]), loader=LoaderState.from_dict(ckpt["loader"]))
+    return TrainState(step=int(ckpt["step"]), loader=TrainState.loader_from_json(ckpt["loader"]))
 
 
 def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, stop_at: int | None = None,
@@ -361,11 +391,16 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
     barrier(dist_ctx)
     if not is_main:
         stores = StoreSet(config.root, config.teachers, norm=config.norm, summary_loss=config.summary_loss)
-    ckpt_data = _prepare_run_dir(config, stores, resume=resume, is_main=is_main, extend=extend)
+    init = None if resume else resolve_student_weights(  # before anything is written: a missing file stops here
+        config.student, config.student_weights, pretrained_name=student_pretrained_name(config.student),
+        seed=config.seed)
+    ckpt_data = _prepare_run_dir(config, stores, resume=resume, is_main=is_main, extend=extend, student_init=init)
     student, heads = build_models(config, head_targets(stores))
+    if init is not None:
+        load_student_weights(student, init)
     model = Distiller(student, heads).to(device)
     optimizer, scheduler = make_optimizer(config, model)
-    state = TrainState(step=0, loader=LoaderState())
+    state = TrainState(step=0, loader=tuple(LoaderState() for _ in config.train_partitions))
     ada = AdaLoss() if config.norm.adaptive else None
     if resume:
         state = _restore(config, model, optimizer, scheduler, device, ckpt=ckpt_data, ada=ada)
@@ -375,20 +410,20 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
     wrapped: nn.Module = model
     if world > 1:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.torch_compile != "eager":
+        wrapped = torch.compile(wrapped, backend=config.torch_compile)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     stop = _StopFlag()
     if state.step < end:
-        dataset = StoreBatches(stores, split="train", batch_size=config.batch_size, img_size=config.img_size,
-                               seed=config.seed, shuffle_block=config.shuffle_block,
-                               rank=0 if dist_ctx is None else dist_ctx.rank, world_size=world,
-                               start=state.loader, loader_memory=parse_bytes(config.loader_memory),
-                               student_views=config.student_views)
+        datasets = partition_datasets(config, stores, start=state.loader, rank=0 if dist_ctx is None else dist_ctx.rank,
+                                      world_size=world, loader_memory=parse_bytes(config.loader_memory))
         if is_main:
-            log.info("%s", dataset.views_note)
-        loader = make_loader(dataset, num_workers=config.num_workers, prefetch_factor=config.prefetch_factor,
-                             pin_memory=device.type == "cuda")
+            for ds in datasets:
+                log.info("%s", ds.views_note)
+        loader = make_partition_loader(datasets, num_workers=config.num_workers,
+                                       prefetch_factor=config.prefetch_factor, pin_memory=device.type == "cuda")
         with stop:
-            _loop(_Loop(config, wrapped, model, optimizer, scheduler, dataset, device, dist_ctx, lease, ada), loader,
+            _loop(_Loop(config, wrapped, model, optimizer, scheduler, datasets, device, dist_ctx, lease, ada), loader,
                   state, end=end, stop=stop)
     if is_main:
         if lease is not None:
@@ -404,12 +439,35 @@ def _train(config: DistillConfig, *, resume: bool, extend: bool, stop_at: int | 
     return config.out_dir
 
 
+def _part_inputs(config: DistillConfig, model: Distiller, batches: list[dict[str, Any]], device: torch.device,
+                 normalizers: dict[str, dict[str, Any]], frames: dict[str, np.ndarray] | None
+                 ) -> tuple[list[PartInput], list[dict[str, torch.Tensor]]]:
+    """Every partition's PartInput and normalized targets (the rows each teacher trains on, when split);
+    frames: StoreSet.frames of the run's stores with their own resize rule."""
+    inputs, targets = [], []
+    windowed_for = getattr(model.student, "windowed_for", None)
+    for part, batch in zip(config.train_partitions, batches):
+        x_BCHW = student_pixels(batch["image_BHW3"], device=device)
+        raw = targets_on_device(batch, device)
+        rows = teacher_rows(part.teachers, x_BCHW.shape[0]) if config.teacher_batches == "split" else None
+        if rows is not None:
+            raw = {k: v[rows[k.split("/")[0]]] for k, v in raw.items()}
+        windowed = bool(windowed_for is not None and windowed_for(part.img_size))
+        part_frames = {t: f for t, f in (frames or {}).items() if t in part.teachers}
+        frames_B = batch_frames(part_frames, batch["image_B"], batch["view_B"], device)
+        inputs.append(PartInput(x_BCHW, part.teachers, rows, windowed, frames_B))
+        targets.append(normalize_targets(raw, normalizers))
+    return inputs, targets
+
+
 def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any], *,
+               scheduler: torch.optim.lr_scheduler.LambdaLR, batch: dict[str, Any] | list[dict[str, Any]], *,
                device: torch.device, normalizers: dict[str, dict[str, Any]], ada: AdaLoss | None = None,
                reduce: Any = None, frames: dict[str, np.ndarray] | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimization step on one batch: (loss, per-teacher parts, the lr it used).
+    """One optimization step on one batch per resolution partition (a list; a single batch for a run of one
+    partition): (loss, per-teacher parts, the lr it used). The loss is the sum of the partitions' losses (a
+    store belongs to one partition, so their predictions and targets are one dict each, scored together).
 
     frames: {teacher: float [N, V, 4]} of the teachers with their own resize rule (StoreSet.frames): the
     batch's views' frames align the predictions and mask padded tokens out of the loss.
@@ -418,12 +476,18 @@ def train_step(config: DistillConfig, wrapped: nn.Module, model: Distiller, opti
     normalized there (`normalize_targets`). parts also holds "grad_norm" (total gradient norm before any
     clip) and "clipped" (1.0 when the clip bound this step, else 0.0). ``ada`` / ``reduce``: the AdaLoss
     state of an adaptive variant and the mean over ranks (``distill_loss``)."""
-    x_BCHW = student_pixels(batch["image_BHW3"], device=device)
-    targets = normalize_targets(targets_on_device(batch, device), normalizers)
-    frames_B = batch_frames(frames, batch["image_B"], batch["view_B"], device)
+    batches = batch if isinstance(batch, list) else [batch]
+    inputs, targets = _part_inputs(config, model, batches, device, normalizers, frames)
+    plain = len(inputs) == 1 and inputs[0].rows is None and not inputs[0].windowed
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        preds = wrapped(x_BCHW, frames_B) if frames_B else wrapped(x_BCHW)
-    loss, parts = distill_loss(config, preds, targets, device, ada=ada, reduce=reduce, frames=frames_B)
+        if plain:
+            preds = [wrapped(inputs[0].x_BCHW, inputs[0].frames) if inputs[0].frames else wrapped(inputs[0].x_BCHW)]
+        else:
+            preds = wrapped(parts=inputs)
+    loss_frames = {t: f for p in inputs for t, f in p.loss_frames().items()}
+    loss, parts = distill_loss(config, {t: p for pred in preds for t, p in pred.items()},
+                               {k: v for target in targets for k, v in target.items()}, device, ada=ada, reduce=reduce,
+                               frames=loss_frames or None)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")  # inf: measure, never clip
@@ -445,7 +509,7 @@ class _Loop:
     model: Distiller
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    dataset: StoreBatches
+    datasets: list[StoreBatches]  # one per resolution partition
     device: torch.device
     dist_ctx: DistContext | None
     lease: Lease | None = None  # rank 0's lease on the run directory
@@ -489,15 +553,15 @@ def _loop(run: _Loop, loader: Any, state: TrainState, *, end: int, stop: _StopFl
 
     elapsed = _logged_elapsed(metrics_file) if run.is_main else 0.0  # training time before this resume
     run.model.train()
-    for batch in loader:
-        loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler, batch,
-                                     device=run.device, normalizers=run.dataset.stores.normalizers, ada=run.ada,
-                                     reduce=reduce, frames=run.dataset.stores.frames)
+    normalizers = {t: n for ds in run.datasets for t, n in ds.stores.normalizers.items()}
+    frames = {t: f for ds in run.datasets for t, f in ds.stores.frames.items()}
+    for batches in loader:
+        loss, parts, lr = train_step(config, run.wrapped, run.model, run.optimizer, run.scheduler,
+                                     batches if len(batches) > 1 else batches[0], device=run.device,
+                                     normalizers=normalizers, ada=run.ada, reduce=reduce, frames=frames)
         state.step += 1
-        position = batch["position"] + 1
-        state.loader = (LoaderState(batch["epoch"], position) if position < run.dataset.batches_per_epoch
-                        else LoaderState(batch["epoch"] + 1, 0))
-        images_since += batch["image_BHW3"].shape[0] * world
+        state.loader = states_after(run.datasets, batches)
+        images_since += sum(b["image_BHW3"].shape[0] for b in batches) * world
         clipped_since += float(parts.pop("clipped"))  # identical on every rank (DDP all-reduces gradients)
         steps_since += 1
         if state.step % config.log_every == 0 or state.step == end:

@@ -39,6 +39,17 @@ def flat_metrics(ev: Mapping[str, Any]) -> dict[str, float]:
     for name in ("knn_acc", "linear_acc"):
         if probe.get(name) is not None:
             out[f"probe/{name}"] = float(probe[name])
+    res = ev.get("resolutions") or {}  # a multi-resolution student (stages/evaluate/resolutions.py)
+    for size, r in res.get("per_size", {}).items():
+        for teacher, kinds in r["teachers"].items():
+            for kind, vals in kinds.items():
+                out[f"res{size}/{teacher}/{kind}/cos_mean"] = float(vals["cos_mean"])
+        if r.get("knn_acc") is not None:
+            out[f"res{size}/probe/knn_acc"] = float(r["knn_acc"])
+    for pair, stores in res.get("consistency", {}).items():
+        for teacher, kinds in stores.items():
+            for kind, v in kinds.items():
+                out[f"consistency/{pair.replace('->', '-')}/{teacher}/{kind}"] = float(v)
     return out
 
 

@@ -45,6 +45,7 @@ from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_
                                        zeroshot_eval)
 from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
 from stages.evaluate.metrics import ErrorAccumulator
+from stages.evaluate.resolutions import eval_sizes, resolution_report, trained_sizes
 from store_schema.location import as_location
 from stages.students.preprocess import student_pixels
 from stages.teachers.resize import batch_frames, content_tokens
@@ -79,24 +80,30 @@ def read_probe_labels(path: Path) -> dict[str, str]:
 
 @torch.no_grad()
 def _forward(student: torch.nn.Module, heads: torch.nn.Module, manifest: Any, pairs_B2: np.ndarray,
-             img_size: int, frames: dict[str, np.ndarray] | None = None
+             img_size: int, frames: dict[str, np.ndarray] | None = None, only: tuple[str, ...] | None = None
              ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor | None, torch.Tensor]]]:
-    """(raw student summary tokens [B, K, C], head outputs in normalized space per teacher); frames (StoreSet
-    .frames) align the predictions of teachers with their own resize rule to their stored grids."""
+    """(raw student summary tokens [B, K, C], head outputs in normalized space per teacher (`only` these));
+    frames (StoreSet.frames) align the predictions of teachers with their own resize rule to their stored
+    grids."""
     device = next(student.parameters()).device
     out = student(student_pixels(torch.from_numpy(render_samples(manifest, pairs_B2, img_size)), device=device))
+    if frames and only is not None:
+        frames = {t: f for t, f in frames.items() if t in only}
     frames_B = batch_frames(frames, pairs_B2[:, 0], pairs_B2[:, 1], device)
-    return out.summary_BKC.float(), heads(out, frames=frames_B or None)
+    return out.summary_BKC.float(), heads(out, frames=frames_B or None, only=only)
 
 
-def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np.ndarray, *, img_size: int,
-                    batch_size: int) -> dict[str, dict[str, dict[str, float]]]:
-    """Per teacher and kind, metrics accumulated over all samples (teacher space and normalized space)."""
+def _teacher_errors(student, heads, stores: Any, normalizers: dict, pairs_M2: np.ndarray, *,
+                    img_size: int | dict[str, int], batch_size: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per teacher and kind, metrics accumulated over all samples (teacher space and normalized space).
+    img_size: the student's input side, or per store key (a resolution partition's stores at its side)."""
+    sizes = img_size if isinstance(img_size, dict) else {t: img_size for t in normalizers}
+    groups = {size: tuple(t for t in normalizers if sizes[t] == size) for size in dict.fromkeys(sizes.values())}
     accs = {t: {k: ErrorAccumulator() for k in normalizers[t]} for t in normalizers}
     frames = stores.frames  # teachers with their own resize rule: padded tokens are not evaluated
-    for lo in range(0, len(pairs_M2), batch_size):
+    for lo, (size, group) in ((lo, g) for g in groups.items() for lo in range(0, len(pairs_M2), batch_size)):
         pairs_B2 = pairs_M2[lo : lo + batch_size]
-        _, preds = _forward(student, heads, stores.manifest, pairs_B2, img_size, frames)
+        _, preds = _forward(student, heads, stores.manifest, pairs_B2, size, frames, only=group)
         for t, (summary_norm_BC, patches_norm_BhwC) in preds.items():
             s_IVC, p_IVhwC, _ = stores.stores[t].read_images(pairs_B2[:, 0])
             targets = {"patches": torch.from_numpy(np.asarray(p_IVhwC[np.arange(len(pairs_B2)), pairs_B2[:, 1]],
@@ -181,7 +188,8 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
                  labels_path: Path | None = EvaluateConfig.probe_labels, knn_k: int = EvaluateConfig.knn_k,
                  knn_temperature: float = EvaluateConfig.knn_temperature,
                  knn_feature: str = EvaluateConfig.knn_feature, device: str = "cpu",
-                 downstream: DownstreamConfig | None = None, root: Any = None) -> dict[str, Any]:
+                 downstream: DownstreamConfig | None = None, root: Any = None,
+                 resolutions: list[int] | None = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
     ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
@@ -191,6 +199,9 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     results (see the module docstring). ``root`` reads the stores from another store root than the one
     the run recorded (a moved or copied root; its stores must be the run's, `stages.distill.run.moved_root`).
     ``knn_feature``: "concat" (every student summary token, RADIO's kNN feature) or "token0".
+
+    ``resolutions``: the student sides of the per-resolution evaluation (stages/evaluate/resolutions.py);
+    None: automatic (a run of several partition sides: each and one side it was not trained at), []: off.
 
     metrics.json records which training state it measured: ``checkpoint_step``, ``run_steps``,
     ``finished`` and ``run_fingerprint`` (stages.distill.run.run_fingerprint), so a report can tell an
@@ -218,8 +229,9 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
         "manifest_hash": stores.manifest.hash, "checkpoint_step": progress["checkpoint_step"],
         "run_steps": progress["steps"], "finished": progress["finished"],
         "run_fingerprint": progress["fingerprint"],
-        "teachers": _teacher_errors(student, heads, stores, normalizers, pairs_M2, img_size=cfg["img_size"],
+        "teachers": _teacher_errors(student, heads, stores, normalizers, pairs_M2, img_size=trained_sizes(config),
                                     batch_size=batch_size),
+        "partitions": [p.to_dict() for p in config.train_partitions],
     }
     if labels_path is None:  # the demo corpus layout: <demo>/probe_labels.csv beside <demo>/images
         labels_path = demo_probe_labels_path(stores.manifest.image_root.parent)
@@ -233,6 +245,16 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
         result["probe_skipped"] = f"no labels file at {labels_path}"
     result.update(_downstream(run_dir, stores, downstream or DownstreamConfig(), labels_path, split=split,
                               batch_size=batch_size, device=device))
+    sizes = eval_sizes(config, resolutions)
+    if sizes:  # a multi-resolution student: every trained side and an untrained one, and their consistency
+        labels = read_probe_labels(labels_path) if labels_path.is_file() else None
+        result["resolutions"] = resolution_report(
+            student, heads, stores, normalizers, pairs_M2, sizes=sizes, trained=sorted(set(trained_sizes(config).values())),
+            batch_size=batch_size, errors=lambda size: _teacher_errors(student, heads, stores, normalizers, pairs_M2,
+                                                                       img_size=size, batch_size=batch_size),
+            probe=None if labels is None else lambda size: _probe(
+                student, heads, stores.manifest, normalizers, labels, img_size=size, batch_size=batch_size, k=knn_k,
+                temperature=knn_temperature, knn_feature=knn_feature)["knn_acc"])
     out = eval_path(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")  # written whole, then renamed: never a torn metrics.json

@@ -30,6 +30,7 @@ import numpy as np
 from stages.evaluate import plots, report_context, teacher_table
 from stages.evaluate.comparability import RunFacts, check_runs, run_facts
 from stages.evaluate.categories import CATEGORIES, PAPER_CATEGORIES, categorize, coverage_sentence, higher_is_better
+from stages.evaluate.recipe_report import recipe_lines
 from stages.evaluate.ranking import AVG, rank_runs
 from stages.distill.run_dir import read_config_json, read_eval, read_history
 from stages.evaluate.evaluate import config_field
@@ -94,12 +95,15 @@ def sweep_cost(configs: dict[str, dict[str, Any]], store_passes: dict[str, int],
     (steps: the steps a run trained, ``steps_done[run]``, when given, else its configured steps)."""
     online = {t: 0 for t in store_passes}
     for run, cfg in configs.items():
-        steps = (steps_done or {}).get(run, config_field(cfg, "steps", run))
-        per_run = int(steps) * int(config_field(cfg, "batch_size", run))
-        for teacher in config_field(cfg, "teachers", run):
-            if teacher not in online:
-                raise ValueError(f"run {run!r} used teacher {teacher!r} with no store; stores: {sorted(online)}")
-            online[teacher] += per_run
+        steps = int((steps_done or {}).get(run, config_field(cfg, "steps", run)))
+        # per resolution partition (config.json "partitions"; runs from before list one implicitly)
+        parts = cfg.get("partitions") or [{"batch_size": config_field(cfg, "batch_size", run),
+                                          "teachers": config_field(cfg, "teachers", run)}]
+        for part in parts:
+            for teacher in part["teachers"]:
+                if teacher not in online:
+                    raise ValueError(f"run {run!r} used teacher {teacher!r} with no store; stores: {sorted(online)}")
+                online[teacher] += steps * int(part["batch_size"])
     return SweepCost(store_passes=store_passes, online_passes=online)
 
 
@@ -411,7 +415,7 @@ def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Varia
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
-             *context["runs"], "", *context["reading"], "",
+             *context["runs"], "", *context["recipe"], *context["reading"], "",
              *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
              *context["teachers"], "",
              "## Storage fidelity", "", *fidelity]
@@ -475,7 +479,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
                                                        report_context.probe_feature_line(evals)),
                "normalized": report_context.normalized_error_lines(evals, teacher_var),
                "time": report_context.time_cost_lines(facts, histories),
-               "teachers": teacher_table.teacher_lines(Path(store_root), teachers, variants, configs)}
+               "teachers": teacher_table.teacher_lines(Path(store_root), teachers, variants, configs),
+               "recipe": recipe_lines(configs, evals)}
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

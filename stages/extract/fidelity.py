@@ -51,7 +51,7 @@ def _views(manifest: Manifest, store: TeacherStore, num_images: int) -> np.ndarr
         if len(out) >= num_images * store.num_views:
             break
     if not out:
-        raise ValueError(f"the manifest has no usable train image to measure {store.spec.name}'s fidelity on")
+        raise ValueError(f"the manifest has no usable train image to measure {store.key}'s fidelity on")
     return np.stack(out)
 
 
@@ -97,7 +97,7 @@ def measure_store_fidelity(store: TeacherStore, manifest: Manifest, *, root: Pat
                                   split=splits[kind])
             checks.append(check_variant(norm, kind, exact_ND=y_ND, stored_ND=stored_ND, bf16_ND=yb_ND,
                                         moments=moments, keepbits=keepbits))
-    return {"fidelity_version": FIDELITY_VERSION, "teacher": store.spec.name, "keepbits": keepbits,
+    return {"fidelity_version": FIDELITY_VERSION, "teacher": store.key, "keepbits": keepbits,
             "device": str(device), "num_views": int(len(views_BRR3)), "fit_split": splits,
             "stats_hash": {k: normalizer_moments(store, k)[0].content_hash() for k in store.kinds},
             "checks": [c.to_dict() for c in checks]}
@@ -117,7 +117,7 @@ def read_fidelity(root: Path, store: TeacherStore) -> tuple[list[FidelityCheck] 
     """(checks, "") when a current measurement exists for this store; else (None, why not)."""
     from stages.normalize.store_fit import normalizer_moments
 
-    path = fidelity_path(root, store.spec.name)
+    path = fidelity_path(root, store.key)
     if not path.is_file():
         return None, f"not measured (no {path}; run `pipeline store fidelity --root {root}`)"
     data = json.loads(path.read_text())
@@ -145,5 +145,5 @@ def ensure_fidelity(root: Path, store: TeacherStore, *, num_images: int, device:
 def fidelity_summary(store: TeacherStore, checks: list[FidelityCheck]) -> str:
     """One line: how many variant·kind checks pass, and the variants that fail the gate."""
     failed = sorted({c.variant for c in checks if not c.passed})
-    return (f"fidelity {store.spec.name}: {len(checks) - sum(not c.passed for c in checks)}/{len(checks)} "
+    return (f"fidelity {store.key}: {len(checks) - sum(not c.passed for c in checks)}/{len(checks)} "
             f"variant·kind checks pass" + (f"; WARNING: {', '.join(failed)} fail the gate" if failed else ""))

@@ -56,6 +56,7 @@ class StoreInfo:
     num_shards: int
     grid: tuple[int, int]
     summary_dim: int
+    resolution: int  # the teacher's input side for this store (its spec's; <teacher>@<side> stores differ)
     patch_dim: int
     codec: dict
     bytes_on_disk: int
@@ -101,10 +102,11 @@ def store_info(store: TeacherStore) -> StoreInfo:
     """Everything `pipeline store info` prints for one store."""
     bytes_on_disk, bits = storage_footprint(store)
     return StoreInfo(
-        teacher=store.spec.name, path=str(store.path), num_images=store.num_images,
+        teacher=store.key, path=str(store.path), num_images=store.num_images,
         num_views=store.num_views, valid_views=int(np.asarray(store.valid[:]).sum()),
         shards_complete=len(store.completed_shards()), num_shards=store.num_shards, grid=store.grid,
-        summary_dim=store.summary_dim, patch_dim=store.patch_dim, codec=store.codec.to_dict(),
+        summary_dim=store.summary_dim, resolution=store.spec.resolution, patch_dim=store.patch_dim,
+        codec=store.codec.to_dict(),
         bytes_on_disk=bytes_on_disk, bits_per_value=bits,
         kinds=tuple(kind_stats(store, kind) for kind in store.kinds),
         resize=store.spec.resize.value, batch_backoffs=tuple(store.batch_backoffs),
@@ -116,6 +118,7 @@ def format_info(info: StoreInfo) -> str:
     h, w = info.grid
     lines = [
         f"{info.teacher}  ({info.path})",
+        f"  teacher input {info.resolution} px; stored grid {h}x{w}",
         f"  images {info.num_images} x views {info.num_views}; valid views {info.valid_views}; "
         f"shards {info.shards_complete}/{info.num_shards} complete",
         f"  summary {[info.num_images, info.num_views, info.summary_dim] if info.summary_dim else 'none'}; "

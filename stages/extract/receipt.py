@@ -25,7 +25,7 @@ def store_receipt(store: TeacherStore) -> dict[str, Any]:
     if pending:
         raise ValueError(f"store {store.path} has {len(pending)} incomplete shards {pending[:10]}; "
                          "re-run `pipeline extract` to finish it before writing a receipt")
-    return {"teacher": store.spec.name, "store": str(store.path), **store.fingerprint()}
+    return {"teacher": store.key, "store": str(store.path), **store.fingerprint()}
 
 
 def write_receipt(store: TeacherStore, path: Path) -> Path:
@@ -50,7 +50,7 @@ def check_receipt(path: Path, store: TeacherStore) -> None:
     (altered by hand, or the store changed since): DamagedFileError naming the file and how to recover.
     Stage two depends on receipts, so a wrong one would let DVC skip or run stages for the wrong store."""
     path = Path(path)
-    recovery = (f"Rewrite it from the store with `pipeline extract --teacher {store.spec.name} --receipt {path}` "
+    recovery = (f"Rewrite it from the store with `pipeline extract --teacher {store.key} --receipt {path}` "
                 "where params.yaml is (or with --root ROOT): complete shards are skipped, so this only re-reads "
                 "the store")
     try:

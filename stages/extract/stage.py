@@ -38,10 +38,12 @@ class TeacherOutcome:
     receipt: Path | None = None
 
 
-def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, receipt: Path | None,
+def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, receipt: Path | dict[str, Path] | None,
                      lease: LeaseOptions, note: Callable[[str], None],
                      on_teacher: Callable[[TeacherOutcome], None]) -> None:
-    """Extract every teacher of `configs` under `root` (see the module docstring)."""
+    """Extract every teacher (store key: `<teacher>` or `<teacher>@<side>`) of `configs` under `root` (see the
+    module docstring); receipt: one path (one store) or a path per store key."""
+    receipts = receipt if isinstance(receipt, dict) else {t: receipt for t in configs}
     with ExitStack() as held:
         leases = _take_leases(root, list(configs), lease, held, note)
         config = next(iter(configs.values()))  # Ray settings are the same for every teacher
@@ -52,7 +54,7 @@ def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, rec
                 check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                     gpus_per_worker=config.gpus_per_worker, device=config.device)
             for name, teacher_config in configs.items():
-                on_teacher(_one(root, name, teacher_config, leases[name], receipt))
+                on_teacher(_one(root, name, teacher_config, leases[name], receipts.get(name)))
 
 
 def _one(root: Path | str, name: str, config: ExtractConfig, lease: Lease, receipt: Path | None) -> TeacherOutcome:

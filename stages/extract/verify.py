@@ -226,7 +226,7 @@ def verify_store(store: TeacherStore, *, recompute_stats: bool = True, root=None
             checks.append(ShardCheck(k, "damaged", list(range(lo, hi)), problems))
         else:
             checks.append(ShardCheck(k, "ok"))
-    report = VerifyReport(store.spec.name, str(store.path), checks,
+    report = VerifyReport(store.key, str(store.path), checks,
                           manifest_problem=None if root is None else manifest_problem(store, root))
     if recompute_stats and not any(c.status == "damaged" for c in checks):
         for (kind, split), m in recomputed.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stages.students.contract import Student
+from stages.students.contract import Student, StudentOptions
 from stages.students.heads import HeadTarget, TeacherHeads
 from stages.students.registry import build_student, student_max_summary_tokens
 
@@ -20,6 +20,9 @@ class StudentRecipe(Protocol):
     student: str
     img_size: int
     num_summary_tokens: int | None
+
+    @property
+    def student_options(self) -> StudentOptions: ...
 
 
 def summary_tokens_for(recipe: StudentRecipe, targets: list[HeadTarget]) -> int:
@@ -37,7 +40,7 @@ def build_models(recipe: StudentRecipe, targets: list[HeadTarget]) -> tuple[Stud
     """Student (K summary tokens from `summary_tokens_for`) and heads with random weights (seeded by the
     caller)."""
     student = build_student(recipe.student, img_size=recipe.img_size,
-                            num_summary_tokens=summary_tokens_for(recipe, targets))
+                            num_summary_tokens=summary_tokens_for(recipe, targets), options=recipe.student_options)
     heads = TeacherHeads(student.embed_dim, targets, num_summary_tokens=student.num_summary_tokens)
     return student, heads
 

@@ -36,3 +36,32 @@ class Student(nn.Module):
 
     def forward(self, x_BCHW: torch.Tensor) -> StudentOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StudentOptions:
+    """How a student trunk is built beyond its size (AM-RADIO arXiv 2312.06709 §3 / App. C; ViT students only,
+    `build_student` refuses them for other families).
+
+    cpe_grid: side of AM-RADIO's cropped position-embedding (CPE) table in tokens (0: timm's own position
+    embedding, interpolated to each input); window_size: ViTDet-style windowed attention of this many tokens
+    per window side in all blocks but every `window_global_every`-th and the last, applied in training to
+    inputs of side >= window_min_size pixels (0: off); grad_checkpointing: recompute each block's activations
+    in the backward pass instead of keeping them."""
+
+    cpe_grid: int = 0
+    window_size: int = 0
+    window_global_every: int = 4
+    window_min_size: int = 0
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("cpe_grid", "window_size", "window_min_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.window_global_every < 1:
+            raise ValueError(f"window_global_every must be >= 1, got {self.window_global_every}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == StudentOptions()

@@ -117,13 +117,16 @@ class TeacherHeads(nn.Module):
                 self.summary_heads[t.name] = MLPHead(student_dim, hidden, t.summary_dim)
             self.patch_heads[t.name] = MLPHead(student_dim, hidden, t.patch_dim)
 
-    def forward(self, out: StudentOutput, frames: dict[str, torch.Tensor] | None = None
+    def forward(self, out: StudentOutput, frames: dict[str, torch.Tensor] | None = None, *,
+                only: tuple[str, ...] | None = None, rows: dict[str, slice] | None = None
                 ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
         """Map a StudentOutput to {teacher: (summary_BC or None, patches_BhwC on the teacher's grid)}.
 
         frames: {teacher: [B, 4]} for teachers whose input frame is not the student's view (their own
         resize rule, stages/teachers/resize.py): the feature map is sampled over each teacher cell of the
-        frame (`sample_on_frame`) instead of resized, so prediction and target cover the same pixels."""
+        frame (`sample_on_frame`) instead of resized, so prediction and target cover the same pixels.
+        only: the teachers to predict (a resolution partition's stores; default all, in head order);
+        rows: per teacher, the batch rows its heads run on (PHI-S's per-teacher batch partitions)."""
         summary_BKC, features_BhwC = out.summary_BKC, out.features_BhwC
         if features_BhwC.shape[-1] != self.student_dim or summary_BKC.shape[-1] != self.student_dim:
             raise ValueError(
@@ -136,17 +139,24 @@ class TeacherHeads(nn.Module):
                 f"{self.num_summary_tokens}"
             )
         preds: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
-        for t in self.targets:
+        for t in self.targets if only is None else [self._target(name) for name in only]:
+            take = slice(None) if rows is None else rows[t.name]
             summary_BC = None
             if t.name in self.summary_heads:
-                summary_BC = self.summary_heads[t.name](summary_BKC[:, self.summary_token[t.name]])
-            mapped_BhwC = self.patch_heads[t.name](features_BhwC)
+                summary_BC = self.summary_heads[t.name](summary_BKC[take, self.summary_token[t.name]])
+            mapped_BhwC = self.patch_heads[t.name](features_BhwC[take])
             if frames is not None and t.name in frames:
-                patches_BhwC = sample_on_frame(mapped_BhwC, frames[t.name], tuple(t.grid))
+                patches_BhwC = sample_on_frame(mapped_BhwC, frames[t.name][take], tuple(t.grid))
             else:
                 patches_BhwC = resize_grid(mapped_BhwC, tuple(t.grid))
             preds[t.name] = (summary_BC, patches_BhwC)
         return preds
+
+    def _target(self, name: str) -> HeadTarget:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise ValueError(f"unknown teacher {name!r}; heads exist for {[t.name for t in self.targets]}")
 
     def keep_only(self, names: list[str]) -> TeacherHeads:
         """Drop every teacher's heads but `names` (in that order), in place; returns self. A summary head keeps

@@ -12,7 +12,7 @@ from enum import Enum
 
 import timm
 
-from stages.students.contract import Student
+from stages.students.contract import Student, StudentOptions
 from stages.students.eradio import ERADIO_SIZES, build_eradio
 from stages.students.vit import PATCH_SIZE, VIT_SIZES, ViTStudent, build_vit
 
@@ -68,20 +68,26 @@ def _entry(name: str) -> StudentEntry:
                      "timm ViT (timm.list_models('vit_*'))")
 
 
-def build_student(name: str, *, img_size: int, num_summary_tokens: int | None = None) -> Student:
+def build_student(name: str, *, img_size: int, num_summary_tokens: int | None = None,
+                  options: StudentOptions = StudentOptions()) -> Student:
     """Build the student `name` (registered, or `timm:<timm ViT name>`) with random weights for square inputs
     of side `img_size`.
 
     num_summary_tokens: K summary tokens (ViT: CLS + K-1 register tokens; default 1). E-RADIO has
-    exactly one (the spatial mean), so it accepts only None or 1.
+    exactly one (the spatial mean), so it accepts only None or 1. options: CPE, windowed attention and
+    activation checkpointing (ViT students only: E-RADIO's BatchNorm layers would update their running
+    statistics twice under recomputation, and it has its own windows and no position embedding).
     """
     entry = _entry(name)
     k = 1 if num_summary_tokens is None else num_summary_tokens
     if entry.family is StudentFamily.VIT:
-        return build_vit(entry.size, img_size=img_size, num_summary_tokens=k)
+        return build_vit(entry.size, img_size=img_size, num_summary_tokens=k, options=options)
     if entry.family is StudentFamily.TIMM_VIT:  # the stride-16 student contract: patch 16 whatever the default
-        return ViTStudent(entry.size, img_size=img_size, num_summary_tokens=k, patch_size=PATCH_SIZE)
+        return ViTStudent(entry.size, img_size=img_size, num_summary_tokens=k, options=options, patch_size=PATCH_SIZE)
     assert entry.family is StudentFamily.ERADIO
+    if not options.is_default:
+        raise ValueError(f"student {name!r}: CPE, windowed attention and activation checkpointing are options of "
+                         f"ViT students; E-RADIO has its own windowed attention and no position embedding")
     if num_summary_tokens not in (None, 1):
         raise ValueError(
             f"E-RADIO student {name!r} has one summary token (the spatial mean of its features); "
@@ -94,3 +100,15 @@ def student_max_summary_tokens(name: str) -> int | None:
     """The most summary tokens K student `name` can have: None when unbounded (ViT: CLS + register
     tokens, one per summary teacher in AM-RADIO), 1 for E-RADIO (its summary is the spatial mean)."""
     return _MAX_SUMMARY_TOKENS[_entry(name).family]
+
+
+def student_pretrained_name(name: str) -> str | None:
+    """The timm pretrained weights ("<arch>.<tag>", or an architecture whose default tag timm picks) that
+    `--student-weights pretrained` loads into student `name`; None when there are none (E-RADIO, sizes with
+    overrides timm publishes no weights for)."""
+    entry = _entry(name)
+    if entry.family is StudentFamily.VIT:
+        return VIT_SIZES[entry.size].pretrained
+    if entry.family is StudentFamily.TIMM_VIT:
+        return entry.size
+    return None

@@ -17,13 +17,13 @@ class MissingWeightsError(RuntimeError):
         how: how to provide the weights.
     """
 
-    def __init__(self, *, teacher: str, weights: str, looked_in: str, how: str) -> None:
-        self.teacher = teacher
+    def __init__(self, *, teacher: str, weights: str, looked_in: str, how: str, role: str = "teacher") -> None:
+        self.teacher = teacher  # the model's name (a teacher's, or a student's when role is "student")
         self.weights = weights
         self.looked_in = looked_in
         self.how = how
         super().__init__(
-            f"Pretrained weights for teacher {teacher!r} are not available: {weights}. "
+            f"Pretrained weights for {role} {teacher!r} are not available: {weights}. "
             f"Looked in: {looked_in}. To provide them: {how}"
         )
 

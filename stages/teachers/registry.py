@@ -23,6 +23,7 @@ from stages.teachers.open_clip_family import build_open_clip_teacher
 from stages.teachers.sam import build_sam_teacher
 from stages.teachers.errors import MissingWeightsError
 from stages.teachers.resize import ResizeRule
+from stages.teachers.resolution import resample_state_dict, spec_at_resolution
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 from stages.teachers.weights import (
     ResolvedWeights,
@@ -134,10 +135,15 @@ def teacher_names() -> list[str]:
 
 
 def get_teacher_spec(name: str) -> TeacherSpec:
-    """The registered spec called `name`; unknown names raise ValueError listing the valid ones."""
-    if name not in TEACHERS:
-        raise ValueError(f"unknown teacher {name!r}; valid teachers: {', '.join(TEACHERS)}")
-    return TEACHERS[name]
+    """The registered spec called `name`, or for a store key "<teacher>@<side>" that teacher's spec at `side`
+    pixels (stages/teachers/resolution.py); unknown names raise ValueError listing the valid ones."""
+    from store_schema.layout import split_store_key
+
+    teacher, resolution = split_store_key(name) if "@" in name else (name, None)
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; valid teachers: {', '.join(TEACHERS)}")
+    spec = TEACHERS[teacher]
+    return spec if resolution is None else spec_at_resolution(spec, resolution)
 
 
 def check_checkpoint(spec: TeacherSpec, checkpoint: Path) -> None:
@@ -182,6 +188,13 @@ def build_teacher(spec: TeacherSpec, *, checkpoint: Path | None = None, device: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(random_init_seed(spec))
             teacher = _BUILDERS[spec.family](spec, weights)
+        registered = TEACHERS.get(spec.name)
+        if weights.source == "random" and registered is not None and registered.resolution != spec.resolution:
+            # the same random teacher at another size: its registered build's weights, resampled
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(random_init_seed(spec))
+                reference = _BUILDERS[spec.family](spec_at_resolution(spec, registered.resolution), weights)
+            teacher.load_state_dict(resample_state_dict(reference.state_dict(), teacher.state_dict()))
         teacher = teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)

@@ -20,7 +20,6 @@ open_clip is imported lazily: the GPU benchmark machine has timm but not open_cl
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import zlib
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stages.hub_weights import (file_sha256, find_in_hub_cache, hub_cache_dir, load_state_dict_file,
+                                 timm_hub_location)
 from stages.teachers.errors import MissingWeightsError
 from stages.teachers.spec import Family, TeacherSpec, WeightsSource
 
@@ -54,22 +55,6 @@ def random_init_seed(spec: TeacherSpec) -> int:
     return zlib.crc32(spec.name.encode("utf-8"))
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache directory in effect now."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def _timm_name(spec: TeacherSpec) -> str:
     return f"{spec.arch}.{spec.weights_id}" if spec.weights_id else spec.arch
 
@@ -86,14 +71,7 @@ def hub_location(spec: TeacherSpec) -> tuple[str, list[str], str]:
     if not spec.weights_id:
         raise ValueError(f"teacher {spec.name!r} is pretrained but has no weights_id: pass a checkpoint")
     if LIBRARY[spec.family] == "timm":
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(_timm_name(spec))
-        if cfg is None or not cfg.hf_hub_id:
-            raise ValueError(f"timm has no hub weights {_timm_name(spec)!r} for teacher {spec.name!r}")
-        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-        recipe = f"python -c \"import timm; timm.create_model('{_timm_name(spec)}', pretrained=True)\""
-        return cfg.hf_hub_id, files, recipe
+        return timm_hub_location(_timm_name(spec), owner=f"teacher {spec.name!r}")
     from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
 
     cfg = get_pretrained_cfg(spec.arch, spec.weights_id)
@@ -109,17 +87,6 @@ def hub_location(spec: TeacherSpec) -> tuple[str, list[str], str]:
     recipe = (f"python -c \"import open_clip; open_clip.create_model('{spec.arch}', "
               f"pretrained='{spec.weights_id}')\"")
     return repo_id, files, recipe
-
-
-def find_in_hub_cache(repo_id: str, filenames: list[str]) -> Path | None:
-    """The first cached file among `filenames` of `repo_id`, without touching the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in filenames:
-        hit = try_to_load_from_cache(repo_id, name, cache_dir=hub_cache_dir())
-        if isinstance(hit, str):
-            return Path(hit)
-    return None
 
 
 def resolve_weights(spec: TeacherSpec, checkpoint: Path | None = None, *, hash_file: bool = True
@@ -172,21 +139,6 @@ def weights_available(spec: TeacherSpec, *, checkpoint: Path | None = None) -> s
         return "random"
     repo_id, files, _ = hub_location(spec)
     return "cached" if find_in_hub_cache(repo_id, files) is not None else "missing"
-
-
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (weights_only); unwraps {"state_dict": ...}."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path), device="cpu")
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
 def create_timm_model(spec: TeacherSpec, weights: ResolvedWeights) -> nn.Module:
