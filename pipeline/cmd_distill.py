@@ -99,14 +99,15 @@ CpeOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="Vi
 WindowOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="ViT students: windowed attention in training, tokens per window side (0: off).")]
 WindowEveryOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="With --window-size: every N-th block (and the last) attends globally.")]
 WindowMinOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RECIPE, help="With --window-size: only partitions of at least this side train windowed.")]
-CheckpointingOpt = Annotated[Optional[bool], typer.Option("--grad-checkpointing", rich_help_panel=_RECIPE, help="Recompute the student's block activations in the backward pass (~10x less activation memory, about one more forward of compute).")]
+CheckpointingOpt = Annotated[bool, typer.Option("--grad-checkpointing", rich_help_panel=_RECIPE, help="Recompute the student's block activations in the backward pass (~10x less activation memory, about one more forward of compute).")]
 CompileOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RECIPE, help="Train under torch.compile with this backend: inductor or aot_eager (eager: no compile).")]
 TeacherBatchesOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RECIPE, help="shared (every teacher's loss on every image of its partition) or split (PHI-S: each teacher its own rows of the batch).")]
 DISTILL = Route(sections=("distill",), keys={"teachers": "extract.teachers", "root": "store.root",
                                              "seed": Derived("distill.seeds", lambda p: p.distill.seeds[0]),
                                              "summary_loss": Derived("distill.summary_loss",  # a list: its first
                                                                      lambda p: p.summary_losses[0])},
-                config="stages.distill.config:DistillConfig", required=("root",))
+                config="stages.distill.config:DistillConfig", required=("teachers", "root"),
+                unless={"teachers": "partitions"})
 
 
 def distill(
@@ -123,7 +124,7 @@ def distill(
     wait_timeout: WaitTimeoutOpt = None, sweep: SweepOpt = False, replace_conflicting: ReplaceOpt = False,
     receipts: ReceiptsOpt = None, partitions: PartitionOpt = None, student_weights: StudentWeightsOpt = None,
     cpe_grid: CpeOpt = None, window_size: WindowOpt = None, window_global_every: WindowEveryOpt = None,
-    window_min_size: WindowMinOpt = None, grad_checkpointing: CheckpointingOpt = None,
+    window_min_size: WindowMinOpt = None, grad_checkpointing: CheckpointingOpt = False,
     torch_compile: CompileOpt = None, teacher_batches: TeacherBatchesOpt = None, params: ParamsOpt = None,
 ) -> None:
     """Train a student and per-teacher heads from the feature store (never runs a teacher).
@@ -185,9 +186,6 @@ def run_config(ctx: typer.Context) -> "DistillConfig":
     teachers = o["teachers"]
     if o["partitions"] and not given_on_command_line(ctx, "teachers"):
         teachers = []  # the partitions name the stores (extract.teachers does not list <teacher>@<side> ones)
-    elif not teachers:
-        raise ValueError("missing option --teachers: give it (or --partition) on the command line, or run where a "
-                         "params.yaml sets extract.teachers (or distill.partitions)")
     return resolve_config(norm=o["norm"], student=o["student"], teachers=teachers, root=o["root"],
                           out=o["runs_dir"], run_name=run_name, teacher_weights=o["teacher_weights"],
                           partitions=tuple(o["partitions"] or ()),

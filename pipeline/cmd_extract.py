@@ -144,7 +144,8 @@ def extract_cmd(
     from store_schema.lease import LeaseOptions
     from store_schema.location import as_location
 
-    root, configs = as_location(root), teacher_configs(ctx.params)
+    root = as_location(root)
+    configs = teacher_configs(ctx.params, resolution_typed=given_on_command_line(ctx, "resolution"))
     teachers, base = list(configs), next(iter(configs.values()))
     # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
     explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
@@ -166,9 +167,10 @@ def extract_cmd(
     _echo_bad_images(root)
 
 
-def teacher_configs(o: dict) -> dict[str, "ExtractConfig"]:
-    """{teacher: ExtractConfig} of `pipeline extract`'s resolved options `o` (before an existing store's own
-    settings are applied)."""
+def teacher_configs(o: dict, *, resolution_typed: bool = False) -> dict[str, "ExtractConfig"]:
+    """{store key: ExtractConfig} of `pipeline extract`'s resolved options `o` (before an existing store's own
+    settings are applied): each teacher's, then its stores at --resolution's further sides (`resolution_typed`:
+    that option was given on the command line, not taken from params.yaml)."""
     from dataclasses import replace
 
     from stages.extract.config import ExtractConfig
@@ -192,7 +194,7 @@ def teacher_configs(o: dict) -> dict[str, "ExtractConfig"]:
         redo_shards=tuple(parse_shards(o["redo_shards"])) if o["redo_shards"] is not None else ())
     configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],
                           batch_size=base.batch_size if batches[t] is None else batches[t]) for t in teachers}
-    return {**configs, **further_resolutions(o["resolution"], configs)}
+    return {**configs, **further_resolutions(o["resolution"], configs, typed=resolution_typed)}
 
 
 def _batch_size(text: str) -> int:
@@ -201,19 +203,37 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
-def further_resolutions(values: list[str] | None, configs: dict[str, "ExtractConfig"]) -> dict[str, "ExtractConfig"]:
+def further_resolutions(values: list[str] | None, configs: dict[str, "ExtractConfig"], *,
+                        typed: bool = False) -> dict[str, "ExtractConfig"]:
     """{"<teacher>@<side>": its ExtractConfig} for --resolution (TEACHER=SIDE[,SIDE] or SIDE[,SIDE]): the
-    teacher's config with its own grid at that side (a --storage-grid names the teacher's own store)."""
+    teacher's config with its own grid at that side (a --storage-grid names the teacher's own store). `typed`
+    (given on the command line): a TEACHER= entry must name a teacher being extracted (params.yaml's entries
+    of other teachers are ignored)."""
     from dataclasses import replace
 
+    from stages.teachers.registry import get_teacher_spec
     from store_schema.layout import store_key
 
-    sides = per_teacher_values(values, list(configs), lambda text: [int(x) for x in text.split(",") if x.strip()],
-                               "--resolution")
+    def sides_of(text: str) -> list[int]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items or not all(x.isdigit() and int(x) > 0 for x in items):
+            raise ValueError(f"--resolution {text!r}: give input sides in pixels, SIDE[,SIDE] or TEACHER=SIDE[,SIDE] "
+                             "(e.g. --resolution tiny_sam=256 or --resolution 224,448)")
+        return [int(x) for x in items]
+
+    stray = [v.partition("=")[0] for v in values or [] if "=" in v and v.partition("=")[0] not in configs]
+    if typed and stray:
+        raise ValueError(f"--resolution names {stray}, which this call does not extract ({list(configs)}); give "
+                         "--teacher for them too")
+    sides = per_teacher_values(values, list(configs), sides_of, "--resolution")
     out = {}
     for teacher, config in configs.items():
+        if sides[teacher] and "@" in teacher:
+            raise ValueError(f"--resolution applies to a teacher's own store; {teacher!r} already is one at another "
+                             f"side (extract e.g. --teacher {teacher.partition('@')[0]} --resolution SIDE,SIDE)")
         for side in sides[teacher] or []:
             key = store_key(teacher, side)
+            get_teacher_spec(key)  # the side fits the teacher (patch multiple; not its own side)
             if key not in configs:
                 out[key] = replace(config, storage_grid=None, redo_shards=())
     return out
@@ -223,7 +243,8 @@ def resolve_configs(args: list[str]) -> dict[str, "ExtractConfig"]:
     """{teacher: ExtractConfig} that `pipeline extract ARGS` would run with (nothing is run or checked)."""
     app = typer.Typer()
     register(app)
-    return teacher_configs(parse_only(app, "extract", args).params)
+    ctx = parse_only(app, "extract", args)
+    return teacher_configs(ctx.params, resolution_typed=given_on_command_line(ctx, "resolution"))
 
 
 def _echo_bad_images(root) -> None:

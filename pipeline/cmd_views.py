@@ -18,7 +18,13 @@ import typer
 from pipeline.defaults import Derived, ParamsOpt, Route, routed
 
 
-VIEWS = Route(keys={"size": Derived("distill.img_size / distill.partitions", lambda p: p.distill.sizes()),
+def _sizes(p) -> list[int]:
+    from stages.distill.partitions import partition_sizes
+
+    return partition_sizes(p.distill.partitions, p.distill.img_size)
+
+
+VIEWS = Route(keys={"size": Derived("distill.img_size / distill.partitions", _sizes),
                     "root": "store.root", "workers": "extract.workers",
                     "ray_address": "extract.ray_address"}, required=("size", "root"))
 

@@ -54,13 +54,15 @@ class Route:
     sections: params sections whose keys feed the options of the same name; keys: option -> params key
     ("section.key") or Derived; config: "module:Class" of the stage config whose fields give the defaults of
     the remaining same-named options; own: options whose default is the command's own rule (not the config's
-    field of that name); required: options with no default (missing -> one error line)."""
+    field of that name); required: options with no default (missing -> one error line), unless the option
+    `unless` names for it has a value (distill's --teachers, when --partition names the stores)."""
 
     sections: tuple[str, ...] = ()
     keys: Mapping[str, str | Derived] = field(default_factory=dict)
     config: str | None = None
     own: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    unless: Mapping[str, str] = field(default_factory=dict)  # required option -> the option that makes it optional
 
     def key_for(self, name: str, params: Any) -> str | Derived | None:
         if name in self.keys:
@@ -186,6 +188,8 @@ class ParamsCommand(PipelineCommand):
             if taken:
                 typer.echo(f"from {path.resolve()}: " + "; ".join(taken), err=True)
         for name in self.route.required:
+            if name in self.route.unless and ctx.params.get(self.route.unless[name]) not in (None, [], (), ""):
+                continue
             if ctx.params.get(name) in (None, [], (), ""):
                 key = keys.get(name, name)
                 where = (f"{path.resolve()} does not set it" if path is not None

@@ -72,8 +72,7 @@ class ExtractParams:
     cpus_per_worker: float = ExtractConfig.cpus_per_worker
     fidelity_images: int = ExtractConfig.fidelity_images
     text_teachers: list[str] = field(default_factory=list)
-    # teacher -> further input sides to extract it at, each its own store <teacher>@<side> (AM-RADIO's SAM at
-    # 1024 beside 432 px partitions, RADIOv2.5's two resolutions per teacher); stage-two partitions name them
+    # teacher -> further input sides, each its own store <teacher>@<side> (docs/RECIPE.md)
     resolutions: dict[str, list[int]] = field(default_factory=dict)
 
     def batch_size_for(self, teacher: str) -> int:
@@ -108,9 +107,8 @@ class DistillParams:
     loader_memory: str = DistillConfig.loader_memory
     student_views: str = DistillConfig.student_views
     num_summary_tokens: int | None = DistillConfig.num_summary_tokens
-    # the papers' student recipe (docs/RECIPE.md): resolution partitions "SIZE:BATCH:store,store" (empty: one
-    # partition, (img_size, batch_size, extract.teachers)), student initialization and options
-    partitions: list[str] = field(default_factory=list)
+    # the papers' student recipe (docs/RECIPE.md): partitions "SIZE:BATCH:store,store", initialization, options
+    partitions: tuple[str, ...] = DistillConfig.partitions
     student_weights: str = DistillConfig.student_weights
     cpe_grid: int = DistillConfig.cpe_grid
     window_size: int = DistillConfig.window_size
@@ -119,14 +117,6 @@ class DistillParams:
     grad_checkpointing: bool = DistillConfig.grad_checkpointing
     torch_compile: str = DistillConfig.torch_compile
     teacher_batches: str = DistillConfig.teacher_batches
-
-    def sizes(self) -> list[int]:
-        """The student input sides a run trains at (one per partition; img_size without partitions)."""
-        if not self.partitions:
-            return [self.img_size]
-        from stages.distill.partitions import parse_partition
-
-        return list(dict.fromkeys(parse_partition(t).img_size for t in self.partitions))
 
 
 @dataclass(frozen=True)
@@ -165,6 +155,8 @@ class Params:
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Validate (and lightly coerce: int → float, str → Path) one value against a field type."""
     origin = typing.get_origin(tp)
+    if origin is tuple:  # tuple[X, ...]: written as a YAML list
+        return tuple(_check_value(value, list[typing.get_args(tp)[0]], where))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -295,7 +287,12 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: distill.num_summary_tokens {k} exceeds what student {p.distill.student!r} "
                          f"supports ({cap}); use null (automatic)")
 
-    _validate_recipe(p, source)
+    from stages.distill.config import check_recipe_params
+
+    try:
+        check_recipe_params(p.distill, p.extract.teachers, p.extract.resolutions)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     valid_norms = [v.value for v in NormVariant]
     bad = [n for n in p.distill.norms if n not in valid_norms]
     if bad:
@@ -314,35 +311,6 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
     if p.evaluate.split not in ("train", "val"):
         raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
-
-
-def _validate_recipe(p: Params, source: str) -> None:
-    """Partitions, extra store resolutions and the student recipe options."""
-    from stages.distill.partitions import parse_partition
-    from store_schema.layout import store_key
-
-    stray = sorted(set(p.extract.resolutions) - set(p.extract.teachers))
-    if stray:
-        raise ValueError(f"{source}: extract.resolutions names {stray}, which are not in extract.teachers "
-                         f"{p.extract.teachers}")
-    stores = list(p.extract.teachers) + [store_key(t, r) for t, rs in p.extract.resolutions.items() for r in rs]
-    for i, text in enumerate(p.distill.partitions):
-        try:
-            part = parse_partition(text)
-        except ValueError as e:
-            raise ValueError(f"{source}: distill.partitions[{i}]: {e}") from None
-        unknown = [t for t in part.teachers if t not in stores]
-        if unknown:
-            raise ValueError(f"{source}: distill.partitions[{i}] names stores {unknown} that params.yaml does not "
-                             f"extract; stores: {stores} (extract.teachers, and <teacher>@<side> for each "
-                             "extract.resolutions entry)")
-    for name, value, valid in (("teacher_batches", p.distill.teacher_batches, ("shared", "split")),
-                               ("torch_compile", p.distill.torch_compile, ("eager", "inductor", "aot_eager"))):
-        if value not in valid:
-            raise ValueError(f"{source}: distill.{name} must be one of {list(valid)}, got {value!r}")
-    for name in ("cpe_grid", "window_size", "window_min_size"):
-        if getattr(p.distill, name) < 0:
-            raise ValueError(f"{source}: distill.{name} must be >= 0 (0: off), got {getattr(p.distill, name)}")
 
 
 def read_params(path: Path) -> Params:

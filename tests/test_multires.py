@@ -7,22 +7,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+import typer
+import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.cmd_distill import resolve_distill
+from pipeline.cmd_extract import resolve_configs
+from pipeline.cmd_views import register as register_views
+from pipeline.defaults import parse_only
+from pipeline.params import read_params
 from stages.teachers.registry import build_teacher, get_teacher_spec
 from store_schema.layout import split_store_key, store_key, teacher_store_path
 from store_schema.teacher_store import open_teacher_store
-from tests.ray_fixture import build_corpus
+
+pytest_plugins = ["tests.ray_fixture"]
 
 
 def invoke(args: list) -> str:
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, f"pipeline {' '.join(map(str, args))} failed:\n{result.output}\n{result.exception!r}"
     return result.output
+
+
+def _app(register) -> typer.Typer:
+    app_ = typer.Typer()
+    register(app_)
+    return app_
 
 
 def test_store_keys() -> None:
@@ -46,14 +62,23 @@ def test_random_teacher_at_another_resolution_is_the_same_network() -> None:
     assert dataclasses.replace(get_teacher_spec("tiny_sam@256"), resolution=128) == get_teacher_spec("tiny_sam")
 
 
-def test_two_resolutions_two_partitions_evaluated_per_resolution(tmp_path) -> None:
-    images = build_corpus(tmp_path / "src", n_ok=10, num_views=2).parent / "images"
+def test_two_resolutions_two_partitions_evaluated_per_resolution(tmp_path, make_corpus) -> None:
+    images = make_corpus(tmp_path / "src", n_ok=10, num_views=2).parent / "images"
     root = tmp_path / "store"
     invoke(["corpus", images, "--out", root, "--views", "2", "--val-fraction", "0.3"])
-    for key in ("tiny_clip", "tiny_sam", "tiny_sam@256"):
-        out = invoke(["extract", "--teacher", key, "--root", root, "--no-ray", "--shard-size", "4", "--batch-size",
-                      "8", "--no-progress", "--receipt", tmp_path / "receipts" / f"extract_{key}.json"])
-        assert f"extract {key}:" in out
+    receipts = tmp_path / "receipts"
+    common = ["--root", root, "--no-ray", "--shard-size", "4", "--batch-size", "8", "--no-progress"]
+    assert "extract tiny_clip:" in invoke(["extract", "--teacher", "tiny_clip", *common,
+                                           "--receipt", receipts / "extract_tiny_clip.json"])
+    # one call writes tiny_sam's store and tiny_sam@256's, each receipt under the name dvc.yaml's stages read
+    out = invoke(["extract", "--teacher", "tiny_sam", "--resolution", "256", *common,
+                  "--receipt", receipts / "extract_tiny_sam.json"])
+    assert "extract tiny_sam:" in out and "extract tiny_sam@256:" in out
+    assert sorted(p.name for p in receipts.iterdir()) == ["extract_tiny_clip.json", "extract_tiny_sam.json",
+                                                          "extract_tiny_sam@256.json"]
+    before = (receipts / "extract_tiny_sam@256.json").read_bytes()
+    invoke(["extract", "--teacher", "tiny_sam@256", *common, "--receipt", tmp_path / "again.json"])  # alone: re-read
+    assert (tmp_path / "again.json").read_bytes() == before
     high = open_teacher_store(teacher_store_path(root, "tiny_sam@256"))
     assert high.key == "tiny_sam@256" and high.grid == (16, 16) and high.spec.resolution == 256
     assert high.fingerprint()["teacher_spec"]["resolution"] == 256
@@ -71,7 +96,7 @@ def test_two_resolutions_two_partitions_evaluated_per_resolution(tmp_path) -> No
     runs = tmp_path / "runs"
     invoke(["distill", "--norm", "phis", "--root", root, "--out", runs, "--steps", "3", "--warmup-steps", "1",
             "--log-every", "1", "--partition", "64:4:tiny_clip,tiny_sam", "--partition", "128:2:tiny_sam@256",
-            "--student-views", "store"])
+            "--student-views", "store", "--receipts", receipts])
     run = runs / "phis"
     saved = json.loads((run / "config.json").read_text())
     assert saved["partitions"] == [{"img_size": 64, "batch_size": 4, "teachers": ["tiny_clip", "tiny_sam"]},
@@ -89,3 +114,55 @@ def test_two_resolutions_two_partitions_evaluated_per_resolution(tmp_path) -> No
     invoke(["report", run, "--out", report])
     md = (report / "report.md").read_text()
     assert "## Student recipe" in md and "64:4:tiny_clip,tiny_sam; 128:2:tiny_sam@256" in md and "| 64->96 |" in md
+
+
+def _params(tmp_path, monkeypatch, **distill_and_extract) -> None:
+    """configs/multires_demo.yaml as ./params.yaml, with `extract.<k>` / `distill.<k>` replaced."""
+    params = yaml.safe_load((Path(__file__).parents[1] / "configs" / "multires_demo.yaml").read_text())
+    for dotted, value in distill_and_extract.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_preset_resolves_into_stores_views_and_partitions(tmp_path, monkeypatch) -> None:
+    """What dvc.yaml's stages run from configs/multires_demo.yaml: extract tiny_sam also writes tiny_sam@256,
+    views renders every partition's side, distill trains the partitions (their stores are the teachers)."""
+    _params(tmp_path, monkeypatch)
+    assert list(resolve_configs(["--teacher", "tiny_sam"])) == ["tiny_sam", "tiny_sam@256"]
+    assert list(resolve_configs(["--teacher", "tiny_clip"])) == ["tiny_clip"]
+    assert parse_only(_app(register_views), "views", []).params["size"] == [64, 128]
+    config = resolve_distill(["--norm", "phis"])
+    assert [p.img_size for p in config.partitions] == [64, 128]
+    assert config.teachers == ("tiny_dinov2", "tiny_clip", "tiny_sam", "tiny_sam@256")
+    _params(tmp_path, monkeypatch, distill__partitions=[], distill__img_size=96)
+    assert parse_only(_app(register_views), "views", []).params["size"] == [96]  # one partition: distill.img_size
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--resolution", "abc"], "give input sides in pixels"),
+    (["--resolution", "typo=256"], "which this call does not extract"),
+    (["--resolution", "128"], "at its own input side 128 px"),
+    (["--resolution", "100"], "a multiple of its patch size"),
+])
+def test_resolution_flag_errors_name_the_fix(tmp_path, monkeypatch, args, message) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml
+    with pytest.raises(ValueError, match=message):
+        resolve_configs(["--root", "r", "--teacher", "tiny_sam", *args])
+    with pytest.raises(ValueError, match="already is one at another side"):
+        resolve_configs(["--root", "r", "--teacher", "tiny_sam@256", "--resolution", "512"])
+    assert list(resolve_configs(["--root", "r", "--teacher", "tiny_sam,tiny_clip", "--resolution", "tiny_sam=256,512"])) \
+        == ["tiny_sam", "tiny_clip", "tiny_sam@256", "tiny_sam@512"]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"distill__partitions": ["64:8:tiny_clip", "128:4:tiny_sam@512"]}, r"names stores \['tiny_sam@512'\] that are not"),
+    ({"extract__resolutions": {"dinov2_s": [448]}}, "not in extract.teachers"),
+    ({"extract__resolutions": {"tiny_sam": [128]}, "distill__partitions": []}, "at its own input side"),
+    ({"distill__partitions": ["64:tiny_clip"]}, r"distill.partitions\[0\]: .*SIZE:BATCH:STORES"),
+])
+def test_params_partitions_must_name_extracted_stores(tmp_path, monkeypatch, changes, message) -> None:
+    _params(tmp_path, monkeypatch, **changes)
+    with pytest.raises(ValueError, match=message):
+        read_params(tmp_path / "params.yaml")

@@ -270,3 +270,14 @@ def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: 
         raise ValueError(f"cannot resume {run_dir} with a different config ({detail}); only "
                          f"{sorted(RESUMABLE_FIELDS)} may change on resume. Delete the run or choose another "
                          f"run directory")
+
+
+def check_recipe_params(distill: Any, teachers: list[str], resolutions: dict[str, list[int]]) -> None:
+    """params.yaml's recipe keys (pipeline/params.py): partitions name extracted stores (extract.teachers and
+    <teacher>@<side> of extract.resolutions), teacher_batches / torch_compile are valid; ValueError."""
+    from stages.distill.partitions import check_partition_stores
+
+    check_partition_stores(distill.partitions, teachers, resolutions)
+    for name, valid in (("teacher_batches", TEACHER_BATCHES), ("torch_compile", COMPILE_MODES)):
+        if getattr(distill, name) not in valid:
+            raise ValueError(f"distill.{name} must be one of {list(valid)}, got {getattr(distill, name)!r}")

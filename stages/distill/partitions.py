@@ -88,3 +88,35 @@ def resolve_partitions(partitions: tuple, *, img_size: int, batch_size: int,
         raise ValueError(f"teachers {list(teachers)} are not the stores the partitions name ({list(union)}); give "
                          "the partitions alone (the run's teachers are theirs)")
     return parts, union
+
+
+def partition_sizes(texts: tuple[str, ...] | list[str], img_size: int) -> list[int]:
+    """The student sides a run trains at: each partition's (text form), or img_size without partitions."""
+    return list(dict.fromkeys(parse_partition(t).img_size for t in texts)) if texts else [img_size]
+
+
+def check_partition_stores(texts: tuple[str, ...] | list[str], teachers: list[str],
+                           resolutions: dict[str, list[int]]) -> None:
+    """params.yaml's partitions (text form) parse and name only stores it extracts: extract.teachers, and
+    <teacher>@<side> for each extract.resolutions entry (whose teachers must be extracted); ValueError."""
+    from stages.teachers.registry import get_teacher_spec
+    from store_schema.layout import store_key
+
+    stray = sorted(set(resolutions) - set(teachers))
+    if stray:
+        raise ValueError(f"extract.resolutions names {stray}, which are not in extract.teachers {teachers}")
+    stores = list(teachers) + [store_key(t, r) for t, sides in resolutions.items() for r in sides]
+    for key in stores[len(teachers):]:
+        try:
+            get_teacher_spec(key)  # the side fits the teacher: a patch multiple, not its own side
+        except ValueError as e:
+            raise ValueError(f"extract.resolutions: {e}") from None
+    for i, text in enumerate(texts):
+        try:
+            part = parse_partition(text)
+        except ValueError as e:
+            raise ValueError(f"distill.partitions[{i}]: {e}") from None
+        unknown = [t for t in part.teachers if t not in stores]
+        if unknown:
+            raise ValueError(f"distill.partitions[{i}] names stores {unknown} that are not extracted; stores: "
+                             f"{stores} (extract.teachers, and <teacher>@<side> for each extract.resolutions entry)")

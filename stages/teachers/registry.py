@@ -143,6 +143,9 @@ def get_teacher_spec(name: str) -> TeacherSpec:
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; valid teachers: {', '.join(TEACHERS)}")
     spec = TEACHERS[teacher]
+    if resolution == spec.resolution:  # the same teacher at the same side: the store <teacher> already is it
+        raise ValueError(f"store {name!r} is teacher {teacher!r} at its own input side {resolution} px: that store is "
+                         f"{teacher!r}; <teacher>@<side> names a further side (e.g. {teacher}@{2 * resolution})")
     return spec if resolution is None else spec_at_resolution(spec, resolution)
 
 
