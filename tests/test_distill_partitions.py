@@ -119,3 +119,14 @@ def test_one_partition_is_a_run_without_partitions_bit_for_bit(tiny_root: Path, 
     wb = torch.load(one / "checkpoint.pt", weights_only=True)
     assert wa["loader"] == wb["loader"] == {"epoch": 0, "position": 3}  # the checkpoint form of every earlier run
     assert all(torch.equal(wa["student"][k], wb["student"][k]) for k in wa["student"])
+
+
+def test_ada_variant_weights_every_partitions_terms_once_per_step(tiny_root: Path, tmp_path: Path) -> None:
+    """Ada-PHI-S (stages/normalize/adaloss.py) over two partitions: one AdaLoss update per step holding every
+    partition's terms (the stores' terms are one dict: a store belongs to one partition)."""
+    run = train(_config(tiny_root, tmp_path / "ada", steps=3, norm="ada_phis"))
+    first = _history(run)[0]
+    assert {k for k in first if k.startswith("ada_w/")} == {"ada_w/alpha/summary", "ada_w/alpha/patches",
+                                                            "ada_w/beta/patches"}
+    ada = torch.load(run / "checkpoint.pt", weights_only=True)["adaloss"]
+    assert ada["steps"] == 3 and set(ada["ema"]) == {"loss/alpha/summary", "loss/alpha/patches", "loss/beta/patches"}
