@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from stages.corpus.config import CorpusConfig
-from stages.distill.config import DistillConfig, SweepConfig
+from stages.distill.config import DistillConfig, RecipeParams, SweepConfig
 from stages.evaluate.config import EvaluateConfig, ReportConfig
 from stages.extract.config import ExtractConfig
 from store_schema.codecs import CodecSpec
@@ -72,8 +72,7 @@ class ExtractParams:
     cpus_per_worker: float = ExtractConfig.cpus_per_worker
     fidelity_images: int = ExtractConfig.fidelity_images
     text_teachers: list[str] = field(default_factory=list)
-    # teacher -> further input sides, each its own store <teacher>@<side> (docs/RECIPE.md)
-    resolutions: dict[str, list[int]] = field(default_factory=dict)
+    resolutions: dict[str, list[int]] = field(default_factory=dict)  # teacher -> further sides (docs/RECIPE.md)
 
     def batch_size_for(self, teacher: str) -> int:
         """This teacher's extraction batch size (its entry of a per-teacher mapping, else the one size)."""
@@ -83,7 +82,7 @@ class ExtractParams:
 
 
 @dataclass(frozen=True)
-class DistillParams:
+class DistillParams(RecipeParams):
     """`distill:`: one `DistillConfig` (its defaults) per variant and seed of the `SweepConfig` sweep
     (norms × seeds into runs_dir). ``summary_loss``: "cosine" on raw summaries for every variant (both
     papers) or "variant" (the variant's own); a list (``[cosine, variant]``) makes it a sweep axis too:
@@ -107,16 +106,6 @@ class DistillParams:
     loader_memory: str = DistillConfig.loader_memory
     student_views: str = DistillConfig.student_views
     num_summary_tokens: int | None = DistillConfig.num_summary_tokens
-    # the papers' student recipe (docs/RECIPE.md): partitions "SIZE:BATCH:store,store", initialization, options
-    partitions: tuple[str, ...] = DistillConfig.partitions
-    student_weights: str = DistillConfig.student_weights
-    cpe_grid: int = DistillConfig.cpe_grid
-    window_size: int = DistillConfig.window_size
-    window_global_every: int = DistillConfig.window_global_every
-    window_min_size: int = DistillConfig.window_min_size
-    grad_checkpointing: bool = DistillConfig.grad_checkpointing
-    torch_compile: str = DistillConfig.torch_compile
-    teacher_batches: str = DistillConfig.teacher_batches
 
 
 @dataclass(frozen=True)
@@ -155,13 +144,11 @@ class Params:
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Validate (and lightly coerce: int → float, str → Path) one value against a field type."""
     origin = typing.get_origin(tp)
-    if origin is tuple:  # tuple[X, ...]: written as a YAML list
-        return tuple(_check_value(value, list[typing.get_args(tp)[0]], where))
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
+    if origin in (list, tuple):  # list[X], or tuple[X, ...] written as a YAML list too
+        item_tp = typing.get_args(tp)[0]
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {type(value).__name__} {value!r}")
-        return [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if value is None:
@@ -270,12 +257,9 @@ def _validate(p: Params, source: str) -> None:
     if stray_batch:
         raise ValueError(f"{source}: extract.batch_size names unknown teachers {stray_batch}; valid teachers: "
                          f"{teacher_names()}")
-    stray_text = sorted(set(p.extract.text_teachers) - set(p.extract.teachers))
-    if stray_text:
-        raise ValueError(f"{source}: extract.text_teachers names {stray_text}, which are not in extract.teachers "
-                         f"{p.extract.teachers}")
-    for where, mapping in (("extract.storage_grids", p.extract.storage_grids),
-                           ("extract.checkpoints", p.extract.checkpoints)):
+    for where, mapping in (("extract.text_teachers", p.extract.text_teachers),
+                           ("extract.storage_grids", p.extract.storage_grids),
+                           ("extract.checkpoints", p.extract.checkpoints), ("extract.resolutions", p.extract.resolutions)):
         stray = sorted(set(mapping) - set(p.extract.teachers))
         if stray:
             raise ValueError(f"{source}: {where} names {stray}, which are not in extract.teachers {p.extract.teachers}")
@@ -286,13 +270,7 @@ def _validate(p: Params, source: str) -> None:
     if k is not None and cap is not None and k > cap:
         raise ValueError(f"{source}: distill.num_summary_tokens {k} exceeds what student {p.distill.student!r} "
                          f"supports ({cap}); use null (automatic)")
-
-    from stages.distill.config import check_recipe_params
-
-    try:
-        check_recipe_params(p.distill, p.extract.teachers, p.extract.resolutions)
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
+    p.distill.check_recipe(p.extract.teachers, p.extract.resolutions, source)
     valid_norms = [v.value for v in NormVariant]
     bad = [n for n in p.distill.norms if n not in valid_norms]
     if bad:

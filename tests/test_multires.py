@@ -161,8 +161,61 @@ def test_resolution_flag_errors_name_the_fix(tmp_path, monkeypatch, args, messag
     ({"extract__resolutions": {"dinov2_s": [448]}}, "not in extract.teachers"),
     ({"extract__resolutions": {"tiny_sam": [128]}, "distill__partitions": []}, "at its own input side"),
     ({"distill__partitions": ["64:tiny_clip"]}, r"distill.partitions\[0\]: .*SIZE:BATCH:STORES"),
+    ({"distill__cpe_grid": -1}, "distill.cpe_grid must be >= 0"),
+    ({"distill__teacher_batches": "half"}, r"distill.teacher_batches must be one of \['shared', 'split'\]"),
 ])
 def test_params_partitions_must_name_extracted_stores(tmp_path, monkeypatch, changes, message) -> None:
     _params(tmp_path, monkeypatch, **changes)
     with pytest.raises(ValueError, match=message):
         read_params(tmp_path / "params.yaml")
+
+
+def test_a_padded_teacher_in_two_partitions_with_split_batches(tmp_path, make_corpus, monkeypatch) -> None:
+    """SAM's own resize rule (longest side + padding, stages/teachers/resize.py) in the AM-RADIO setting: the
+    padded teacher's stores in two partitions, per-teacher batch rows. The partition path aligns and masks its
+    predictions with the rows' frames exactly as a plain forward does, and the run trains and evaluates."""
+    from stages.distill.config import DistillConfig
+    from stages.distill.train import Distiller, PartInput, train
+    from stages.evaluate.evaluate import evaluate_run
+    from stages.extract.config import ExtractConfig
+    from stages.extract.driver import run_extract
+    from stages.students.build import build_models
+    from stages.teachers import registry
+    from stages.teachers.resize import ResizeRule, batch_frames
+
+    pad = dataclasses.replace(registry.get_teacher_spec("tiny_sam"), name="tiny_sam_pad", resize=ResizeRule.LONGEST_PAD)
+    monkeypatch.setitem(registry.TEACHERS, pad.name, pad)
+    root = make_corpus(tmp_path, n_ok=12, num_views=2)
+    for key in ("tiny_clip", "tiny_sam_pad", "tiny_sam_pad@256"):
+        run_extract(root, key, ExtractConfig(workers=0, shard_size=4, batch_size=8, progress=False))
+    config = DistillConfig(student="vit_tiny_test", teachers=(), root=root, out_dir=tmp_path / "run", steps=3,
+                           partitions=("64:4:tiny_clip,tiny_sam_pad", "128:2:tiny_sam_pad@256"), warmup_steps=1,
+                           log_every=1, seed=0, teacher_batches="split")
+    run = train(config)
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in (run / "metrics.jsonl").read_text().splitlines())
+    metrics = evaluate_run(run, split="train", batch_size=4)
+    assert np.isfinite(metrics["teachers"]["tiny_sam_pad@256"]["patches"]["mse"])
+
+    store = open_teacher_store(teacher_store_path(root, "tiny_sam_pad"))
+    frames = batch_frames({"tiny_sam_pad": store.frames_NV4}, np.arange(4), np.zeros(4, int), "cpu")
+    assert not torch.equal(frames["tiny_sam_pad"], torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4))  # padded views
+    model = Distiller(*build_models(config, [t for t in _targets(root, ("tiny_clip", "tiny_sam_pad"))])).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x, frames)
+        (parts,) = model(parts=[PartInput(x, ("tiny_clip", "tiny_sam_pad"), None, False, frames)])
+        rows = {"tiny_clip": slice(0, 2), "tiny_sam_pad": slice(2, 4)}
+        (split,) = model(parts=[PartInput(x, ("tiny_clip", "tiny_sam_pad"), rows, False, frames)])
+        for t in ("tiny_clip", "tiny_sam_pad"):  # a teacher's rows alone, through the plain forward
+            assert torch.equal(parts[t][1], plain[t][1])
+            alone = model(x[rows[t]], {k: f[rows[t]] for k, f in frames.items()})[t][1]
+            assert torch.allclose(split[t][1], alone, atol=1e-6)
+    part = PartInput(x, ("tiny_clip", "tiny_sam_pad"), rows, False, frames)
+    assert torch.equal(part.loss_frames()["tiny_sam_pad"], frames["tiny_sam_pad"][2:4])
+
+
+def _targets(root, keys):
+    from stages.distill.loader import StoreSet
+    from stages.distill.train import head_targets
+
+    return head_targets(StoreSet(root, keys, norm="phis", summary_loss="cosine"))

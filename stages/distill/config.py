@@ -272,12 +272,34 @@ def check_resumable(saved: DistillConfig, requested: DistillConfig, *, run_dir: 
                          f"run directory")
 
 
-def check_recipe_params(distill: Any, teachers: list[str], resolutions: dict[str, list[int]]) -> None:
-    """params.yaml's recipe keys (pipeline/params.py): partitions name extracted stores (extract.teachers and
-    <teacher>@<side> of extract.resolutions), teacher_batches / torch_compile are valid; ValueError."""
-    from stages.distill.partitions import check_partition_stores
+@dataclass(frozen=True)
+class RecipeParams:
+    """params.yaml's `distill:` keys of the papers' student recipe (docs/RECIPE.md), with DistillConfig's
+    defaults: resolution partitions "SIZE:BATCH:store,store", student initialization and options.
+    pipeline/params.py's DistillParams inherits them."""
 
-    check_partition_stores(distill.partitions, teachers, resolutions)
-    for name, valid in (("teacher_batches", TEACHER_BATCHES), ("torch_compile", COMPILE_MODES)):
-        if getattr(distill, name) not in valid:
-            raise ValueError(f"distill.{name} must be one of {list(valid)}, got {getattr(distill, name)!r}")
+    partitions: tuple[str, ...] = DistillConfig.partitions
+    student_weights: str = DistillConfig.student_weights
+    cpe_grid: int = DistillConfig.cpe_grid
+    window_size: int = DistillConfig.window_size
+    window_global_every: int = DistillConfig.window_global_every
+    window_min_size: int = DistillConfig.window_min_size
+    grad_checkpointing: bool = DistillConfig.grad_checkpointing
+    torch_compile: str = DistillConfig.torch_compile
+    teacher_batches: str = DistillConfig.teacher_batches
+
+    def check_recipe(self, teachers: list[str], resolutions: dict[str, list[int]], source: str) -> None:
+        """ValueError (prefixed with `source`, the params file) unless the partitions name extracted stores
+        (extract.teachers, and <teacher>@<side> of extract.resolutions) and the options are valid."""
+        from stages.distill.partitions import check_partition_stores
+
+        try:
+            check_partition_stores(self.partitions, teachers, resolutions)
+            for name, valid in (("teacher_batches", TEACHER_BATCHES), ("torch_compile", COMPILE_MODES)):
+                if getattr(self, name) not in valid:
+                    raise ValueError(f"distill.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+            for name in ("cpe_grid", "window_size", "window_global_every", "window_min_size"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"distill.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
