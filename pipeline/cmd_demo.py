@@ -59,7 +59,7 @@ def demo_cmd(
     p = read_params(params)
     commands = stage_commands(_dvc_yaml(dvc_yaml), asdict(p))  # keys the preset leaves out: their defaults
     root = ctx.find_root().command
-    with ray_session(p.extract.ray_address, needed=p.extract.workers > 0):  # one Ray for every stage
+    with ray_session(p.extract.ray_address, needed=p.extract.workers > 0, connect_timeout=p.extract.ray_timeout):  # one Ray for every stage
         for stage in commands:
             argv = _argv(stage.argv, params)
             typer.echo(f"stage {stage.name}: pipeline {' '.join(argv)}")

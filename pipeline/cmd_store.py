@@ -43,7 +43,7 @@ RootOpt = Annotated[Optional[str], typer.Option(help="Store root holding manifes
 TeacherOpt = Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="Teacher store(s) to look at; default: all under --root.")]
 
 
-STORE = Route(keys={"root": "store.root"}, required=("root",))
+STORE = Route(keys={"root": "store.root", "ray_timeout": "extract.ray_timeout"}, required=("root",))
 
 
 def _location(root: str) -> Path | str:
@@ -171,6 +171,7 @@ def transcode_cmd(
     keepbits: Annotated[Optional[str], typer.Option(help="Destination mantissa bits (BitRound), or 'none' for lossless. Default: the source's.")] = None,
     workers: Annotated[int, typer.Option(help="Shards transcoded at once (dask threads; ignored on Ray, which places the tasks).")] = 2,
     ray_address: Annotated[Optional[str], typer.Option(help="Run the dask tasks on this Ray cluster ('auto' or host:port) through Ray's dask scheduler; every node must see both roots.")] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option(help="Seconds the cluster at --ray-address has to answer. Default: extract.ray_timeout.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run is writing the destination store (it holds its lease), wait for it instead of failing at once.")] = False,
     params: ParamsOpt = None,
 ) -> None:
@@ -182,6 +183,7 @@ def transcode_cmd(
 
     from pipeline.cmd_extract import parse_grid, parse_keepbits
     from stages.extract.transcode import transcode_store
+    from stages.orchestrate.ray_address import check_reachable
     from stages.orchestrate.ray_session import ray_session
     from store_schema.codecs import CodecSpec
     from store_schema.layout import teacher_store_path
@@ -189,6 +191,8 @@ def transcode_cmd(
     from store_schema.teacher_store import open_teacher_store
 
     root = _location(root)
+    if ray_address is not None:  # a mistyped cluster address: one line, before the destination exists
+        check_reachable(ray_address, timeout_s=ray_timeout)
     grid = parse_grid(storage_grid) if storage_grid else None
     new_codec = open_teacher_store(teacher_store_path(root, teacher)).codec
     if codec is not None:
@@ -199,7 +203,7 @@ def transcode_cmd(
     if keepbits is not None:
         new_codec = replace(new_codec, keepbits=parse_keepbits(keepbits))
     new_codec = CodecSpec.from_dict(new_codec.to_dict())  # validated
-    with ray_session(ray_address, needed=ray_address is not None):
+    with ray_session(ray_address, needed=ray_address is not None, connect_timeout=ray_timeout):
         report = transcode_store(root, teacher, _location(to), storage_grid=grid, codec=new_codec,
                                  scheduler="ray" if ray_address is not None else "threads", workers=workers,
                                  lease=LeaseOptions(wait=wait))

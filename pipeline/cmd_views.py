@@ -26,7 +26,8 @@ def _sizes(p) -> list[int]:
 
 VIEWS = Route(keys={"size": Derived("distill.img_size / distill.partitions", _sizes),
                     "root": "store.root", "workers": "extract.workers",
-                    "ray_address": "extract.ray_address"}, required=("size", "root"))
+                    "ray_address": "extract.ray_address", "ray_timeout": "extract.ray_timeout"},
+              required=("size", "root"))
 
 
 def views_cmd(
@@ -39,19 +40,24 @@ def views_cmd(
              "are one read each; an existing view store keeps its own).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Shards rendered at once (one-CPU Ray actors, each reading the manifest once); 0: in this process, without Ray. Default: extract.workers.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (auto, host:port); default: local Ray.")] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option(help="Seconds the cluster at --ray-address has to answer. Default: extract.ray_timeout.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Render in this process without Ray (same code path).")] = False,
     receipt: Annotated[Optional[Path], typer.Option(help="Write a JSON receipt of the stores (what DVC tracks).")] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Render every (image, view) of the manifest at the student's size into <root>/student_views/<size>px.zarr."""
     from stages.extract.student_views import run_views
+    from stages.orchestrate.ray_address import check_reachable
     from store_schema.layout import student_views_path
     from store_schema.view_store import open_view_store
 
+    use_ray = not no_ray and workers > 0
+    if use_ray and ray_address is not None:  # a mistyped cluster address: one line, before any view store exists
+        check_reachable(ray_address, timeout_s=ray_timeout)
     fingerprints = {}
     for s in dict.fromkeys(size):
-        report = run_views(root, s, shard_size=shard_size, workers=max(workers, 1), use_ray=not no_ray and workers > 0,
-                           ray_address=ray_address)
+        report = run_views(root, s, shard_size=shard_size, workers=max(workers, 1), use_ray=use_ray,
+                           ray_address=ray_address, ray_timeout=ray_timeout)
         typer.echo(report.summary())
         fingerprints[str(s)] = open_view_store(student_views_path(root, s)).fingerprint()
     if receipt is not None:

@@ -173,9 +173,9 @@ class ParamsCommand(PipelineCommand):
         path = explicit if explicit is not None else (PARAMS_FILE if PARAMS_FILE.is_file() else None)
         try:
             ctx.default_map, keys = build_default_map(self, self.route, path)
-        except (ValueError, FileNotFoundError) as e:
-            where = path.resolve() if path is not None and path.is_file() else path
-            raise fail(f"{where} (read for the flags not given): {e}") from None
+        except (ValueError, FileNotFoundError) as e:  # the reader's messages start with the file's path
+            raise fail(f"{e} (--params {path}: read for the flags not given)" if explicit is not None
+                       else f"{e} (./{PARAMS_FILE} is read for the flags not given; --params FILE reads another)") from None
         ctx.meta[_META] = (path, keys)
         return super().parse_args(ctx, args)
 

@@ -66,6 +66,7 @@ class ExtractParams:
     workers: int = ExtractConfig.workers
     device: str = ExtractConfig.device
     ray_address: str | None = ExtractConfig.ray_address  # None: a local Ray; "auto" or host:port: a cluster
+    ray_timeout: float = ExtractConfig.ray_timeout  # seconds the cluster at ray_address has to answer
     storage_grids: dict[str, str] = field(default_factory=dict)  # teacher -> "HxW" pooled grid to store
     checkpoints: dict[str, Path] = field(default_factory=dict)  # teacher -> local weights file
     decode_ahead: int = ExtractConfig.decode_ahead
@@ -295,5 +296,24 @@ def read_params(path: Path) -> Params:
     """Read and validate params.yaml at ``path``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no params file at {path}")
-    return parse_params(yaml.safe_load(path.read_text()), source=str(path))
+        raise FileNotFoundError(f"no params file at {path.absolute()}")
+    path = path.absolute()  # messages name the file wherever the command runs
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(yaml_error_line(e, path)) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{path} cannot be read as a YAML text file ({e}); it must be a params.yaml such as "
+                         "configs/demo.yaml") from None
+    return parse_params(raw, source=str(path))
+
+
+def yaml_error_line(error: Exception, path: Path) -> str:
+    """One line for a YAML syntax error: the file, line and column (1-based), what the parser found and the fix."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    context = getattr(error, "context", None)
+    what = f"{problem} ({' '.join(context.split())})" if context else problem
+    return (f"{where}: not valid YAML: {what}; fix the file there (e.g. a missing ']' or ',', a tab, or a "
+            "`key: value` inside a [flow list])")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.orchestrate.ray_address import DEFAULT_CONNECT_TIMEOUT_S
 from store_schema.codecs import CodecSpec
 from store_schema.stats_ledger import DEFAULT_FOLD_EVERY
 
@@ -27,6 +28,7 @@ class ExtractConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     ray_address: str | None = None  # None: local Ray (reused when already initialised)
+    ray_timeout: float = DEFAULT_CONNECT_TIMEOUT_S  # seconds a cluster at ray_address has to answer
     progress: bool = True
     decode_ahead: int = 0  # images a worker decodes ahead on its decode threads (0: inline)
     stats_fold_every: int = DEFAULT_FOLD_EVERY  # complete shards per fold of the statistics (store attribute)
@@ -45,5 +47,7 @@ class ExtractConfig:
             raise ValueError(f"stats_fold_every must be >= 1, got {self.stats_fold_every}")
         if self.fidelity_images < 0:
             raise ValueError(f"fidelity_images must be >= 0 (0: skip the check), got {self.fidelity_images}")
+        if self.ray_timeout <= 0:
+            raise ValueError(f"ray_timeout must be > 0 seconds, got {self.ray_timeout:g}")
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")

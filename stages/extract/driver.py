@@ -257,7 +257,7 @@ def _run_on_ray(spec, worker_kwargs: dict, pending: list[int], config: ExtractCo
     workers = RayWorkers(config.workers, num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
                          max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES,
                          in_flight=SHARDS_IN_FLIGHT_PER_WORKER)
-    with ray_session(config.ray_address) as resources:
+    with ray_session(config.ray_address, connect_timeout=config.ray_timeout) as resources:
         check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                             gpus_per_worker=config.gpus_per_worker, device=config.device)
         try:

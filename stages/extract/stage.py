@@ -49,7 +49,7 @@ def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, rec
         config = next(iter(configs.values()))  # Ray settings are the same for every teacher
         use_ray = config.workers > 0 and (bool(config.redo_shards)
                                           or not all(_complete(teacher_store_path(root, t)) for t in configs))
-        with ray_session(config.ray_address, needed=use_ray) as resources:
+        with ray_session(config.ray_address, needed=use_ray, connect_timeout=config.ray_timeout) as resources:
             if resources is not None:
                 check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                     gpus_per_worker=config.gpus_per_worker, device=config.device)

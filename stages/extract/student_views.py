@@ -28,6 +28,7 @@ import numpy as np
 
 from stages.corpus.samples import ImageChangedError, load_checked_for_views
 from stages.corpus.views import render_view
+from stages.orchestrate.ray_address import DEFAULT_CONNECT_TIMEOUT_S
 from stages.orchestrate.ray_session import ray_session
 from stages.orchestrate.shards import RayWorkers, in_process, on_ray
 from store_schema import layout
@@ -120,7 +121,8 @@ def default_shard_size(root: Path | str) -> int:
 
 
 def run_views(root: Path | str, size: int, *, shard_size: int | None = None, workers: int = 1,
-              use_ray: bool = True, ray_address: str | None = None) -> ViewsReport:
+              use_ray: bool = True, ray_address: str | None = None,
+              ray_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> ViewsReport:
     """Render every pending shard of <root>'s view store at `size`, creating the store when needed.
 
     workers: shards rendered at once (one-CPU Ray actors, each holding the manifest); use_ray False renders in this process."""
@@ -150,7 +152,7 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
     if pending and not use_ray:
         in_process(ShardRenderer(root_s, size), pending, finish)
     elif pending:
-        with ray_session(ray_address):
+        with ray_session(ray_address, connect_timeout=ray_timeout):
             on_ray(ShardRenderer, (root_s, size), {}, pending, RayWorkers(workers), finish,
                    resume_hint=f"Re-run `pipeline views --size {size}` to resume")
     report.wall_s = time.perf_counter() - t0

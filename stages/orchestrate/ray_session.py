@@ -18,6 +18,13 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from stages.orchestrate.ray_address import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    bounded_gcs_wait,
+    check_reachable,
+    unreachable_after_init,
+)
+
 AUTH_MODES = ("disabled", "token")  # what Ray 2.60's RAY_AUTH_MODE accepts
 
 
@@ -28,14 +35,16 @@ def init_ray(
     num_gpus: int | None = None,
     auth_mode: str = "disabled",
     object_store_memory: int | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> dict[str, float]:
     """Start (or connect to, or reuse) Ray and return the cluster's resources.
 
     address: None starts a local Ray sized to this machine (num_cpus / num_gpus override the detected
     counts); "auto" or "host:port" / "ray://host:port" connects to an existing cluster (num_cpus /
     num_gpus must then be None: a cluster's size is its own). auth_mode: RAY_AUTH_MODE for a local
-    cluster, "disabled" (a single-user machine; the default) or "token". If Ray is already initialised in
-    this process it is reused as it is.
+    cluster, "disabled" (a single-user machine; the default) or "token". connect_timeout: seconds an
+    existing cluster has to answer (stages/orchestrate/ray_address.py) before RayUnreachableError names the
+    address. If Ray is already initialised in this process it is reused as it is.
     """
     import ray
 
@@ -52,7 +61,12 @@ def init_ray(
         if num_cpus is not None or num_gpus is not None:
             raise ValueError("num_cpus / num_gpus size a local Ray only; an existing cluster at "
                              f"{address!r} has its own resources")
-        ray.init(address=address, **common)
+        check_reachable(address, timeout_s=connect_timeout)
+        try:
+            with bounded_gcs_wait(connect_timeout):
+                ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, TimeoutError) as e:
+            raise unreachable_after_init(address, connect_timeout, e) from e
     return ray.cluster_resources()
 
 
@@ -77,7 +91,8 @@ def ray_session(address: str | None = None, *, needed: bool = True, **init_kwarg
 
     A Ray this process already runs (a caller's, a test session's) is used and left running; a Ray started
     here (local, or a connection to the cluster at `address`) is stopped when the block ends, also on an
-    error. init_kwargs go to `init_ray` (num_cpus, num_gpus, auth_mode, object_store_memory)."""
+    error. init_kwargs go to `init_ray` (num_cpus, num_gpus, auth_mode, object_store_memory,
+    connect_timeout)."""
     if not needed:
         yield None
         return
