@@ -133,9 +133,11 @@ def distill(
     from stages.distill.ddp import init_from_env
     from stages.distill.run_dir import checkpoint_path
     from stages.distill.train import TrainingInterrupted, train
+    from stages.devices import check_device
     from store_schema.lease import LeaseOptions
 
     config = run_config(ctx)
+    check_device(config.device)  # before the run directory exists
     if receipts is not None:
         from stages.extract.receipt import check_receipts
 

@@ -52,8 +52,10 @@ def evaluate_cmd(
 
     Options not given take their values from params.yaml when there is one (printed on stderr)."""
     from stages.distill.run_dir import eval_path
+    from stages.devices import check_device
     from stages.evaluate.config import EvaluateConfig
     from stages.evaluate.evaluate import evaluate_run
+    from store_schema.io_errors import check_writable
 
     if split not in ("train", "val"):
         raise fail(f"unknown split {split!r}; valid splits: train, val")
@@ -65,6 +67,10 @@ def evaluate_cmd(
                                 zeroshot_teacher=zeroshot_teacher).downstream()
     if dvc_out is not None and len(runs) != 1:
         raise fail(f"--dvc-out takes one RUN, got {len(runs)}")
+    if device is not None:
+        check_device(device)  # before any evaluation is computed or written
+    for run in runs:  # an evaluation that cannot be saved is refused before it is computed
+        check_writable(eval_path(run).parent, "the evaluation")
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,

@@ -106,6 +106,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RAY, help="R
 CpusOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RAY, help="CPUs Ray reserves per actor; the worker keeps that many host threads busy (decode with --decode-ahead, compression). 8 per GPU actor for the paper teachers: docs/STAGE_ONE.md.")]
 GpusOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RAY, help="GPUs Ray reserves per actor. Default: 1 when --device is cuda*, else 0.")]
 AddressOpt = Annotated[Optional[str], typer.Option(rich_help_panel=_RAY, help="Existing Ray cluster ('auto' or host:port); default starts a local Ray.")]
+RayTimeoutOpt = Annotated[Optional[float], typer.Option(rich_help_panel=_RAY, help="Seconds the cluster at --ray-address has to answer before the command stops with one line naming the address.")]
 NoRayOpt = Annotated[bool, typer.Option("--no-ray", rich_help_panel=_RAY, help="Run the shard worker in this process without Ray (same code path).")]
 AheadOpt = Annotated[Optional[int], typer.Option(rich_help_panel=_RAY, help="Images each worker decodes and renders ahead on its CPU threads, overlapping the teacher forward (useful on GPU; 0: inline).")]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", rich_help_panel=_RUN, help="Show a progress bar.")]
@@ -129,7 +130,8 @@ def extract_cmd(
     shard_size: ShardOpt = None, storage_grid: GridOpt = None, keepbits: KeepbitsOpt = None,
     stats_fold_every: FoldOpt = None,
     workers: WorkersOpt = None, cpus_per_worker: CpusOpt = None, gpus_per_worker: GpusOpt = None,
-    ray_address: AddressOpt = None, no_ray: NoRayOpt = False, decode_ahead: AheadOpt = None,
+    ray_address: AddressOpt = None, ray_timeout: RayTimeoutOpt = None, no_ray: NoRayOpt = False,
+    decode_ahead: AheadOpt = None,
     progress: ProgressOpt = None, receipt: ReceiptOpt = None, wait: WaitOpt = False,
     wait_timeout: WaitTimeoutOpt = None, redo_shards: RedoOpt = None, resolution: ResolutionOpt = None,
     params: ParamsOpt = None,
@@ -138,15 +140,19 @@ def extract_cmd(
 
     Flags not given take their values from params.yaml when there is one (printed on stderr)."""
     from stages.extract.driver import with_store_defaults
-    from stages.extract.preflight import check_device, preflight
+    from stages.devices import check_device
+    from stages.extract.preflight import preflight
     from stages.extract.receipt import receipt_path
     from stages.extract.stage import extract_teachers
+    from stages.orchestrate.ray_address import check_reachable
     from store_schema.lease import LeaseOptions
     from store_schema.location import as_location
 
     root = as_location(root)
     configs = teacher_configs(ctx.params, resolution_typed=given_on_command_line(ctx, "resolution"))
     teachers, base = list(configs), next(iter(configs.values()))
+    if base.workers > 0 and base.ray_address is not None:  # a mistyped cluster address: one line, nothing made
+        check_reachable(base.ray_address, timeout_s=base.ray_timeout)
     # an existing store's shard size / grid / codec / fold cadence are the defaults; a typed flag must agree
     explicit = {f for f, name in (("shard_size", "shard_size"), ("storage_grid", "storage_grid"),
                                   ("codec", "keepbits"), ("stats_fold_every", "stats_fold_every"))
@@ -189,7 +195,8 @@ def teacher_configs(o: dict, *, resolution_typed: bool = False) -> dict[str, "Ex
         shard_size=o["shard_size"], codec=CodecSpec(keepbits=parse_keepbits(o["keepbits"])),
         device=o["device"], workers=0 if o["no_ray"] else o["workers"], cpus_per_worker=o["cpus_per_worker"],
         gpus_per_worker=resolve_gpus_per_worker(o["gpus_per_worker"], o["device"]), ray_address=o["ray_address"],
-        progress=o["progress"], decode_ahead=o["decode_ahead"], stats_fold_every=o["stats_fold_every"],
+        ray_timeout=o["ray_timeout"], progress=o["progress"], decode_ahead=o["decode_ahead"],
+        stats_fold_every=o["stats_fold_every"],
         fidelity_images=o["fidelity_images"],
         redo_shards=tuple(parse_shards(o["redo_shards"])) if o["redo_shards"] is not None else ())
     configs = {t: replace(base, storage_grid=grids[t], checkpoint=checkpoints[t],

@@ -54,7 +54,11 @@ def extract_text_cmd(
     from stages.extract.text import extract_text
     from stages.prompts import prompt_set
 
+    from stages.devices import check_device
+
     teachers = parse_teachers(teacher)
+    if device is not None:
+        check_device(device)  # before any text store exists
     if given_on_command_line(ctx, "classes") and not given_on_command_line(ctx, "templates"):
         templates = templates[:1]  # typed class files, default templates: the first set for all of them
     if len(templates) not in (1, len(classes)):

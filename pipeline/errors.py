@@ -5,7 +5,9 @@ prints a user error the command raised in the same style (so commands need no `e
 of their own); `run_cli` (the console entry point) prints click's own usage errors (a flag that does not
 parse) and any user error raised outside a command, never as a box or a traceback. User errors are the exceptions the stages raise for bad input,
 damaged or mismatched files and missing resources (`ValueError`, `FileNotFoundError`, the store's
-`StoreError`, missing weights / tokenizers, a package of an optional extra that is not installed, an extraction that cannot go on); anything else is a bug and
+`StoreError`, missing weights / tokenizers, a package of an optional extra that is not installed, an extraction
+that cannot go on, an unreachable Ray cluster) and the OSErrors a user fixes (read-only or full filesystem,
+permissions: `store_schema.io_errors.USER_ERRNOS`); anything else is a bug and
 keeps its traceback. `PIPELINE_TRACEBACK=1` in the environment lets user errors raise with their
 traceback too (a ValueError can also be a bug: this is how to see where it came from). Only typer and the standard library are imported here (`pipeline --help` stays fast).
 """
@@ -38,7 +40,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     for module, name in (("store_schema.errors", "StoreError"), ("stages.teachers.errors", "MissingWeightsError"),
                          ("stages.teachers.text_tower", "MissingTokenizerError"),
                          ("stages.orchestrate.shards", "ShardRunStopped"),
-                         ("stages.optional", "MissingExtraError")):
+                         ("stages.optional", "MissingExtraError"),
+                         ("stages.orchestrate.ray_address", "RayUnreachableError")):
         mod = sys.modules.get(module)
         if mod is not None:
             types.append(getattr(mod, name))
@@ -63,6 +66,12 @@ def run_cli(invoke: Callable[..., Any]) -> int:
             raise
         typer.echo(f"Error: {e}", err=True)
         return EXIT_USER_ERROR
+    except OSError as e:
+        message = os_error_message(e, "pipeline")
+        if message is None:
+            raise
+        typer.echo(f"Error: {message}", err=True)
+        return EXIT_USER_ERROR
     return rv if isinstance(rv, int) else 0
 
 
@@ -76,3 +85,18 @@ class PipelineCommand(TyperCommand):
             if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
                 raise
             raise fail(str(e)) from e
+        except OSError as e:  # a read-only / full / forbidden output the command wrote without a write_guard
+            message = os_error_message(e, f"`{ctx.command_path}`")
+            if message is None:
+                raise
+            raise fail(message) from e
+
+
+def os_error_message(e: OSError, command: str) -> str | None:
+    """The one line for an OSError the user fixes (store_schema.io_errors.USER_ERRNOS), None for any other (a
+    bug or a failing disk: it keeps its traceback), and None under PIPELINE_TRACEBACK=1."""
+    from store_schema.io_errors import USER_ERRNOS, os_error_line
+
+    if e.errno not in USER_ERRNOS or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        return None
+    return os_error_line(e, command)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from stages.distill.config import DistillConfig
 from stages.students.build import heads_from_json
@@ -183,3 +184,22 @@ def discard_run(run_dir: Path) -> None:
     for path in (checkpoint_path(run_dir), config_path(run_dir), metrics_path(run_dir), export_path(run_dir)):
         path.unlink(missing_ok=True)
     remove_derived_exports(run_dir)
+
+
+@contextmanager
+def kept_only_once_checkpointed(run_dir: Path, *, owner: bool = True) -> Iterator[None]:
+    """A new run directory the block fails to checkpoint is removed again (config.json, metrics.jsonl and any
+    folder created for it), so a refused or crashed first attempt leaves nothing behind; a directory that
+    existed before, or one holding a checkpoint (an interrupted run resumes from it), is kept.
+
+    owner: False on the ranks other than 0 of a torchrun group (rank 0 owns the directory)."""
+    top = None
+    p = Path(run_dir).absolute()
+    while owner and not p.exists() and p != p.parent:
+        top, p = p, p.parent
+    try:
+        yield
+    except BaseException:
+        if top is not None and not checkpoint_path(run_dir).exists():
+            shutil.rmtree(top, ignore_errors=True)
+        raise

@@ -55,6 +55,7 @@ from stages.distill.partition_loader import (make_partition_loader, partition_da
                                              teacher_rows)
 from stages.distill.export import export_run
 from stages.distill.run_dir import (CONFIG_NAME, check_config_matches_checkpoint, checkpoint_path, config_path,
+                                    kept_only_once_checkpointed,
                                     metrics_path, read_run_config, write_run_config)
 from stages.distill.run_lease import run_lease
 from stages.normalize import kind_variant, target_loss
@@ -374,7 +375,9 @@ def train(config: DistillConfig, *, resume: bool = False, extend: bool = False, 
     The run directory is written under a lease (stages/distill/run_lease.py): a second run into the same
     directory raises LeaseHeldError naming the first (or waits, with LeaseOptions(wait=True)).
     """
-    with run_lease(config.out_dir, dist_ctx, lease, purpose=f"distill {config.out_dir.name}") as held:
+    owner = dist_ctx is None or dist_ctx.is_main
+    with kept_only_once_checkpointed(config.out_dir, owner=owner), \
+            run_lease(config.out_dir, dist_ctx, lease, purpose=f"distill {config.out_dir.name}") as held:
         return _train(config, resume=resume, extend=extend, stop_at=stop_at, dist_ctx=dist_ctx, lease=held)
 
 
