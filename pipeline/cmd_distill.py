@@ -10,16 +10,18 @@ export.safetensors (denormalization folded into the heads) from its latest check
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pipeline.defaults import Derived, ParamsOpt, Route, given_on_command_line, parse_only, routed
-from pipeline.errors import fail
+from pipeline.errors import command_line, fail
 
 if TYPE_CHECKING:  # stage imports stay lazy (inside the commands): `pipeline --help` must not import torch
     from stages.distill.config import DistillConfig
+    from stages.distill.train import TrainingInterrupted
 
 # The NormVariant CLI names, spelled here so the help text needs no torch import (a test keeps them equal).
 NORM_NAMES = ("mse", "cosine", "hyb_mse", "hyb_smoothl1", "global_std", "standardize", "pca_w", "zca", "hca",
@@ -145,7 +147,10 @@ def distill(
     if sweep:
         from stages.distill.sweep import train_variant
 
-        done = train_variant(config, replace_conflicting=replace_conflicting, say=typer.echo)
+        try:
+            done = train_variant(config, replace_conflicting=replace_conflicting, say=typer.echo)
+        except TrainingInterrupted as e:
+            raise _interrupted(e, command_line()) from e
         typer.echo(f"run: {config.out_dir} ({done})")
         return
     dist = init_from_env(os.environ, device=config.device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
@@ -162,10 +167,19 @@ def distill(
         run_dir = train(config, resume=resume, extend=extend, dist_ctx=dist,
                         lease=LeaseOptions(wait=wait, timeout_s=wait_timeout))
     except TrainingInterrupted as e:
-        typer.echo(f"interrupted: {e}", err=True)
-        raise typer.Exit(130) from e
+        raise _interrupted(e, command_line() + ("" if resume else " --resume")) from e
     if dist is None or dist.is_main:
         typer.echo(f"run: {run_dir}")
+
+
+def _interrupted(e: "TrainingInterrupted", resumes: str) -> typer.Exit:
+    """Print what an interrupted run kept and the command that resumes it; the Exit (128 + signal) to raise."""
+    from stages.distill.run_dir import checkpoint_path
+
+    typer.echo(f"Interrupted ({signal.Signals(e.signum).name}) at step {e.step} of {e.steps}: steps 1-{e.step} are "
+               f"finished and kept in {checkpoint_path(e.run_dir)}, steps {e.step + 1}-{e.steps} are not.\n"
+               f"  resume: {resumes}   (continues from step {e.step} as an uninterrupted run would)", err=True)
+    return typer.Exit(128 + e.signum)
 
 
 # options passed to DistillConfig as they are (the others are resolved above or are not the config's)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 import typer
 
 from pipeline.defaults import Derived, ParamsOpt, Route, given_on_command_line, parse_only, routed
+from pipeline.errors import command_line
 
 if TYPE_CHECKING:
     from stages.extract.config import ExtractConfig
@@ -169,7 +170,7 @@ def extract_cmd(
     receipts = None if receipt is None else {t: receipt if i == 0 else receipt_path(receipt.parent, t)
                                              for i, t in enumerate(configs)}
     extract_teachers(root, configs, receipt=receipts, lease=LeaseOptions(wait=wait, timeout_s=wait_timeout),
-                     note=lambda line: typer.echo(line, err=True), on_teacher=_echo_outcome)
+                     note=lambda line: typer.echo(line, err=True), on_teacher=_echo_outcome, resume=command_line())
     _echo_bad_images(root)
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.defaults import Derived, ParamsOpt, Route, routed
+from pipeline.errors import command_line
 
 
 def _sizes(p) -> list[int]:
@@ -57,7 +58,7 @@ def views_cmd(
     fingerprints = {}
     for s in dict.fromkeys(size):
         report = run_views(root, s, shard_size=shard_size, workers=max(workers, 1), use_ray=use_ray,
-                           ray_address=ray_address, ray_timeout=ray_timeout)
+                           ray_address=ray_address, ray_timeout=ray_timeout, resume=command_line())
         typer.echo(report.summary())
         fingerprints[str(s)] = open_view_store(student_views_path(root, s)).fingerprint()
     if receipt is not None:

@@ -15,7 +15,10 @@ traceback too (a ValueError can also be a bug: this is how to see where it came 
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 import typer
@@ -75,12 +78,34 @@ def run_cli(invoke: Callable[..., Any]) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+def _interrupted_type() -> type[BaseException] | tuple[()]:
+    """stages.orchestrate.interrupts.Interrupted once a stage has loaded it (an except clause evaluates this
+    when an exception arrives), else nothing."""
+    return getattr(sys.modules.get("stages.orchestrate.interrupts"), "Interrupted", ())
+
+
+def command_line() -> str:
+    """The command as the user typed it (re-running it resumes an interrupted extract / views / sweep)."""
+    return shlex.join(["pipeline", *sys.argv[1:]])
+
+
 class PipelineCommand(TyperCommand):
-    """A typer command whose user errors (`user_error_types`) print as one `Error: ...` line, exit 2."""
+    """A typer command whose user errors (`user_error_types`) print as one `Error: ...` line, exit 2, and whose
+    interrupts (stages.orchestrate.interrupts.Interrupted) print what was kept and how to resume, exit 128+signal."""
 
     def invoke(self, ctx: Any) -> Any:
+        previous = _sigterm_interrupts()
         try:
             return super().invoke(ctx)
+        except _interrupted_type() as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(e.exit_code) from e
+        except KeyboardInterrupt as e:  # a signal outside the stages that stop at a commit point
+            signum = getattr(e, "signum", signal.SIGINT)
+            typer.echo(f"Interrupted ({signal.Signals(signum).name}) before this step finished; what the command "
+                       "had committed is kept (complete shards, checkpoints; a new run without a checkpoint is "
+                       f"removed) and re-running `{command_line()}` goes on from there", err=True)
+            raise typer.Exit(128 + signum) from e
         except user_error_types() as e:
             if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
                 raise
@@ -90,6 +115,26 @@ class PipelineCommand(TyperCommand):
             if message is None:
                 raise
             raise fail(message) from e
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that it unwinds (leases released, messages printed)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _sigterm_interrupts() -> Any:
+    """Make SIGTERM unwind like Ctrl-C for the command (in the main thread); returns the handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def os_error_message(e: OSError, command: str) -> str | None:

@@ -269,7 +269,10 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
     out = config.out_dir
     ckpt = checkpoint_path(out)
     if resume and not ckpt.is_file():
-        raise ValueError(f"--resume given but {ckpt} does not exist")
+        what = ("the run was stopped before its first checkpoint" if config_path(out).is_file()
+                else "there is no run there yet")
+        raise ValueError(f"--resume: nothing to resume at {out} ({what}; {ckpt.name} does not exist); run the same "
+                         "command without --resume to start the run")
     extensions: list[dict] = []
     run_id = uuid.uuid4().hex  # a fresh run: evaluations of an earlier run in this folder are stale
     if not resume and ckpt.is_file():

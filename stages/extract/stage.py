@@ -19,9 +19,11 @@ from typing import Callable
 from stages.extract.config import ExtractConfig
 from stages.extract.driver import ExtractReport, run_extract
 from stages.extract.fidelity import ensure_fidelity, fidelity_summary
+from stages.extract.interrupted import extraction_interrupted
 from stages.extract.preflight import check_ray_resources
 from stages.extract.receipt import write_receipt
 from stages.orchestrate.ray_session import ray_session
+from stages.orchestrate.shards import ShardRunInterrupted
 from store_schema.errors import StoreError
 from store_schema.layout import teacher_store_path
 from store_schema.lease import Lease, LeaseOptions
@@ -40,9 +42,10 @@ class TeacherOutcome:
 
 def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, receipt: Path | dict[str, Path] | None,
                      lease: LeaseOptions, note: Callable[[str], None],
-                     on_teacher: Callable[[TeacherOutcome], None]) -> None:
+                     on_teacher: Callable[[TeacherOutcome], None], resume: str = "pipeline extract") -> None:
     """Extract every teacher (store key: `<teacher>` or `<teacher>@<side>`) of `configs` under `root` (see the
-    module docstring); receipt: one path (one store) or a path per store key."""
+    module docstring); receipt: one path (one store) or a path per store key. SIGINT / SIGTERM stop it between
+    shards with an Interrupted naming the stores and shards kept and `resume`, the command to re-run."""
     receipts = receipt if isinstance(receipt, dict) else {t: receipt for t in configs}
     with ExitStack() as held:
         leases = _take_leases(root, list(configs), lease, held, note)
@@ -53,8 +56,11 @@ def extract_teachers(root: Path | str, configs: dict[str, ExtractConfig], *, rec
             if resources is not None:
                 check_ray_resources(resources, workers=config.workers, cpus_per_worker=config.cpus_per_worker,
                                     gpus_per_worker=config.gpus_per_worker, device=config.device)
-            for name, teacher_config in configs.items():
-                on_teacher(_one(root, name, teacher_config, leases[name], receipts.get(name)))
+            try:
+                for name, teacher_config in configs.items():
+                    on_teacher(_one(root, name, teacher_config, leases[name], receipts.get(name)))
+            except ShardRunInterrupted as e:
+                raise extraction_interrupted(root, list(configs), e.signum, resume) from None
 
 
 def _one(root: Path | str, name: str, config: ExtractConfig, lease: Lease, receipt: Path | None) -> TeacherOutcome:

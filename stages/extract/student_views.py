@@ -28,9 +28,10 @@ import numpy as np
 
 from stages.corpus.samples import ImageChangedError, load_checked_for_views
 from stages.corpus.views import render_view
+from stages.extract.interrupted import views_interrupted
 from stages.orchestrate.ray_address import DEFAULT_CONNECT_TIMEOUT_S
 from stages.orchestrate.ray_session import ray_session
-from stages.orchestrate.shards import RayWorkers, in_process, on_ray
+from stages.orchestrate.shards import RayWorkers, ShardRunInterrupted, in_process, on_ray
 from store_schema import layout
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.view_store import ViewStore, create_view_store, open_view_store
@@ -122,10 +123,12 @@ def default_shard_size(root: Path | str) -> int:
 
 def run_views(root: Path | str, size: int, *, shard_size: int | None = None, workers: int = 1,
               use_ray: bool = True, ray_address: str | None = None,
-              ray_timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> ViewsReport:
+              ray_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, resume: str | None = None) -> ViewsReport:
     """Render every pending shard of <root>'s view store at `size`, creating the store when needed.
 
-    workers: shards rendered at once (one-CPU Ray actors, each holding the manifest); use_ray False renders in this process."""
+    workers: shards rendered at once (one-CPU Ray actors, each holding the manifest); use_ray False renders in this process.
+    SIGINT / SIGTERM stop it between shards with an Interrupted naming the shards kept and `resume` (the command
+    that resumes; default `pipeline views --size SIZE`)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root_s = str(root)
@@ -149,12 +152,16 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
         report.bad.update(result["bad"])
         report.cpu_s += result["cpu_s"]
 
-    if pending and not use_ray:
-        in_process(ShardRenderer(root_s, size), pending, finish)
-    elif pending:
-        with ray_session(ray_address, connect_timeout=ray_timeout):
-            on_ray(ShardRenderer, (root_s, size), {}, pending, RayWorkers(workers), finish,
-                   resume_hint=f"Re-run `pipeline views --size {size}` to resume")
+    resume = resume or f"pipeline views --size {size}"
+    try:
+        if pending and not use_ray:
+            in_process(ShardRenderer(root_s, size), pending, finish)
+        elif pending:
+            with ray_session(ray_address, connect_timeout=ray_timeout):
+                on_ray(ShardRenderer, (root_s, size), {}, pending, RayWorkers(workers), finish,
+                       resume_hint=f"Re-run `{resume}` to resume")
+    except ShardRunInterrupted as e:
+        raise views_interrupted(root, size, e.signum, resume) from None
     report.wall_s = time.perf_counter() - t0
     return report
 

@@ -18,6 +18,11 @@ Two ways to run the same worker:
   are polled every NODE_POLL_S while waiting, since an actor of a dead node that Ray cannot place again
   would otherwise wait for resources forever.
 
+Interrupts: SIGINT / SIGTERM (stages/orchestrate/interrupts.py) stop dealing shards; `in_process` lets the
+shard in flight finish and finalizes it, `on_ray` stops waiting and kills its actors (shards in flight are
+not finalized, so nothing half-written counts); then `ShardRunInterrupted` says how many shards were
+finalized. A second signal stops at once.
+
 Errors: Python exceptions inside a shard are not retried (bugs or bad configuration, not transient): the
 run lets in-flight shards finish (and finalizes those that succeeded), then raises the first error. `ray`
 is imported only by `on_ray` (machines without Ray run `in_process`).
@@ -31,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from stages.orchestrate.interrupts import Interrupted, StopRequest, stop_requests
+
 NODE_POLL_S = 1.0  # how often the driver checks for dead Ray nodes while it waits for results
 STARTUP_GRACE_S = 20.0  # an actor not placed this long after a node died during start-up is given up
 
@@ -39,6 +46,15 @@ OnResult = Callable[[int, Any, str], None]  # (shard, the worker's result, Ray n
 
 class ShardRunStopped(RuntimeError):
     """The run cannot go on (every Ray worker was lost); finalized shards are kept and a re-run resumes."""
+
+
+class ShardRunInterrupted(Interrupted):
+    """SIGINT / SIGTERM stopped the run between shards: `done` of `total` pending shards were finalized."""
+
+    def __init__(self, signum: int, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        super().__init__(signum, f"stopped by signal {signum}: {done} of {total} shards of this run complete and "
+                                 "kept; re-run the same command to resume")
 
 
 class ShardFailed(RuntimeError):
@@ -66,8 +82,8 @@ def in_process(worker: Any, pending: list[int], on_result: OnResult, *, in_fligh
     """`worker.run_shard(k)` for every pending shard on `in_flight` threads of this process, results
     finalized in shard order. The first failure stops new submissions; shards in flight finish (and are
     finalized if they succeeded), then it is raised."""
-    queue = deque(pending)
-    with ThreadPoolExecutor(in_flight, thread_name_prefix="shard") as pool:
+    queue, done = deque(pending), 0
+    with stop_requests("the shard run") as stop, ThreadPoolExecutor(in_flight, thread_name_prefix="shard") as pool:
         inflight: deque = deque()
         error: BaseException | None = None
         while queue and len(inflight) < in_flight:
@@ -82,11 +98,16 @@ def in_process(worker: Any, pending: list[int], on_result: OnResult, *, in_fligh
                 queue.clear()
                 continue
             on_result(k, result, "")
+            done += 1
+            if stop.signum is not None:
+                queue.clear()  # the shards in flight finish and are finalized, no new one starts
             if queue and error is None:
                 j = queue.popleft()
                 inflight.append((j, pool.submit(worker.run_shard, j)))
         if error is not None:
             raise error
+        if stop.signum is not None and done < len(pending):
+            raise ShardRunInterrupted(stop.signum, done, len(pending))
 
 
 class _NodeAware:
@@ -110,23 +131,28 @@ def on_ray(worker_cls: type, args: tuple, kwargs: dict[str, Any], pending: list[
     actor_cls = ray.remote(num_cpus=workers.num_cpus, num_gpus=workers.num_gpus, max_restarts=workers.max_restarts,
                            max_task_retries=workers.max_task_retries, max_concurrency=workers.in_flight)(
         type(f"Ray{worker_cls.__name__}", (worker_cls, _NodeAware), {}))
-    pool = _ActorPool({i: actor_cls.remote(*args, **kwargs) for i in range(min(workers.count, len(pending)))},
-                      pending, workers.in_flight, resume_hint)
-    try:
-        pool.start()
-        ready_at = time.perf_counter()
-        pool.drain(on_result)
-    finally:
-        pool.kill()
+    with stop_requests("the shard run") as stop:
+        pool = _ActorPool({i: actor_cls.remote(*args, **kwargs) for i in range(min(workers.count, len(pending)))},
+                          pending, workers.in_flight, resume_hint, stop)
+        try:
+            pool.start()
+            ready_at = time.perf_counter()
+            pool.drain(on_result)
+        finally:
+            pool.kill()
     pool.raise_errors()
+    if stop.signum is not None and pool.done < len(pending):
+        raise ShardRunInterrupted(stop.signum, pool.done, len(pending))
     return ready_at
 
 
 class _ActorPool:
     """The driver's bookkeeping of one `on_ray` run: actors, their nodes, the queue and the shards in flight."""
 
-    def __init__(self, actors: dict[int, Any], pending: list[int], per_actor: int, resume_hint: str) -> None:
+    def __init__(self, actors: dict[int, Any], pending: list[int], per_actor: int, resume_hint: str,
+                 stop: StopRequest) -> None:
         self.actors, self.total, self.per_actor, self.resume_hint = actors, len(pending), per_actor, resume_hint
+        self.stop, self.done = stop, 0
         self.queue: deque[int] = deque(pending)
         self.inflight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, actor)
         self.node_of: dict[int, str] = {}
@@ -140,7 +166,7 @@ class _ActorPool:
 
         dead_at_start, death_seen = _dead_nodes(), None
         starting = {self.actors[i].node_id.remote(): i for i in self.actors}
-        while starting:
+        while starting and self.stop.signum is None:
             ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=NODE_POLL_S)
             for ref in ready:
                 self.node_of[starting.pop(ref)] = ray.get(ref)
@@ -178,8 +204,10 @@ class _ActorPool:
         import ray
 
         self.top_up()
-        while self.inflight:
+        while self.inflight and self.stop.signum is None:
             ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=NODE_POLL_S)
+            if self.stop.signum is not None:
+                break  # a signal: shards in flight are abandoned (never finalized), the actors killed
             if not ready:
                 dead = _dead_nodes()
                 for i in [i for i in self.actors if self.node_of.get(i) in dead]:
@@ -199,6 +227,7 @@ class _ActorPool:
                 continue
             try:
                 on_result(k, result, self.node_of.get(i, ""))
+                self.done += 1
             except Exception as e:  # noqa: BLE001 - as above
                 self.errors.append((k, e))
             self.top_up()
