@@ -6,7 +6,8 @@ The design's commands are typed as short as `pipeline extract --teacher dinov2_g
 arXiv 2410.01680, over an AM-RADIO store, arXiv 2312.06709), every flag not given takes its value from that
 file. Without a file, the defaults are the stage configs' own (`pipeline.params.Params()`: each section
 with its stage config's defaults), so a setting has one default, spelled in its stage config. The command
-prints, on stderr, which values it took from the file and from which keys. A flag that has no default
+prints, on stderr, which values it took from the file and from which keys, and its `--help` shows them beside
+each option (`[default: (4, from params.yaml distill.batch_size)]`). A flag that has no default
 (`--root`, `--teacher(s)`, the corpus `SOURCE`) and is not set either is an error naming the flag and the
 params.yaml key that would supply it.
 
@@ -178,6 +179,20 @@ class ParamsCommand(PipelineCommand):
                        else f"{e} (./{PARAMS_FILE} is read for the flags not given; --params FILE reads another)") from None
         ctx.meta[_META] = (path, keys)
         return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """--help shows, beside each option a params file feeds, the value it will take and the key it comes from
+        (`[default: (4, from params.yaml distill.batch_size)]`)."""
+        path, keys = ctx.meta.get(_META, (None, {}))
+        shown = {n: v for n, v in (ctx.default_map or {}).items() if n in keys} if path is not None else {}
+        saved = [(param, param.show_default) for param in self.params if param.name in shown]
+        for param, _ in saved:
+            param.show_default = f"{_shown(shown[param.name])}, from {path} {keys[param.name]}"
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for param, before in saved:
+                param.show_default = before
 
     def invoke(self, ctx: Any) -> Any:
         ctx.params.pop("params", None)
