@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.corpus.config import CorpusConfig
 from stages.distill.config import DistillConfig, RecipeParams, SweepConfig
 from stages.evaluate.config import EvaluateConfig, ReportConfig
@@ -293,27 +291,8 @@ def _validate(p: Params, source: str) -> None:
 
 
 def read_params(path: Path) -> Params:
-    """Read and validate params.yaml at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no params file at {path.absolute()}")
-    path = path.absolute()  # messages name the file wherever the command runs
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(yaml_error_line(e, path)) from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise ValueError(f"{path} cannot be read as a YAML text file ({e}); it must be a params.yaml such as "
-                         "configs/demo.yaml") from None
-    return parse_params(raw, source=str(path))
+    """Read and validate params.yaml at ``path`` (errors name the file; YAML errors its line and column)."""
+    from stages.yaml_file import read_yaml_file
 
-
-def yaml_error_line(error: Exception, path: Path) -> str:
-    """One line for a YAML syntax error: the file, line and column (1-based), what the parser found and the fix."""
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
-    problem = " ".join(str(getattr(error, "problem", None) or error).split())
-    context = getattr(error, "context", None)
-    what = f"{problem} ({' '.join(context.split())})" if context else problem
-    return (f"{where}: not valid YAML: {what}; fix the file there (e.g. a missing ']' or ',', a tab, or a "
-            "`key: value` inside a [flow list])")
+    path = Path(path).absolute()  # messages name the file wherever the command runs
+    return parse_params(read_yaml_file(path, what="params file", example="configs/demo.yaml"), source=str(path))
