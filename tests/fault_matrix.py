@@ -111,4 +111,18 @@ FAULTS: tuple[Fault, ...] = (
     Fault("a second writer on an s3:// root (and a SIGKILLed holder there)",
           "refused within seconds naming the holder; the dead holder's lease is taken over at once",
           "tests/test_lease_s3.py::test_second_writer_on_an_s3_root_is_refused_naming_the_holder"),
+    Fault("SIGINT to an in-process extraction, SIGTERM to one on Ray",
+          "stops between shards naming the complete and pending shards and the teachers not started, exit 130 / "
+          "143; the printed command resumes, skipping every kept shard",
+          "tests/test_interrupts.py::test_an_interrupted_extraction_says_what_it_kept_and_the_resume_command_finishes_it"),
+    Fault("SIGTERM to a distillation",
+          "checkpoint at the step reached, the steps kept and not, exit 143; the printed `--resume` command "
+          "finishes with every step logged once",
+          "tests/test_interrupts.py::test_an_interrupted_distillation_says_what_it_kept_and_the_resume_command_finishes_it"),
+    Fault("`--ray-address` refused, silent or not a Ray cluster (extract, views, transcode, demo)",
+          "one line naming the address within `--ray-timeout`, exit 2, nothing written",
+          "tests/test_user_mistakes.py::test_an_unreachable_cluster_address_is_one_line_naming_it"),
+    Fault("every writing command on a read-only filesystem",
+          "one line naming the path and what to do, exit 2; reading commands still work",
+          "tests/test_user_mistakes.py::test_a_read_only_output_is_one_line"),
 )
