@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.defaults import ParamsOpt, Route, routed
-from pipeline.errors import fail
+from pipeline.errors import fail, os_error_message
 
-CORPUS = Route(sections=("corpus",), keys={"out": "store.root"}, required=("source", "out"))
+CORPUS = Route(sections=("corpus",), keys={"out": "store.root", "ray_timeout": "extract.ray_timeout"},
+               required=("source", "out"))
 DEMO_CORPUS = Route(keys={"out_dir": "demo.dir"}, required=("out_dir",))
 
 
@@ -42,6 +43,8 @@ def corpus(
                                                         "the Ray cluster.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster ('auto' or host:port); default "
                                                             "starts a local Ray.")] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option(help="Seconds the cluster at --ray-address has to answer. "
+                                                              "Default: extract.ray_timeout.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Build every unit in this process without Ray (same "
                                                           "code path).")] = False,
     params: ParamsOpt = None,
@@ -56,13 +59,17 @@ def corpus(
     from store_schema.location import as_location
     from store_schema.manifest import ViewSpec
 
+    if not no_ray and ray_address is not None:  # a mistyped cluster address: one line, before anything is written
+        from stages.orchestrate.ray_address import check_reachable
+
+        check_reachable(ray_address, timeout_s=ray_timeout)
     try:
         report = build_corpus(str(source), out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
                               pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction,
                               files_per_task=files_per_task, workers=0 if no_ray else workers,
                               ray_address=ray_address)
     except OSError as e:  # an unreachable bucket, a permission: one error line (ValueError prints as one too)
-        raise fail(str(e)) from e
+        raise fail(os_error_message(e, "`pipeline corpus`") or str(e)) from e
     manifest, parts = report.manifest, report.parts
     typer.echo(f"units: {report.units}  built: {parts.built} ({parts.engine or 'none left'})  reused: {parts.reused}"
                f"  {report.seconds:.1f} s")

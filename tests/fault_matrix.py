@@ -119,7 +119,7 @@ FAULTS: tuple[Fault, ...] = (
           "checkpoint at the step reached, the steps kept and not, exit 143; the printed `--resume` command "
           "finishes with every step logged once",
           "tests/test_interrupts.py::test_an_interrupted_distillation_says_what_it_kept_and_the_resume_command_finishes_it"),
-    Fault("`--ray-address` refused, silent or not a Ray cluster (extract, views, transcode, demo)",
+    Fault("`--ray-address` refused, silent or not a Ray cluster (corpus, extract, views, transcode, demo)",
           "one line naming the address within `--ray-timeout`, exit 2, nothing written",
           "tests/test_user_mistakes.py::test_an_unreachable_cluster_address_is_one_line_naming_it"),
     Fault("every writing command on a read-only filesystem",

@@ -149,7 +149,8 @@ def test_a_params_file_that_is_not_text_or_not_a_mapping_is_one_line(project):
 
 def _ray_commands(address: str, timeout: float) -> dict[str, list[str]]:
     ray = ["--ray-address", address, "--ray-timeout", str(timeout)]
-    return {"extract": ["extract", "-t", "tiny_dinov2", "--no-progress", "--workers", "1", *ray],
+    return {"corpus": ["corpus", "c/images", "--out", "newroot", *ray],
+            "extract": ["extract", "-t", "tiny_dinov2", "--no-progress", "--workers", "1", *ray],
             "views": ["views", "--size", "48", "--workers", "1", *ray],
             "store transcode": ["store", "transcode", "-t", "tiny_sam", "--to", "tc", *ray]}
 
@@ -180,7 +181,8 @@ def not_ray_port():
 def test_an_unreachable_cluster_address_is_one_line_naming_it(project, silent_port, not_ray_port):
     """A refused port, a port that never answers (bounded by --ray-timeout, not Ray's ~14 minutes of
     retries), a port where something else answers: one line naming the address, in every command that
-    takes --ray-address, and in `pipeline demo` through params.yaml's extract.ray_address."""
+    takes --ray-address (corpus, extract, views, store transcode), and in `pipeline demo` through params.yaml's
+    extract.ray_address."""
     for name, args in _ray_commands("127.0.0.1:1", 5).items():
         _refused(project, args, "cannot reach a Ray cluster at 127.0.0.1:1", "--ray-timeout")
     for name, args in _ray_commands(f"127.0.0.1:{silent_port}", 1).items():
