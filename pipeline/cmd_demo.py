@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.errors import PipelineCommand
+from pipeline.errors import PipelineCommand, command_line
 
 DVC_YAML = Path("dvc.yaml")
 NOT_WITHOUT_DVC = ("--replace-conflicting",)  # flags only dvc repro may pass (its cache keeps what they replace)
@@ -64,6 +64,9 @@ def demo_cmd(
             argv = _argv(stage.argv, params)
             typer.echo(f"stage {stage.name}: pipeline {' '.join(argv)}")
             code = root.main(args=argv, prog_name="pipeline", standalone_mode=False)
+            if isinstance(code, int) and code > 128:  # a signal: the stage said what it kept
+                typer.echo(f"stage {stage.name} interrupted; `{command_line()}` resumes the demo there", err=True)
+                raise typer.Exit(code)
             if isinstance(code, int) and code != 0:
                 typer.echo(f"Error: stage {stage.name} failed (exit {code}); fix it and run `pipeline demo` again "
                            "(finished work is kept)", err=True)
