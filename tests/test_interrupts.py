@@ -54,6 +54,15 @@ def _resume_command(err: str) -> list[str]:
     return shlex.split(match.group(1))[1:]
 
 
+def _listed(ranges: str) -> list[int]:
+    """"0-2, 5" -> [0, 1, 2, 5]: the shards a message lists."""
+    out = []
+    for part in ranges.split(", "):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
 def _complete_shards(root: Path, teacher: str) -> list[int]:
     return [int(k) for k in open_teacher_store(teacher_store_path(root, teacher)).completed_shards()]
 
@@ -80,15 +89,19 @@ def test_an_interrupted_extraction_says_what_it_kept_and_the_resume_command_fini
     assert 0 < len(kept) < 18
     lines = err.strip().splitlines()
     assert lines[-4].startswith(f"Interrupted ({name}): extraction stopped between shards"), err
-    assert lines[-3].startswith(f"  finished (complete, kept): tiny_dinov2 shards {kept[0]}-{kept[-1]} ({len(kept)} of 18)")
-    assert lines[-2] == f"  not finished: tiny_dinov2 shards {kept[-1] + 1}-17 ({18 - len(kept)} of 18); tiny_sam (not started)"
+    done = re.fullmatch(r"  finished \(complete, kept\): tiny_dinov2 shards (.+) \((\d+) of 18\)", lines[-3])
+    todo = re.fullmatch(r"  not finished: tiny_dinov2 shards (.+) \((\d+) of 18\); tiny_sam \(not started\)", lines[-2])
+    assert done and todo, err
+    assert _listed(done[1]) == kept and int(done[2]) == len(kept)
+    assert _listed(todo[1]) == sorted(set(range(18)) - set(kept)) and int(todo[2]) == 18 - len(kept)
     assert "Traceback" not in err and "will be retried" not in err, err
     resume = _resume_command(err)
     assert resume == args
 
     result = CliRunner().invoke(app, resume)  # the resume command, as printed
     assert result.exit_code == 0, result.output
-    assert f"skipped {kept}" in result.output and f"computed shards {list(range(len(kept), 18))}" in result.output
+    rest = sorted(set(range(18)) - set(kept))
+    assert f"skipped {kept}" in result.output and f"computed shards {rest}" in result.output, result.output
     assert _complete_shards(root, "tiny_dinov2") == _complete_shards(root, "tiny_sam") == list(range(18))
 
 
