@@ -42,9 +42,14 @@ def checked_bytes(manifest: Any, image_id: int) -> bytes:
     """The image's bytes as `_bytes_or_reason` reads them, or ImageChangedError naming it and the reason."""
     data, reason = _bytes_or_reason(manifest, image_id)
     if data is None:
-        raise ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: "
-                                f"{reason}; its stored targets no longer match it: rebuild the manifest and stores")
+        raise _changed(manifest, image_id, reason)
     return data
+
+
+def _changed(manifest: Any, image_id: int, reason: str) -> ImageChangedError:
+    """The error of a manifest image whose stored targets no longer match it."""
+    return ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: {reason}; "
+                             "its stored targets no longer match it: rebuild the manifest and stores")
 
 
 def decode_checked(manifest: Any, image_id: int) -> tuple[Image.Image | None, str]:
@@ -63,13 +68,9 @@ def decode_checked(manifest: Any, image_id: int) -> tuple[Image.Image | None, st
 
 def load_checked(manifest: Any, image_id: int) -> Image.Image:
     """The RGB image, or ImageChangedError naming the file and what is wrong (for consumers of stored targets)."""
-    data = checked_bytes(manifest, image_id)
-    try:
-        img, _ = decode_rgb(data, pixel_limit=manifest.pixel_limit, min_side=manifest.min_side)
-    except BadImage as bad:
-        raise ImageChangedError(f"image {manifest.image_location(image_id)} (id {image_id}) cannot be used: "
-                                f"{bad.reason}; its stored targets no longer match it: rebuild the manifest and "
-                                "stores") from None
+    img, reason = decode_checked(manifest, image_id)
+    if img is None:
+        raise _changed(manifest, image_id, reason)
     return img
 
 
