@@ -67,6 +67,8 @@ def demo_cmd(
             if isinstance(code, int) and code > 128:  # a signal: the stage said what it kept
                 typer.echo(f"stage {stage.name} interrupted; `{command_line()}` resumes the demo there", err=True)
                 raise typer.Exit(code)
+            if code == 2:  # a user's mistake: the stage's one `Error:` line (what, where, how to fix) is the last word
+                raise typer.Exit(code)
             if isinstance(code, int) and code != 0:
                 typer.echo(f"Error: stage {stage.name} failed (exit {code}); fix it and run `pipeline demo` again "
                            "(finished work is kept)", err=True)

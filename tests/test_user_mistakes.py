@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.ray_fixture"]
 
 # every command that reads params.yaml, with arguments that are right but for the mistake under test
 COMMANDS: dict[str, list[str]] = {
@@ -190,11 +191,17 @@ def test_an_unreachable_cluster_address_is_one_line_naming_it(project, silent_po
                                 "within 1 s")
     for name, args in _ray_commands(f"127.0.0.1:{not_ray_port}", 5).items():
         _refused(project, args, f"127.0.0.1:{not_ray_port} is not a Ray cluster (it does not speak gRPC")
+    _demo_refused(project, dict(ray_address=f"127.0.0.1:{silent_port}", ray_timeout=1, workers=1),
+                  f"127.0.0.1:{silent_port} accepts connections")
+
+
+def _demo_refused(project: Path, extract: dict, *expected: str) -> str:
+    """`pipeline demo` on params.yaml with `extract` settings changed: its one `Error:` line."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["extract"].update(ray_address=f"127.0.0.1:{silent_port}", ray_timeout=1, workers=1)
+    params["extract"].update(extract)
     (project / "cluster.yaml").write_text(yaml.safe_dump(params))
     try:
-        _refused(project, ["demo", "--params", "cluster.yaml"], f"127.0.0.1:{silent_port} accepts connections")
+        return _refused(project, ["demo", "--params", "cluster.yaml"], *expected)
     finally:
         (project / "cluster.yaml").unlink()
 
@@ -278,3 +285,23 @@ def test_reading_a_read_only_project_still_works(read_only_project):
     for args in (["store", "info"], ["store", "verify"]):
         code, out = _run(read_only_project, args)
         assert code == 0, out
+
+
+def test_a_cluster_address_is_checked_while_this_process_already_runs_ray(project, silent_port, ray_session):
+    """A process that already runs Ray (a notebook, a test session) does not reuse it for another address:
+    the address given is checked as above, and a live cluster that is not the one joined is refused by name.
+    A stage refused inside `pipeline demo` is still one `Error:` line, the last one: the stage's own."""
+    import ray
+
+    from stages.orchestrate.ray_session import _same_cluster
+
+    _demo_refused(project, dict(ray_address=f"127.0.0.1:{silent_port}", ray_timeout=1, workers=1),
+                  f"127.0.0.1:{silent_port} accepts connections")
+    _refused(project, _ray_commands("127.0.0.1:1", 5)["extract"], "cannot reach a Ray cluster at 127.0.0.1:1")
+    joined = ray.get_runtime_context().gcs_address
+    port = int(joined.rpartition(":")[2])
+    _same_cluster(f"localhost:{port}" if joined.startswith("127.") else joined, joined)  # the same cluster
+    with pytest.raises(ValueError, match=f"already runs Ray connected to {joined}; it cannot also join"):
+        _same_cluster(f"127.0.0.1:{port + 1}", joined)
+    line = _demo_refused(project, dict(ray_address=None, workers=0), "c holds files that are not part of the demo")
+    assert "stage demo_corpus" not in line, line

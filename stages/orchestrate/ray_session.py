@@ -22,6 +22,7 @@ from stages.orchestrate.ray_address import (
     DEFAULT_CONNECT_TIMEOUT_S,
     bounded_gcs_wait,
     check_reachable,
+    resolve_address,
     unreachable_after_init,
 )
 
@@ -49,6 +50,9 @@ def init_ray(
     import ray
 
     if ray.is_initialized():
+        if address is not None and address != "auto":  # an explicit cluster must answer, and be the one joined
+            check_reachable(address, timeout_s=connect_timeout)
+            _same_cluster(address, ray.get_runtime_context().gcs_address)
         return ray.cluster_resources()
     if auth_mode not in AUTH_MODES:
         raise ValueError(f"unknown Ray auth mode {auth_mode!r}; valid modes: {', '.join(AUTH_MODES)}")
@@ -68,6 +72,22 @@ def init_ray(
         except (ConnectionError, RuntimeError, TimeoutError) as e:
             raise unreachable_after_init(address, connect_timeout, e) from e
     return ray.cluster_resources()
+
+
+def _same_cluster(address: str, joined: str) -> None:
+    """Raise ValueError when this process already runs Ray at `joined` and the caller names another cluster."""
+    import socket
+
+    def endpoint(addr: str) -> tuple[str, int]:
+        host, port = resolve_address(addr)
+        try:
+            return socket.gethostbyname(host), port
+        except OSError:
+            return host, port
+
+    if not address.startswith("ray://") and endpoint(address) != endpoint(joined):
+        raise ValueError(f"this process already runs Ray connected to {joined}; it cannot also join the cluster at "
+                         f"{address}: run the command in a new process, or give --ray-address {joined}")
 
 
 def ray_is_running() -> bool:
