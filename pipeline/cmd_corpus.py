@@ -32,6 +32,13 @@ def corpus(
                                                          "recorded as bad.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of images (by content hash) in the val "
                                                                "split.")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="files (any images; splits by content hash), or an "
+                                                         "evaluation dataset in its released layout: imagefolder "
+                                                         "(train|val/<class>/*), ade20k (images|annotations/"
+                                                         "training|validation), voc (JPEGImages, SegmentationClass, "
+                                                         "ImageSets/Segmentation), depth ({train,val}/rgb|depth, "
+                                                         "depth_meta.json). Labels, annotation paths, class names "
+                                                         "and splits go into the manifest (docs/EVALUATION.md).")] = "files",
     params: ParamsOpt = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
@@ -43,9 +50,14 @@ def corpus(
     from store_schema.manifest import ViewSpec
 
     manifest = build_manifest(source, out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
-                              pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction)
+                              pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction,
+                              dataset_layout=layout)
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
+    if manifest.dataset is not None:
+        d = manifest.dataset
+        per_split = ", ".join(f"{s} {int((manifest.ok_N & (manifest.split == s)).sum())}" for s in ("train", "val"))
+        typer.echo(f"dataset {d.name!r} ({d.layout}): {len(d.classes)} classes; ok images: {per_split}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)
         typer.echo(line)
     typer.echo(f"manifest: {manifest.path}  sha256: {manifest.hash}")
@@ -64,6 +76,8 @@ def demo_corpus(
     typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}  shapes: {demo.num_shapes} (masks in {demo.seg_masks})")
     typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
     typer.echo(f"probe labels: {demo.probe_labels}")
+    typer.echo(f"evaluation datasets: {demo.bench_dir} (lfw: imagefolder, shapes_ade: ade20k, shapes_depth: depth; "
+               "`pipeline corpus <dir> --out ROOT --layout ...`)")
 
 
 def register(app: typer.Typer) -> None:

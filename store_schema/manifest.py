@@ -28,6 +28,14 @@ STATUS_OK, STATUS_BAD = "ok", "bad"
 SPLITS = ("train", "val")
 _META_KEYS = ("view_spec", "source", "image_root", "pixel_limit", "min_side", "val_fraction")
 
+# Evaluation datasets (`pipeline corpus --layout imagefolder|ade20k|voc|depth`, stages/corpus/layouts.py)
+# add these string columns after the base ones ("" where a row has none: no label, no mask, ...) and the
+# key-value metadata DATASET_KEY (JSON: layout, name, classes, class_names, mask_offset, depth_scale,
+# intrinsics, normals; see DatasetInfo). Paths are relative to image_root, like uri. A manifest without
+# DATASET_KEY has exactly the base columns, so manifests of training corpora read back (and hash) unchanged.
+DATASET_COLUMNS: tuple[str, ...] = ("label", "mask_uri", "depth_uri", "normals_uri")
+DATASET_KEY = "dataset"
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -64,15 +72,50 @@ class ViewSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def manifest_schema(num_views: int) -> pa.Schema:
-    """The Arrow schema of manifest.parquet for V views."""
+def manifest_schema(num_views: int, *, dataset: bool = False) -> pa.Schema:
+    """The Arrow schema of manifest.parquet for V views (with DATASET_COLUMNS for an evaluation dataset)."""
     return pa.schema([
         ("id", pa.int64()), ("uri", pa.string()), ("sha256", pa.string()), ("size_bytes", pa.int64()),
         ("width", pa.int32()), ("height", pa.int32()), ("mode", pa.string()), ("split", pa.string()),
         ("status", pa.string()), ("reason", pa.string()),
         ("view_boxes", pa.list_(pa.float64(), 4 * num_views)),
         ("view_flips", pa.list_(pa.bool_(), num_views)),
+        *([(c, pa.string()) for c in DATASET_COLUMNS] if dataset else []),
     ])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset layout records about the whole dataset (the manifest's DATASET_KEY metadata).
+
+    classes: class labels in class-id order (imagefolder: the class folders; ade20k / voc: mask value
+    ``mask_offset + k`` is class k); class_names: the names used in prompts (same order). mask_offset:
+    ADE20k stores class k as k + 1 with 0 = "other" (ignored, as the usual protocol does: -1 becomes
+    255), VOC stores k with 255 = boundary (ignored). depth_scale: metres per unit of the 16-bit depth
+    PNGs; intrinsics: {fx, fy, cx, cy} in pixels (needed to derive normals from depth); normals: "dataset"
+    (normals PNGs given) or "from depth"."""
+
+    layout: str
+    name: str
+    classes: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    mask_offset: int = 0
+    depth_scale: float | None = None
+    intrinsics: dict[str, float] | None = None
+    normals: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"layout": self.layout, "name": self.name, "classes": list(self.classes),
+                           "class_names": list(self.class_names), "mask_offset": self.mask_offset,
+                           "depth_scale": self.depth_scale, "intrinsics": self.intrinsics,
+                           "normals": self.normals}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetInfo":
+        d = json.loads(text)
+        return cls(layout=d["layout"], name=d["name"], classes=tuple(d["classes"]),
+                   class_names=tuple(d["class_names"]), mask_offset=int(d["mask_offset"]),
+                   depth_scale=d["depth_scale"], intrinsics=d["intrinsics"], normals=d["normals"])
 
 
 @dataclass(frozen=True)
@@ -90,16 +133,21 @@ class ManifestRow:
     reason: str
     boxes_V4: np.ndarray
     flips_V: np.ndarray
+    label: str = ""  # DATASET_COLUMNS, written only for an evaluation dataset
+    mask_uri: str = ""
+    depth_uri: str = ""
+    normals_uri: str = ""
 
 
 def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, source: str,
                    image_root: str, pixel_limit: int, min_side: int, val_fraction: float,
-                   before_write: Callable[[str], None] | None = None) -> str:
+                   before_write: Callable[[str], None] | None = None, dataset: DatasetInfo | None = None) -> str:
     """Write manifest.parquet deterministically (rows sorted by uri, no timestamps); returns its hash.
 
     before_write(new_hash) runs before the file is touched (it may raise to keep the old manifest).
 
     image_root: folder the relative uris resolve against, relative to the manifest's folder (or absolute).
+    dataset: an evaluation dataset's layout facts; adds DATASET_COLUMNS and the DATASET_KEY metadata.
     """
     rows = sorted(rows, key=lambda r: r.uri)
     uris = [r.uri for r in rows]
@@ -110,7 +158,7 @@ def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, 
     for r in rows:
         assert r.boxes_V4.shape == (V, 4) and r.flips_V.shape == (V,), r.uri
         assert r.split in SPLITS and r.status in (STATUS_OK, STATUS_BAD), r.uri
-    schema = manifest_schema(V)
+    schema = manifest_schema(V, dataset=dataset is not None)
     columns = {
         "id": np.arange(len(rows), dtype=np.int64), "uri": uris, "sha256": [r.sha256 for r in rows],
         "size_bytes": [r.size_bytes for r in rows], "width": [r.width for r in rows],
@@ -122,6 +170,9 @@ def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, 
     meta = {"view_spec": view_spec.to_json(), "source": source, "image_root": image_root,
             "pixel_limit": str(int(pixel_limit)), "min_side": str(int(min_side)),
             "val_fraction": repr(float(val_fraction))}
+    if dataset is not None:
+        columns.update({c: [getattr(r, c) for r in rows] for c in DATASET_COLUMNS})
+        meta[DATASET_KEY] = dataset.to_json()
     table = pa.table(columns, schema=schema.with_metadata(meta))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", write_statistics=False, use_dictionary=False)
@@ -163,6 +214,8 @@ class Manifest:
         self.pixel_limit = int(meta["pixel_limit"])
         self.min_side = int(meta["min_side"])
         self.val_fraction = float(meta["val_fraction"])
+        self.dataset: DatasetInfo | None = (DatasetInfo.from_json(meta[DATASET_KEY]) if DATASET_KEY in meta
+                                            else None)
         self._validate()
         N, V = table.num_rows, self.view_spec.num_views
         self.num_images: int = N
@@ -176,9 +229,15 @@ class Manifest:
         flips = table.column("view_flips").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         self.view_boxes_NV4: np.ndarray = np.asarray(boxes, np.float64).reshape(N, V, 4)
         self.view_flips_NV: np.ndarray = np.asarray(flips, bool).reshape(N, V)
+        # evaluation datasets only (None otherwise): per row, "" where the row has none
+        cols = {c: table.column(c).to_pylist() if self.dataset else None for c in DATASET_COLUMNS}
+        self.labels: list[str] | None = cols["label"]
+        self.mask_uris: list[str] | None = cols["mask_uri"]
+        self.depth_uris: list[str] | None = cols["depth_uri"]
+        self.normals_uris: list[str] | None = cols["normals_uri"]
 
     def _validate(self) -> None:
-        expected = manifest_schema(self.view_spec.num_views)
+        expected = manifest_schema(self.view_spec.num_views, dataset=self.dataset is not None)
         found = self.table.schema.remove_metadata()
         if not found.equals(expected):
             raise ManifestError(f"{self.path}: schema mismatch: expected {expected}, found {found}")
@@ -189,6 +248,12 @@ class Manifest:
     def image_path(self, i: int) -> Path:
         """Filesystem path of image i (relative uris resolve against image_root)."""
         return self.image_root / self.uris[i]
+
+    def dataset_path(self, column: str, i: int) -> Path | None:
+        """Filesystem path of row i's mask / depth / normals file (a DATASET_COLUMNS path column), None when
+        the row has none or the manifest is not an evaluation dataset."""
+        values = {"mask_uri": self.mask_uris, "depth_uri": self.depth_uris, "normals_uri": self.normals_uris}[column]
+        return self.image_root / values[i] if values and values[i] else None
 
     def split_ids(self, split: str, *, ok_only: bool = True) -> np.ndarray:
         """Ids of one split ("train" / "val"), by default only images with status ok."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from stages.corpus.images import (DEFAULT_PIXEL_LIMIT, IMAGE_EXTENSIONS, MIN_SIDE, ImageRecord,
                                   inspect_image, is_image_name)
+from stages.corpus.layouts import Entry, ParsedDataset, check_annotations, check_layout, parse_dataset
 from stages.corpus.views import draw_views
 from store_schema import layout
 from store_schema.location import as_location, is_file, is_url
@@ -84,34 +85,61 @@ def split_of(sha256: str, *, val_fraction: float) -> str:
 
 def build_manifest(source: Path, *, out_dir: Path, view_spec: ViewSpec = ViewSpec(),
                    pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
-                   val_fraction: float = DEFAULT_VAL_FRACTION) -> Manifest:
+                   val_fraction: float = DEFAULT_VAL_FRACTION, dataset_layout: str = "files") -> Manifest:
     """Decode every image of SOURCE once and write <out_dir>/manifest.parquet deterministically.
 
-    Returns the manifest as read back (its hash is the sha256 of the written bytes).
+    dataset_layout "files" (default): any folder / list / Parquet of images, splits from the content hash.
+    Otherwise SOURCE is an evaluation dataset in that released layout (stages/corpus/layouts.py): splits,
+    labels, annotation paths and the class list come from the layout (val_fraction is not used), and each
+    image's annotations are checked against it. Returns the manifest as read back (its hash is the sha256
+    of the written bytes).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if pixel_limit < 1 or min_side < 1:
         raise ValueError(f"pixel_limit and min_side must be >= 1, got {pixel_limit}, {min_side}")
-    base, uris = list_source(Path(source))
-    rows: list[ManifestRow] = []
-    for uri in uris:
-        rec = (_remote(uri) if is_url(uri) else
-               inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side))
-        key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable file: key on its uri
-        boxes_V4, flips_V = draw_views(key, view_spec)
-        rows.append(ManifestRow(
-            uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height,
-            mode=rec.mode, split=split_of(key, val_fraction=val_fraction),
-            status=STATUS_OK if rec.ok else STATUS_BAD, reason=rec.reason, boxes_V4=boxes_V4, flips_V=flips_V))
     out_dir = as_location(out_dir)
+    dataset = None
+    if check_layout(dataset_layout) == "files":
+        base, uris = list_source(Path(source))
+        entries = [Entry(u, "") for u in uris]
+    else:
+        dataset = parse_dataset(dataset_layout, Path(source), name=_dataset_name(out_dir))
+        base, entries = dataset.base, dataset.entries
+        val_fraction = 0.0  # the layout's own splits
+    rows = [_row(base, e, dataset, view_spec, pixel_limit=pixel_limit, min_side=min_side,
+                 val_fraction=val_fraction) for e in entries]
     if not is_url(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     path = layout.manifest_path(out_dir)
     write_manifest(path, rows, view_spec=view_spec, source=_portable(Path(source), out_dir),
                    image_root=_portable(base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
-                   val_fraction=val_fraction, before_write=lambda new: refuse_orphaning_stores(out_dir, new))
+                   val_fraction=val_fraction, before_write=lambda new: refuse_orphaning_stores(out_dir, new),
+                   dataset=None if dataset is None else dataset.info)
     return read_manifest(path)
+
+
+def _dataset_name(out_dir) -> str:
+    """An evaluation dataset's name (its metrics go under bench/<name>/): the output root's folder name."""
+    return str(out_dir).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _row(base: Path, entry: Entry, dataset: ParsedDataset | None, view_spec: ViewSpec, *, pixel_limit: int,
+         min_side: int, val_fraction: float) -> ManifestRow:
+    """One image decoded and checked (with its annotations for a dataset layout) as a manifest row."""
+    uri = entry.uri
+    rec = (_remote(uri) if is_url(uri) else inspect_image(base / uri, pixel_limit=pixel_limit, min_side=min_side))
+    reason = rec.reason
+    if rec.ok and dataset is not None:
+        reason = check_annotations(dataset.info, base, entry, (rec.width, rec.height))
+    key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable file: key on its uri
+    boxes_V4, flips_V = draw_views(key, view_spec)
+    return ManifestRow(
+        uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height, mode=rec.mode,
+        split=entry.split or split_of(key, val_fraction=val_fraction),
+        status=STATUS_OK if rec.ok and not reason else STATUS_BAD, reason=reason, boxes_V4=boxes_V4,
+        flips_V=flips_V, label=entry.label, mask_uri=entry.mask_uri, depth_uri=entry.depth_uri,
+        normals_uri=entry.normals_uri)
 
 
 REMOTE_REASON = "remote image (URL): corpus images are read from local files; download it and list the local path"
