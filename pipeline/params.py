@@ -280,27 +280,10 @@ def _validate(p: Params, source: str) -> None:
         raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
     if p.evaluate.split not in ("train", "val"):
         raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
-    _validate_bench(p.evaluate, source)
-
-
-def _validate_bench(e: EvaluateConfig, source: str) -> None:
-    """The evaluation datasets (`evaluate.bench_*`, docs/EVALUATION.md): known layouts, consistent names."""
-    from stages.corpus.layouts import LAYOUTS
-
-    bad = {n: lay for n, lay in e.bench_datasets.items() if lay not in LAYOUTS or lay == "files"}
-    if bad:
-        raise ValueError(f"{source}: evaluate.bench_datasets {bad}: unknown layout; valid layouts: "
-                         f"{', '.join(x for x in LAYOUTS if x != 'files')}")
-    stray = sorted(set(e.bench_text_datasets) - set(e.bench_datasets))
-    if stray:
-        raise ValueError(f"{source}: evaluate.bench_text_datasets names {stray}, which are not in "
-                         f"evaluate.bench_datasets {sorted(e.bench_datasets)}")
-    if e.probe_lr <= 0:
-        raise ValueError(f"{source}: evaluate.probe_lr must be > 0, got {e.probe_lr}")
-    for where, value in (("probe_iterations", e.probe_iterations), ("probe_batch_size", e.probe_batch_size),
-                         ("linear_iterations", e.linear_iterations), ("target_side", e.target_side)):
-        if value < 1:
-            raise ValueError(f"{source}: evaluate.{where} must be >= 1, got {value}")
+    try:
+        p.evaluate.check_bench()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def read_params(path: Path) -> Params:

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.extract import ExtractConfig, run_extract
+from stages.extract.driver import ExtractConfig, run_extract
 from stages.corpus.build_manifest import build_manifest
 from stages.corpus.demo import shapes_image
 from stages.distill.config import DistillConfig

@@ -48,6 +48,24 @@ class EvaluateConfig:
     target_side: int = 128  # side of the dense probes' training targets (cached per dataset root)
     probe_memory: int = 1024  # MiB of a probe's features held in memory when they all fit
 
+    def check_bench(self) -> None:
+        """ValueError naming the evaluate.* key when the evaluation datasets' settings do not hold together."""
+        from stages.corpus.layouts import LAYOUTS
+
+        bad = {n: lay for n, lay in self.bench_datasets.items() if lay not in LAYOUTS or lay == "files"}
+        if bad:
+            raise ValueError(f"evaluate.bench_datasets {bad}: unknown layout; valid layouts: "
+                             f"{', '.join(x for x in LAYOUTS if x != 'files')}")
+        stray = sorted(set(self.bench_text_datasets) - set(self.bench_datasets))
+        if stray:
+            raise ValueError(f"evaluate.bench_text_datasets names {stray}, which are not in evaluate.bench_datasets "
+                             f"{sorted(self.bench_datasets)}")
+        if self.probe_lr <= 0:
+            raise ValueError(f"evaluate.probe_lr must be > 0, got {self.probe_lr}")
+        for key in ("probe_iterations", "probe_batch_size", "linear_iterations", "target_side"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"evaluate.{key} must be >= 1, got {getattr(self, key)}")
+
     def bench_roots(self) -> list[Path]:
         """The dataset roots `pipeline evaluate --on` scores every run on."""
         return [self.bench_root / name for name in self.bench_datasets]
