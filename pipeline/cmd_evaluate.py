@@ -77,7 +77,6 @@ def evaluate_cmd(
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
 
     Options not given take their values from params.yaml when there is one (printed on stderr)."""
-    from stages.distill.run_dir import eval_path
     from stages.evaluate.config import EvaluateConfig
     from stages.evaluate.evaluate import evaluate_run
 
@@ -103,32 +102,39 @@ def evaluate_cmd(
                                log=lambda line: typer.echo(f"  {line}", err=True))
         except user_error_types() as e:
             raise fail(f"{run}: {e}") from e
-        typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
-        if dvc_out is not None:
-            from stages.evaluate.dvc_files import write_dvc_files
-            from stages.distill.run_dir import read_history
+        _echo_result(run, res, split, dvc_out)
 
-            typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
-        for teacher, kinds in res["teachers"].items():
-            parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
-            typer.echo(f"  {teacher}: " + "; ".join(parts))
-        probe = res["probe"]
-        typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
-                   f"feature: {probe['feature']})"
-                   if probe else f"  probe: skipped ({res['probe_skipped']})")
-        for t, z in (res.get("zeroshot") or {}).items():
-            typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
-                       f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
-        seg = res.get("seg")
-        if seg:
-            typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "
-                       + ", ".join(f"{t} {v:.3f}" for t, v in seg["teacher_linear_miou"].items()) + ")")
-            for t, v in seg["openvocab_miou"].items():
-                typer.echo(f"  open-vocabulary {t}: mIoU {v:.3f} (teacher {seg['teacher_openvocab_miou'][t]:.3f})")
-        from stages.evaluate.bench_report import bench_lines
 
-        for line in bench_lines(res.get("bench") or {}):
-            typer.echo(f"  {line}")
+def _echo_result(run: Path, res: dict, split: str, dvc_out: Optional[Path]) -> None:
+    """One run's evaluation, as `pipeline evaluate` prints it."""
+    from stages.distill.run_dir import eval_path
+
+    typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
+    if dvc_out is not None:
+        from stages.evaluate.dvc_files import write_dvc_files
+        from stages.distill.run_dir import read_history
+
+        typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
+    for teacher, kinds in res["teachers"].items():
+        parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
+        typer.echo(f"  {teacher}: " + "; ".join(parts))
+    probe = res["probe"]
+    typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
+               f"feature: {probe['feature']})"
+               if probe else f"  probe: skipped ({res['probe_skipped']})")
+    for t, z in (res.get("zeroshot") or {}).items():
+        typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
+                   f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
+    seg = res.get("seg")
+    if seg:
+        typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "
+                   + ", ".join(f"{t} {v:.3f}" for t, v in seg["teacher_linear_miou"].items()) + ")")
+        for t, v in seg["openvocab_miou"].items():
+            typer.echo(f"  open-vocabulary {t}: mIoU {v:.3f} (teacher {seg['teacher_openvocab_miou'][t]:.3f})")
+    from stages.evaluate.bench_report import bench_lines
+
+    for line in bench_lines(res.get("bench") or {}):
+        typer.echo(f"  {line}")
 
 
 def bench_config(probes: list[str] | None, *, knn_k: int, knn_temperature: float, zeroshot_templates: str,
