@@ -93,6 +93,14 @@ def eval_path(run_dir: Path) -> Path:
     return Path(run_dir) / EVAL_DIR / EVAL_FILE
 
 
+def eval_cache_path(run_dir: Path, dataset: str) -> Path:
+    """<run>/eval/cache/<dataset>.zarr: the run's student features over one evaluation dataset
+    (stages/evaluate/feature_cache.py; docs/EVALUATION.md)."""
+    if not dataset or "/" in dataset or dataset.startswith("."):
+        raise ValueError(f"dataset name {dataset!r} is not a valid path component")
+    return Path(run_dir) / EVAL_DIR / "cache" / f"{dataset}.zarr"
+
+
 def run_lease_path(run_dir: Path) -> Path:
     """<run>.lease, beside the run directory (the lease guards the whole directory)."""
     return lease_path(Path(run_dir))
