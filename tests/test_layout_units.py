@@ -1,6 +1,7 @@
 """Evaluation datasets (`pipeline corpus --layout`) go through the corpus build's units like any corpus: the
 same manifest bytes in one unit, in many, and on Ray; annotations checked in the unit's worker (a dataset
-off its layout is the same one error from a Ray task); resumable parts, a changed mask rebuilding its unit."""
+off its layout is the same one error from a Ray task); resumable parts, a changed mask rebuilding its unit;
+a manifest with both tar-member ("located") and dataset columns reads back both."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from PIL import Image
 
 from stages.corpus.build_manifest import build_corpus
 from stages.corpus.layouts import LayoutError
-from store_schema.manifest import DATASET_COLUMNS
+from store_schema.manifest import (DATASET_COLUMNS, DatasetInfo, ManifestRow, ManifestWriter, ViewSpec,
+                                   manifest_metadata, read_manifest, write_manifest)
 from tests.dataset_builders import build_ade20k, build_imagefolder
 
 pytest_plugins = ["tests.ray_fixture"]
@@ -71,3 +73,25 @@ def test_plain_build_of_the_same_folder_has_no_dataset_columns(tmp_path):
     ds = build_corpus(src, out_dir=tmp_path / "ds", workers=0, files_per_task=5, dataset_layout="imagefolder")
     assert ds.manifest.labels[ds.manifest.uris.index("train/green/green_003.png")] == "green"
     assert ds.manifest.hash != plain.manifest.hash
+
+
+def test_manifest_with_located_and_dataset_columns_reads_both(tmp_path):
+    rows = [ManifestRow(uri=f"s.tar#{i}.jpg", sha256=f"{i:064x}", size_bytes=10, width=8, height=8, mode="RGB",
+                        split="val" if i else "train", status="ok", reason="",
+                        boxes_V4=np.array([[0.0, 0.0, 1.0, 1.0]]), flips_V=np.zeros(1, bool), shard="s.tar",
+                        member=f"{i}.jpg", offset=512 * (2 * i + 1), length=10, label=("a", "b")[i],
+                        mask_uri=f"masks/{i}.png" if i else "") for i in range(2)]
+    info = DatasetInfo(layout="imagefolder", name="mix", classes=("a", "b"), class_names=("a", "b"))
+    path = tmp_path / "manifest.parquet"
+    write_manifest(path, rows, view_spec=ViewSpec(), source="s.tar", image_root=".", pixel_limit=10**7,
+                   min_side=1, val_fraction=0.0, located=True, dataset=info)
+    m = read_manifest(path)
+    assert m.located and m.dataset == info and list(m.labels) == ["a", "b"]
+    assert m.byte_range(1) == (1536, 10) and m.members[1] == "1.jpg"
+    assert m.dataset_path("mask_uri", 0) is None and m.dataset_path("mask_uri", 1) == tmp_path / "masks" / "1.png"
+    names = m.table.column_names
+    assert names.index("sidecars") < names.index("label")  # located columns, then the dataset's
+    with pytest.raises(ValueError, match="go together"):
+        ManifestWriter(tmp_path / "x.parquet", num_views=1, located=False, dataset=True,
+                       metadata=manifest_metadata(view_spec=ViewSpec(), source="", image_root=".", pixel_limit=1,
+                                                  min_side=1, val_fraction=0.0))
