@@ -39,7 +39,7 @@ from stages.corpus.samples import render_samples
 from stages.distill.exported import load_exported
 from stages.distill.loader import StoreSet
 from stages.distill.run import load_run, run_progress
-from stages.distill.run_dir import eval_path
+from stages.distill.run_dir import eval_cache_dir, eval_path
 from stages.evaluate.config import EvaluateConfig
 from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_zeroshot_teacher, seg_eval,
                                        zeroshot_eval)
@@ -251,7 +251,7 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
         result["bench"] = _bench(run_dir, list(bench_roots), bench or BenchConfig(), progress, cfg["teachers"],
                                  device=device, log=log or (lambda _: None))
     out = eval_path(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    eval_cache_dir(run_dir).mkdir(parents=True, exist_ok=True)  # always there: dvc.yaml declares it an output
     tmp = out.with_suffix(".json.tmp")  # written whole, then renamed: never a torn metrics.json
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
     tmp.replace(out)
