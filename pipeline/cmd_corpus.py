@@ -47,6 +47,13 @@ def corpus(
                                                               "Default: extract.ray_timeout.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Build every unit in this process without Ray (same "
                                                           "code path).")] = False,
+    layout: Annotated[str, typer.Option("--layout", help="files (any images; splits by content hash), or an "
+                                                         "evaluation dataset in its released layout: imagefolder "
+                                                         "(train|val/<class>/*), ade20k (images|annotations/"
+                                                         "training|validation), voc (JPEGImages, SegmentationClass, "
+                                                         "ImageSets/Segmentation), depth ({train,val}/rgb|depth, "
+                                                         "depth_meta.json). Labels, annotation paths, class names "
+                                                         "and splits go into the manifest (docs/EVALUATION.md).")] = "files",
     params: ParamsOpt = None,
 ) -> None:
     """Decode every image of SOURCE once and write OUT/manifest.parquet (ids, hashes, splits, views).
@@ -67,7 +74,7 @@ def corpus(
         report = build_corpus(str(source), out_dir=as_location(out), view_spec=ViewSpec(num_views=views, seed=view_seed),
                               pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction,
                               files_per_task=files_per_task, workers=0 if no_ray else workers,
-                              ray_address=ray_address)
+                              ray_address=ray_address, dataset_layout=layout)
     except OSError as e:  # an unreachable bucket, a permission: one error line (ValueError prints as one too)
         raise fail(os_error_message(e, "`pipeline corpus`") or str(e)) from e
     manifest, parts = report.manifest, report.parts
@@ -75,6 +82,10 @@ def corpus(
                f"  {report.seconds:.1f} s")
     n_ok = int(manifest.ok_N.sum())
     typer.echo(f"images: {manifest.num_images}  ok: {n_ok}  bad: {manifest.num_images - n_ok}")
+    if manifest.dataset is not None:
+        d = manifest.dataset
+        per_split = ", ".join(f"{s} {int((manifest.ok_N & (manifest.split == s)).sum())}" for s in ("train", "val"))
+        typer.echo(f"dataset {d.name!r} ({d.layout}): {len(d.classes)} classes; ok images: {per_split}")
     for line in bad_summary(manifest):  # per reason, with the first few files (all of them: the manifest)
         typer.echo(line)
     typer.echo(f"manifest: {manifest.path}  sha256: {manifest.hash}")
@@ -93,6 +104,8 @@ def demo_corpus(
     typer.echo(f"photos: {demo.num_photos}  lfw: {demo.num_lfw}  shapes: {demo.num_shapes} (masks in {demo.seg_masks})")
     typer.echo(f"images: {demo.images_dir}  (use as the corpus SOURCE)")
     typer.echo(f"probe labels: {demo.probe_labels}")
+    typer.echo(f"evaluation datasets: {demo.bench_dir} (lfw: imagefolder, shapes_ade: ade20k, shapes_depth: depth; "
+               "`pipeline corpus <dir> --out ROOT --layout ...`)")
 
 
 def register(app: typer.Typer) -> None:

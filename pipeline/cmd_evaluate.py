@@ -7,15 +7,22 @@ Errors are measured after the inverse normalization, in each teacher's own space
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.defaults import ParamsOpt, Route, routed
+if TYPE_CHECKING:
+    from stages.evaluate.bench import BenchConfig
+
+from pipeline.defaults import Derived, ParamsOpt, Route, routed
 from pipeline.errors import fail, user_error_types
 
 
-EVALUATE = Route(sections=("evaluate",), keys={"device": "distill.device"})
+EVALUATE = Route(sections=("evaluate",), keys={
+    "device": "distill.device",
+    "on": Derived("evaluate.bench_root + evaluate.bench_datasets",
+                  lambda p: [str(r) for r in p.evaluate.bench_roots()]),
+})
 
 
 def evaluate_cmd(
@@ -46,6 +53,25 @@ def evaluate_cmd(
     dvc_out: Annotated[Optional[Path], typer.Option(help="Also write DIR/metrics.json (flat scalars) and "
                                                          "DIR/loss.csv (training curve): small files DVC "
                                                          "experiments carry (dvc exp show, dvc plots). One RUN only.")] = None,
+    on: Annotated[Optional[list[str]], typer.Option("--on", help="Evaluation dataset root (built by `pipeline corpus "
+                                                                 "SRC --out ROOT --layout ...`); repeat for several. "
+                                                                 "Metrics under bench/<dataset>/ (docs/EVALUATION.md). "
+                                                                 "Default: evaluate.bench_root/<each of "
+                                                                 "evaluate.bench_datasets>.")] = None,
+    probe: Annotated[Optional[list[str]], typer.Option("--probe", help="With --on: run only these probes (knn, "
+                                                                       "zeroshot, linear, seg, depth, normals); "
+                                                                       "default: every probe each dataset supports.")] = None,
+    probe_iterations: Annotated[Optional[int], typer.Option(help="With --on: mini-batch iterations of the dense "
+                                                                 "probes (segmentation, depth, normals).")] = None,
+    probe_batch_size: Annotated[Optional[int], typer.Option(help="With --on: images per dense-probe mini-batch.")] = None,
+    probe_lr: Annotated[Optional[float], typer.Option(help="With --on: AdamW learning rate of the dense probes.")] = None,
+    linear_iterations: Annotated[Optional[int], typer.Option(help="With --on: mini-batch iterations of the linear "
+                                                                  "classifier probe.")] = None,
+    target_side: Annotated[Optional[int], typer.Option(help="With --on: side the dense probes' training targets are "
+                                                            "resized to (cached per dataset root).")] = None,
+    probe_memory: Annotated[Optional[int], typer.Option(help="With --on: MiB of a probe's features held in memory "
+                                                             "when they all fit (read once); larger sets are read from "
+                                                             "disk per mini-batch.")] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Evaluate each RUN on a split; writes <run>/eval/metrics.json and prints one line per teacher.
@@ -71,41 +97,71 @@ def evaluate_cmd(
         check_device(device)  # before any evaluation is computed or written
     for run in runs:  # an evaluation that cannot be saved is refused before it is computed
         check_writable(eval_path(run).parent, "the evaluation")
+    bench = bench_config(probe, knn_k=knn_k, knn_temperature=knn_temperature, zeroshot_templates=zeroshot_templates,
+                         batch_size=batch_size, probe_iterations=probe_iterations, probe_batch_size=probe_batch_size,
+                         probe_lr=probe_lr, linear_iterations=linear_iterations, target_side=target_side,
+                         memory_budget_mb=probe_memory)
     for run in runs:
         try:
             res = evaluate_run(run, split=split, batch_size=batch_size, labels_path=probe_labels, knn_k=knn_k,
                                knn_temperature=knn_temperature, knn_feature=knn_feature,
-                               device=device, downstream=downstream, root=root)
+                               device=device, downstream=downstream, root=root, bench_roots=on or [], bench=bench,
+                               log=lambda line: typer.echo(f"  {line}", err=True))
         except user_error_types() as e:
             raise fail(f"{run}: {e}") from e
-        typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
-        if dvc_out is not None:
-            from stages.evaluate.dvc_files import write_dvc_files
-            from stages.distill.run_dir import read_history
+        _echo_result(run, res, split, dvc_out)
 
-            typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
-        for teacher, kinds in res["teachers"].items():
-            parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
-            typer.echo(f"  {teacher}: " + "; ".join(parts))
-        probe = res["probe"]
-        typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
-                   f"feature: {probe['feature']})"
-                   if probe else f"  probe: skipped ({res['probe_skipped']})")
-        for t, z in (res.get("zeroshot") or {}).items():
-            typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
-                       f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
-        if res.get("resolutions"):
-            from stages.evaluate.resolutions import format_resolutions
 
-            typer.echo("  per resolution (student sides trained and not):")
-            for line in format_resolutions(res["resolutions"]):
-                typer.echo(f"  {line}")
-        seg = res.get("seg")
-        if seg:
-            typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "
-                       + ", ".join(f"{t} {v:.3f}" for t, v in seg["teacher_linear_miou"].items()) + ")")
-            for t, v in seg["openvocab_miou"].items():
-                typer.echo(f"  open-vocabulary {t}: mIoU {v:.3f} (teacher {seg['teacher_openvocab_miou'][t]:.3f})")
+def _echo_result(run: Path, res: dict, split: str, dvc_out: Optional[Path]) -> None:
+    """One run's evaluation, as `pipeline evaluate` prints it."""
+    from stages.distill.run_dir import eval_path
+
+    typer.echo(f"{run} ({res['norm']}, {res['num_samples']} {split} samples) -> {eval_path(run)}")
+    if dvc_out is not None:
+        from stages.evaluate.dvc_files import write_dvc_files
+        from stages.distill.run_dir import read_history
+
+        typer.echo("  dvc: " + ", ".join(map(str, write_dvc_files(dvc_out, res, read_history(run)))))
+    for teacher, kinds in res["teachers"].items():
+        parts = [f"{k} mse {v['mse']:.4g} cos {v['cos_mean']:.3f} (min {v['cos_min']:.3f})" for k, v in kinds.items()]
+        typer.echo(f"  {teacher}: " + "; ".join(parts))
+    probe = res["probe"]
+    typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
+               f"feature: {probe['feature']})"
+               if probe else f"  probe: skipped ({res['probe_skipped']})")
+    for t, z in (res.get("zeroshot") or {}).items():
+        typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
+                   f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")
+    if res.get("resolutions"):
+        from stages.evaluate.resolutions import format_resolutions
+
+        typer.echo("  per resolution (student sides trained and not):")
+        for line in format_resolutions(res["resolutions"]):
+            typer.echo(f"  {line}")
+    seg = res.get("seg")
+    if seg:
+        typer.echo(f"  segmentation: linear mIoU {seg['linear_miou']:.3f} (teachers "
+                   + ", ".join(f"{t} {v:.3f}" for t, v in seg["teacher_linear_miou"].items()) + ")")
+        for t, v in seg["openvocab_miou"].items():
+            typer.echo(f"  open-vocabulary {t}: mIoU {v:.3f} (teacher {seg['teacher_openvocab_miou'][t]:.3f})")
+    from stages.evaluate.bench_report import bench_lines
+
+    for line in bench_lines(res.get("bench") or {}):
+        typer.echo(f"  {line}")
+
+
+def bench_config(probes: list[str] | None, *, knn_k: int, knn_temperature: float, zeroshot_templates: str,
+                 batch_size: int, probe_iterations: int, probe_batch_size: int, probe_lr: float,
+                 linear_iterations: int, target_side: int, memory_budget_mb: int) -> "BenchConfig":
+    """The BenchConfig of `pipeline evaluate --on`."""
+    from stages.evaluate.bench import BenchConfig
+    from stages.evaluate.dense_probe import ProbeConfig
+
+    return BenchConfig(probes=tuple(probes) if probes else None, knn_k=knn_k, knn_temperature=knn_temperature,
+                       dense=ProbeConfig(iterations=probe_iterations, batch_size=probe_batch_size, lr=probe_lr),
+                       linear=ProbeConfig(iterations=linear_iterations, batch_size=256),
+                       target_side=target_side, zeroshot_templates=zeroshot_templates, batch_size=batch_size,
+                       memory_budget_mb=memory_budget_mb)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,22 @@ def class_sets(p: Any) -> list[tuple[Path, str]]:
             if c is not None]
 
 
+def dataset_class_file(classes: Path) -> Path:
+    """A class file as given, or for an evaluation dataset root (a folder holding manifest.parquet built with
+    --layout) its class list written as <root>/bench/classes.txt."""
+    if not Path(classes).is_dir():
+        return classes
+    from stages.corpus.layouts import write_class_file
+    from store_schema import layout
+    from store_schema.manifest import read_manifest
+
+    manifest = read_manifest(layout.manifest_path(classes))
+    if manifest.dataset is None or not manifest.dataset.classes:
+        raise ValueError(f"{classes} has no class list (its manifest was built without --layout imagefolder|ade20k|"
+                         "voc); give a class file or an evaluation dataset root")
+    return write_class_file(manifest.dataset, layout.dataset_classes_path(classes))
+
+
 EXTRACT_TEXT = Route(keys={"teacher": "extract.text_teachers", "root": "store.root", "device": "extract.device",
                            "checkpoint": "extract.checkpoints",
                            "classes": Derived("evaluate.zeroshot_classes, evaluate.seg_classes",
@@ -39,7 +55,7 @@ EXTRACT_TEXT = Route(keys={"teacher": "extract.text_teachers", "root": "store.ro
 def extract_text_cmd(
     ctx: typer.Context,
     teacher: Annotated[Optional[list[str]], typer.Option("--teacher", "-t", help="An open_clip teacher whose store exists under ROOT; repeatable. Default: extract.text_teachers.")] = None,
-    classes: Annotated[Optional[list[Path]], typer.Option(help="Class file (one class per line; label<TAB>prompt name allowed). Repeat for several prompt sets.")] = None,
+    classes: Annotated[Optional[list[Path]], typer.Option(help="Class file (one class per line; label<TAB>prompt name allowed), or an evaluation dataset root (`pipeline corpus --layout`: its class names). Repeat for several prompt sets.")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Store root holding <teacher>.zarr. Default: store.root.")] = None,
     templates: Annotated[Optional[list[str]], typer.Option(help="Template set of the prompt sets: imagenet (80 CLIP templates), segmentation, simple, or a file with one template per line ({} = class). One for every --classes, or one per --classes in order.")] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option(help="Local weights (the whole CLIP state dict) if the store was extracted with --checkpoint: PATH (one teacher) or TEACHER=PATH.")] = None,
@@ -67,7 +83,7 @@ def extract_text_cmd(
     if receipt is not None and len(teachers) > 1:
         raise ValueError("--receipt applies to one teacher; extract the others in a separate call")
     checkpoints = per_teacher_values(checkpoint, teachers, Path, "--checkpoint", one_teacher=True)
-    sets = [prompt_set(c, t) for c, t in zip(classes, templates * len(classes) if len(templates) == 1 else templates)]
+    sets = [prompt_set(dataset_class_file(c), t) for c, t in zip(classes, templates * len(classes) if len(templates) == 1 else templates)]
     for name in teachers:
         res = extract_text(root, name, sets, checkpoint=checkpoints[name], device=device)
         typer.echo(res.summary_line())

@@ -284,10 +284,10 @@ def _validate(p: Params, source: str) -> None:
     if not losses or any(sl not in SUMMARY_LOSSES for sl in losses) or len(set(losses)) != len(losses):
         raise ValueError(f"{source}: distill.summary_loss must be one of {list(SUMMARY_LOSSES)} or a list of them "
                          f"without repeats, got {p.distill.summary_loss!r}")
-    if p.evaluate.knn_feature not in ("concat", "token0"):
-        raise ValueError(f"{source}: evaluate.knn_feature must be 'concat' or 'token0', got {p.evaluate.knn_feature!r}")
-    if p.evaluate.split not in ("train", "val"):
-        raise ValueError(f"{source}: evaluate.split must be 'train' or 'val', got {p.evaluate.split!r}")
+    try:
+        p.evaluate.check()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def read_params(path: Path) -> Params:

@@ -261,6 +261,11 @@ def demo_zeroshot_classes_path(demo_dir: Path) -> Path:
     return Path(demo_dir) / "zeroshot_classes.txt"
 
 
+def demo_bench_dir(demo_dir: Path) -> Path:
+    """<demo>/bench: the demo's evaluation datasets in released layouts, one folder each."""
+    return Path(demo_dir) / "bench"
+
+
 def demo_seg_masks_dir(demo_dir: Path) -> Path:
     """<demo>/seg_masks: PNG label masks named like the segmentation images (uri stem + .png)."""
     return Path(demo_dir) / "seg_masks"
@@ -269,3 +274,34 @@ def demo_seg_masks_dir(demo_dir: Path) -> Path:
 def demo_seg_classes_path(demo_dir: Path) -> Path:
     """<demo>/seg_classes.txt: one class per line, line k = mask value k."""
     return Path(demo_dir) / "seg_classes.txt"
+
+
+# Evaluation at the papers' scale (docs/EVALUATION.md). A dataset root is a store root built with
+# `pipeline corpus SRC --out ROOT --layout ...`: its manifest, its teachers' stores (`pipeline extract
+# --root ROOT`), and under <root>/bench/ what evaluation derives from the dataset once (training targets at
+# a fixed side, the class file for `pipeline extract-text`, teacher reference scores). A run's student
+# features over a dataset live in the run (stages/distill/run_dir.py: <run>/eval/cache/<dataset>.zarr).
+BENCH_DIR = "bench"
+EVAL_CACHE_KIND = "eval_feature_cache"
+BENCH_TARGETS_KIND = "bench_targets"
+
+
+def bench_dir(root: Location) -> Location:
+    """<root>/bench: what evaluation derives once from a dataset root."""
+    return location.join(root, BENCH_DIR)
+
+
+def bench_targets_path(root: Location, side: int) -> Location:
+    """<root>/bench/targets_<side>px.zarr: training targets (masks, depth, normals) resized to side x side."""
+    return location.join(root, BENCH_DIR, f"targets_{int(side)}px.zarr")
+
+
+def bench_references_path(root: Location) -> Location:
+    """<root>/bench/references.json: teacher reference scores, keyed by teacher store and probe settings."""
+    return location.join(root, BENCH_DIR, "references.json")
+
+
+def dataset_classes_path(root: Location) -> Location:
+    """<root>/bench/classes.txt: the dataset's class list as a class file (label<TAB>prompt name)."""
+    return location.join(root, BENCH_DIR, "classes.txt")
+

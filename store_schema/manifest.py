@@ -30,6 +30,14 @@ STATUS_OK, STATUS_BAD = "ok", "bad"
 SPLITS = ("train", "val")
 _META_KEYS = ("view_spec", "source", "image_root", "pixel_limit", "min_side", "val_fraction")
 
+# Evaluation datasets (`pipeline corpus --layout imagefolder|ade20k|voc|depth`, stages/corpus/layouts.py)
+# add these string columns after the others ("" where a row has none: no label, no mask, ...) and the
+# key-value metadata DATASET_KEY (JSON: layout, name, classes, class_names, mask_offset, depth_scale,
+# intrinsics, normals; see DatasetInfo). Paths are relative to image_root, like uri. A manifest without
+# DATASET_KEY has no such columns, so manifests of training corpora read back (and hash) unchanged.
+DATASET_COLUMNS: tuple[str, ...] = ("label", "mask_uri", "depth_uri", "normals_uri")
+DATASET_KEY = "dataset"
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -77,8 +85,9 @@ LOCATED_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: a reader or the build never holds more than a few
 
 
-def manifest_schema(num_views: int, *, located: bool = False) -> pa.Schema:
-    """The Arrow schema of manifest.parquet for V views; `located` adds LOCATED_COLUMNS (tar members).
+def manifest_schema(num_views: int, *, located: bool = False, dataset: bool = False) -> pa.Schema:
+    """The Arrow schema of manifest.parquet for V views; `located` adds LOCATED_COLUMNS (tar members),
+    `dataset` DATASET_COLUMNS (an evaluation dataset's labels and annotation paths), in that order.
 
     A manifest of plain image files keeps the original columns, so its bytes (and hash) are unchanged."""
     return pa.schema([
@@ -88,7 +97,42 @@ def manifest_schema(num_views: int, *, located: bool = False) -> pa.Schema:
         ("view_boxes", pa.list_(pa.float64(), 4 * num_views)),
         ("view_flips", pa.list_(pa.bool_(), num_views)),
         *(LOCATED_COLUMNS if located else ()),
+        *([(c, pa.string()) for c in DATASET_COLUMNS] if dataset else []),
     ])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset layout records about the whole dataset (the manifest's DATASET_KEY metadata).
+
+    classes: class labels in class-id order (imagefolder: the class folders; ade20k / voc: mask value
+    ``mask_offset + k`` is class k); class_names: the names used in prompts (same order). mask_offset:
+    ADE20k stores class k as k + 1 with 0 = "other" (ignored, as the usual protocol does: -1 becomes
+    255), VOC stores k with 255 = boundary (ignored). depth_scale: metres per unit of the 16-bit depth
+    PNGs; intrinsics: {fx, fy, cx, cy} in pixels (needed to derive normals from depth); normals: "dataset"
+    (normals PNGs given) or "from depth"."""
+
+    layout: str
+    name: str
+    classes: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    mask_offset: int = 0
+    depth_scale: float | None = None
+    intrinsics: dict[str, float] | None = None
+    normals: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"layout": self.layout, "name": self.name, "classes": list(self.classes),
+                           "class_names": list(self.class_names), "mask_offset": self.mask_offset,
+                           "depth_scale": self.depth_scale, "intrinsics": self.intrinsics,
+                           "normals": self.normals}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetInfo":
+        d = json.loads(text)
+        return cls(layout=d["layout"], name=d["name"], classes=tuple(d["classes"]),
+                   class_names=tuple(d["class_names"]), mask_offset=int(d["mask_offset"]),
+                   depth_scale=d["depth_scale"], intrinsics=d["intrinsics"], normals=d["normals"])
 
 
 @dataclass(frozen=True)
@@ -111,9 +155,13 @@ class ManifestRow:
     offset: int = 0
     length: int = 0
     sidecars: str = ""
+    label: str = ""  # evaluation datasets only: see DATASET_COLUMNS
+    mask_uri: str = ""
+    depth_uri: str = ""
+    normals_uri: str = ""
 
 
-def rows_table(rows: list[ManifestRow], *, num_views: int, located: bool) -> pa.Table:
+def rows_table(rows: list[ManifestRow], *, num_views: int, located: bool, dataset: bool = False) -> pa.Table:
     """The rows as an Arrow table of the manifest's columns without `id`, in the given order."""
     V = num_views
     for r in rows:
@@ -130,33 +178,42 @@ def rows_table(rows: list[ManifestRow], *, num_views: int, located: bool) -> pa.
     if located:
         for name, _ in LOCATED_COLUMNS:
             columns[name] = [getattr(r, name) for r in rows]
-    schema = manifest_schema(V, located=located)
+    if dataset:
+        columns.update({c: [getattr(r, c) for r in rows] for c in DATASET_COLUMNS})
+    schema = manifest_schema(V, located=located, dataset=dataset)
     return pa.table(columns, schema=pa.schema([f for f in schema if f.name != "id"]))
 
 
 def write_manifest(path: Path, rows: list[ManifestRow], *, view_spec: ViewSpec, source: str,
                    image_root: str, pixel_limit: int, min_side: int, val_fraction: float,
-                   before_write: Callable[[str], None] | None = None, located: bool = False) -> str:
+                   before_write: Callable[[str], None] | None = None, located: bool = False,
+                   dataset: DatasetInfo | None = None) -> str:
     """Write manifest.parquet deterministically (rows sorted by uri, no timestamps); returns its hash.
 
     before_write(new_hash) runs before the file is touched (it may raise to keep the old manifest).
 
     image_root: folder the relative uris resolve against, relative to the manifest's folder (or absolute).
+    dataset: an evaluation dataset's layout facts; adds DATASET_COLUMNS and the DATASET_KEY metadata.
     """
     rows = sorted(rows, key=lambda r: r.uri)
     meta = manifest_metadata(view_spec=view_spec, source=source, image_root=image_root,
-                             pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction)
-    with ManifestWriter(path, num_views=view_spec.num_views, metadata=meta, located=located) as writer:
-        writer.write(rows_table(rows, num_views=view_spec.num_views, located=located))
+                             pixel_limit=pixel_limit, min_side=min_side, val_fraction=val_fraction, dataset=dataset)
+    with ManifestWriter(path, num_views=view_spec.num_views, metadata=meta, located=located,
+                        dataset=dataset is not None) as writer:
+        writer.write(rows_table(rows, num_views=view_spec.num_views, located=located, dataset=dataset is not None))
         return writer.finish(before_write=before_write)
 
 
 def manifest_metadata(*, view_spec: ViewSpec, source: str, image_root: str, pixel_limit: int, min_side: int,
-                      val_fraction: float) -> dict[str, str]:
-    """The key-value metadata manifest.parquet carries (every key of _META_KEYS)."""
-    return {"view_spec": view_spec.to_json(), "source": source, "image_root": image_root,
+                      val_fraction: float, dataset: DatasetInfo | None = None) -> dict[str, str]:
+    """The key-value metadata manifest.parquet carries (every key of _META_KEYS; DATASET_KEY for an
+    evaluation dataset)."""
+    meta = {"view_spec": view_spec.to_json(), "source": source, "image_root": image_root,
             "pixel_limit": str(int(pixel_limit)), "min_side": str(int(min_side)),
             "val_fraction": repr(float(val_fraction))}
+    if dataset is not None:
+        meta[DATASET_KEY] = dataset.to_json()
+    return meta
 
 
 class ManifestWriter:
@@ -166,13 +223,17 @@ class ManifestWriter:
     The file is built in a temporary file and only replaces `path` in `finish` (renamed into place
     locally, one upload on an object store), after `before_write(hash)` had its say; deterministic bytes
     (no timestamps), so the same rows give the same hash. Uris must be strictly increasing (sorted and
-    unique): a table that breaks the order is a ValueError."""
+    unique): a table that breaks the order is a ValueError. `located` / `dataset`: the table has
+    LOCATED_COLUMNS / DATASET_COLUMNS (with `dataset`, `metadata` carries DATASET_KEY)."""
 
-    def __init__(self, path: Path | str, *, num_views: int, metadata: dict[str, str], located: bool) -> None:
+    def __init__(self, path: Path | str, *, num_views: int, metadata: dict[str, str], located: bool,
+                 dataset: bool = False) -> None:
         import tempfile
 
+        if dataset != (DATASET_KEY in metadata):
+            raise ValueError(f"dataset columns ({dataset}) and the {DATASET_KEY!r} metadata go together")
         self.path = location.as_location(path)
-        self.schema = manifest_schema(num_views, located=located).with_metadata(metadata)
+        self.schema = manifest_schema(num_views, located=located, dataset=dataset).with_metadata(metadata)
         local = not location.is_url(self.path)
         if local:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +378,8 @@ class ArrowStrings(Sequence):
 class Manifest:
     """Read-only view of manifest.parquet. Use read_manifest(path) to build one.
 
-    Per-row strings (uris, sha256, reasons, shards) are Arrow-backed (`ArrowStrings`), numbers numpy."""
+    Per-row strings (uris, sha256, reasons, shards; an evaluation dataset's labels and annotation paths) are
+    Arrow-backed (`ArrowStrings`), numbers numpy."""
 
     def __init__(self, path: Path, table: pa.Table, digest: str) -> None:
         self.path = location.as_location(path)
@@ -335,6 +397,8 @@ class Manifest:
         self.min_side = int(meta["min_side"])
         self.val_fraction = float(meta["val_fraction"])
         self.located: bool = "shard" in table.column_names
+        self.dataset: DatasetInfo | None = (DatasetInfo.from_json(meta[DATASET_KEY]) if DATASET_KEY in meta
+                                            else None)
         self._validate()
         N, V = table.num_rows, self.view_spec.num_views
         self.num_images: int = N
@@ -356,9 +420,15 @@ class Manifest:
             self.offsets_N: np.ndarray = table.column("offset").to_numpy()
             self.lengths_N: np.ndarray = table.column("length").to_numpy()
             self.sidecars = ArrowStrings(table.column("sidecars"))
+        # evaluation datasets only (None otherwise): per row, "" where the row has none
+        cols = {c: ArrowStrings(table.column(c)) if self.dataset else None for c in DATASET_COLUMNS}
+        self.labels: ArrowStrings | None = cols["label"]
+        self.mask_uris: ArrowStrings | None = cols["mask_uri"]
+        self.depth_uris: ArrowStrings | None = cols["depth_uri"]
+        self.normals_uris: ArrowStrings | None = cols["normals_uri"]
 
     def _validate(self) -> None:
-        expected = manifest_schema(self.view_spec.num_views, located=self.located)
+        expected = manifest_schema(self.view_spec.num_views, located=self.located, dataset=self.dataset is not None)
         found = self.table.schema.remove_metadata()
         if not found.equals(expected):
             raise ManifestError(f"{self.path}: schema mismatch: expected {expected}, found {found}")
@@ -398,6 +468,17 @@ class Manifest:
         if rng is None:
             return read_whole(self.image_path(i))
         return read_range(self.image_path(i), *rng)
+
+    def dataset_path(self, column: str, i: int) -> location.Location | None:
+        """Where row i's mask / depth / normals file lives (a DATASET_COLUMNS path column, relative to
+        image_root like uri); None when the row has none or the manifest is not an evaluation dataset."""
+        values = {"mask_uri": self.mask_uris, "depth_uri": self.depth_uris, "normals_uri": self.normals_uris}[column]
+        rel = values[i] if values is not None else ""
+        if not rel:
+            return None
+        if location.is_url(rel) or Path(rel).is_absolute():
+            return location.as_location(rel)
+        return location.join(self.image_root, rel)
 
     def split_ids(self, split: str, *, ok_only: bool = True) -> np.ndarray:
         """Ids of one split ("train" / "val"), by default only images with status ok."""

@@ -28,9 +28,20 @@ def test_stages_expand_in_dvc_order():
     assert [s.name for s in _stages()] == (
         ["demo_corpus", "corpus"] + [f"extract@{t}" for t in p.extract.teachers]
         + [f"extract_text@{t}" for t in p.extract.text_teachers] + ["views"]
-        + [f"distill@{r}" for r in runs] + [f"evaluate@{r}" for r in runs] + ["report"])
+        + [f"distill@{r}" for r in runs] + [f"bench_corpus@{d}" for d in p.evaluate.bench_datasets]
+        + [f"bench_extract@{d}-{t}" for d in p.evaluate.bench_datasets for t in p.extract.teachers]
+        + [f"bench_text@{d}-{t}" for d in p.evaluate.bench_text_datasets for t in p.extract.text_teachers]
+        + [f"evaluate@{r}" for r in runs] + ["report"])
     distill = next(s for s in _stages() if s.name == "distill@zca-1")
     assert distill.argv[distill.argv.index("--norm") + 1] == "zca" and distill.argv[distill.argv.index("--seed") + 1] == "1"
+
+
+def test_foreach_stages_expand_with_key_and_item():
+    """dvc.yaml's foreach over a mapping (the evaluation datasets: name -> layout), as DVC expands it."""
+    corpus = next(s for s in _stages() if s.name == "bench_corpus@shapes_ade")
+    assert corpus.argv[corpus.argv.index("--layout") + 1] == "ade20k"
+    assert corpus.argv[corpus.argv.index("--out") + 1] == "data/bench/shapes_ade"
+    assert "data/demo_corpus/bench/shapes_ade" in corpus.argv
 
 
 def test_dvc_yaml_calls_only_ordinary_commands_with_params():

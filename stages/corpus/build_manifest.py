@@ -5,6 +5,10 @@ each image's content hash, train/val split and its V views, so every teacher sto
 same rows. The source is listed (stages/corpus/sources.py), cut into units that decode every image once
 on Ray or in this process (stages/corpus/build_runner.py, resumable), and the parts are merged into the
 manifest in uri order. Broken files and members are recorded with a reason, never fatal.
+
+An evaluation dataset in its released layout (`dataset_layout`, stages/corpus/layouts.py) goes the same
+way: the layout gives the images with their splits, labels and annotation paths, the units check each
+image's annotations where they decode it, and the manifest gets the dataset's columns and metadata.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from stages.corpus.build_runner import (FILES_PER_TASK, PartsReport, drop_stale_parts, merge_parts, plan_units,
                                         run_parts)
 from stages.corpus.images import DEFAULT_PIXEL_LIMIT, MIN_SIDE
+from stages.corpus.layouts import check_layout, dataset_source, parse_dataset
 from stages.corpus.sources import list_source
 from stages.corpus.units import CorpusOptions, split_of  # noqa: F401 - split_of: the split rule's one home
 from store_schema import layout
@@ -43,41 +48,60 @@ class CorpusReport:
 def build_manifest(source: str | Path, *, out_dir: Path | str, view_spec: ViewSpec = ViewSpec(),
                    pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
                    val_fraction: float = DEFAULT_VAL_FRACTION, workers: int | None = 0,
-                   ray_address: str | None = None, files_per_task: int = FILES_PER_TASK) -> Manifest:
+                   ray_address: str | None = None, files_per_task: int = FILES_PER_TASK,
+                   dataset_layout: str = "files") -> Manifest:
     """Decode every image of SOURCE once and write <out_dir>/manifest.parquet deterministically (in this
     process by default; `workers` > 0 or None runs the units on Ray). Returns the manifest as read back."""
     return build_corpus(source, out_dir=out_dir, view_spec=view_spec, pixel_limit=pixel_limit, min_side=min_side,
                         val_fraction=val_fraction, workers=workers, ray_address=ray_address,
-                        files_per_task=files_per_task).manifest
+                        files_per_task=files_per_task, dataset_layout=dataset_layout).manifest
 
 
 def build_corpus(source: str | Path, *, out_dir: Path | str, view_spec: ViewSpec = ViewSpec(),
                  pixel_limit: int = DEFAULT_PIXEL_LIMIT, min_side: int = MIN_SIDE,
                  val_fraction: float = DEFAULT_VAL_FRACTION, workers: int | None = 0,
                  ray_address: str | None = None, files_per_task: int = FILES_PER_TASK,
-                 on_done: Callable[[int], None] | None = None) -> CorpusReport:
-    """`build_manifest`, reporting the parts built and reused (a killed build resumes from its parts)."""
+                 on_done: Callable[[int], None] | None = None, dataset_layout: str = "files") -> CorpusReport:
+    """`build_manifest`, reporting the parts built and reused (a killed build resumes from its parts).
+
+    dataset_layout "files" (default): any source of images (stages/corpus/sources.py), splits from the
+    content hash. Otherwise SOURCE is a local evaluation dataset in that released layout: splits, labels,
+    annotation paths and the class list come from the layout (val_fraction is not used: 0.0 is recorded)."""
     t0 = time.perf_counter()
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if pixel_limit < 1 or min_side < 1:
         raise ValueError(f"pixel_limit and min_side must be >= 1, got {pixel_limit}, {min_side}")
-    src = list_source(source)
-    options = CorpusOptions(view_spec, pixel_limit, min_side, val_fraction)
-    units = plan_units(src, options, files_per_task=files_per_task)
     out_dir = as_location(out_dir)
+    dataset = None
+    if check_layout(dataset_layout) == "files":
+        src = list_source(source)
+    else:
+        if is_url(str(source)):
+            raise ValueError(f"--layout {dataset_layout} reads a local dataset folder, got {source}; copy the "
+                             "dataset to a local folder first")
+        parsed = parse_dataset(dataset_layout, Path(source), name=_dataset_name(out_dir))
+        src, dataset, val_fraction = dataset_source(parsed, str(source)), parsed.info, 0.0
+    options = CorpusOptions(view_spec, pixel_limit, min_side, val_fraction, dataset)
+    units = plan_units(src, options, files_per_task=files_per_task)
     if not is_url(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     parts = run_parts(units, options, out_dir, workers=workers, ray_address=ray_address, on_done=on_done)
     meta = manifest_metadata(view_spec=view_spec, source=_portable(src.text, out_dir),
                              image_root=_portable(src.base, out_dir), pixel_limit=pixel_limit, min_side=min_side,
-                             val_fraction=val_fraction)
+                             val_fraction=val_fraction, dataset=dataset)
     path = layout.manifest_path(out_dir)
-    with ManifestWriter(path, num_views=view_spec.num_views, metadata=meta, located=src.has_shards) as writer:
+    with ManifestWriter(path, num_views=view_spec.num_views, metadata=meta, located=src.has_shards,
+                        dataset=dataset is not None) as writer:
         merge_parts(units, out_dir, writer, located=src.has_shards)
         writer.finish(before_write=lambda new: refuse_orphaning_stores(out_dir, new))
     removed = drop_stale_parts(out_dir, {u.key for u in units})
     return CorpusReport(read_manifest(path), parts, len(units), time.perf_counter() - t0, removed)
+
+
+def _dataset_name(out_dir) -> str:
+    """An evaluation dataset's name (its metrics go under bench/<name>/): the output root's folder name."""
+    return str(out_dir).rstrip("/").rsplit("/", 1)[-1]
 
 
 def refuse_orphaning_stores(root, new_hash: str) -> None:

@@ -30,6 +30,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.corpus.layouts import LayoutError
 from stages.corpus.sources import SHARD_KINDS, CorpusSource
 from stages.corpus.units import CorpusOptions, CorpusUnit, build_unit_rows
 from store_schema import layout, location
@@ -59,16 +60,17 @@ def plan_units(source: CorpusSource, options: CorpusOptions, *, files_per_task: 
         raise ValueError(f"files_per_task must be >= 1, got {files_per_task}")
     units, batch = [], []
     base = str(source.base)
+    entries = dict(zip(source.uris, source.entries))  # an evaluation dataset's entries, by uri
 
     def close() -> None:
         if batch:
-            units.append(_unit(base, tuple(batch), options))
+            units.append(_unit(base, tuple(batch), options, entries))
             batch.clear()
 
     for item in source.items:
         if item.kind in SHARD_KINDS:
             close()
-            units.append(_unit(base, (item,), options))
+            units.append(_unit(base, (item,), options, entries))
         else:
             batch.append(item)
             if len(batch) >= files_per_task:
@@ -77,10 +79,14 @@ def plan_units(source: CorpusSource, options: CorpusOptions, *, files_per_task: 
     return units
 
 
-def _unit(base: str, items: tuple, options: CorpusOptions) -> CorpusUnit:
-    payload = json.dumps({"format": PART_FORMAT, "options": options.to_json(), "base": base,
-                          "items": [(it.uri, it.kind, it.stamp) for it in items]}, sort_keys=True)
-    return CorpusUnit(hashlib.sha256(payload.encode()).hexdigest()[:40], base, items)
+def _unit(base: str, items: tuple, options: CorpusOptions, entries: dict) -> CorpusUnit:
+    mine = tuple(entries[it.uri] for it in items if it.uri in entries)
+    described: dict = {"format": PART_FORMAT, "options": options.to_json(), "base": base,
+                       "items": [(it.uri, it.kind, it.stamp) for it in items]}
+    if mine:  # only then: a plain corpus keeps its part keys
+        described["entries"] = [(e.split, e.label, e.mask_uri, e.depth_uri, e.normals_uri) for e in mine]
+    payload = json.dumps(described, sort_keys=True)
+    return CorpusUnit(hashlib.sha256(payload.encode()).hexdigest()[:40], base, items, mine)
 
 
 def build_part(unit: CorpusUnit, options: CorpusOptions, root: str) -> tuple[str, int, str]:
@@ -160,7 +166,7 @@ def _run_on_ray(todo: list[CorpusUnit], options: CorpusOptions, root: str, worke
     if errors:
         unit, e = errors[0]
         cause = getattr(e, "cause", e)
-        if isinstance(cause, OSError):
+        if isinstance(cause, (OSError, LayoutError)):  # a disk, a dataset off its layout: its own one line
             raise cause from None
         names = ", ".join(it.uri for it in unit.items[:3])
         raise RuntimeError(f"corpus unit {names} failed ({len(errors)} unit(s) failed); finished parts are "
@@ -168,7 +174,8 @@ def _run_on_ray(todo: list[CorpusUnit], options: CorpusOptions, root: str, worke
 
 
 def read_part(root: location.Location, key: str, *, located: bool) -> pa.Table:
-    """One part's rows; without the located columns when the manifest has none."""
+    """One part's rows; without the located columns when the manifest has none (an evaluation dataset's
+    part has DATASET_COLUMNS too: its key covers the dataset, so it is never another build's part)."""
     path = layout.corpus_part_path(root, key)
     try:
         table = pq.read_table(pa.BufferReader(location.read_bytes(path)))

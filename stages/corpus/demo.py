@@ -11,6 +11,8 @@ in <dir>/seg_masks/shapes/; class = shape kind, background its own class (seg_cl
 mask value k). Each shape is drawn alone on a white canvas (its pixels are exactly the non-white ones)
 and pasted in order, the label map updated with it, so masks are exact by construction.
 (d) zeroshot_classes.txt: the probe labels (face, nonface) as classes for zero-shot classification.
+(e) <dir>/bench/: small evaluation datasets in released layouts (imagefolder, ade20k, depth), exact by
+construction (stages/corpus/demo_bench.py).
 Only files present on disk are used, and the output is byte-identical on every run.
 """
 
@@ -25,16 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stages.corpus.demo_content import (LFW_CLASSES, SHAPE_CLASSES, SHAPES_SIDE,  # noqa: F401 - re-exported
+                                       ZEROSHOT_CLASS_LINES, shape_layers, shapes_image)
 from stages.corpus.images import is_image_name
 from store_schema import layout
 
 LFW_FILE = "lfw_subset.npy"
-LFW_CLASSES = ("face", "nonface")  # first 100 rows are faces, the last 100 are not (skimage docs)
 PHOTOS_SUBDIR, LFW_SUBDIR, SHAPES_SUBDIR = "photos", "lfw", "shapes"
-# zero-shot class file lines: label<TAB>prompt name
-ZEROSHOT_CLASS_LINES = ("face\tface", "nonface\tnon-face object")
-SHAPE_CLASSES = ("background", "rectangle", "circle", "triangle", "ellipse")  # mask value = index
-SHAPES_COUNT, SHAPES_SIDE, SHAPES_SEED = 48, 64, 0
+SHAPES_COUNT, SHAPES_SEED = 48, 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class DemoCorpus:
     seg_masks: Path | None = None
     seg_classes: Path | None = None
     zeroshot_classes: Path | None = None
+    bench_dir: Path | None = None  # evaluation datasets in released layouts (stages/corpus/demo_bench.py)
 
 
 def skimage_data_dir() -> Path:
@@ -60,23 +61,6 @@ def _png(arr: np.ndarray, mode: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, mode=mode).save(buf, "PNG")
     return buf.getvalue()
-
-
-def shapes_image(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 RGB image [S, S, 3], uint8 label mask [S, S]) of one random-shapes scene, exact labels."""
-    from skimage.draw import random_shapes
-
-    rng = np.random.default_rng(seed)
-    image_SS3 = np.full((SHAPES_SIDE, SHAPES_SIDE, 3), 255, np.uint8)
-    mask_SS = np.zeros((SHAPES_SIDE, SHAPES_SIDE), np.uint8)
-    for _ in range(int(rng.integers(1, 4))):
-        kind = int(rng.integers(1, len(SHAPE_CLASSES)))
-        layer, _ = random_shapes((SHAPES_SIDE, SHAPES_SIDE), max_shapes=1, min_shapes=1, min_size=12,
-                                 max_size=40, shape=SHAPE_CLASSES[kind], rng=int(rng.integers(2**31)))
-        pixels = (layer != 255).any(-1)  # shape colours lie in [0, 254] per channel: never pure white
-        image_SS3[pixels] = layer[pixels]
-        mask_SS[pixels] = kind
-    return image_SS3, mask_SS
 
 
 def _shapes_files(images: Path) -> dict[str, bytes]:
@@ -117,6 +101,10 @@ def _planned_files(data_dir: Path) -> dict[str, bytes]:
     writer.writerows(rows)
     out[layout.demo_probe_labels_path(Path(".")).as_posix()] = text.getvalue().encode()
     out.update(_shapes_files(images))
+    from stages.corpus.demo_bench import bench_files
+
+    bench = layout.demo_bench_dir(Path("."))
+    out.update({(bench / rel).as_posix(): data for rel, data in bench_files(faces_N25x25).items()})
     return out
 
 
@@ -137,10 +125,10 @@ def export_demo_corpus(out_dir: Path) -> DemoCorpus:
         dst = out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(data)
-    n_lfw = sum(1 for rel in files if f"/{LFW_SUBDIR}/" in rel)
-    n_photos = sum(1 for rel in files if f"/{PHOTOS_SUBDIR}/" in rel)
     images = layout.demo_images_dir(Path(".")).as_posix()
+    n_lfw = sum(1 for rel in files if rel.startswith(f"{images}/{LFW_SUBDIR}/"))
+    n_photos = sum(1 for rel in files if rel.startswith(f"{images}/{PHOTOS_SUBDIR}/"))
     n_shapes = sum(1 for rel in files if rel.startswith(f"{images}/{SHAPES_SUBDIR}/"))
     return DemoCorpus(layout.demo_images_dir(out_dir), layout.demo_probe_labels_path(out_dir), n_photos, n_lfw,
                       n_shapes, layout.demo_seg_masks_dir(out_dir), layout.demo_seg_classes_path(out_dir),
-                      layout.demo_zeroshot_classes_path(out_dir))
+                      layout.demo_zeroshot_classes_path(out_dir), layout.demo_bench_dir(out_dir))

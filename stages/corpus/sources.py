@@ -56,6 +56,7 @@ class CorpusSource:
     text: str  # the SOURCE as given
     base: Location
     items: tuple[SourceItem, ...]
+    entries: tuple = ()  # an evaluation dataset (stages/corpus/layouts.py): one layouts.Entry per item
 
     @property
     def uris(self) -> list[str]:

@@ -5,7 +5,9 @@ and fixes its content hash, split and views. A unit is what one Ray task (or one
 every image decoded once (stages/corpus/images.py), every member of a shard accounted for (an image row,
 a sidecar kept with its image's rows, or a row saying why it is not an image); nothing here raises for
 bad data. The split comes from the content hash, so duplicates share a split and adding images never
-moves existing ones between splits.
+moves existing ones between splits. An evaluation dataset in a released layout (`--layout`,
+stages/corpus/layouts.py) brings each image's split, label and annotation paths along with it; the unit
+checks the annotations against the decoded image here, in the worker, and writes them as DATASET_COLUMNS.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -23,7 +26,10 @@ from stages.corpus.sources import COMPRESSED, MISSING, TAR, WEB, SourceItem
 from stages.corpus.tar_shards import SIDECAR_EXTENSIONS, SIDECAR_LIMIT, Member, scan_members
 from stages.corpus.views import draw_views
 from store_schema import location
-from store_schema.manifest import STATUS_BAD, STATUS_OK, ManifestRow, ViewSpec, rows_table
+from store_schema.manifest import STATUS_BAD, STATUS_OK, DatasetInfo, ManifestRow, ViewSpec, rows_table
+
+if TYPE_CHECKING:
+    from stages.corpus.layouts import Entry
 
 WEB_REASON = ("web URL (http / https): images are not downloaded at build time; fetch them first (img2dataset "
               "writes WebDataset shards, which this command reads) and list those")
@@ -40,10 +46,14 @@ class CorpusOptions:
     pixel_limit: int
     min_side: int
     val_fraction: float
+    dataset: DatasetInfo | None = None  # an evaluation dataset (`--layout`): its layout facts
 
     def to_json(self) -> str:
-        return json.dumps({"view_spec": self.view_spec.to_dict(), "pixel_limit": int(self.pixel_limit),
-                           "min_side": int(self.min_side), "val_fraction": float(self.val_fraction)}, sort_keys=True)
+        d = {"view_spec": self.view_spec.to_dict(), "pixel_limit": int(self.pixel_limit),
+             "min_side": int(self.min_side), "val_fraction": float(self.val_fraction)}
+        if self.dataset is not None:  # only then: a plain corpus keeps its part keys
+            d["dataset"] = self.dataset.to_json()
+        return json.dumps(d, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class CorpusUnit:
     key: str
     base: str  # the source's base folder / URL prefix, as a string
     items: tuple[SourceItem, ...]
+    entries: tuple["Entry", ...] = ()  # an evaluation dataset: each item's split / label / annotations
 
 
 def split_of(sha256: str, *, val_fraction: float) -> str:
@@ -68,28 +79,49 @@ def resolve(base: str, uri: str) -> location.Location:
 
 
 def build_unit_rows(unit: CorpusUnit, options: CorpusOptions) -> pa.Table:
-    """Every row of the unit (sorted by uri) as a table of the located manifest columns without `id`."""
+    """Every row of the unit (sorted by uri) as a table of the located manifest columns without `id`.
+
+    With DATASET_COLUMNS too for an evaluation dataset. LayoutError (a dataset that does not match its
+    layout: a mask of another size, class ids beyond the class list) is raised, not recorded."""
     rows: list[ManifestRow] = []
+    entries = {e.uri: e for e in unit.entries}
     for item in unit.items:
         if item.kind in (TAR, MISSING, COMPRESSED):
             rows.extend(_shard_rows(unit.base, item, options))
         elif item.kind == WEB:
             rows.append(_row(item.uri, ImageRecord("", 0, 0, 0, "", None, WEB_REASON), options))
+        elif item.uri in entries:
+            rows.append(_dataset_row(unit.base, entries[item.uri], options))
         else:
             rec = inspect_image(resolve(unit.base, item.uri), pixel_limit=options.pixel_limit,
                                 min_side=options.min_side)
             rows.append(_row(item.uri, rec, options, length=rec.size_bytes))
     rows.sort(key=lambda r: r.uri)
-    return rows_table(rows, num_views=options.view_spec.num_views, located=True)
+    return rows_table(rows, num_views=options.view_spec.num_views, located=True, dataset=options.dataset is not None)
 
 
-def _row(uri: str, rec: ImageRecord, options: CorpusOptions, **located) -> ManifestRow:
+def _row(uri: str, rec: ImageRecord, options: CorpusOptions, split: str = "", **columns) -> ManifestRow:
+    """The row of one image; split "" = from the content hash. columns: located / dataset columns."""
     key = rec.sha256 or hashlib.sha256(uri.encode()).hexdigest()  # unreadable: key on its uri
     boxes_V4, flips_V = draw_views(key, options.view_spec)
     return ManifestRow(uri=uri, sha256=rec.sha256, size_bytes=rec.size_bytes, width=rec.width, height=rec.height,
-                       mode=rec.mode, split=split_of(key, val_fraction=options.val_fraction),
+                       mode=rec.mode, split=split or split_of(key, val_fraction=options.val_fraction),
                        status=STATUS_OK if rec.ok else STATUS_BAD, reason=rec.reason, boxes_V4=boxes_V4,
-                       flips_V=flips_V, **located)
+                       flips_V=flips_V, **columns)
+
+
+def _dataset_row(base: str, entry: "Entry", options: CorpusOptions) -> ManifestRow:
+    """An evaluation dataset's image: decoded, its annotations checked against it (a missing or undecodable
+    annotation is the row's reason), split and label from the layout."""
+    from stages.corpus.layouts import check_annotations
+
+    rec = inspect_image(resolve(base, entry.uri), pixel_limit=options.pixel_limit, min_side=options.min_side)
+    if rec.ok and options.dataset is not None:
+        reason = check_annotations(options.dataset, Path(base), entry, (rec.width, rec.height))
+        if reason:
+            rec = ImageRecord(rec.sha256, rec.size_bytes, rec.width, rec.height, rec.mode, None, reason)
+    return _row(entry.uri, rec, options, split=entry.split, length=rec.size_bytes, label=entry.label,
+                mask_uri=entry.mask_uri, depth_uri=entry.depth_uri, normals_uri=entry.normals_uri)
 
 
 def _bad(uri: str, reason: str, size: int = 0) -> ImageRecord:

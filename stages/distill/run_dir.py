@@ -94,6 +94,20 @@ def eval_path(run_dir: Path) -> Path:
     return Path(run_dir) / EVAL_DIR / EVAL_FILE
 
 
+def eval_cache_dir(run_dir: Path) -> Path:
+    """<run>/eval/cache: the run's feature caches (an output of dvc.yaml's evaluate stage, so that
+    `dvc exp apply` restores it with the run)."""
+    return Path(run_dir) / EVAL_DIR / "cache"
+
+
+def eval_cache_path(run_dir: Path, dataset: str) -> Path:
+    """<run>/eval/cache/<dataset>.zarr: the run's student features over one evaluation dataset
+    (stages/evaluate/feature_cache.py; docs/EVALUATION.md)."""
+    if not dataset or "/" in dataset or dataset.startswith("."):
+        raise ValueError(f"dataset name {dataset!r} is not a valid path component")
+    return eval_cache_dir(run_dir) / f"{dataset}.zarr"
+
+
 def run_lease_path(run_dir: Path) -> Path:
     """<run>.lease, beside the run directory (the lease guards the whole directory)."""
     return lease_path(Path(run_dir))

@@ -8,7 +8,7 @@ params.yaml's missing keys all come from here (the downstream ones from `Downstr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.evaluate.downstream import DownstreamConfig
@@ -34,6 +34,47 @@ class EvaluateConfig:
     seg_classes: Path | None = DownstreamConfig.seg_classes
     seg_templates: str = DownstreamConfig.seg_templates
     seg_probe_steps: int = DownstreamConfig.seg_probe_steps
+    # Evaluation datasets in released layouts (`pipeline evaluate --on`, docs/EVALUATION.md): each name is a
+    # folder of bench_sources built into the dataset root <bench_root>/<name> with its layout ({}: none);
+    # the probes' settings are `pipeline evaluate`'s options of the same names.
+    bench_sources: Path = Path("data/demo_corpus/bench")
+    bench_root: Path = Path("data/bench")
+    bench_datasets: dict[str, str] = field(default_factory=dict)  # name -> layout
+    bench_text_datasets: list[str] = field(default_factory=list)  # zero-shot: the CLIP teachers embed their classes
+    probe_iterations: int = 2000  # mini-batch iterations of the dense probes (segmentation, depth, normals)
+    probe_batch_size: int = 16
+    probe_lr: float = 1e-3  # AdamW learning rate of the dense probes (cosine decay)
+    linear_iterations: int = 1000  # mini-batch iterations of the linear classifier probe
+    target_side: int = 128  # side of the dense probes' training targets (cached per dataset root)
+    probe_memory: int = 1024  # MiB of a probe's features held in memory when they all fit
+
+    def check(self) -> None:
+        """ValueError naming the evaluate.* key when the settings (kNN feature, split, the evaluation datasets'
+        settings) do not hold together."""
+        from stages.corpus.layouts import LAYOUTS
+
+        if self.knn_feature not in ("concat", "token0"):
+            raise ValueError(f"evaluate.knn_feature must be 'concat' or 'token0', got {self.knn_feature!r}")
+        if self.split not in ("train", "val"):
+            raise ValueError(f"evaluate.split must be 'train' or 'val', got {self.split!r}")
+
+        bad = {n: lay for n, lay in self.bench_datasets.items() if lay not in LAYOUTS or lay == "files"}
+        if bad:
+            raise ValueError(f"evaluate.bench_datasets {bad}: unknown layout; valid layouts: "
+                             f"{', '.join(x for x in LAYOUTS if x != 'files')}")
+        stray = sorted(set(self.bench_text_datasets) - set(self.bench_datasets))
+        if stray:
+            raise ValueError(f"evaluate.bench_text_datasets names {stray}, which are not in evaluate.bench_datasets "
+                             f"{sorted(self.bench_datasets)}")
+        if self.probe_lr <= 0:
+            raise ValueError(f"evaluate.probe_lr must be > 0, got {self.probe_lr}")
+        for key in ("probe_iterations", "probe_batch_size", "linear_iterations", "target_side"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"evaluate.{key} must be >= 1, got {getattr(self, key)}")
+
+    def bench_roots(self) -> list[Path]:
+        """The dataset roots `pipeline evaluate --on` scores every run on."""
+        return [self.bench_root / name for name in self.bench_datasets]
 
     def downstream(self) -> DownstreamConfig:
         """The downstream part (zero-shot, segmentation probes)."""

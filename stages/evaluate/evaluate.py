@@ -39,11 +39,12 @@ from stages.corpus.samples import render_samples
 from stages.distill.exported import load_exported
 from stages.distill.loader import StoreSet
 from stages.distill.run import load_run, run_progress
-from stages.distill.run_dir import eval_path
+from stages.distill.run_dir import eval_cache_dir, eval_path
 from stages.evaluate.config import EvaluateConfig
 from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_zeroshot_teacher, seg_eval,
                                        zeroshot_eval)
-from stages.evaluate.knn import knn_accuracy, linear_probe_accuracy
+from stages.evaluate.bench import BenchConfig, check_probes, dataset_manifest
+from stages.evaluate.knn import KNN_FEATURES, knn_accuracy, linear_probe_accuracy, summary_feature
 from stages.evaluate.metrics import ErrorAccumulator
 from stages.evaluate.resolutions import eval_sizes, resolution_report, trained_sizes
 from store_schema.location import as_location
@@ -51,15 +52,6 @@ from stages.students.preprocess import student_pixels
 from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.layout import demo_probe_labels_path
 
-KNN_FEATURES = {"concat": "the K raw student summary tokens concatenated (RADIO's _extract_final), view 0",
-                "token0": "raw student summary token 0, view 0"}
-
-
-def summary_feature(summary_BKC: torch.Tensor, knn_feature: str) -> torch.Tensor:
-    """The probe feature [B, K·C] (concat) or [B, C] (token0) from the student's summary tokens."""
-    if knn_feature not in KNN_FEATURES:
-        raise ValueError(f"unknown kNN feature {knn_feature!r}; valid: {', '.join(KNN_FEATURES)}")
-    return summary_BKC.flatten(1) if knn_feature == "concat" else summary_BKC[:, 0]
 
 
 def config_field(config: dict[str, Any], key: str, run: str) -> Any:
@@ -184,12 +176,32 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
     return out
 
 
+def _bench(run_dir: Path, roots: list[Any], cfg: BenchConfig, progress: dict[str, Any], teachers: list[str], *,
+           device: str, log: Any) -> dict[str, Any]:
+    """{dataset name: scores} of the exported student on each evaluation dataset root."""
+    from stages.evaluate.bench_run import evaluate_on_root
+
+    names = {}
+    for r in roots:  # every root is checked (and named) before any feature is computed
+        m = dataset_manifest(r)
+        check_probes(m, r, cfg.probes)
+        if m.dataset.name in names:
+            raise ValueError(f"{r} and {names[m.dataset.name]} are both dataset {m.dataset.name!r} (metrics go under "
+                             "bench/<dataset>): give each dataset root its own folder name")
+        names[m.dataset.name] = r
+    model = load_exported(run_dir, device=device)
+    run_key = {"run_fingerprint": progress["fingerprint"], "checkpoint_step": progress["checkpoint_step"]}
+    return {name: evaluate_on_root(run_dir, r, model, run_key=run_key, teachers=list(teachers), cfg=cfg, log=log)
+            for name, r in names.items()}
+
+
 def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size: int = EvaluateConfig.batch_size,
                  labels_path: Path | None = EvaluateConfig.probe_labels, knn_k: int = EvaluateConfig.knn_k,
                  knn_temperature: float = EvaluateConfig.knn_temperature,
                  knn_feature: str = EvaluateConfig.knn_feature, device: str = "cpu",
                  downstream: DownstreamConfig | None = None, root: Any = None,
-                 resolutions: list[int] | None = None) -> dict[str, Any]:
+                 resolutions: list[int] | None = None, bench_roots: list[Any] = (),
+                 bench: BenchConfig | None = None, log: Any = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
     ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
@@ -199,6 +211,8 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     results (see the module docstring). ``root`` reads the stores from another store root than the one
     the run recorded (a moved or copied root; its stores must be the run's, `stages.distill.run.moved_root`).
     ``knn_feature``: "concat" (every student summary token, RADIO's kNN feature) or "token0".
+    ``bench_roots``: evaluation dataset roots (`pipeline corpus --layout`), scored with ``bench``
+    (``stages.evaluate.bench``) under ``bench/<dataset>``.
 
     ``resolutions``: the student sides of the per-resolution evaluation (stages/evaluate/resolutions.py);
     None: automatic (a run of several partition sides: each and one side it was not trained at), []: off.
@@ -255,8 +269,11 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
             probe=None if labels is None else lambda size: _probe(
                 student, heads, stores.manifest, normalizers, labels, img_size=size, batch_size=batch_size, k=knn_k,
                 temperature=knn_temperature, knn_feature=knn_feature)["knn_acc"])
+    if bench_roots:
+        result["bench"] = _bench(run_dir, list(bench_roots), bench or BenchConfig(), progress, cfg["teachers"],
+                                 device=device, log=log or (lambda _: None))
     out = eval_path(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    eval_cache_dir(run_dir).mkdir(parents=True, exist_ok=True)  # always there: dvc.yaml declares it an output
     tmp = out.with_suffix(".json.tmp")  # written whole, then renamed: never a torn metrics.json
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
     tmp.replace(out)

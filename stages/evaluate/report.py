@@ -29,6 +29,7 @@ import numpy as np
 
 from stages.evaluate import plots, report_context, teacher_table
 from stages.evaluate.comparability import RunFacts, check_runs, run_facts
+from stages.evaluate.bench_report import bench_protocol_lines, flatten_bench
 from stages.evaluate.categories import CATEGORIES, PAPER_CATEGORIES, categorize, coverage_sentence, higher_is_better
 from stages.evaluate.recipe_report import recipe_lines
 from stages.evaluate.ranking import AVG, rank_runs
@@ -66,6 +67,7 @@ def flatten_metrics(ev: dict[str, Any]) -> dict[str, float]:
     for section in DOWNSTREAM_SECTIONS:
         if ev.get(section):
             _flatten_numbers(section, ev[section], flat)
+    flat.update(flatten_bench(ev.get("bench") or {}))  # bench/<dataset>/...: `pipeline evaluate --on`
     return flat
 
 
@@ -417,7 +419,7 @@ def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Varia
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
              *context["runs"], "", *context["recipe"], *context["reading"], "",
              *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
-             *context["teachers"], "",
+             *context["teachers"], "", *context["bench"],
              "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
     lines += ["", "## Cost", "",
@@ -480,7 +482,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
                "normalized": report_context.normalized_error_lines(evals, teacher_var),
                "time": report_context.time_cost_lines(facts, histories),
                "teachers": teacher_table.teacher_lines(Path(store_root), teachers, variants, configs),
-               "recipe": recipe_lines(configs, evals)}
+               "recipe": recipe_lines(configs, evals),
+               "bench": bench_protocol_lines(evals)}
 
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
