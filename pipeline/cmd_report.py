@@ -36,6 +36,9 @@ def report_cmd(
                                            "steps, teachers, corpus, eval split) on its own.")] = False,
     add: Annotated[Optional[list[Path]], typer.Option("--add", help="Also report this run (repeatable): a run made "
                                                       "by hand beside the sweep's.")] = None,
+    dvc_out: Annotated[Optional[Path], typer.Option("--dvc-out", help="Also write the ranks (average and per "
+                                                    "category) and ranked seed means per variant to this JSON file: "
+                                                    "a DVC metrics file (dvc.yaml: dvc_metrics/ranking.json).")] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Write one table across RUNS (mean ± std over seeds, ranks by category as in PHI-S, storage
@@ -45,8 +48,10 @@ def report_cmd(
 
     runs = list(dict.fromkeys([*(runs or []), *(add or [])]))
     md = write_report(runs, out, store_root=root, allow_stale=allow_stale, allow_incomparable=allow_incomparable,
-                      by_group=by_group)
+                      by_group=by_group, dvc_out=dvc_out)
     typer.echo(f"report: {md}")
+    if dvc_out is not None:
+        typer.echo(f"ranking for DVC: {dvc_out} (`dvc metrics show {dvc_out}`)")
     for run in left_out_runs(runs):
         typer.echo(f"not in this report: {run} (evaluated beside its runs; add it with --add {run})")
 

@@ -512,14 +512,15 @@ def _markdown(groups: list[RankedGroup], cost: SweepCost,
 
 def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | None = None,
                  allow_stale: bool = False, allow_unfinished: bool = True, allow_incomparable: bool = False,
-                 by_group: bool = False) -> Path:
+                 by_group: bool = False, dvc_out: Path | None = None) -> Path:
     """Write report.md, report.csv and PNG plots for the given evaluated runs; returns report.md's path.
 
     Runs that differ only in their seed are one variant (mean ± std over seeds). ``store_root``
     defaults to the store root recorded in the runs' config.json (which must agree). Stale evaluations
     and incomparable runs (``stages.evaluate.comparability``) are refused with ValueError unless allowed
     (``by_group``: each group of comparable runs ranked on its own); unfinished runs are marked (refused when
-    ``allow_unfinished`` is False).
+    ``allow_unfinished`` is False). ``dvc_out``: also write the ranks and ranked means as a DVC metrics
+    file (``stages.evaluate.dvc_files.write_ranking``).
     """
     run_dirs = [Path(r) for r in run_dirs]
     names = [r.name for r in run_dirs]
@@ -571,6 +572,10 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    if dvc_out is not None:
+        from stages.evaluate.dvc_files import write_ranking
+
+        write_ranking(dvc_out, groups)
     md_path = out_dir / REPORT_MD
     md_path.write_text(_markdown(groups, cost, plot_names, fidelity,
                                  clip_lines(variants, configs, histories), context))
