@@ -89,8 +89,11 @@ def evaluate_cmd(
             typer.echo(f"  {teacher}: " + "; ".join(parts))
         probe = res["probe"]
         typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
-                   f"feature: {probe['feature']})"
+                   f"feature: {probe['feature']}; labels: {res.get('probe_labels')})"
                    if probe else f"  probe: skipped ({res['probe_skipped']})")
+        for what, key in (("zero-shot", "zeroshot_skipped"), ("segmentation", "seg_skipped")):
+            if res.get(key):
+                typer.echo(f"  {what}: skipped ({res[key]})")
         for t, z in (res.get("zeroshot") or {}).items():
             typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
                        f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")

@@ -163,7 +163,7 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
     if cfg.zeroshot_classes is None:
         out["zeroshot_skipped"] = "no zero-shot class file given"
     elif not labels_path.is_file():
-        out["zeroshot_skipped"] = f"no labels file at {labels_path}"
+        out["zeroshot_skipped"] = f"it needs the probe labels, and there are none (no file at {labels_path})"
     elif not clip_teachers(stores.stores):
         out["zeroshot_skipped"] = "the run has no CLIP-family (open_clip) teacher"
     if cfg.seg_masks is None or cfg.seg_classes is None:
@@ -233,6 +233,7 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
                                     batch_size=batch_size),
         "partitions": [p.to_dict() for p in config.train_partitions],
     }
+    given = labels_path is not None
     if labels_path is None:  # the demo corpus layout: <demo>/probe_labels.csv beside <demo>/images
         labels_path = demo_probe_labels_path(stores.manifest.image_root.parent)
     labels_path = Path(labels_path)
@@ -240,9 +241,13 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
         result["probe"] = _probe(student, heads, stores.manifest, normalizers, read_probe_labels(labels_path),
                                  img_size=cfg["img_size"], batch_size=batch_size, k=knn_k,
                                  temperature=knn_temperature, knn_feature=knn_feature)
+        result["probe_labels"] = str(labels_path)
     else:
         result["probe"] = None
-        result["probe_skipped"] = f"no labels file at {labels_path}"
+        result["probe_skipped"] = (f"no labels file at {labels_path}" if given else
+                                   f"no labels: evaluate.probe_labels is null (--probe-labels not given) and there is "
+                                   f"no probe_labels.csv beside the corpus images at {labels_path}; a CSV uri,label "
+                                   "there or given runs the kNN probe")
     result.update(_downstream(run_dir, stores, downstream or DownstreamConfig(), labels_path, split=split,
                               batch_size=batch_size, device=device))
     sizes = eval_sizes(config, resolutions)
