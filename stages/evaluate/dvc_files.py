@@ -13,7 +13,7 @@ evaluate --dvc-out DIR` writes two small files into a tracked folder instead:
 
 Every metric the sweep ranks (``stages.evaluate.categories``: teacher patch MSEs, the ranked zero-shot, kNN,
 segmentation, benchmark metrics) is among the flat scalars. The ranks themselves compare runs, so `pipeline
-report --dvc-out FILE` writes them (``write_ranking``): per variant its average rank, its rank per category
+report --dvc-out FILE` writes them (``stages.evaluate.dvc_ranking``): per variant its average rank, its rank per category
 and the seed means of the metrics behind them. `dvc metrics show FILE` prints the sweep's ranking and
 `dvc exp show --only-changed` puts every experiment's ranks side by side (docs/SWEEP.md).
 """
@@ -67,34 +67,6 @@ def ranked_metrics(ev: Mapping[str, Any]) -> dict[str, float]:
     flat = flatten_metrics(dict(ev))
     cats = categorize(flat, ev.get("zeroshot_ranked"))
     return {m: flat[m] for ms in cats.values() for m in ms}
-
-
-def ranking_metrics(groups: Sequence[Any]) -> dict[str, Any]:
-    """{variant: {"avg_rank", "rank": {category: rank}, "mean": {ranked metric: seed mean}, "seeds"[, "group"]}}
-    of the report's ranked groups (``stages.evaluate.report.RankedGroup``); "group" only when the runs were
-    ranked in several groups (ranks of different groups do not compare)."""
-    out: dict[str, Any] = {}
-    for i, g in enumerate(groups, 1):
-        for v in g.variants:
-            ranks = g.ranking.ranks[v.name]
-            entry: dict[str, Any] = {"avg_rank": ranks["avg"],
-                                     "rank": {c: ranks[c] for c in g.ranking.categories},
-                                     "mean": {m: v.mean[m] for ms in g.ranking.categories.values() for m in ms},
-                                     "seeds": len(v.seeds)}
-            if len(groups) > 1:
-                entry["group"] = i
-            out[v.name] = entry
-    return out
-
-
-def write_ranking(path: Path, groups: Sequence[Any]) -> Path:
-    """Write ``ranking_metrics`` as JSON to ``path`` (a DVC metrics file); returns it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(ranking_metrics(groups), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def write_dvc_files(out_dir: Path, ev: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> list[Path]:

@@ -573,7 +573,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
         writer.writeheader()
         writer.writerows(rows)
     if dvc_out is not None:
-        from stages.evaluate.dvc_files import write_ranking
+        from stages.evaluate.dvc_ranking import write_ranking
 
         write_ranking(dvc_out, groups)
     md_path = out_dir / REPORT_MD
