@@ -22,8 +22,10 @@ def evaluate_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by `pipeline distill`.")],
     split: Annotated[Optional[str], typer.Option(help="Manifest split to evaluate on (train / val).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Views per student forward pass.")] = None,
-    probe_labels: Annotated[Optional[Path], typer.Option(help="CSV uri,label for the kNN probe. Default: "
-                                                              "probe_labels.csv beside the corpus image folder.")] = None,
+    probe_labels: Annotated[Optional[Path], typer.Option(help="CSV uri,label for the kNN probe; auto (params.yaml "
+                                                              "without the key): probe_labels.csv beside the corpus "
+                                                              "image folder, if any; evaluate.probe_labels: null: no "
+                                                              "label probe.")] = None,
     knn_k: Annotated[Optional[int], typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = None,
     knn_temperature: Annotated[Optional[float], typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = None,
     knn_feature: Annotated[Optional[str], typer.Option(help="kNN / linear probe feature: concat (every student summary "

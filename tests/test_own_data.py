@@ -1,6 +1,7 @@
 """Your own images, first hour (issue 26 item 3): the README's walk-through from a copy of a preset, on images
 that are not the demo's and have no labels, every stage really started (real Ray, Zarr, training): probes
-that need labels are skipped with a line saying so, runs evaluate and report from another directory, and
+that need labels are skipped with a line saying so (`probe_labels: null` is no label probe, even with a
+labels file beside the images), runs evaluate and report from another directory, and
 symlinked folders and files are followed (a broken link recorded with its reason, never dropped)."""
 
 from __future__ import annotations
@@ -54,6 +55,34 @@ def _photos(base: Path) -> Path:
     return photos
 
 
+def _labels_beside(photos: Path) -> Path:
+    """probe_labels.csv beside the photo folder (the demo corpus layout): cats against the rest."""
+    path = photos.parent / "probe_labels.csv"
+    uris = sorted(p.relative_to(photos).as_posix() for p in matching_files(photos, is_image_name))
+    path.write_text("uri,label\n" + "".join(f"{u},{'cat' if u.startswith('cats/') else 'other'}\n" for u in uris))
+    return path
+
+
+def test_null_probe_labels_means_no_probe_and_a_left_out_key_looks_beside_the_images(tmp_path):
+    """`evaluate.probe_labels: null` is no label probe even with a labels file beside the images; the key left
+    out (or `auto`) is that file when it exists; a path is that path."""
+    from pipeline.params import parse_params
+    from stages.evaluate.config import AUTO_LABELS, probe_labels_file
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert parse_params({**raw, "evaluate": {**raw["evaluate"], "probe_labels": None}}).evaluate.probe_labels is None
+    left_out = {k: v for k, v in raw["evaluate"].items() if k != "probe_labels"}
+    assert parse_params({**raw, "evaluate": left_out}).evaluate.probe_labels == AUTO_LABELS
+    photos = _photos(tmp_path)
+    assert probe_labels_file(AUTO_LABELS, photos)[0] is None
+    assert "left out (auto) and there is no probe_labels.csv" in probe_labels_file(AUTO_LABELS, photos)[1]
+    beside = _labels_beside(photos)
+    labels, why = probe_labels_file(None, photos)
+    assert labels is None and "evaluate.probe_labels is null, which runs no label probe" in why
+    assert probe_labels_file(AUTO_LABELS, photos) == (beside, "")
+    assert probe_labels_file(tmp_path / "mine.csv", photos) == (tmp_path / "mine.csv", "")
+
+
 def test_symlinked_folders_and_files_are_followed_and_a_cycle_listed_once(tmp_path):
     photos = _photos(tmp_path)
     rel = sorted(p.relative_to(photos).as_posix() for p in matching_files(photos, is_image_name))
@@ -76,6 +105,8 @@ def test_own_images_walk_through_from_a_preset_copy(tmp_path, ray_session, monke
     params["evaluate"].update(probe_labels=None, zeroshot_classes=None, seg_masks=None, seg_classes=None,
                               batch_size=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # a labels file beside the image folder: `probe_labels: null` ignores it; without a params.yaml (auto) it is used
+    beside = _labels_beside(photos)
     monkeypatch.chdir(project)
 
     out = _pipeline("corpus")
@@ -88,7 +119,7 @@ def test_own_images_walk_through_from_a_preset_copy(tmp_path, ray_session, monke
     for norm in ("phis", "mse"):
         _pipeline("distill", "--sweep", "--norm", norm, "--seed", "0")
     out = _pipeline("evaluate", "runs/phis-seed0", "runs/mse-seed0")
-    assert "probe: skipped (no labels: evaluate.probe_labels is null" in out, out
+    assert "probe: skipped (no labels: evaluate.probe_labels is null, which runs no label probe" in out, out
     assert "zero-shot: skipped (no zero-shot class file given)" in out
     assert "segmentation: skipped (no segmentation masks folder / class file given)" in out
     out = _pipeline("report")
@@ -101,8 +132,8 @@ def test_own_images_walk_through_from_a_preset_copy(tmp_path, ray_session, monke
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     runs = [project / "runs" / "phis-seed0", project / "runs" / "mse-seed0"]
-    out = _pipeline("evaluate", *runs)
-    assert "probe: skipped" in out and "moved" not in out
+    out = _pipeline("evaluate", *runs)  # no params.yaml here: probe_labels auto, the file beside the images
+    assert f"labels: {beside})" in out and "probe: skipped" not in out and "moved" not in out, out
     _pipeline("report", *runs, "--out", elsewhere / "rep")
     assert (elsewhere / "rep" / "report.md").is_file()
     assert os.path.isabs(yaml.safe_load((runs[0] / "config.json").read_text())["root"])
