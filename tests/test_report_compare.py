@@ -85,8 +85,15 @@ def test_report_cli_adds_runs_made_by_hand_and_names_those_left_out(tmp_path):
     assert res.exit_code == 0, res.output
     assert "not in this report" not in res.output and "| t1 | zca |" in (tmp_path / "rep" / "report.md").read_text()
     _with(hand, steps=3, out_dir=str(hand))  # now a run of other steps: one Error line naming the difference
-    res = CliRunner().invoke(app, ["report", str(a), str(b), "--add", str(hand), "--out", str(tmp_path / "rep")])
-    assert res.exit_code == 2 and "training steps differ" in res.output and "Traceback" not in res.output
+    refused = tmp_path / "refused"
+    res = CliRunner().invoke(app, ["report", str(a), str(b), "--add", str(hand), "--out", str(refused),
+                                   "--dvc-out", str(tmp_path / "ranking.json")])
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1] == errors[0], res.output  # the last word
+    assert "training steps differ: 10 -> ['phis-seed0', 'mse-seed0']; 3 -> ['t1']" in errors[0], errors[0]
+    assert "--by-group" in errors[0] and "--allow-incomparable" in errors[0]
+    assert not refused.exists() and not (tmp_path / "ranking.json").exists()  # nothing left behind
     res = CliRunner().invoke(app, ["report", str(a), str(b), "--add", str(hand), "--by-group", "--out",
                                    str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
