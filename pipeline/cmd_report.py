@@ -45,7 +45,11 @@ def report_cmd(
     fidelity per variant, cost) with plots."""
     from stages.evaluate.report import write_report  # matplotlib: imported only when a report is written
     from stages.evaluate.report_runs import left_out_runs
+    from store_schema.io_errors import check_writable
 
+    check_writable(out, "the report")  # refused before any of it is written
+    if dvc_out is not None:
+        check_writable(dvc_out.parent, "the DVC ranking file")
     runs = list(dict.fromkeys([*(runs or []), *(add or [])]))
     md = write_report(runs, out, store_root=root, allow_stale=allow_stale, allow_incomparable=allow_incomparable,
                       by_group=by_group, dvc_out=dvc_out)

@@ -94,6 +94,12 @@ def test_report_cli_adds_runs_made_by_hand_and_names_those_left_out(tmp_path):
     assert "training steps differ: 10 -> ['phis-seed0', 'mse-seed0']; 3 -> ['t1']" in errors[0], errors[0]
     assert "--by-group" in errors[0] and "--allow-incomparable" in errors[0]
     assert not refused.exists() and not (tmp_path / "ranking.json").exists()  # nothing left behind
+    (tmp_path / "a_file").write_text("")  # a --dvc-out that cannot be written: refused before the report is
+    res = CliRunner().invoke(app, ["report", str(a), str(b), "--out", str(refused),
+                                   "--dvc-out", str(tmp_path / "a_file" / "ranking.json")])
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "writing the DVC ranking file failed" in errors[0], res.output
+    assert not refused.exists()
     res = CliRunner().invoke(app, ["report", str(a), str(b), "--add", str(hand), "--by-group", "--out",
                                    str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output

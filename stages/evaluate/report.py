@@ -520,7 +520,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     and incomparable runs (``stages.evaluate.comparability``) are refused with ValueError unless allowed
     (``by_group``: each group of comparable runs ranked on its own); unfinished runs are marked (refused when
     ``allow_unfinished`` is False). ``dvc_out``: also write the ranks and ranked means as a DVC metrics
-    file (``stages.evaluate.dvc_files.write_ranking``).
+    file (``stages.evaluate.dvc_ranking.write_ranking``).
     """
     run_dirs = [Path(r) for r in run_dirs]
     names = [r.name for r in run_dirs]
