@@ -29,8 +29,10 @@ def evaluate_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by `pipeline distill`.")],
     split: Annotated[Optional[str], typer.Option(help="Manifest split to evaluate on (train / val).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Views per student forward pass.")] = None,
-    probe_labels: Annotated[Optional[Path], typer.Option(help="CSV uri,label for the kNN probe. Default: "
-                                                              "probe_labels.csv beside the corpus image folder.")] = None,
+    probe_labels: Annotated[Optional[Path], typer.Option(help="CSV uri,label for the kNN probe; auto (params.yaml "
+                                                              "without the key): probe_labels.csv beside the corpus "
+                                                              "image folder, if any; evaluate.probe_labels: null: no "
+                                                              "label probe.")] = None,
     knn_k: Annotated[Optional[int], typer.Option(help="Neighbours of the kNN probe (clipped to the train size).")] = None,
     knn_temperature: Annotated[Optional[float], typer.Option(help="Temperature of the kNN vote weights exp(sim/τ).")] = None,
     knn_feature: Annotated[Optional[str], typer.Option(help="kNN / linear probe feature: concat (every student summary "
@@ -127,8 +129,11 @@ def _echo_result(run: Path, res: dict, split: str, dvc_out: Optional[Path]) -> N
         typer.echo(f"  {teacher}: " + "; ".join(parts))
     probe = res["probe"]
     typer.echo(f"  probe: kNN acc {probe['knn_acc']:.3f} ({probe['num_train']} train / {probe['num_val']} val; "
-               f"feature: {probe['feature']})"
+               f"feature: {probe['feature']}; labels: {res.get('probe_labels')})"
                if probe else f"  probe: skipped ({res['probe_skipped']})")
+    for what, key in (("zero-shot", "zeroshot_skipped"), ("segmentation", "seg_skipped")):
+        if res.get(key):
+            typer.echo(f"  {what}: skipped ({res[key]})")
     for t, z in (res.get("zeroshot") or {}).items():
         typer.echo(f"  zero-shot {t}: top-1 {z['top1']:.3f} (teacher {z['teacher_top1']:.3f}), "
                    f"agreement {z['agreement']:.3f} on {res['downstream_info']['zeroshot'][t]['num_images']} images")

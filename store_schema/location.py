@@ -32,6 +32,13 @@ def as_location(loc: Location | os.PathLike) -> Location:
     return Path(loc)
 
 
+def absolute(loc: Location | os.PathLike) -> str:
+    """The root as a run records it: a local folder as an absolute path (so the run is read the same from
+    any working directory), a URL unchanged."""
+    loc = as_location(loc)
+    return loc if is_url(loc) else os.path.abspath(loc)
+
+
 def join(root: Location, *parts: str) -> Location:
     """root / part / ... for a Path or a URL."""
     root = as_location(root)

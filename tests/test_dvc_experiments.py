@@ -63,9 +63,11 @@ def test_exp_apply_then_repro_retrains_nothing_and_exp_show_has_the_metrics(tmp_
             metrics[ex.get("name")] = files
     for name in ("lr2", "lr3"):
         files = metrics.get(name) or {}
-        assert "dvc_metrics/phis-seed0/metrics.json" in files, (name, list(files))
-        values = files["dvc_metrics/phis-seed0/metrics.json"]["data"]
+        assert "dvc_metrics/runs/phis-seed0/metrics.json" in files, (name, list(files))
+        values = files["dvc_metrics/runs/phis-seed0/metrics.json"]["data"]
         assert any(k.endswith("/mse") for k in values) and values["checkpoint_step"] == 2, values
+        ranking = files["dvc_metrics/ranking.json"]["data"]  # the report stage's ranks (one variant: rank 1)
+        assert ranking["phis"]["avg_rank"] == 1.0 and ranking["phis"]["rank"]["Teacher MSE"] == 1.0, ranking
     plots = json.loads(run(["dvc", "plots", "show", "--json", "--split"], work))
-    assert "dvc_metrics/phis-seed0/loss.csv" in plots["data"] and not plots.get("errors"), plots.get("errors")
+    assert "dvc_metrics/runs/phis-seed0/loss.csv" in plots["data"] and not plots.get("errors"), plots.get("errors")
     print(f"dvc repro {t1 - t0:.0f} s, two experiments {t2 - t1:.0f} s, apply+repro+show {time.monotonic() - t2:.0f} s")

@@ -122,7 +122,10 @@ def test_write_report_files_ranks_and_cost(tmp_path):
     runs = [_run_dir(tmp_path, root, "r_mse", _eval("mse", 3.0, 3.0, 0.5), steps=10),
             _run_dir(tmp_path, root, "r_phis", _eval("phis", 1.0, 2.0, 0.9), steps=20),
             _run_dir(tmp_path, root, "r_zca", _eval("zca", 2.0, 1.0, 0.5), steps=30)]
-    md = write_report(runs, tmp_path / "report")
+    # different steps are not comparable: refused, then ranked together only when asked (cost: steps x batch)
+    with pytest.raises(ValueError, match=r"training steps differ: 10 -> \['r_mse'\]; 20 -> \['r_phis'\]"):
+        write_report(runs, tmp_path / "report")
+    md = write_report(runs, tmp_path / "report", allow_incomparable=True)
     out = md.parent
     for name in ("report.md", "report.csv", "teacher_errors.png", "teacher_spectra.png", "loss_curves.png"):
         assert (out / name).stat().st_size > 0, name

@@ -12,6 +12,7 @@ own DecompressionBombError is caught; PIL's global MAX_IMAGE_PIXELS is never tou
 from __future__ import annotations
 
 import hashlib
+import os
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,9 @@ def inspect_image(path: Path | str, *, pixel_limit: int, min_side: int = MIN_SID
     try:
         data = read_whole(path)
     except OSError as e:
+        if isinstance(path, Path) and path.is_symlink() and not path.exists():
+            return ImageRecord("", 0, 0, 0, "", None, f"broken symbolic link: its target {os.readlink(path)} "
+                               "does not exist (fix or remove the link)")
         return unreadable(e)
     return inspect_bytes(data, pixel_limit=pixel_limit, min_side=min_side)
 

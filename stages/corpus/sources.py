@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.corpus.images import IMAGE_EXTENSIONS, is_image_name
+from stages.corpus.walk import matching_files
 from stages.corpus.tar_shards import COMPRESSED_TAR_SUFFIXES, TAR_SUFFIX
 from store_schema import location
 from store_schema.location import Location, is_url
@@ -166,8 +167,9 @@ def _single(loc: Location, text: str) -> tuple[Location, list[SourceItem]]:
         return parent, _entries(_read_list(loc, fs.cat_file(path)), parent, text)
     source = Path(loc)
     if source.is_dir():
+        # symlinked folders and files followed, broken links kept (recorded bad): stages/corpus/walk.py
         items = [SourceItem(Path(os.path.relpath(p, source)).as_posix(), k, _local_stamp(p))
-                 for p in source.rglob("*") if p.is_file() and (k := kind_of_name(p.name))]
+                 for p in matching_files(source, kind_of_name) if (k := kind_of_name(p.name))]
         return source, items
     if source.is_file() and kind_of_name(source.name) in (TAR, COMPRESSED):
         return source.parent, [SourceItem(source.name, kind_of_name(source.name), _local_stamp(source))]

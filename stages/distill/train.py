@@ -68,6 +68,8 @@ from stages.students.weights import StudentInit, load_student_weights, resolve_s
 from stages.teachers.resize import batch_frames, content_tokens
 from store_schema.io_errors import write_guard
 from store_schema.lease import Lease, LeaseOptions
+from store_schema.location import absolute
+
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +306,8 @@ def _prepare_run_dir(config: DistillConfig, stores: StoreSet, *, resume: bool, i
         out.mkdir(parents=True, exist_ok=True)
         if not resume:  # a run killed before its first checkpoint leaves metrics that no longer belong
             metrics_path(out).unlink(missing_ok=True)
-        resolved = {**config.to_dict(), "manifest_hash": stores.manifest.hash, "run_id": run_id,
+        resolved = {**config.to_dict(), "root": absolute(config.root),  # evaluated from any directory
+                    "manifest_hash": stores.manifest.hash, "run_id": run_id,
                     "extensions": extensions,
                     "stores": {t: s.fingerprint() for t, s in stores.stores.items()},
                     "normalizers": {t: {k: {"variant": n.variant.value, "stats_hash": n.stats_hash, "split": n.split}

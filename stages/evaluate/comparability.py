@@ -9,18 +9,21 @@ teacher sets or evaluation splits compares nothing. So before ranking, the repor
   older state (the run was extended, resumed or retrained since) is *stale*;
 - **finished**: the checkpoint reached the run's ``steps`` (an interrupted run is *unfinished*: ranked
   only when allowed, marked, and its cost counted at the steps it trained);
-- **comparable**: all runs share the teacher set, the manifest (hash) and the evaluation split
-  (name and sample count).
+- **comparable**: all runs share the student, the training length (target ``steps``), the teacher set, the
+  corpus (manifest hash) and the evaluation split (name and sample count). A 20-step run ranked against
+  200-step runs measures the training length, not the normalization.
 
 A violation is a ValueError saying which runs differ and how, unless the caller allows it, in which case
-the report marks the runs (``RunFacts.status``) instead.
+the report marks the runs (``RunFacts.status``) instead. Incomparable runs can instead be ranked only
+within their groups (``comparable_groups``: runs that agree on every field above), each group its own
+ranking.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from stages.distill.run import run_progress
 
@@ -65,9 +68,10 @@ def run_facts(run_dir: Path, ev: dict[str, Any], config: dict[str, Any]) -> RunF
 
 
 def check_runs(facts: list[RunFacts], *, allow_stale: bool = False, allow_unfinished: bool = False,
-               allow_incomparable: bool = False) -> list[str]:
-    """Raise ValueError for stale evaluations, unfinished runs or incomparable runs unless allowed; returns
-    the notes the report prints about what it was allowed to rank anyway."""
+               allow_incomparable: bool = False, by_group: bool = False) -> list[str]:
+    """Raise ValueError for stale evaluations, unfinished runs or incomparable runs unless allowed (or, for
+    incomparable runs, ranked ``by_group``); returns the notes the report prints about what it ranked and
+    why."""
     notes: list[str] = []
     stale = [f.run for f in facts if f.stale]
     if stale:
@@ -83,17 +87,51 @@ def check_runs(facts: list[RunFacts], *, allow_stale: bool = False, allow_unfini
             raise ValueError(msg + "; resume them (`pipeline distill ... --resume`), or pass --allow-unfinished "
                              "to report them marked")
         notes.append(msg)
-    differ = []
-    for label, key in (("teacher sets", lambda f: ", ".join(f.teachers)), ("manifests", lambda f: f.manifest_hash[:12]),
-                       ("evaluation splits", lambda f: f"{f.split} ({f.num_samples} samples)")):
+    differ = differences(facts)
+    if differ:
+        msg = "the runs are not comparable (" + ". ".join(differ) + ")"
+        if by_group:
+            notes.append(msg + "; each group of comparable runs is ranked on its own, never against another group")
+        elif not allow_incomparable:
+            raise ValueError(msg + "; pass --by-group to rank each group of comparable runs on its own, report "
+                             "them separately, or pass --allow-incomparable to rank them together anyway")
+        else:
+            notes.append(msg + "; ranked together anyway (--allow-incomparable): their ranks mix these differences "
+                         "with the normalization's effect")
+    return notes
+
+
+# What two runs must share to be ranked against each other: (label in messages, key of a run's value).
+COMPARED: tuple[tuple[str, Callable[[RunFacts], str]], ...] = (
+    ("students", lambda f: f.student),
+    ("training steps", lambda f: str(f.steps)),
+    ("teacher sets", lambda f: ", ".join(f.teachers)),
+    ("corpora (manifests)", lambda f: f.manifest_hash[:12]),
+    ("evaluation splits", lambda f: f"{f.split} ({f.num_samples} samples)"),
+)
+
+
+def differences(facts: Sequence[RunFacts]) -> list[str]:
+    """One phrase per compared field on which the runs differ: "<label> differ: <value> -> [runs]; ..."."""
+    out = []
+    for label, key in COMPARED:
         groups: dict[str, list[str]] = {}
         for f in facts:
             groups.setdefault(key(f), []).append(f.run)
         if len(groups) > 1:
-            differ.append(f"{label} differ: " + "; ".join(f"{v} -> {runs}" for v, runs in sorted(groups.items())))
-    if differ:
-        msg = "the runs are not comparable (" + ". ".join(differ) + ")"
-        if not allow_incomparable:
-            raise ValueError(msg + "; report them separately, or pass --allow-incomparable to rank them anyway")
-        notes.append(msg)
-    return notes
+            out.append(f"{label} differ: " + "; ".join(f"{v} -> {runs}" for v, runs in sorted(groups.items())))
+    return out
+
+
+def group_label(f: RunFacts) -> str:
+    """What a comparable group shares, for its heading: student, steps, teachers, corpus, split."""
+    return (f"student {f.student}, {f.steps} steps, teachers {', '.join(f.teachers)}, corpus "
+            f"{f.manifest_hash[:12]}, eval {f.split} ({f.num_samples} samples)")
+
+
+def comparable_groups(facts: Sequence[RunFacts]) -> list[list[RunFacts]]:
+    """The runs partitioned into groups that agree on every COMPARED field, in first-seen order."""
+    groups: dict[tuple[str, ...], list[RunFacts]] = {}
+    for f in facts:
+        groups.setdefault(tuple(key(f) for _, key in COMPARED), []).append(f)
+    return list(groups.values())

@@ -8,22 +8,30 @@ params.yaml's missing keys all come from here (the downstream ones from `Downstr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.evaluate.downstream import DownstreamConfig
+from store_schema.layout import demo_probe_labels_path
+
+# evaluate.probe_labels when params.yaml leaves the key out (or says `auto`): the demo corpus layout,
+# probe_labels.csv beside the corpus image folder, used when it exists. `null` is no label probe at all.
+AUTO_LABELS = Path("auto")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """split: the manifest split evaluated; batch_size: views per student forward; probe_labels: CSV uri,label
-    of the kNN probe (None: probe_labels.csv beside the corpus image folder, skipped when absent); knn_feature:
+    of the kNN probe (None: no label probe; AUTO_LABELS, the default: probe_labels.csv beside the corpus image
+    folder when there is one); knn_feature:
     the probe's feature, "concat" (every student summary token) or "token0"; zeroshot_teacher: the one
     zero-shot the PHI-S ranking counts (None: the first CLIP-family teacher with text); the other
     zeroshot_* / seg_* fields: the downstream evaluation (None class file / masks folder: skipped)."""
 
     split: str = "val"
     batch_size: int = 32
-    probe_labels: Path | None = None
+    probe_labels: Path | None = AUTO_LABELS
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_feature: str = "concat"  # every student summary token concatenated (RADIO's kNN feature), or token0
@@ -89,3 +97,22 @@ class ReportConfig:
     """out: folder of report.md, report.csv, cost.json and the plots."""
 
     out: Path = Path("reports/sweep")
+
+
+def probe_labels_file(labels: Path | None, image_root: Path) -> tuple[Path | None, str]:
+    """The labels file of the probes that need labels (kNN, linear, zero-shot) and, when there is none, why.
+
+    None (params.yaml's `evaluate.probe_labels: null`): no label probe, whatever lies beside the images;
+    AUTO_LABELS (the key left out, or `auto`): probe_labels.csv beside the corpus image folder when it exists
+    (the demo corpus layout); any other path: that file (its existence is checked before any work)."""
+    if labels is None:
+        return None, ("no labels: evaluate.probe_labels is null, which runs no label probe (a CSV uri,label there "
+                      "or --probe-labels FILE runs it)")
+    if Path(labels) != AUTO_LABELS:
+        return Path(labels), ""
+    beside = Path(os.path.abspath(demo_probe_labels_path(Path(image_root).parent)))  # named without ../
+    if beside.is_file():
+        return beside, ""
+    return None, (f"no labels: evaluate.probe_labels is left out (auto) and there is no probe_labels.csv beside the "
+                  f"corpus images at {beside}; a CSV uri,label there, or given as evaluate.probe_labels / "
+                  "--probe-labels FILE, runs the kNN probe")

@@ -10,6 +10,12 @@ evaluate --dvc-out DIR` writes two small files into a tracked folder instead:
   log10 and the normalized error keep tiny MSEs (1e-9 for a low-variance teacher) from printing as 0.0
   in DVC's fixed-decimal tables;
 - ``DIR/loss.csv``: step, loss, lr of the training log (a format `dvc plots` reads).
+
+Every metric the sweep ranks (``stages.evaluate.categories``: teacher patch MSEs, the ranked zero-shot, kNN,
+segmentation, benchmark metrics) is among the flat scalars. The ranks themselves compare runs, so `pipeline
+report --dvc-out FILE` writes them (``stages.evaluate.dvc_ranking``): per variant its average rank, its rank per category
+and the seed means of the metrics behind them. `dvc metrics show FILE` prints the sweep's ranking and
+`dvc exp show --only-changed` puts every experiment's ranks side by side (docs/SWEEP.md).
 """
 
 from __future__ import annotations
@@ -50,7 +56,17 @@ def flat_metrics(ev: Mapping[str, Any]) -> dict[str, float]:
         for teacher, kinds in stores.items():
             for kind, v in kinds.items():
                 out[f"consistency/{pair.replace('->', '-')}/{teacher}/{kind}"] = float(v)
-    return out
+    return {**ranked_metrics(ev), **out}
+
+
+def ranked_metrics(ev: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of one evaluation that the report ranks (zero-shot: the designated teacher's only)."""
+    from stages.evaluate.categories import categorize
+    from stages.evaluate.report import flatten_metrics  # the one flattening (its plots import stays lazy)
+
+    flat = flatten_metrics(dict(ev))
+    cats = categorize(flat, ev.get("zeroshot_ranked"))
+    return {m: flat[m] for ms in cats.values() for m in ms}
 
 
 def write_dvc_files(out_dir: Path, ev: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> list[Path]:

@@ -40,7 +40,7 @@ from stages.distill.exported import load_exported
 from stages.distill.loader import StoreSet
 from stages.distill.run import load_run, run_progress
 from stages.distill.run_dir import eval_cache_dir, eval_path
-from stages.evaluate.config import EvaluateConfig
+from stages.evaluate.config import AUTO_LABELS, EvaluateConfig, probe_labels_file
 from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_zeroshot_teacher, seg_eval,
                                        zeroshot_eval)
 from stages.evaluate.bench import BenchConfig, check_probes, dataset_manifest
@@ -50,7 +50,6 @@ from stages.evaluate.resolutions import eval_sizes, resolution_report, trained_s
 from store_schema.location import as_location
 from stages.students.preprocess import student_pixels
 from stages.teachers.resize import batch_frames, content_tokens
-from store_schema.layout import demo_probe_labels_path
 
 
 
@@ -148,14 +147,14 @@ def _probe(student, heads, manifest: Any, normalizers: dict, labels: dict[str, s
             "num_train": int(tr.sum()), "num_val": int(va.sum()), "num_classes": int(len(np.unique(y_N)))}
 
 
-def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: Path, *, split: str,
+def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: Path | None, *, split: str,
                 batch_size: int, device: str) -> dict[str, Any]:
     """zeroshot / seg results of the exported student, or *_skipped reasons."""
     out: dict[str, Any] = {}
     if cfg.zeroshot_classes is None:
         out["zeroshot_skipped"] = "no zero-shot class file given"
-    elif not labels_path.is_file():
-        out["zeroshot_skipped"] = f"no labels file at {labels_path}"
+    elif labels_path is None:
+        out["zeroshot_skipped"] = "it needs the probe labels, and there are none (as for the kNN probe)"
     elif not clip_teachers(stores.stores):
         out["zeroshot_skipped"] = "the run has no CLIP-family (open_clip) teacher"
     if cfg.seg_masks is None or cfg.seg_classes is None:
@@ -204,10 +203,11 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
                  bench: BenchConfig | None = None, log: Any = None) -> dict[str, Any]:
     """Evaluate a run on a manifest split; writes and returns <run>/eval/metrics.json's content.
 
-    ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to the demo corpus layout:
-    probe_labels.csv beside the manifest's image folder. Without that default file the probe is skipped and
-    ``probe_skipped`` records why; an explicit ``labels_path`` that does not exist, or a file that is
-    malformed, is an error. ``downstream`` adds zero-shot (needs the probe labels) and segmentation
+    ``labels_path`` (CSV uri,label; uris as the manifest spells them) defaults to ``AUTO_LABELS``, the demo
+    corpus layout: probe_labels.csv beside the manifest's image folder, the probe skipped when there is none;
+    None runs no label probe (params.yaml's ``evaluate.probe_labels: null``); ``probe_skipped`` records why a
+    probe was skipped. An explicit ``labels_path`` that does not exist, or a file that is malformed, is an
+    error. ``downstream`` adds zero-shot (needs the probe labels) and segmentation
     results (see the module docstring). ``root`` reads the stores from another store root than the one
     the run recorded (a moved or copied root; its stores must be the run's, `stages.distill.run.moved_root`).
     ``knn_feature``: "concat" (every student summary token, RADIO's kNN feature) or "token0".
@@ -223,9 +223,9 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     """
     run_dir = Path(run_dir)
     summary_feature(torch.zeros(1, 1, 1), knn_feature)  # an unknown feature name fails before any work
-    if labels_path is not None and not Path(labels_path).is_file():
+    if labels_path is not None and Path(labels_path) != AUTO_LABELS and not Path(labels_path).is_file():
         raise FileNotFoundError(f"probe labels file {labels_path} does not exist (a CSV with columns uri,label); "
-                                "fix the path, or leave the option out to skip the probe")
+                                "fix the path, or set evaluate.probe_labels: null to run no label probe")
     progress = run_progress(run_dir)
     config, student, heads, normalizers = load_run(run_dir, root=root)  # root: a moved store root (checked)
     cfg = config.to_dict()
@@ -247,21 +247,20 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
                                     batch_size=batch_size),
         "partitions": [p.to_dict() for p in config.train_partitions],
     }
-    if labels_path is None:  # the demo corpus layout: <demo>/probe_labels.csv beside <demo>/images
-        labels_path = demo_probe_labels_path(stores.manifest.image_root.parent)
-    labels_path = Path(labels_path)
-    if labels_path.is_file():
+    labels_path, no_labels = probe_labels_file(labels_path, stores.manifest.image_root)  # None: no label probe
+    if labels_path is not None:
         result["probe"] = _probe(student, heads, stores.manifest, normalizers, read_probe_labels(labels_path),
                                  img_size=cfg["img_size"], batch_size=batch_size, k=knn_k,
                                  temperature=knn_temperature, knn_feature=knn_feature)
+        result["probe_labels"] = str(labels_path)
     else:
         result["probe"] = None
-        result["probe_skipped"] = f"no labels file at {labels_path}"
+        result["probe_skipped"] = no_labels
     result.update(_downstream(run_dir, stores, downstream or DownstreamConfig(), labels_path, split=split,
                               batch_size=batch_size, device=device))
     sizes = eval_sizes(config, resolutions)
     if sizes:  # a multi-resolution student: every trained side and an untrained one, and their consistency
-        labels = read_probe_labels(labels_path) if labels_path.is_file() else None
+        labels = read_probe_labels(labels_path) if labels_path is not None else None
         result["resolutions"] = resolution_report(
             student, heads, stores, normalizers, pairs_M2, sizes=sizes, trained=sorted(set(trained_sizes(config).values())),
             batch_size=batch_size, errors=lambda size: _teacher_errors(student, heads, stores, normalizers, pairs_M2,

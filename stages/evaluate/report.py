@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stages.evaluate import plots, report_context, teacher_table
-from stages.evaluate.comparability import RunFacts, check_runs, run_facts
+from stages.evaluate.comparability import RunFacts, check_runs, comparable_groups, group_label, run_facts
 from stages.evaluate.bench_report import bench_protocol_lines, flatten_bench
 from stages.evaluate.categories import CATEGORIES, PAPER_CATEGORIES, categorize, coverage_sentence, higher_is_better
 from stages.evaluate.recipe_report import recipe_lines
@@ -250,6 +250,11 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
         configs = {r: {"norm": ev.get("norm", ""), "run": r} for r, ev in evals.items()}
     variants = group_variants(evals, configs)
     ranking = rank_variants(variants, ranked_zeroshot(evals, configs))
+    return variant_rows(variants, ranking), ranking, variants
+
+
+def variant_rows(variants: list[Variant], ranking: Ranking) -> list[dict[str, Any]]:
+    """Table rows of ranked variants, best average rank first."""
     rows = []
     for v in sorted(variants, key=lambda v: (ranking.ranks[v.name][AVG], v.name)):
         row: dict[str, Any] = {"variant": v.name, "norm": v.norm, "summary_loss": v.summary_loss,
@@ -259,7 +264,7 @@ def report_rows(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, A
         row.update({f"rank {c}": ranking.ranks[v.name][c] for c in ranking.categories})
         row["avg_rank"] = ranking.ranks[v.name][AVG]
         rows.append(row)
-    return rows, ranking, variants
+    return rows
 
 
 def clipped_share(history: list[dict[str, Any]]) -> float | None:
@@ -304,7 +309,7 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
              f"in the same space; gate: ratio ≤ {GATE_RATIO} and minimum token cosine ≥ {MIN_COSINE}.", "",
              "| variant | teacher | kind | loss space | storage NMSE | teacher bf16 NMSE | ratio | min cos | |",
              "|---|---|---|---|---|---|---|---|---|"]
-    missing, failed, splits, fixes = [], {}, set(), {}
+    missing, failed, splits, fixes, raw_failed = [], {}, set(), {}, set()
     for t in teachers:
         store = open_teacher_store(teacher_store_path(store_root, t))
         splits |= {f"{t}/{k}: {normalizer_moments(store, k)[1]}" for k in store.kinds}
@@ -321,9 +326,12 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
                              f"{c.ratio:.3g} | {c.storage_min_cos:.6f} | {'ok' if c.passed else '**FAIL**'} |")
                 if not c.passed:
                     failed.setdefault(v.name, []).append(f"{t}/{kind}")
+                    if space == "mse":
+                        raw_failed.add(f"{t}/{kind}")
                     passing = {x.variant for x in checks} - {x.variant for x in checks if not x.passed}
                     fixes.setdefault(v.name, []).append(
                         f"{t}/{kind}: " + remedy(space, [c], store.codec.keepbits, passing).split(": ", 1)[1])
+    lines += fidelity_reading_lines(failed, raw_failed, measured=len(lines) > 4)  # 4: header lines
     lines += [""] + [f"**WARNING**: variant {name} fails the fidelity gate on {', '.join(where)}: storage noise "
                      "there is not negligible against the teacher's own bf16 noise, so part of what its rank "
                      "measures is the storage, not the normalization. To serve it: " + "; ".join(fixes[name]) + "."
@@ -331,6 +339,27 @@ def fidelity_report_lines(store_root: Path, teachers: list[str], variants: list[
     if missing:
         lines += ["Fidelity not available for:", *missing]
     lines += ["", "Normalizers fitted on split: " + "; ".join(sorted(splits)) + "."]
+    return lines
+
+
+def fidelity_reading_lines(failed: dict[str, list[str]], raw_failed: set[str], *, measured: bool = True) -> list[str]:
+    """What the fidelity verdicts mean and what to do, in the report itself (docs/SWEEP.md has the detail)."""
+    from stages.normalize.fidelity import GATE_RATIO, MIN_COSINE
+
+    lines = ["", f"How to read it: the storage NMSE is the error the store's bf16 rounding (BitRound, kept bits) "
+             "adds to the targets, measured after the variant's own normalization; the teacher's bf16 NMSE is the "
+             "error the teacher itself has when run in bf16. **ok** means the storage error is at most "
+             f"{GATE_RATIO} of the teacher's own and no token's cosine falls below {MIN_COSINE}: storage is "
+             "negligible for that variant. **FAIL** means the student of that variant partly trains on rounding "
+             "noise; its rank is then also a statement about the store, and what serves it is listed below "
+             "(more kept bits at extraction, or its noise-floored `_nf` variant)."]
+    if not failed:
+        return lines + (["Every variant passes: storage is negligible for all of them."] if measured else [])
+    if raw_failed:
+        lines.append(f"Raw targets fail too ({', '.join(sorted(raw_failed))}: the `mse` space, no normalization). "
+                     "Then the reference is unusually small rather than the store unusually lossy: tiny random "
+                     "teachers on a CPU (as in the demo) barely move under bf16 autocast. Measure a real teacher on "
+                     "the GPU that serves it (`pipeline store fidelity`) before re-extracting for this verdict.")
     return lines
 
 
@@ -345,7 +374,40 @@ def _pm(row: dict[str, Any], m: str) -> str:
     return _fmt(row[m]) if not np.isfinite(std) else f"{row[m]:.4g} ± {std:.2g}"
 
 
-def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant]) -> list[str]:
+@dataclass(frozen=True)
+class RankedGroup:
+    """Variants ranked against each other: the whole report, or one group of comparable runs."""
+
+    label: str | None  # what the group's runs share (None: the report ranks all its runs together)
+    rows: list[dict[str, Any]]
+    ranking: Ranking
+    variants: list[Variant]
+
+
+def rank_groups(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]], facts: list[RunFacts],
+                *, by_group: bool) -> list[RankedGroup]:
+    """One RankedGroup of every run, or (``by_group``) one per group of comparable runs
+    (``comparability.comparable_groups``) when they are not all comparable. Variants are named over all
+    runs, so a name means one variant across groups."""
+    variants = group_variants(evals, configs)
+    zeroshot = ranked_zeroshot(evals, configs)
+    groups = comparable_groups(facts) if by_group else [facts]
+    out = []
+    for g in groups:
+        names = {f.run for f in g}
+        members = [v for v in variants if set(v.runs) & names]
+        split = [v.name for v in members if not set(v.runs) <= names]
+        if split:
+            raise ValueError(f"the seeds of variant(s) {split} fall into different comparable groups (evaluated on "
+                             "different splits?); re-evaluate them alike")
+        ranking = rank_variants(members, zeroshot)
+        out.append(RankedGroup(label=group_label(g[0]) if len(groups) > 1 else None,
+                               rows=variant_rows(members, ranking), ranking=ranking, variants=members))
+    return out
+
+
+def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant],
+                   title: str = "## Ranking") -> list[str]:
     ranked = [m for ms in ranking.categories.values() for m in ms]
     cats = list(ranking.categories)
     seeds = sorted({len(v.seeds) for v in variants})
@@ -355,7 +417,7 @@ def _ranking_lines(rows: list[dict[str, Any]], ranking: Ranking, variants: list[
           "only); other teachers' zero-shot is reported, not ranked." if ranking.zeroshot_teacher else
           "No zero-shot was evaluated.")
     lines = [
-        "## Ranking", "",
+        title, "",
         "How it is ranked (PHI-S paper, Table 1): each variant is ranked per metric on its mean over seeds "
         "(1 = best, ties averaged), the ranks are averaged inside each of the paper's six categories, then "
         "over the categories. Categories used: " + "; ".join(f"**{c}** ({', '.join(f'`{m}`' for m in ms)})"
@@ -412,13 +474,31 @@ def summary_loss_lines(variants: list[Variant], zeroshot_teacher: str | None) ->
     return lines
 
 
-def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Variant], cost: SweepCost,
+def _groups_lines(groups: list[RankedGroup]) -> list[str]:
+    """The ranking section(s): one ranking, or one per group of comparable runs with what it shares."""
+    if len(groups) == 1 and groups[0].label is None:
+        g = groups[0]
+        return _ranking_lines(g.rows, g.ranking, g.variants)
+    lines = ["## Rankings by group", "",
+             f"The runs are not all comparable, so they are ranked in {len(groups)} separate groups: a variant is "
+             "ranked only against the variants of its own group, and ranks of different groups are not "
+             "comparable with each other."]
+    for i, g in enumerate(groups, 1):
+        runs = ", ".join(r for v in g.variants for r in v.runs)
+        lines += ["", *_ranking_lines(g.rows, g.ranking, g.variants,
+                                      title=f"## Ranking, group {i} of {len(groups)}: {g.label}"),
+                  "", f"Runs of group {i}: {runs}."]
+    return lines
+
+
+def _markdown(groups: list[RankedGroup], cost: SweepCost,
               plot_names: list[str], fidelity: list[str], clipping: list[str], context: dict[str, list[str]]) -> str:
+    variants = [v for g in groups for v in g.variants]
     lines = ["# Normalization sweep report", "",
              "Teacher-matching MSE is measured in each teacher's own space (after the inverse normalization),",
              "on the held-out split; probe accuracy is kNN (cosine, τ = 0.07) on student summary features.", "",
              *context["runs"], "", *context["recipe"], *context["reading"], "",
-             *_ranking_lines(rows, ranking, variants), "", *context["normalized"], "", *clipping, "",
+             *_groups_lines(groups), "", *context["normalized"], "", *clipping, "",
              *context["teachers"], "", *context["bench"],
              "## Storage fidelity", "", *fidelity]
     runs = sum(len(v.runs) for v in variants)
@@ -433,13 +513,16 @@ def _markdown(rows: list[dict[str, Any]], ranking: Ranking, variants: list[Varia
 
 
 def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | None = None,
-                 allow_stale: bool = False, allow_unfinished: bool = True, allow_incomparable: bool = False) -> Path:
+                 allow_stale: bool = False, allow_unfinished: bool = True, allow_incomparable: bool = False,
+                 by_group: bool = False, dvc_out: Path | None = None) -> Path:
     """Write report.md, report.csv and PNG plots for the given evaluated runs; returns report.md's path.
 
     Runs that differ only in their seed are one variant (mean ± std over seeds). ``store_root``
     defaults to the store root recorded in the runs' config.json (which must agree). Stale evaluations
-    and incomparable runs (``stages.evaluate.comparability``) are refused with ValueError unless allowed;
-    unfinished runs are marked (refused when ``allow_unfinished`` is False).
+    and incomparable runs (``stages.evaluate.comparability``) are refused with ValueError unless allowed
+    (``by_group``: each group of comparable runs ranked on its own); unfinished runs are marked (refused when
+    ``allow_unfinished`` is False). ``dvc_out``: also write the ranks and ranked means as a DVC metrics
+    file (``stages.evaluate.dvc_ranking.write_ranking``).
     """
     run_dirs = [Path(r) for r in run_dirs]
     names = [r.name for r in run_dirs]
@@ -449,7 +532,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     configs = {r.name: read_config_json(r) for r in run_dirs}
     facts: list[RunFacts] = [run_facts(r, evals[r.name], configs[r.name]) for r in run_dirs]
     notes = check_runs(facts, allow_stale=allow_stale, allow_unfinished=allow_unfinished,
-                       allow_incomparable=allow_incomparable)
+                       allow_incomparable=allow_incomparable, by_group=by_group)
     if store_root is None:
         roots = {str(config_field(c, "root", n)) for n, c in configs.items()}
         if len(roots) != 1:
@@ -458,7 +541,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     teachers = sorted({t for n, c in configs.items() for t in config_field(c, "teachers", n)})
     passes, covs, teacher_var = _store_facts(Path(store_root), teachers)
     cost = sweep_cost(configs, passes, steps_done={f.run: f.steps_done for f in facts})
-    rows, ranking, variants = report_rows(evals, configs)
+    groups = rank_groups(evals, configs, facts, by_group=by_group)
+    variants = [v for g in groups for v in g.variants]
     fidelity = fidelity_report_lines(Path(store_root), teachers, variants)
 
     out_dir = Path(out_dir)
@@ -475,7 +559,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
     if any(probe.values()):
         plots.plot_probe_accuracy(probe, out_dir / PLOT_PROBE)
         plot_names.append(PLOT_PROBE)
-    ranked = sorted({m for ms in ranking.categories.values() for m in ms} | set(ranking.reported))
+    ranked = sorted({m for g in groups for ms in g.ranking.categories.values() for m in ms}
+                    | {m for g in groups for m in g.ranking.reported})
     context = {"runs": report_context.runs_lines(facts, notes, histories),
                "reading": report_context.reading_lines(ranked, higher_is_better(ranked),
                                                        report_context.probe_feature_line(evals)),
@@ -485,12 +570,17 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, *, store_root: Path | 
                "recipe": recipe_lines(configs, evals),
                "bench": bench_protocol_lines(evals)}
 
+    rows = [{**({"group": i} if len(groups) > 1 else {}), **r} for i, g in enumerate(groups, 1) for r in g.rows]
     with open(out_dir / REPORT_CSV, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    if dvc_out is not None:
+        from stages.evaluate.dvc_ranking import write_ranking
+
+        write_ranking(dvc_out, groups)
     md_path = out_dir / REPORT_MD
-    md_path.write_text(_markdown(rows, ranking, variants, cost, plot_names, fidelity,
+    md_path.write_text(_markdown(groups, cost, plot_names, fidelity,
                                  clip_lines(variants, configs, histories), context))
     (out_dir / "cost.json").write_text(json.dumps(
         {"store_passes": cost.store_passes, "online_passes": cost.online_passes,

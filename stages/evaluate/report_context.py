@@ -98,20 +98,63 @@ def normalized_error_lines(evals: Mapping[str, Mapping[str, Any]],
              "everywhere in this table.", "",
              "| run | teacher/kind | MSE | normalized error | err. var. range (teacher) | err. var. range (normalized) |",
              "|---|---|---|---|---|---|"]
+    above, cosine_summary = [], []
     for run, ev in evals.items():
         for teacher, kinds in ev["teachers"].items():
             for kind, vals in kinds.items():
                 var = teacher_var.get(teacher, {}).get(kind)
-                nerr = _fmt(float(vals["mse"]) / var) if var else "n/a"
+                nerr = float(vals["mse"]) / var if var else None
+                if nerr is not None and nerr > 1:
+                    (cosine_summary if kind == "summary" and ev.get("summary_loss", "cosine") == "cosine"
+                     else above).append((f"{run} {teacher}/{kind}", nerr))
                 norm_range = vals.get("norm_err_var_range")
-                lines.append(f"| {run} | {teacher}/{kind} | {_fmt(float(vals['mse']))} | {nerr} | "
+                lines.append(f"| {run} | {teacher}/{kind} | {_fmt(float(vals['mse']))} | "
+                             f"{_fmt(nerr) if nerr is not None else 'n/a'} | "
                              f"{_fmt(float(vals.get('err_var_range', float('nan'))))} | "
                              f"{_fmt(float(norm_range)) if norm_range is not None else 'n/a'} |")
+    return lines + _normalized_error_notes(above, cosine_summary)
+
+
+def _normalized_error_notes(above: list[tuple[str, float]], cosine_summary: list[tuple[str, float]]) -> list[str]:
+    """Lines explaining normalized errors above 1 (worse than the teacher's mean), cosine-trained summaries apart."""
+    lines = []
+    if cosine_summary:
+        top = max(v for _, v in cosine_summary)
+        lines += ["", f"Summary rows of runs trained with the cosine summary loss (the default; AM-RADIO / PHI-S) "
+                  f"have normalized errors above 1 (up to {_fmt(top)}): that loss matches each summary's "
+                  "direction, not its length, so their MSE measures a length the student was never trained to "
+                  "match. It is reported, not ranked; read the summary's `cos_mean` instead."]
+    if above:
+        lines += ["", "Normalized error above 1 (worse than predicting the teacher's mean output) for: "
+                  + ", ".join(f"{w} ({_fmt(v)})" for w, v in above) + "; such a student has not learned that "
+                  "teacher's outputs (too few steps, or a variant that fails on it)."]
     return lines
 
 
+TRAINING_TIME_DEFINITION = (
+    "Training time = wall clock of the training loop, student only (metrics.jsonl's `elapsed_s`): from the first "
+    "batch request to the last logged step, summed over resumes. It includes data loading, the loader's warm-up "
+    "(first-touch decoding and caching of store units, which a later run on the same store may find already "
+    "cached) and checkpoint writes; it excludes building the model, opening the stores and evaluation. "
+    "Steady time per step = median over the logged intervals after the first of Δelapsed / Δsteps; warm-up = "
+    "the first interval's time beyond that pace.")
+
+
+def step_timing(history: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """(steady seconds per step, warm-up seconds) from metrics.jsonl records (see TRAINING_TIME_DEFINITION);
+    None with fewer than two timed records."""
+    timed = [(int(r["step"]), float(r["elapsed_s"])) for r in history if "elapsed_s" in r and "step" in r]
+    paces = [(e1 - e0) / (s1 - s0) for (s0, e0), (s1, e1) in zip(timed, timed[1:]) if s1 > s0]
+    if not paces:
+        return None
+    steady = float(sorted(paces)[len(paces) // 2])
+    first_step, first_elapsed = timed[0]
+    return steady, max(first_elapsed - first_step * steady, 0.0)
+
+
 def time_cost_lines(facts: Sequence[RunFacts], histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
-    """Training wall time of the sweep (sum over runs), beside the teacher-forward count."""
+    """Training wall time of the sweep (sum over runs) with its definition, each run's steady time per step
+    and warm-up, and a line naming runs whose time is mostly warm-up."""
     secs = {f.run: train_seconds(histories.get(f.run, [])) for f in facts}
     known = {r: s for r, s in secs.items() if s is not None}
     if not known:
@@ -119,4 +162,14 @@ def time_cost_lines(facts: Sequence[RunFacts], histories: Mapping[str, Sequence[
     line = (f"Training time (wall clock, student only, from metrics.jsonl): **{_duration(sum(known.values()))}** "
             f"over {len(known)} runs ({', '.join(f'{r}: {_duration(s)}' for r, s in known.items())}).")
     missing = sorted(set(secs) - set(known))
-    return [line + (f" Not recorded for {missing}." if missing else "")]
+    lines = [line + (f" Not recorded for {missing}." if missing else ""), "", TRAINING_TIME_DEFINITION]
+    timing = {r: step_timing(histories.get(r, [])) for r in known}
+    timed = {r: t for r, t in timing.items() if t is not None}
+    if timed:
+        lines.append("Steady time per step / warm-up: " + "; ".join(
+            f"{r}: {1e3 * pace:.3g} ms / {_duration(warm)}" for r, (pace, warm) in timed.items()) + ".")
+        warm = [r for r, (_, w) in timed.items() if w > 0.5 * known[r]]
+        if warm:
+            lines.append(f"Mostly warm-up (more than half of the run's time): {', '.join(warm)}; compare the "
+                         "steady time per step, not the totals, when comparing the variants' speed.")
+    return lines

@@ -44,7 +44,7 @@ from stages.orchestrate.shards import RayWorkers, ShardFailed, ShardRunStopped, 
 from stages.teachers.registry import get_teacher_spec, weights_identity
 from store_schema.errors import StoreError
 from store_schema.layout import manifest_path, teacher_store_path
-from store_schema.location import as_location
+from store_schema.location import absolute, as_location
 from store_schema.lease import Lease, LeaseOptions
 from store_schema.manifest import read_manifest
 from store_schema.teacher_store import TeacherStore, create_teacher_store
@@ -184,7 +184,7 @@ def run_extract(root: Path, teacher: str, config: ExtractConfig, *,
     The store is written under a lease (store_schema/lease.py): pass a Lease this caller already holds on
     the store, or LeaseOptions (None: defaults, fail at once) to take one here. A second run on the same
     store then raises LeaseHeldError naming the holder (or waits, with LeaseOptions(wait=True))."""
-    root = as_location(root)
+    root = as_location(absolute(root))  # Ray actors may run in another working directory
     if isinstance(lease, Lease):
         return _extract(root, teacher, config, lease)
     with Lease(teacher_store_path(root, teacher), purpose=f"extract {teacher}", options=lease) as held:

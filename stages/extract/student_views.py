@@ -33,6 +33,7 @@ from stages.orchestrate.ray_address import DEFAULT_CONNECT_TIMEOUT_S
 from stages.orchestrate.ray_session import ray_session
 from stages.orchestrate.shards import RayWorkers, ShardRunInterrupted, in_process, on_ray
 from store_schema import layout
+from store_schema.location import absolute, as_location
 from store_schema.manifest import Manifest, read_manifest
 from store_schema.view_store import ViewStore, create_view_store, open_view_store
 
@@ -131,6 +132,7 @@ def run_views(root: Path | str, size: int, *, shard_size: int | None = None, wor
     that resumes; default `pipeline views --size SIZE`)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    root = as_location(absolute(root))  # Ray actors may run in another working directory
     root_s = str(root)
     manifest = read_manifest(layout.manifest_path(root))
     path = layout.student_views_path(root, size)
