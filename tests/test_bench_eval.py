@@ -124,6 +124,12 @@ def test_unlabeled_corpus_and_wrong_probe_are_refused_naming_the_probe(setup):
     assert "the seg probe needs segmentation masks" in result.output and "imagefolder" in result.output
     result = _evaluate(run, base / "colours", extra=["--probe", "flow"])
     assert result.exit_code == 2 and "unknown probe" in result.output and "normals" in result.output
+    before = (run / "eval" / "metrics.json").stat().st_mtime_ns if (run / "eval" / "metrics.json").exists() else None
+    result = _evaluate(run, base / "not_built")  # refused before the run's own evaluation is computed or written
+    assert result.exit_code == 2 and "no evaluation dataset at" in result.output, result.output
+    assert "--layout imagefolder|ade20k|voc|depth" in result.output and "evaluate.bench_datasets" in result.output
+    after = (run / "eval" / "metrics.json").stat().st_mtime_ns if (run / "eval" / "metrics.json").exists() else None
+    assert before == after
 
 
 

@@ -103,7 +103,7 @@ def test_own_images_walk_through_from_a_preset_copy(tmp_path, ray_session, monke
     params["distill"].update(norms=["phis", "mse"], seeds=[0], steps=4, batch_size=4, warmup_steps=1,
                              img_size=32, log_every=1)
     params["evaluate"].update(probe_labels=None, zeroshot_classes=None, seg_masks=None, seg_classes=None,
-                              batch_size=8)
+                              bench_datasets={}, bench_text_datasets=[], batch_size=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # a labels file beside the image folder: `probe_labels: null` ignores it; without a params.yaml (auto) it is used
     beside = _labels_beside(photos)

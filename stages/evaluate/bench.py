@@ -31,6 +31,7 @@ from stages.evaluate.knn import knn_accuracy
 from stages.evaluate.linear_classifier import linear_classifier_accuracy, train_linear_classifier
 from stages.evaluate.zeroshot import zeroshot_predict
 from store_schema import layout
+from store_schema.errors import StoreNotFoundError
 from store_schema.manifest import Manifest, read_manifest
 
 PROBE_RECIPE = 1  # bump when the probes' training changes their scores: cached teacher references are redone
@@ -76,7 +77,27 @@ class BenchConfig:
 
 
 def dataset_manifest(root: Any) -> Manifest:
-    return read_manifest(layout.manifest_path(root))
+    """An evaluation dataset root's manifest; a root without one is named with how to build it."""
+    try:
+        return read_manifest(layout.manifest_path(root))
+    except StoreNotFoundError as e:
+        raise StoreNotFoundError(
+            f"{e}: no evaluation dataset at {root}; build it with `pipeline corpus SRC --out {root} --layout "
+            "imagefolder|ade20k|voc|depth` (a params.yaml names its datasets in evaluate.bench_datasets: "
+            "`{}` for none)") from e
+
+
+def check_bench_roots(roots: list[Any], probes: tuple[str, ...] | None) -> dict[str, Any]:
+    """{dataset name: root} of `--on` roots, each checked (manifest, probes, a name of its own) before any work."""
+    names: dict[str, Any] = {}
+    for r in roots:
+        m = dataset_manifest(r)
+        check_probes(m, r, probes)
+        if m.dataset.name in names:
+            raise ValueError(f"{r} and {names[m.dataset.name]} are both dataset {m.dataset.name!r} (metrics go under "
+                             "bench/<dataset>): give each dataset root its own folder name")
+        names[m.dataset.name] = r
+    return names
 
 
 def check_probes(manifest: Manifest, root: Any, probes: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from stages.distill.run_dir import eval_cache_dir, eval_path
 from stages.evaluate.config import AUTO_LABELS, EvaluateConfig, probe_labels_file
 from stages.evaluate.downstream import (DownstreamConfig, clip_teachers, ranked_zeroshot_teacher, seg_eval,
                                        zeroshot_eval)
-from stages.evaluate.bench import BenchConfig, check_probes, dataset_manifest
+from stages.evaluate.bench import BenchConfig, check_bench_roots
 from stages.evaluate.knn import KNN_FEATURES, knn_accuracy, linear_probe_accuracy, summary_feature
 from stages.evaluate.metrics import ErrorAccumulator
 from stages.evaluate.resolutions import eval_sizes, resolution_report, trained_sizes
@@ -175,19 +175,11 @@ def _downstream(run_dir: Path, stores: Any, cfg: DownstreamConfig, labels_path: 
     return out
 
 
-def _bench(run_dir: Path, roots: list[Any], cfg: BenchConfig, progress: dict[str, Any], teachers: list[str], *,
+def _bench(run_dir: Path, names: dict[str, Any], cfg: BenchConfig, progress: dict[str, Any], teachers: list[str], *,
            device: str, log: Any) -> dict[str, Any]:
-    """{dataset name: scores} of the exported student on each evaluation dataset root."""
+    """{dataset name: scores} of the exported student on each evaluation dataset root (``check_bench_roots``)."""
     from stages.evaluate.bench_run import evaluate_on_root
 
-    names = {}
-    for r in roots:  # every root is checked (and named) before any feature is computed
-        m = dataset_manifest(r)
-        check_probes(m, r, cfg.probes)
-        if m.dataset.name in names:
-            raise ValueError(f"{r} and {names[m.dataset.name]} are both dataset {m.dataset.name!r} (metrics go under "
-                             "bench/<dataset>): give each dataset root its own folder name")
-        names[m.dataset.name] = r
     model = load_exported(run_dir, device=device)
     run_key = {"run_fingerprint": progress["fingerprint"], "checkpoint_step": progress["checkpoint_step"]}
     return {name: evaluate_on_root(run_dir, r, model, run_key=run_key, teachers=list(teachers), cfg=cfg, log=log)
@@ -223,6 +215,8 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
     """
     run_dir = Path(run_dir)
     summary_feature(torch.zeros(1, 1, 1), knn_feature)  # an unknown feature name fails before any work
+    bench = bench or BenchConfig()
+    bench_names = check_bench_roots(list(bench_roots), bench.probes)  # every --on root, before any work
     if labels_path is not None and Path(labels_path) != AUTO_LABELS and not Path(labels_path).is_file():
         raise FileNotFoundError(f"probe labels file {labels_path} does not exist (a CSV with columns uri,label); "
                                 "fix the path, or set evaluate.probe_labels: null to run no label probe")
@@ -268,8 +262,8 @@ def evaluate_run(run_dir: Path, *, split: str = EvaluateConfig.split, batch_size
             probe=None if labels is None else lambda size: _probe(
                 student, heads, stores.manifest, normalizers, labels, img_size=size, batch_size=batch_size, k=knn_k,
                 temperature=knn_temperature, knn_feature=knn_feature)["knn_acc"])
-    if bench_roots:
-        result["bench"] = _bench(run_dir, list(bench_roots), bench or BenchConfig(), progress, cfg["teachers"],
+    if bench_names:
+        result["bench"] = _bench(run_dir, bench_names, bench, progress, cfg["teachers"],
                                  device=device, log=log or (lambda _: None))
     out = eval_path(run_dir)
     eval_cache_dir(run_dir).mkdir(parents=True, exist_ok=True)  # always there: dvc.yaml declares it an output
