@@ -57,6 +57,22 @@ def test_seeds_are_averaged_ranked_by_mean_and_close_pairs_named():
         report_rows(evals, {**configs, "phis-seed1": {**configs["phis-seed1"], "seed": 0}})
 
 
+def test_random_student_init_of_each_seed_is_one_variant_other_weights_are_not():
+    """config.json records the student's initialization; a random one is named by its seed
+    (`random-init:seed=N`), which must not split a variant over seeds. Other weights do."""
+    evals = {"phis-seed0": _eval("phis", 1.0, 2.0, 0.80), "phis-seed1": _eval("phis", 1.2, 2.0, 0.90)}
+
+    def cfg(run, init):
+        return {"norm": "phis", "seed": int(run[-1]), "steps": 5, "out_dir": run, "student_init": init}
+
+    rnd = {r: cfg(r, {"source": "random", "id": f"random-init:seed={r[-1]}", "sha256": None}) for r in evals}
+    _, _, variants = report_rows(evals, rnd)
+    assert [(v.name, v.seeds) for v in variants] == [("phis", (0, 1))]
+    files = {r: cfg(r, {"source": "file", "id": f"/w/{r}.pt", "sha256": r}) for r in evals}
+    _, _, variants = report_rows(evals, files)
+    assert sorted(v.seeds for v in variants) == [(0,), (1,)]
+
+
 def _tiny_store(root, name, *, summary_dim, patch_dim, n_images=6, num_views=2, scale=1.0, mask_one=True):
     """A real Zarr teacher store with random values and stats of the stored values (hand-built manifest
     unless root already has one)."""

@@ -132,6 +132,16 @@ _NOT_EXPERIMENT = frozenset({"seed", "out_dir", "root", "steps_done", "log_every
                              "prefetch_factor", "device"})
 
 
+def experiment_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that make a run's experiment: all but ``_NOT_EXPERIMENT``; a random student
+    initialization counts by its source only (its recorded id, ``random-init:seed=N``, follows the seed)."""
+    out = {k: v for k, v in config.items() if k not in _NOT_EXPERIMENT}
+    init = out.get("student_init")
+    if isinstance(init, dict) and init.get("source") == "random":
+        out["student_init"] = {"source": "random"}
+    return out
+
+
 @dataclass(frozen=True)
 class Variant:
     """One sweep variant: the runs (one per seed) that share every config field but the seed."""
@@ -153,8 +163,7 @@ def group_variants(evals: dict[str, dict[str, Any]], configs: dict[str, dict[str
     run. Two runs of one variant with the same seed are an error."""
     groups: dict[str, list[str]] = {}
     for run in evals:
-        key = json.dumps({k: v for k, v in configs[run].items() if k not in _NOT_EXPERIMENT}, sort_keys=True,
-                         default=str)
+        key = json.dumps(experiment_fields(configs[run]), sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     norms = [configs[runs[0]].get("norm", evals[runs[0]].get("norm", "")) for runs in groups.values()]
     by_loss = [f"{n}/{configs[runs[0]].get('summary_loss', 'variant')}" for n, runs in zip(norms, groups.values())]
