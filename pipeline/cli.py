@@ -96,8 +96,32 @@ for _group in COMMAND_GROUPS:
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point: the command, then an exit that skips the interpreter's teardown.
+
+    Every result is written and every stream flushed before ``os._exit``. The teardown is skipped because
+    it can abort a finished command: zarr's I/O threads and the C++ thread pools of torch / pyarrow are
+    still alive when Python finalizes, and a thread torn down there inside C++ code ends the process with
+    "terminate called without an active exception" (SIGABRT), seen once under `dvc repro` after
+    `pipeline extract` had written its store and receipt: DVC then took the stage as failed.
+    """
+    import logging
+    import os
+    import sys
+
+    try:
+        app()
+        code = 0
+    except SystemExit as e:  # typer ends every command with SystemExit(code)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):  # sys.exit("message"): Python prints it, so do we
+            sys.stderr.write(f"{e.code}\n")
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`pipeline ... | head`): nothing more to say
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

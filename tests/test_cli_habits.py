@@ -78,3 +78,19 @@ def test_packages_are_typed(package):
     assert (REPO / package / "py.typed").is_file()
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "py.typed" in data["*"]
+
+
+def test_the_console_entry_keeps_the_output_and_the_exit_code():
+    """`main` ends with os._exit (no interpreter teardown to abort a finished command): a command's output to a
+    pipe is all there, and its exit code is kept (0, a refusal's 2)."""
+    listed = subprocess.run([sys.executable, "-m", "pipeline.cli", "teachers", "--format", "json"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    import json
+
+    assert "tiny_clip" in {row["name"] for row in json.loads(listed.stdout)}  # the whole JSON
+    refused = subprocess.run([sys.executable, "-m", "pipeline.cli", "teachers", "nope"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("Error: unknown teacher")
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["pipeline"]
+    assert entry == "pipeline.cli:main"
