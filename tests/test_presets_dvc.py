@@ -5,21 +5,12 @@ would not (presets are partial: `pipeline demo --params` fills the left-out keys
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_dvc_pipeline import REPO, run
+
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
-
-
-def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _merge(base: dict, preset: dict) -> dict:
@@ -42,11 +33,10 @@ def test_a_preset_merged_into_params_yaml_parses_under_real_dvc(preset, tmp_path
     kept = [line for line in lines if line.strip().removeprefix("- ") not in nulls]
     (tmp_path / "dvc.yaml").write_text("".join(kept))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    assert _dvc(["init", "-q"], tmp_path).returncode == 0
-    listed = _dvc(["stage", "list"], tmp_path)
-    assert listed.returncode == 0, listed.stderr[-2000:]
-    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    run(["git", "init", "-q"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    listed = run(["dvc", "stage", "list"], tmp_path)  # exits non-zero on a dvc.yaml it cannot parse
+    names = [line.split()[0] for line in listed.splitlines() if line.strip()]
     assert any(n.startswith("distill@") for n in names) and any(n.startswith("evaluate@") for n in names)
     # DVC reports a params key missing from params.yaml only when the stage runs: every key a stage lists
     stages = yaml.safe_load("".join(kept))["stages"].values()

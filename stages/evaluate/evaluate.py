@@ -52,7 +52,6 @@ from stages.students.preprocess import student_pixels
 from stages.teachers.resize import batch_frames, content_tokens
 
 
-
 def config_field(config: dict[str, Any], key: str, run: str) -> Any:
     """One field of a run's config, with an error naming the run and the keys it has."""
     if key not in config:
